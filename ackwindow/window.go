@@ -1,0 +1,204 @@
+// Package ackwindow tracks Kafka records that were fetched but not yet
+// acknowledged by a backend, and computes, per partition, the offset that is
+// safe to commit: the contiguous acknowledged floor, never "the highest
+// acknowledged".
+//
+// The window is bounded. Add blocks while it is full, which stops fetching
+// and leaves the backlog on Kafka's disk instead of in memory.
+package ackwindow
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"sync"
+)
+
+// ErrOutOfOrder is returned by Add when a partition's offsets do not increase.
+var ErrOutOfOrder = errors.New("ackwindow: offset not above the partition's last offset")
+
+// Window is safe for concurrent use.
+type Window struct {
+	slots chan struct{} // one token per in-flight record: the capacity bound
+
+	mu      sync.Mutex
+	parts   map[int32]*partition
+	emptied chan struct{} // closed and replaced when the window becomes empty
+}
+
+type partition struct {
+	entries []entry // in offset order; entries[0] is the oldest un-committable record
+	floor   int64   // next offset to commit; -1 until known
+	dirty   bool    // floor moved since the last Commits
+}
+
+type entry struct {
+	offset int64
+	acked  bool
+}
+
+// New returns a window holding at most capacity un-committed records
+// (capacity < 1 is treated as 1).
+func New(capacity int) *Window {
+	if capacity < 1 {
+		capacity = 1
+	}
+	return &Window{
+		slots:   make(chan struct{}, capacity),
+		parts:   make(map[int32]*partition),
+		emptied: make(chan struct{}),
+	}
+}
+
+// Cap returns the window's capacity.
+func (w *Window) Cap() int { return cap(w.slots) }
+
+// Assign starts tracking a partition whose consumption begins at offset
+// (the committed offset). Until a record is acknowledged the floor is offset.
+// Assigning a tracked partition resets it; its in-flight records are dropped.
+func (w *Window) Assign(part int32, offset int64) {
+	w.Revoke(part)
+	w.mu.Lock()
+	w.parts[part] = &partition{floor: offset}
+	w.mu.Unlock()
+}
+
+// Add records that offset of part was fetched. It blocks while the window is
+// full and returns ctx.Err() if ctx ends first. Offsets of a partition must
+// be added in increasing order.
+func (w *Window) Add(ctx context.Context, part int32, offset int64) error {
+	select {
+	case w.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	p := w.parts[part]
+	if p == nil {
+		p = &partition{floor: offset}
+		w.parts[part] = p
+	}
+	if n := len(p.entries); (n > 0 && offset <= p.entries[n-1].offset) || offset < p.floor {
+		<-w.slots
+		return fmt.Errorf("%w: partition %d offset %d", ErrOutOfOrder, part, offset)
+	}
+	p.entries = append(p.entries, entry{offset: offset})
+	return nil
+}
+
+// Ack marks offset of part acknowledged. It returns false if the record is
+// not in the window (already acknowledged, revoked, or never added), so a
+// duplicate ACK has no effect.
+func (w *Window) Ack(part int32, offset int64) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	p := w.parts[part]
+	if p == nil {
+		return false
+	}
+	i := sort.Search(len(p.entries), func(i int) bool { return p.entries[i].offset >= offset })
+	if i == len(p.entries) || p.entries[i].offset != offset || p.entries[i].acked {
+		return false
+	}
+	p.entries[i].acked = true
+	// Advance over the contiguous acknowledged prefix.
+	n := 0
+	for n < len(p.entries) && p.entries[n].acked {
+		n++
+	}
+	if n > 0 {
+		p.floor = p.entries[n-1].offset + 1
+		p.dirty = true
+		p.entries = p.entries[n:]
+		if len(p.entries) == 0 {
+			p.entries = nil // let a large backing array go
+		}
+		for range n {
+			<-w.slots
+		}
+		w.notifyIfEmpty()
+	}
+	return true
+}
+
+// Revoke stops tracking the partitions (a rebalance took them away). Their
+// un-acknowledged records are dropped; Kafka redelivers them to the new owner.
+// It returns how many in-flight records were dropped.
+func (w *Window) Revoke(parts ...int32) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	dropped := 0
+	for _, part := range parts {
+		if p := w.parts[part]; p != nil {
+			dropped += len(p.entries)
+			delete(w.parts, part)
+		}
+	}
+	for range dropped {
+		<-w.slots
+	}
+	if dropped > 0 {
+		w.notifyIfEmpty()
+	}
+	return dropped
+}
+
+// Commits returns the floor of every partition whose floor moved since the
+// previous call: the offsets to commit. The caller commits them as given.
+func (w *Window) Commits() map[int32]int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out map[int32]int64
+	for part, p := range w.parts {
+		if p.dirty {
+			if out == nil {
+				out = make(map[int32]int64)
+			}
+			out[part] = p.floor
+			p.dirty = false
+		}
+	}
+	return out
+}
+
+// Floor returns the next offset to commit for part, and whether part is tracked.
+func (w *Window) Floor(part int32) (int64, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	p := w.parts[part]
+	if p == nil {
+		return 0, false
+	}
+	return p.floor, true
+}
+
+// InFlight returns the number of records held (fetched and not yet below a
+// partition's floor).
+func (w *Window) InFlight() int { return len(w.slots) }
+
+// WaitEmpty blocks until the window holds no records or ctx ends.
+func (w *Window) WaitEmpty(ctx context.Context) error {
+	for {
+		w.mu.Lock()
+		empty, ch := len(w.slots) == 0, w.emptied
+		w.mu.Unlock()
+		if empty {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// notifyIfEmpty wakes WaitEmpty callers; w.mu must be held.
+func (w *Window) notifyIfEmpty() {
+	if len(w.slots) == 0 {
+		close(w.emptied)
+		w.emptied = make(chan struct{})
+	}
+}

@@ -1,0 +1,80 @@
+package transcoder
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+)
+
+// Reply is the JSON document published to payment/response/{device_id}.
+type Reply struct {
+	RequestID string `json:"request_id"`
+	MessageID string `json:"message_id"`
+	Status    string `json:"status"` // APPROVED, DECLINED, REJECTED or ERROR
+	Reason    string `json:"reason,omitempty"`
+}
+
+// Device reply statuses.
+const (
+	StatusApproved = "APPROVED"
+	StatusDeclined = "DECLINED"
+	StatusRejected = "REJECTED"
+	StatusError    = "ERROR"
+)
+
+// EncodeReply renders a PaymentReply in the device's JSON format.
+func EncodeReply(r *v1.PaymentReply) []byte {
+	b, _ := json.Marshal(Reply{ // a struct of strings always marshals
+		RequestID: r.GetRequestId(),
+		MessageID: r.GetMessageId(),
+		Status:    StatusName(r.GetStatus()),
+		Reason:    r.GetReason(),
+	})
+	return b
+}
+
+// DecodeReply parses a device reply; devices and tests use it.
+func DecodeReply(b []byte) (Reply, error) {
+	var r Reply
+	if err := json.Unmarshal(b, &r); err != nil {
+		return Reply{}, fmt.Errorf("transcoder: bad reply: %w", err)
+	}
+	return r, nil
+}
+
+// StatusName maps a PaymentStatus to the device's status word.
+func StatusName(s v1.PaymentStatus) string {
+	if s == v1.PaymentStatus_PAYMENT_STATUS_UNSPECIFIED {
+		return StatusError
+	}
+	return strings.TrimPrefix(s.String(), "PAYMENT_STATUS_")
+}
+
+// RejectReply builds the REJECTED reply the bridge sends for a request it
+// could not accept. requestID may be empty when the payload was unreadable.
+func RejectReply(requestID, messageID string, reason Reason, detail string) []byte {
+	text := string(reason)
+	if detail != "" {
+		text += ": " + detail
+	}
+	return EncodeReply(&v1.PaymentReply{
+		RequestId: requestID,
+		MessageId: messageID,
+		Status:    v1.PaymentStatus_PAYMENT_STATUS_REJECTED,
+		Reason:    text,
+	})
+}
+
+// RequestIDHint extracts a request_id from a payload that failed validation,
+// so the device can match the REJECTED reply. It returns "" if there is none.
+func RequestIDHint(payload []byte) string {
+	var probe struct {
+		RequestID string `json:"request_id"`
+	}
+	if json.Unmarshal(payload, &probe) != nil || len(probe.RequestID) > maxFieldLen {
+		return ""
+	}
+	return probe.RequestID
+}

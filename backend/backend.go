@@ -1,0 +1,283 @@
+// Package backend is the server side of the edgebridge.v1.Delivery stream,
+// for backend authors: register a Server on a gRPC server, give it a Handler
+// and a Store, and it answers hello, heartbeats and drain, deduplicates
+// redeliveries by message id (a duplicate is ACKed as DUPLICATE with the
+// stored reply, the handler is not called again), and ACKs each delivery
+// only after the Store made its result durable.
+package backend
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+)
+
+// Result is a handler's verdict on one envelope.
+type Result struct {
+	Outcome    v1.Outcome // OK, RETRY or REJECT (DUPLICATE is set by the Server)
+	ReasonCode string     // machine-readable, for RETRY and REJECT
+	Reason     string
+	Reply      []byte // published to the device as is
+}
+
+// Handler processes one envelope. It is called at most once per message id
+// whose result was saved (OK or REJECT); a RETRY result is not saved, so the
+// redelivery calls it again.
+type Handler func(ctx context.Context, env *v1.Envelope) Result
+
+// Store remembers final results by message id.
+type Store interface {
+	// Lookup returns the saved result of messageID.
+	Lookup(messageID string) (Result, bool)
+	// Save records the final result of env. It may buffer; see Syncer.
+	Save(env *v1.Envelope, r Result) error
+}
+
+// Syncer is implemented by stores that buffer Save: Sync makes every saved
+// result durable, and the Server calls it before sending the ACKs of those
+// results, so an ACKed message is never processed again after a crash.
+type Syncer interface {
+	Sync() error
+}
+
+// Config configures a Server. Zero values mean the default.
+type Config struct {
+	// ID is sent to bridges in Welcome. Default: "backend".
+	ID string
+	// Credits is how many un-ACKed deliveries a bridge may send on one
+	// stream; 0 lets the bridge use its own window.
+	Credits uint32
+	// HeartbeatInterval suggested to bridges; 0 keeps the bridge's default.
+	HeartbeatInterval time.Duration
+}
+
+// Server implements edgebridge.v1.DeliveryServer. It is safe for concurrent use.
+type Server struct {
+	v1.UnimplementedDeliveryServer
+	cfg    Config
+	handle Handler
+	store  Store
+	log    *slog.Logger
+	serial sync.Mutex // one message at a time: dedup across streams is exact
+
+	mu      sync.Mutex
+	streams map[*serverStream]struct{}
+	drained atomic.Bool
+}
+
+// Option configures optional hooks.
+type Option func(*Server)
+
+// WithLogger sets the logger. Default: slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
+// NewServer returns a Server. store may be nil for NewMemoryStore(1024).
+func NewServer(cfg Config, h Handler, store Store, opts ...Option) *Server {
+	if cfg.ID == "" {
+		cfg.ID = "backend"
+	}
+	if store == nil {
+		store = NewMemoryStore(1024)
+	}
+	s := &Server{cfg: cfg, handle: h, store: store, log: slog.Default(), streams: make(map[*serverStream]struct{})}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Register adds the Delivery service to r.
+func (s *Server) Register(r grpc.ServiceRegistrar) { v1.RegisterDeliveryServer(r, s) }
+
+// Drain asks every connected bridge to finish its outstanding deliveries and
+// move away; new streams are told to drain at once. Call it before
+// grpc.Server.GracefulStop.
+func (s *Server) Drain(reason string) {
+	s.drained.Store(true)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for st := range s.streams {
+		st.push(&v1.ServerFrame{Frame: &v1.ServerFrame_Drain{Drain: &v1.Drain{Reason: reason}}})
+	}
+}
+
+// SetCredits changes the grant on every open stream (and for new ones).
+func (s *Server) SetCredits(n uint32) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cfg.Credits = n
+	for st := range s.streams {
+		st.push(&v1.ServerFrame{Frame: &v1.ServerFrame_Credit{Credit: &v1.Credit{Credits: n}}})
+	}
+}
+
+type serverStream struct {
+	out  chan *v1.ServerFrame
+	done chan struct{}
+}
+
+// push queues a frame for the stream's sender; frames for a closed stream are dropped.
+func (st *serverStream) push(f *v1.ServerFrame) {
+	select {
+	case st.out <- f:
+	case <-st.done:
+	}
+}
+
+// Stream serves one bridge stream: this goroutine receives, one goroutine
+// processes deliveries in arrival order, one sends.
+func (s *Server) Stream(stream v1.Delivery_StreamServer) error {
+	first, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	hello := first.GetHello()
+	if hello == nil {
+		return errors.New("backend: first frame must be hello")
+	}
+	window := max(hello.GetWindow(), 1)
+	st := &serverStream{out: make(chan *v1.ServerFrame, 2*window+8), done: make(chan struct{})}
+	s.mu.Lock()
+	credits := s.cfg.Credits
+	s.streams[st] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.streams, st)
+		s.mu.Unlock()
+	}()
+	if err := stream.Send(&v1.ServerFrame{Frame: &v1.ServerFrame_Welcome{Welcome: &v1.Welcome{
+		BackendId:           s.cfg.ID,
+		Credits:             credits,
+		HeartbeatIntervalMs: uint32(s.cfg.HeartbeatInterval / time.Millisecond),
+	}}}); err != nil {
+		return err
+	}
+	if s.drained.Load() {
+		st.push(&v1.ServerFrame{Frame: &v1.ServerFrame_Drain{Drain: &v1.Drain{Reason: "server draining"}}})
+	}
+
+	ctx := stream.Context()
+	work := make(chan *v1.Deliver, window+8)
+	var wg sync.WaitGroup
+	sendErr := make(chan error, 1)
+	wg.Go(func() { sendErr <- s.sendLoop(stream, st) })
+	wg.Go(func() { s.processLoop(ctx, work, st) })
+
+	for {
+		f, err := stream.Recv()
+		if err != nil {
+			break // io.EOF or the stream's context ended
+		}
+		switch fr := f.Frame.(type) {
+		case *v1.ClientFrame_Deliver:
+			select {
+			case work <- fr.Deliver:
+			case <-ctx.Done():
+			}
+		case *v1.ClientFrame_Ping:
+			st.push(&v1.ServerFrame{Frame: &v1.ServerFrame_Pong{Pong: &v1.Pong{Seq: fr.Ping.GetSeq(), PingSentUnixNano: fr.Ping.GetSentUnixNano()}}})
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	close(work)
+	// processLoop finishes what was received; then the sender stops.
+	wg.Wait()
+	return <-sendErr
+}
+
+func (s *Server) processLoop(ctx context.Context, work <-chan *v1.Deliver, st *serverStream) {
+	defer close(st.done)
+	for d := range work {
+		if ctx.Err() != nil {
+			continue // stream gone: the bridge resends these
+		}
+		ack := s.process(ctx, d)
+		st.push(&v1.ServerFrame{Frame: &v1.ServerFrame_Ack{Ack: ack}})
+	}
+}
+
+func (s *Server) process(ctx context.Context, d *v1.Deliver) *v1.Ack {
+	env := d.GetEnvelope()
+	id := env.GetMessageId()
+	ack := &v1.Ack{Seq: d.GetSeq(), MessageId: id}
+	if id == "" {
+		ack.Outcome, ack.ReasonCode, ack.Reason = v1.Outcome_OUTCOME_REJECT, "missing_message_id", "envelope has no message id"
+		return ack
+	}
+	s.serial.Lock()
+	defer s.serial.Unlock()
+	if r, ok := s.store.Lookup(id); ok {
+		ack.Outcome, ack.ReasonCode, ack.Reason, ack.Reply = v1.Outcome_OUTCOME_DUPLICATE, r.ReasonCode, r.Reason, r.Reply
+		return ack
+	}
+	r := s.handle(ctx, env)
+	ack.Outcome, ack.ReasonCode, ack.Reason, ack.Reply = r.Outcome, r.ReasonCode, r.Reason, r.Reply
+	switch r.Outcome {
+	case v1.Outcome_OUTCOME_OK, v1.Outcome_OUTCOME_REJECT:
+		if err := s.store.Save(env, r); err != nil {
+			s.log.Error("backend: save result", "message_id", id, "err", err)
+			ack.Outcome, ack.ReasonCode, ack.Reason, ack.Reply = v1.Outcome_OUTCOME_RETRY, "store_unavailable", err.Error(), nil
+		}
+	case v1.Outcome_OUTCOME_RETRY:
+	default:
+		ack.Outcome = v1.Outcome_OUTCOME_RETRY
+	}
+	return ack
+}
+
+// sendLoop is the stream's only sending goroutine. It sends frames in
+// batches and syncs the store once per batch before any ACK in it leaves.
+func (s *Server) sendLoop(stream v1.Delivery_StreamServer, st *serverStream) error {
+	syncer, _ := s.store.(Syncer)
+	batch := make([]*v1.ServerFrame, 0, cap(st.out))
+	var failed error
+	for {
+		var f *v1.ServerFrame
+		select {
+		case f = <-st.out:
+		case <-st.done:
+			// Send whatever the processor produced before it stopped.
+			select {
+			case f = <-st.out:
+			default:
+				return failed
+			}
+		}
+		batch = append(batch[:0], f)
+	fill:
+		for len(batch) < cap(batch) {
+			select {
+			case f := <-st.out:
+				batch = append(batch, f)
+			default:
+				break fill
+			}
+		}
+		if failed != nil {
+			continue // keep draining so the processor never blocks
+		}
+		if syncer != nil {
+			if err := syncer.Sync(); err != nil {
+				s.log.Error("backend: sync store; closing stream", "err", err)
+				failed = err
+				continue
+			}
+		}
+		for _, f := range batch {
+			if err := stream.Send(f); err != nil {
+				failed = err
+				break
+			}
+		}
+	}
+}

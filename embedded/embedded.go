@@ -1,0 +1,157 @@
+// Package embedded runs the in-process brokers edgebridge can use on a small
+// edge node or in the demo: a single-node Kafka-protocol broker (kfake) and
+// an MQTT broker (mochi-mqtt), both persisting to disk.
+//
+// Both are started by a Listen function (which returns once the listener is
+// bound, like net.Listen) and stopped by an idempotent Close.
+package embedded
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"go.etcd.io/bbolt"
+)
+
+// KafkaConfig configures the embedded Kafka-protocol broker.
+type KafkaConfig struct {
+	// Listen is host:port; port 0 picks a free one. Default: 127.0.0.1:9092.
+	Listen string
+	// DataDir holds the log segments and committed offsets. Required.
+	DataDir string
+	// Partitions is the partition count of auto-created topics. Default: 8.
+	Partitions int
+}
+
+// Kafka is a running embedded Kafka-protocol broker.
+type Kafka struct {
+	c    *kfake.Cluster
+	addr string
+	once sync.Once
+}
+
+// ListenKafka starts the broker. Every produce is fsynced before it is
+// acknowledged (SyncWrites), so a record acked to a producer survives kill -9.
+func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:9092"
+	}
+	if cfg.Partitions <= 0 {
+		cfg.Partitions = 8
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("embedded: kafka data dir is required")
+	}
+	host, portStr, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("embedded: kafka listen %q: %w", cfg.Listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("embedded: kafka listen %q: %w", cfg.Listen, err)
+	}
+	dir := filepath.Join(cfg.DataDir, "kafka")
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("embedded: %w", err)
+	}
+	c, err := kfake.NewCluster(
+		kfake.NumBrokers(1),
+		kfake.Ports(port),
+		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
+			return net.Listen(network, net.JoinHostPort(host, strconv.Itoa(port)))
+		}),
+		kfake.DataDir(dir),
+		kfake.SyncWrites(),
+		kfake.AllowAutoTopicCreation(),
+		kfake.DefaultNumPartitions(cfg.Partitions),
+		kfake.ClusterID("edgebridge"),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("embedded: kafka: %w", err)
+	}
+	return &Kafka{c: c, addr: c.ListenAddrs()[0]}, nil
+}
+
+// Addr returns the broker's host:port.
+func (k *Kafka) Addr() string { return k.addr }
+
+// Close stops the broker and flushes its state to disk. Safe to call twice.
+func (k *Kafka) Close() { k.once.Do(k.c.Close) }
+
+// MQTTConfig configures the embedded MQTT broker.
+type MQTTConfig struct {
+	// Listen is host:port; port 0 picks a free one. Default: 127.0.0.1:1883.
+	Listen string
+	// DataDir holds persisted sessions, subscriptions and in-flight messages. Required.
+	DataDir string
+	Logger  *slog.Logger
+}
+
+// MQTT is a running embedded MQTT broker.
+type MQTT struct {
+	s    *mqtt.Server
+	addr string
+	once sync.Once
+}
+
+// ListenMQTT starts the broker. Sessions (clean session off), subscriptions
+// and QoS 1 messages not yet acknowledged are persisted in a bbolt file, so
+// they survive a restart.
+func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:1883"
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("embedded: mqtt data dir is required")
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o750); err != nil {
+		return nil, fmt.Errorf("embedded: %w", err)
+	}
+	// Bind first, so a taken port is an error here and port 0 is resolved.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("embedded: mqtt listen: %w", err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumClientWritesPending = 8192
+	s := mqtt.New(&mqtt.Options{Logger: cfg.Logger, Capabilities: caps})
+	var errs []error
+	errs = append(errs, s.AddHook(new(auth.AllowHook), nil))
+	errs = append(errs, s.AddHook(new(bolt.Hook), &bolt.Options{
+		Path:    filepath.Join(cfg.DataDir, "mqtt.bolt"),
+		Options: &bbolt.Options{Timeout: 0, NoSync: false},
+	}))
+	errs = append(errs, s.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr})))
+	if err := errors.Join(errs...); err != nil {
+		_ = s.Close()
+		return nil, fmt.Errorf("embedded: mqtt: %w", err)
+	}
+	if err := s.Serve(); err != nil {
+		_ = s.Close()
+		return nil, fmt.Errorf("embedded: mqtt serve: %w", err)
+	}
+	return &MQTT{s: s, addr: addr}, nil
+}
+
+// Addr returns the broker's host:port.
+func (m *MQTT) Addr() string { return m.addr }
+
+// Close stops the broker. Safe to call twice.
+func (m *MQTT) Close() { m.once.Do(func() { _ = m.s.Close() }) }

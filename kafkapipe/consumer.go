@@ -1,0 +1,296 @@
+package kafkapipe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+
+	"github.com/edgebridge/edgebridge/ackwindow"
+)
+
+// ConsumerConfig configures a Consumer. Zero values mean the default.
+type ConsumerConfig struct {
+	Brokers []string // Required.
+	GroupID string   // Required.
+	Topic   string   // Required.
+	// CommitInterval is how often acknowledged floors are committed. Default: 200ms.
+	CommitInterval time.Duration
+	// DrainTimeout bounds how long a stopping consumer waits for in-flight
+	// records to be acknowledged before it commits and leaves. Default: 30s.
+	DrainTimeout time.Duration
+	// SessionTimeout of the group membership. Default: 10s.
+	SessionTimeout time.Duration
+	// MaxWait bounds a fetch long-poll. Default: 250ms.
+	MaxWait time.Duration
+}
+
+func (c ConsumerConfig) withDefaults() ConsumerConfig {
+	if c.CommitInterval <= 0 {
+		c.CommitInterval = 200 * time.Millisecond
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.SessionTimeout <= 0 {
+		c.SessionTimeout = 10 * time.Second
+	}
+	if c.MaxWait <= 0 {
+		c.MaxWait = 250 * time.Millisecond
+	}
+	return c
+}
+
+// Message is one fetched record handed to the Handler.
+type Message struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+	Key       []byte
+	Value     []byte
+	Headers   []kafka.Header
+}
+
+// Handler takes a fetched record that is already in the window. It is called
+// from one goroutine per partition, in offset order, and may block (that is
+// the backpressure). The record stays in the window until someone calls
+// Window.Ack for it; an error from Handler stops the consumer.
+type Handler func(ctx context.Context, m Message) error
+
+// Consumer reads a topic through a consumer group with explicit generations.
+// On each rebalance it commits what was acknowledged, drops the in-flight
+// records of the old assignment from the window (Kafka redelivers them) and
+// starts again from the committed offsets. Commits never move backwards.
+type Consumer struct {
+	cfg      ConsumerConfig
+	win      *ackwindow.Window
+	handle   Handler
+	log      *slog.Logger
+	onCommit func(partition int32, offset int64)
+
+	mu        sync.Mutex
+	committed map[int32]int64 // last committed offset per partition in this generation
+}
+
+// ConsumerOption configures optional hooks.
+type ConsumerOption func(*Consumer)
+
+// WithLogger sets the logger. Default: slog.Default().
+func WithLogger(l *slog.Logger) ConsumerOption { return func(c *Consumer) { c.log = l } }
+
+// WithCommitHook is called after each successful commit of a partition.
+func WithCommitHook(fn func(partition int32, offset int64)) ConsumerOption {
+	return func(c *Consumer) { c.onCommit = fn }
+}
+
+// NewConsumer returns a Consumer; it does no I/O.
+func NewConsumer(cfg ConsumerConfig, win *ackwindow.Window, handle Handler, opts ...ConsumerOption) (*Consumer, error) {
+	var errs []error
+	if len(cfg.Brokers) == 0 {
+		errs = append(errs, errors.New("kafkapipe: no brokers"))
+	}
+	if cfg.GroupID == "" {
+		errs = append(errs, errors.New("kafkapipe: no group id"))
+	}
+	if cfg.Topic == "" {
+		errs = append(errs, errors.New("kafkapipe: no topic"))
+	}
+	if win == nil || handle == nil {
+		errs = append(errs, errors.New("kafkapipe: window and handler are required"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	c := &Consumer{cfg: cfg.withDefaults(), win: win, handle: handle, log: slog.Default()}
+	for _, o := range opts {
+		o(c)
+	}
+	return c, nil
+}
+
+// Run consumes until ctx ends, then stops fetching, waits up to DrainTimeout
+// for the window to empty, commits the floors and leaves the group. It
+// blocks until all of that is done.
+func (c *Consumer) Run(ctx context.Context) error {
+	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
+		ID:                    c.cfg.GroupID,
+		Brokers:               c.cfg.Brokers,
+		Topics:                []string{c.cfg.Topic},
+		StartOffset:           kafka.FirstOffset,
+		SessionTimeout:        c.cfg.SessionTimeout,
+		HeartbeatInterval:     c.cfg.SessionTimeout / 5,
+		RebalanceTimeout:      c.cfg.SessionTimeout,
+		JoinGroupBackoff:      500 * time.Millisecond,
+		WatchPartitionChanges: true,
+	})
+	if err != nil {
+		return fmt.Errorf("kafkapipe: consumer group: %w", err)
+	}
+	defer group.Close()
+	for {
+		gen, err := group.Next(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err != nil {
+			c.log.Warn("kafkapipe: join group", "group", c.cfg.GroupID, "err", err)
+			continue // Next backs off internally
+		}
+		done := make(chan struct{})
+		gen.Start(func(genCtx context.Context) {
+			defer close(done)
+			c.runGeneration(ctx, genCtx, gen)
+		})
+		<-done
+		if ctx.Err() != nil {
+			return nil
+		}
+	}
+}
+
+func (c *Consumer) runGeneration(ctx, genCtx context.Context, gen *kafka.Generation) {
+	assigned := gen.Assignments[c.cfg.Topic]
+	parts := make([]int32, len(assigned))
+	c.mu.Lock()
+	c.committed = make(map[int32]int64, len(assigned))
+	for i, a := range assigned {
+		parts[i] = int32(a.ID)
+		c.committed[int32(a.ID)] = a.Offset
+		c.win.Assign(int32(a.ID), a.Offset)
+	}
+	c.mu.Unlock()
+	c.log.Info("kafkapipe: generation started", "group", c.cfg.GroupID, "generation", gen.ID, "partitions", parts)
+
+	// Fetching stops when the generation ends (rebalance) or ctx ends (shutdown).
+	fetchCtx, cancelFetch := context.WithCancel(genCtx)
+	stop := context.AfterFunc(ctx, cancelFetch)
+	defer stop()
+	var wg sync.WaitGroup
+	for _, a := range assigned {
+		wg.Go(func() {
+			c.fetch(fetchCtx, int32(a.ID), a.Offset)
+			cancelFetch() // one partition stopped: end the generation and rejoin
+		})
+	}
+	ticker := time.NewTicker(c.cfg.CommitInterval)
+	defer ticker.Stop()
+	commitUntil := func(done <-chan struct{}) {
+		for {
+			select {
+			case <-done:
+				return
+			case <-ticker.C:
+				c.commit(gen)
+			}
+		}
+	}
+	commitUntil(fetchCtx.Done())
+	wg.Wait()
+
+	if genCtx.Err() == nil {
+		// Graceful stop: the generation is still ours, so let the backends
+		// finish the window and commit everything they acknowledged.
+		drainCtx, cancel := context.WithTimeout(genCtx, c.cfg.DrainTimeout)
+		emptied := make(chan struct{})
+		go func() { _ = c.win.WaitEmpty(drainCtx); close(emptied) }()
+		commitUntil(emptied)
+		cancel()
+		if n := c.win.InFlight(); n > 0 {
+			c.log.Warn("kafkapipe: drain timed out; un-acknowledged records will be redelivered", "in_flight", n)
+		}
+	}
+	c.commit(gen)
+	dropped := c.win.Revoke(parts...)
+	c.log.Info("kafkapipe: generation ended", "generation", gen.ID, "dropped_in_flight", dropped)
+}
+
+// commit sends every floor that moved forward since the last commit.
+func (c *Consumer) commit(gen *kafka.Generation) {
+	floors := c.win.Commits()
+	if len(floors) == 0 {
+		return
+	}
+	c.mu.Lock()
+	offsets := make(map[int]int64, len(floors))
+	for p, off := range floors {
+		if last, ok := c.committed[p]; ok && off > last {
+			offsets[int(p)] = off
+		}
+	}
+	c.mu.Unlock()
+	if len(offsets) == 0 {
+		return
+	}
+	if err := gen.CommitOffsets(map[string]map[int]int64{c.cfg.Topic: offsets}); err != nil {
+		// The floors stay in the window's past; the next commit carries
+		// newer ones, and a lost commit only means redelivery.
+		c.log.Warn("kafkapipe: commit", "topic", c.cfg.Topic, "err", err)
+		return
+	}
+	c.mu.Lock()
+	for p, off := range offsets {
+		c.committed[int32(p)] = off
+	}
+	c.mu.Unlock()
+	if c.onCommit != nil {
+		for p, off := range offsets {
+			c.onCommit(int32(p), off)
+		}
+	}
+}
+
+// Committed returns the offset last committed for partition by this consumer.
+func (c *Consumer) Committed(partition int32) (int64, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	off, ok := c.committed[partition]
+	return off, ok
+}
+
+func (c *Consumer) fetch(ctx context.Context, part int32, offset int64) {
+	cfg := kafka.ReaderConfig{
+		Brokers:         c.cfg.Brokers,
+		Topic:           c.cfg.Topic,
+		Partition:       int(part),
+		MinBytes:        1,
+		MaxBytes:        4 << 20,
+		MaxWait:         c.cfg.MaxWait,
+		QueueCapacity:   c.win.Cap(),
+		ReadLagInterval: -1,
+		ReadBackoffMin:  10 * time.Millisecond,
+		ReadBackoffMax:  500 * time.Millisecond,
+	}
+	if err := cfg.Validate(); err != nil {
+		c.log.Error("kafkapipe: reader config", "err", err)
+		return
+	}
+	r := kafka.NewReader(cfg)
+	defer r.Close()
+	if err := r.SetOffset(offset); err != nil {
+		c.log.Error("kafkapipe: set offset", "partition", part, "offset", offset, "err", err)
+		return
+	}
+	for {
+		m, err := r.FetchMessage(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Warn("kafkapipe: fetch", "topic", c.cfg.Topic, "partition", part, "err", err)
+			}
+			return
+		}
+		if err := c.win.Add(ctx, part, m.Offset); err != nil {
+			return
+		}
+		msg := Message{Topic: m.Topic, Partition: part, Offset: m.Offset, Key: m.Key, Value: m.Value, Headers: m.Headers}
+		if err := c.handle(ctx, msg); err != nil {
+			if ctx.Err() == nil {
+				c.log.Error("kafkapipe: handler", "partition", part, "offset", m.Offset, "err", err)
+			}
+			return
+		}
+	}
+}

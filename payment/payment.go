@@ -1,0 +1,201 @@
+// Package payment is the reference payment backend behind cmd/paymentd and
+// the demo: a Handler that approves amounts up to a limit, and a Ledger, an
+// append-only JSON-lines file that is both the record of processed payments
+// and the dedup store that survives restarts.
+package payment
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/backend"
+	"github.com/edgebridge/edgebridge/transcoder"
+)
+
+// DefaultLimit is the approval limit in minor units.
+const DefaultLimit = 100000
+
+// Handler approves requests with amount_minor <= limit and declines the rest.
+func Handler(limit int64) backend.Handler {
+	return func(_ context.Context, env *v1.Envelope) backend.Result {
+		req, err := transcoder.PaymentRequest(env)
+		if err != nil {
+			reason := string(transcoder.ReasonOf(err))
+			return backend.Result{
+				Outcome: v1.Outcome_OUTCOME_REJECT, ReasonCode: reason, Reason: err.Error(),
+				Reply: transcoder.RejectReply(env.GetRequestId(), env.GetMessageId(), transcoder.ReasonOf(err), ""),
+			}
+		}
+		reply := &v1.PaymentReply{RequestId: req.GetRequestId(), MessageId: env.GetMessageId(), Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED}
+		if req.GetAmountMinor() > limit {
+			reply.Status, reply.Reason = v1.PaymentStatus_PAYMENT_STATUS_DECLINED, declineReason
+		}
+		return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: transcoder.EncodeReply(reply)}
+	}
+}
+
+const declineReason = "amount exceeds limit"
+
+// Entry is one ledger line.
+type Entry struct {
+	MessageID   string `json:"message_id"`
+	DeviceID    string `json:"device_id"`
+	RequestID   string `json:"request_id"`
+	AmountMinor int64  `json:"amount_minor"`
+	Currency    string `json:"currency"`
+	Status      string `json:"status"`
+}
+
+// Ledger is a backend.Store and backend.Syncer over a JSON-lines file. Save
+// appends to a buffer; Sync writes and fsyncs it. It is safe for concurrent use.
+type Ledger struct {
+	mu   sync.Mutex
+	f    *os.File
+	w    *bufio.Writer
+	seen map[string]Entry
+}
+
+// OpenLedger opens (creating if needed) the ledger at path and reloads every
+// entry in it. A torn last line from a crash is ignored and truncated.
+func OpenLedger(path string) (*Ledger, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("payment: open ledger: %w", err)
+	}
+	seen, good, err := load(f)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	if err := f.Truncate(good); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("payment: truncate torn ledger tail: %w", err)
+	}
+	if _, err := f.Seek(good, io.SeekStart); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("payment: %w", err)
+	}
+	return &Ledger{f: f, w: bufio.NewWriterSize(f, 64<<10), seen: seen}, nil
+}
+
+func load(r io.Reader) (map[string]Entry, int64, error) {
+	seen := make(map[string]Entry)
+	br := bufio.NewReader(r)
+	var good int64
+	for {
+		line, err := br.ReadBytes('\n')
+		if errors.Is(err, io.EOF) {
+			return seen, good, nil // an unterminated last line is torn: drop it
+		}
+		if err != nil {
+			return nil, 0, fmt.Errorf("payment: read ledger: %w", err)
+		}
+		var e Entry
+		if json.Unmarshal(bytes.TrimSpace(line), &e) != nil || e.MessageID == "" {
+			return nil, 0, fmt.Errorf("payment: corrupt ledger line at byte %d", good)
+		}
+		seen[e.MessageID] = e
+		good += int64(len(line))
+	}
+}
+
+// Lookup implements backend.Store.
+func (l *Ledger) Lookup(id string) (backend.Result, bool) {
+	l.mu.Lock()
+	e, ok := l.seen[id]
+	l.mu.Unlock()
+	if !ok {
+		return backend.Result{}, false
+	}
+	reply := transcoder.Reply{RequestID: e.RequestID, MessageID: e.MessageID, Status: e.Status}
+	if e.Status == transcoder.StatusDeclined {
+		reply.Reason = declineReason
+	}
+	b, _ := json.Marshal(reply)
+	outcome := v1.Outcome_OUTCOME_OK
+	if e.Status == transcoder.StatusRejected {
+		outcome = v1.Outcome_OUTCOME_REJECT
+	}
+	return backend.Result{Outcome: outcome, Reply: b}, true
+}
+
+// Save implements backend.Store: it buffers one ledger line.
+func (l *Ledger) Save(env *v1.Envelope, r backend.Result) error {
+	e := Entry{MessageID: env.GetMessageId(), DeviceID: env.GetDeviceId(), RequestID: env.GetRequestId()}
+	if req, err := transcoder.PaymentRequest(env); err == nil {
+		e.AmountMinor, e.Currency = req.GetAmountMinor(), req.GetCurrency()
+	}
+	if rep, err := transcoder.DecodeReply(r.Reply); err == nil {
+		e.Status = rep.Status
+	} else {
+		e.Status = transcoder.StatusRejected
+	}
+	line, err := json.Marshal(e)
+	if err != nil {
+		return fmt.Errorf("payment: encode ledger entry: %w", err)
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, err := l.w.Write(append(line, '\n')); err != nil {
+		return fmt.Errorf("payment: append ledger: %w", err)
+	}
+	l.seen[e.MessageID] = e
+	return nil
+}
+
+// Sync implements backend.Syncer: flush and fsync.
+func (l *Ledger) Sync() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.w.Buffered() == 0 {
+		return nil
+	}
+	if err := l.w.Flush(); err != nil {
+		return fmt.Errorf("payment: write ledger: %w", err)
+	}
+	if err := l.f.Sync(); err != nil {
+		return fmt.Errorf("payment: fsync ledger: %w", err)
+	}
+	return nil
+}
+
+// Len returns the number of entries.
+func (l *Ledger) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.seen)
+}
+
+// Close syncs and closes the file.
+func (l *Ledger) Close() error {
+	err := l.Sync()
+	return errors.Join(err, l.f.Close())
+}
+
+// ReadLedger returns every entry of the ledger file at path in file order.
+func ReadLedger(path string) ([]Entry, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var out []Entry
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var e Entry
+		if err := json.Unmarshal(line, &e); err != nil {
+			return nil, fmt.Errorf("payment: ledger line %q: %w", line, err)
+		}
+		out = append(out, e)
+	}
+	return out, nil
+}

@@ -1,0 +1,364 @@
+// Package bridge assembles edgebridge's stages into the pipeline
+//
+//	mqttin -> transcoder -> kafkapipe.Producer -> Kafka
+//	Kafka -> kafkapipe.Consumer -> ackwindow -> grpcout -> backend
+//	backend ACK -> reply to the device over MQTT -> window ACK -> commit
+//
+// and owns the one ACK chain across them: an MQTT message is PUBACKed only
+// after Kafka acknowledged its write; a Kafka record is committed only after
+// its backend ACK and its reply to the device (or its dead-letter record)
+// are done, and only up to the contiguous floor.
+package bridge
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/edgebridge/edgebridge/ackwindow"
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/config"
+	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/kafkapipe"
+	"github.com/edgebridge/edgebridge/mqttin"
+	"github.com/edgebridge/edgebridge/transcoder"
+)
+
+// ingestBatch is the most MQTT messages written to Kafka in one produce.
+const ingestBatch = 512
+
+// Bridge is the running pipeline. Create it with New and run it with Run.
+type Bridge struct {
+	cfg     config.Config
+	log     *slog.Logger
+	metrics *Metrics
+
+	dec      *transcoder.Decoder
+	mqtt     *mqttin.Client
+	producer *kafkapipe.Producer
+	win      *ackwindow.Window
+	consumer *kafkapipe.Consumer
+	clients  []*grpcout.Client
+
+	finish  chan finishJob // replies and dead letters, then the window ACK
+	retries chan retryJob
+
+	kafkaOK atomic.Bool
+}
+
+// finishJob completes one message: dead-letter it (if dlq is set), publish
+// the reply (if any), then call done.
+type finishJob struct {
+	dlq        *kafkapipe.Record
+	replyTopic string
+	reply      []byte
+	done       func()
+}
+
+type retryJob struct {
+	due    time.Time
+	client *grpcout.Client
+	part   int32
+	offset int64
+	env    *v1.Envelope
+}
+
+// Option configures optional hooks.
+type Option func(*Bridge)
+
+// WithLogger sets the logger. Default: slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(b *Bridge) { b.log = l } }
+
+// WithMetrics sets the metrics sink. Default: a fresh NewMetrics().
+func WithMetrics(m *Metrics) Option { return func(b *Bridge) { b.metrics = m } }
+
+// New builds the pipeline from cfg, whose broker addresses must be concrete
+// (embedded brokers already started). It does no I/O.
+func New(cfg config.Config, opts ...Option) (*Bridge, error) {
+	if cfg.EmbeddedMQTT() || cfg.EmbeddedKafka() {
+		return nil, errors.New("bridge: start embedded brokers first and pass their addresses")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	b := &Bridge{cfg: cfg, log: slog.Default()}
+	for _, o := range opts {
+		o(b)
+	}
+	if b.metrics == nil {
+		b.metrics = NewMetrics()
+	}
+	capacity := cfg.Backend.Window * len(cfg.Backend.Targets)
+	b.win = ackwindow.New(capacity)
+	b.finish = make(chan finishJob, capacity+ingestBatch)
+	b.retries = make(chan retryJob, capacity)
+	b.dec = transcoder.New(cfg.MQTT.MaxPayload)
+
+	var err error
+	b.mqtt, err = mqttin.New(mqttin.Config{
+		Broker:    cfg.MQTT.Broker,
+		ClientID:  cfg.MQTT.ClientID,
+		Subscribe: cfg.MQTT.Subscribe,
+	}, mqttin.WithLogger(b.log))
+	if err != nil {
+		return nil, err
+	}
+	b.producer, err = kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: cfg.Kafka.Brokers, BatchTimeout: cfg.Kafka.BatchTimeout})
+	if err != nil {
+		return nil, err
+	}
+	b.consumer, err = kafkapipe.NewConsumer(kafkapipe.ConsumerConfig{
+		Brokers:        cfg.Kafka.Brokers,
+		GroupID:        cfg.Kafka.GroupID,
+		Topic:          cfg.Kafka.Topic,
+		CommitInterval: cfg.Kafka.CommitInterval,
+		DrainTimeout:   cfg.Shutdown.DrainTimeout,
+	}, b.win, b.handleRecord,
+		kafkapipe.WithLogger(b.log),
+		kafkapipe.WithCommitHook(func(p int32, off int64) { b.metrics.Commits.Inc() }))
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range cfg.Backend.Targets {
+		c, err := grpcout.New(grpcout.Config{
+			Target:    t,
+			BridgeID:  cfg.MQTT.ClientID,
+			Window:    cfg.Backend.Window,
+			Backoff:   grpcout.Backoff{Initial: cfg.Backend.ReconnectInitial, Max: cfg.Backend.ReconnectMax},
+			Heartbeat: grpcout.Heartbeat{Interval: cfg.Backend.HeartbeatInterval, Timeout: cfg.Backend.HeartbeatTimeout},
+		}, grpcout.WithLogger(b.log), grpcout.WithEventHook(b.metrics.streamEvent))
+		if err != nil {
+			return nil, err
+		}
+		b.clients = append(b.clients, c)
+	}
+	b.metrics.observeWindow(b.win)
+	return b, nil
+}
+
+// Metrics returns the bridge's metrics.
+func (b *Bridge) Metrics() *Metrics { return b.metrics }
+
+// Ready reports whether MQTT is subscribed, Kafka answered recently and at
+// least one backend stream is up; the reasons it is not, otherwise.
+func (b *Bridge) Ready() (bool, []string) {
+	var why []string
+	if !b.mqtt.Subscribed() {
+		why = append(why, "mqtt not subscribed")
+	}
+	if !b.kafkaOK.Load() {
+		why = append(why, "kafka unreachable")
+	}
+	up := false
+	for _, c := range b.clients {
+		up = up || c.Up()
+	}
+	if !up {
+		why = append(why, "no backend stream up")
+	}
+	return len(why) == 0, why
+}
+
+// Run runs the pipeline until ctx ends, then shuts down gracefully: it
+// stops taking MQTT messages, lets the backends finish the window (bounded
+// by shutdown.drain_timeout), commits, and returns. Everything not
+// committed is redelivered on the next start. Run blocks until every
+// goroutine it started has returned.
+func (b *Bridge) Run(ctx context.Context) error {
+	if err := b.ensureTopics(ctx); err != nil {
+		return err
+	}
+	b.kafkaOK.Store(true)
+	defer b.producer.Close()
+
+	// life outlives ctx: replies, streams and MQTT stay up while draining.
+	life, stopLife := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopLife()
+	var lifeWG sync.WaitGroup
+	lifeErr := make(chan error, 1+len(b.clients))
+	lifeWG.Go(func() { lifeErr <- b.mqtt.Run(life) })
+	for _, c := range b.clients {
+		lifeWG.Go(func() { lifeErr <- c.Run(life) })
+	}
+	for range 8 {
+		lifeWG.Go(func() { b.finisher(life) })
+	}
+	lifeWG.Go(func() { b.retrier(life) })
+	lifeWG.Go(func() { b.watchKafka(life) })
+
+	intake, stopIntake := context.WithCancel(ctx)
+	defer stopIntake()
+	g, gctx := errgroup.WithContext(intake)
+	g.Go(func() error { return b.ingest(gctx, life) })
+	g.Go(func() error { return b.consumer.Run(gctx) })
+	// A broken MQTT or stream setup ends intake too.
+	go func() {
+		select {
+		case err := <-lifeErr:
+			if err != nil {
+				b.log.Error("bridge: stage failed", "err", err)
+				stopIntake()
+				lifeErr <- err
+			}
+		case <-life.Done():
+		}
+	}()
+	err := g.Wait()
+	b.log.Info("bridge: intake stopped, window drained", "in_flight", b.win.InFlight())
+	stopLife()
+	lifeWG.Wait()
+	close(lifeErr)
+	for e := range lifeErr {
+		err = errors.Join(err, e)
+	}
+	return err
+}
+
+func (b *Bridge) ensureTopics(ctx context.Context) error {
+	for {
+		err := kafkapipe.EnsureTopics(ctx, b.cfg.Kafka.Brokers, b.cfg.Kafka.Partitions, b.cfg.Kafka.Topic, b.cfg.Kafka.DLQTopic)
+		if err == nil {
+			return nil
+		}
+		b.log.Warn("bridge: kafka not ready", "err", err)
+		if !sleep(ctx, time.Second) {
+			return fmt.Errorf("bridge: kafka never became ready: %w", err)
+		}
+	}
+}
+
+func (b *Bridge) watchKafka(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			pctx, cancel := context.WithTimeout(ctx, 4*time.Second)
+			b.kafkaOK.Store(kafkapipe.Ping(pctx, b.cfg.Kafka.Brokers) == nil)
+			cancel()
+		}
+	}
+}
+
+// ingest takes MQTT messages in arrival order, writes them to Kafka in
+// batches and PUBACKs each only after its write was acknowledged.
+func (b *Bridge) ingest(ctx, life context.Context) error {
+	msgs := b.mqtt.Messages()
+	batch := make([]mqttin.Message, 0, ingestBatch)
+	for {
+		batch = batch[:0]
+		select {
+		case m := <-msgs:
+			batch = append(batch, m)
+		case <-ctx.Done():
+			return nil
+		}
+	fill:
+		for len(batch) < ingestBatch {
+			select {
+			case m := <-msgs:
+				batch = append(batch, m)
+			default:
+				break fill
+			}
+		}
+		if !b.writeBatch(ctx, life, batch) {
+			return nil // stopping; the broker redelivers what was not acknowledged
+		}
+	}
+}
+
+func (b *Bridge) writeBatch(ctx, life context.Context, batch []mqttin.Message) bool {
+	recs := make([]kafkapipe.Record, 0, len(batch))
+	var rejects []finishJob
+	for _, m := range batch {
+		b.metrics.Received.Inc()
+		env, err := b.dec.Decode(transcoder.Input{DeviceID: m.DeviceID, Topic: m.Topic, Payload: m.Payload, ReceivedAt: m.ReceivedAt})
+		if err != nil {
+			reason := transcoder.ReasonOf(err)
+			b.log.Info("bridge: rejected device message", "device_id", m.DeviceID, "topic", m.Topic, "reason", reason)
+			var detail string
+			var te *transcoder.Error
+			if errors.As(err, &te) {
+				detail = te.Detail
+			}
+			dl := deadLetter(b.cfg.Kafka.DLQTopic, m.DeviceID, m.Topic, m.Payload, string(reason), err.Error())
+			recs = append(recs, *dl)
+			rejects = append(rejects, finishJob{
+				replyTopic: mqttin.ReplyTopic(b.cfg.MQTT.ReplyTopic, m.DeviceID),
+				reply:      transcoder.RejectReply(transcoder.RequestIDHint(m.Payload), "", reason, detail),
+				done:       func() { b.metrics.DLQ.WithLabelValues(string(reason)).Inc() },
+			})
+			continue
+		}
+		value, err := proto.Marshal(env)
+		if err != nil {
+			continue // cannot happen for a valid envelope; never ACKed, so redelivered
+		}
+		recs = append(recs, kafkapipe.Record{
+			Topic: b.cfg.Kafka.Topic,
+			Key:   []byte(env.DeviceId),
+			Value: value,
+			Headers: []kafka.Header{
+				{Key: kafkapipe.HeaderMessageID, Value: []byte(env.MessageId)},
+				{Key: kafkapipe.HeaderDeviceID, Value: []byte(env.DeviceId)},
+				{Key: kafkapipe.HeaderContentType, Value: []byte("application/x-protobuf; messageType=edgebridge.v1.Envelope")},
+			},
+		})
+	}
+	delay := 100 * time.Millisecond
+	for {
+		// The write itself runs under life, so a write in progress at
+		// shutdown completes and its messages are acknowledged.
+		err := b.producer.Write(life, recs...)
+		if err == nil {
+			break
+		}
+		b.metrics.ProduceErrors.Inc()
+		b.kafkaOK.Store(false)
+		b.log.Warn("bridge: kafka write failed; retrying", "records", len(recs), "err", err)
+		if !sleep(ctx, delay) {
+			return false
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+	b.kafkaOK.Store(true)
+	b.metrics.Produced.Add(float64(len(recs)))
+	for _, m := range batch {
+		m.Ack()
+	}
+	for _, j := range rejects {
+		select {
+		case b.finish <- j:
+		case <-life.Done():
+			return false
+		}
+	}
+	return true
+}
+
+func deadLetter(topic, deviceID, source string, payload []byte, reason, detail string) *kafkapipe.Record {
+	return &kafkapipe.Record{
+		Topic: topic,
+		Key:   []byte(deviceID),
+		Value: payload,
+		Headers: []kafka.Header{
+			{Key: kafkapipe.HeaderReason, Value: []byte(reason)},
+			{Key: kafkapipe.HeaderDetail, Value: []byte(detail)},
+			{Key: kafkapipe.HeaderDeviceID, Value: []byte(deviceID)},
+			{Key: kafkapipe.HeaderSourceTopic, Value: []byte(source)},
+			{Key: "edgebridge-dead-lettered-at", Value: []byte(strconv.FormatInt(time.Now().UnixMilli(), 10))},
+		},
+	}
+}

@@ -1,0 +1,207 @@
+package bridge
+
+import (
+	"container/heap"
+	"context"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/kafkapipe"
+	"github.com/edgebridge/edgebridge/mqttin"
+	"github.com/edgebridge/edgebridge/transcoder"
+)
+
+// handleRecord is the consumer's Handler: the record is already in the
+// window; send it to the backend that owns its partition.
+func (b *Bridge) handleRecord(ctx context.Context, m kafkapipe.Message) error {
+	env := &v1.Envelope{}
+	if err := proto.Unmarshal(m.Value, env); err != nil || env.GetMessageId() == "" {
+		// Not an envelope (someone else wrote to the topic): dead-letter it
+		// rather than block the partition.
+		device := string(m.Key)
+		b.enqueueFinish(ctx, finishJob{
+			dlq:  deadLetter(b.cfg.Kafka.DLQTopic, device, m.Topic, m.Value, "corrupt_envelope", "record is not an edgebridge.v1.Envelope"),
+			done: b.windowAck(m.Partition, m.Offset, "corrupt_envelope"),
+		})
+		return nil
+	}
+	c := b.clients[int(m.Partition)%len(b.clients)]
+	return b.deliver(ctx, c, m.Partition, m.Offset, env)
+}
+
+func (b *Bridge) deliver(ctx context.Context, c *grpcout.Client, part int32, offset int64, env *v1.Envelope) error {
+	env.Attempt++
+	sent := time.Now()
+	b.metrics.Delivered.Inc()
+	return c.Deliver(ctx, env, func(ack *v1.Ack) {
+		b.metrics.AckLatency.Observe(time.Since(sent).Seconds())
+		b.metrics.Acks.WithLabelValues(outcomeLabel(ack.GetOutcome())).Inc()
+		b.onAck(c, part, offset, env, ack)
+	})
+}
+
+// onAck runs on a stream's receiving goroutine and must not block: the
+// finish and retry channels are sized to the window, and every record has
+// at most one job in them.
+func (b *Bridge) onAck(c *grpcout.Client, part int32, offset int64, env *v1.Envelope, ack *v1.Ack) {
+	replyTopic := mqttin.ReplyTopic(b.cfg.MQTT.ReplyTopic, env.GetDeviceId())
+	switch ack.GetOutcome() {
+	case v1.Outcome_OUTCOME_OK, v1.Outcome_OUTCOME_DUPLICATE:
+		b.finish <- finishJob{replyTopic: replyTopic, reply: ack.GetReply(), done: b.windowAck(part, offset, "")}
+	case v1.Outcome_OUTCOME_REJECT:
+		b.finish <- b.deadLetterJob(part, offset, env, replyTopic, ack, transcoder.StatusRejected)
+	default: // RETRY, or an outcome this bridge does not know
+		if int(env.GetAttempt()) >= b.cfg.Backend.MaxAttempts {
+			b.finish <- b.deadLetterJob(part, offset, env, replyTopic, ack, transcoder.StatusError)
+			return
+		}
+		b.metrics.Redeliveries.Inc()
+		delay := b.cfg.Backend.RetryBackoff << min(env.GetAttempt()-1, 5)
+		b.retries <- retryJob{due: time.Now().Add(delay), client: c, part: part, offset: offset, env: env}
+	}
+}
+
+func (b *Bridge) deadLetterJob(part int32, offset int64, env *v1.Envelope, replyTopic string, ack *v1.Ack, status string) finishJob {
+	code := ack.GetReasonCode()
+	if code == "" {
+		code = "backend_" + outcomeLabel(ack.GetOutcome())
+	}
+	payload, _ := proto.Marshal(env)
+	dl := deadLetter(b.cfg.Kafka.DLQTopic, env.GetDeviceId(), env.GetSourceTopic(), payload, code, ack.GetReason())
+	reply := ack.GetReply()
+	if len(reply) == 0 {
+		reply = transcoder.EncodeReply(&v1.PaymentReply{
+			RequestId: env.GetRequestId(), MessageId: env.GetMessageId(),
+			Status: statusValue(status), Reason: code,
+		})
+	}
+	return finishJob{dlq: dl, replyTopic: replyTopic, reply: reply, done: b.windowAck(part, offset, code)}
+}
+
+func statusValue(s string) v1.PaymentStatus {
+	if s == transcoder.StatusRejected {
+		return v1.PaymentStatus_PAYMENT_STATUS_REJECTED
+	}
+	return v1.PaymentStatus_PAYMENT_STATUS_ERROR
+}
+
+func (b *Bridge) windowAck(part int32, offset int64, dlqReason string) func() {
+	return func() {
+		if dlqReason != "" {
+			b.metrics.DLQ.WithLabelValues(dlqReason).Inc()
+		}
+		b.win.Ack(part, offset)
+	}
+}
+
+func (b *Bridge) enqueueFinish(ctx context.Context, j finishJob) {
+	select {
+	case b.finish <- j:
+	case <-ctx.Done():
+	}
+}
+
+// finisher dead-letters, replies, then acknowledges, retrying each step
+// until it succeeds or the bridge stops (then the record stays uncommitted
+// and is redelivered; the backend answers DUPLICATE with the stored reply).
+func (b *Bridge) finisher(ctx context.Context) {
+	for {
+		var j finishJob
+		select {
+		case j = <-b.finish:
+		case <-ctx.Done():
+			return
+		}
+		if j.dlq != nil && !b.retry(ctx, "dead-letter", func() error { return b.producer.Write(ctx, *j.dlq) }) {
+			return
+		}
+		if len(j.reply) > 0 {
+			if !b.retry(ctx, "reply", func() error { return b.mqtt.Publish(ctx, j.replyTopic, j.reply) }) {
+				return
+			}
+			b.metrics.Replies.Inc()
+		}
+		j.done()
+	}
+}
+
+func (b *Bridge) retry(ctx context.Context, what string, fn func() error) bool {
+	delay := 50 * time.Millisecond
+	for {
+		err := fn()
+		if err == nil {
+			return true
+		}
+		b.log.Warn("bridge: "+what+" failed; retrying", "err", err)
+		if !sleep(ctx, delay) {
+			return false
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// retrier redelivers RETRY-answered envelopes when their backoff is due.
+func (b *Bridge) retrier(ctx context.Context) {
+	var due retryHeap
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		if len(due) > 0 {
+			timer.Reset(time.Until(due[0].due))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case j := <-b.retries:
+			heap.Push(&due, j)
+		case <-timer.C:
+			for len(due) > 0 && !due[0].due.After(time.Now()) {
+				j := heap.Pop(&due).(retryJob)
+				if err := b.deliver(ctx, j.client, j.part, j.offset, j.env); err != nil {
+					return
+				}
+			}
+		}
+	}
+}
+
+type retryHeap []retryJob
+
+func (h retryHeap) Len() int           { return len(h) }
+func (h retryHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h retryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *retryHeap) Push(x any)        { *h = append(*h, x.(retryJob)) }
+func (h *retryHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+func outcomeLabel(o v1.Outcome) string {
+	switch o {
+	case v1.Outcome_OUTCOME_OK:
+		return "ok"
+	case v1.Outcome_OUTCOME_DUPLICATE:
+		return "duplicate"
+	case v1.Outcome_OUTCOME_RETRY:
+		return "retry"
+	case v1.Outcome_OUTCOME_REJECT:
+		return "reject"
+	}
+	return "unknown"
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

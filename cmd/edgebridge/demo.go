@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/edgebridge/edgebridge/backend"
+	"github.com/edgebridge/edgebridge/bridge"
+	"github.com/edgebridge/edgebridge/config"
+	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/payment"
+)
+
+func demoCmd(args []string) error {
+	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
+	devices := fs.Int("devices", 50, "simulated devices")
+	requests := fs.Int("requests", 100, "requests per device")
+	outstanding := fs.Int("outstanding", 4, "requests in flight per device")
+	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long")
+	verbose := fs.Bool("v", false, "log the bridge's info messages")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	level := slog.LevelWarn
+	if *verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+
+	dir, err := os.MkdirTemp("", "edgebridge-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+
+	// paymentd, in-process, on a free port.
+	ledger, err := payment.OpenLedger(filepath.Join(dir, "ledger.jsonl"))
+	if err != nil {
+		return err
+	}
+	defer ledger.Close()
+	bln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
+	backend.NewServer(backend.Config{ID: "paymentd-demo"}, payment.Handler(payment.DefaultLimit), ledger, backend.WithLogger(log)).Register(gs)
+	go func() { _ = gs.Serve(bln) }()
+	defer gs.Stop()
+
+	cfg := config.Default()
+	cfg.MQTT.EmbeddedListen = "127.0.0.1:0"
+	cfg.Kafka.EmbeddedListen = "127.0.0.1:0"
+	cfg.Kafka.DataDir = dir
+	cfg.Backend.Targets = []string{bln.Addr().String()}
+	cfg.Admin.Listen = "127.0.0.1:0"
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	started := make(chan config.Config, 1)
+	bridgeDone := make(chan error, 1)
+	var br *bridge.Bridge
+	go func() {
+		bridgeDone <- runBridge(ctx, cfg, log, func(b *bridge.Bridge, c config.Config) { br = b; started <- c })
+	}()
+	var live config.Config
+	select {
+	case live = <-started:
+	case err := <-bridgeDone:
+		return fmt.Errorf("demo: bridge did not start: %w", err)
+	}
+	fmt.Printf("edgebridge demo: mqtt %s, backend %s, admin http://%s/metrics\n", live.MQTT.Broker, bln.Addr(), live.Admin.Listen)
+	if err := waitReady(ctx, br, 30*time.Second); err != nil {
+		return err
+	}
+	fmt.Printf("sending %d devices x %d requests (%d in flight per device)\n", *devices, *requests, *outstanding)
+
+	runCtx, stopRun := context.WithTimeout(ctx, *timeout)
+	defer stopRun()
+	total := *devices * *requests
+	res, err := devicesim.Run(runCtx, devicesim.Config{
+		Broker: live.MQTT.Broker, Devices: *devices, Requests: *requests, Outstanding: *outstanding,
+	}, func(sent, replied int) {
+		fmt.Printf("  sent %6d/%d  replied %6d/%d\n", sent, total, replied, total)
+	})
+	if err != nil {
+		return err
+	}
+	cancel()
+	if err := <-bridgeDone; err != nil {
+		log.Warn("demo: bridge stopped with error", "err", err)
+	}
+
+	secs := res.Elapsed.Seconds()
+	fmt.Printf(`
+summary
+  sent        %d
+  replied     %d (duplicate replies %d)
+  approved    %d
+  declined    %d
+  rejected    %d
+  errors      %d
+  throughput  %.0f req/s
+  latency     p50 %s  p99 %s  max %s
+  ledger      %d payments processed once
+`, res.Sent, res.Replied, res.Duplicates,
+		res.ByStatus["APPROVED"], res.ByStatus["DECLINED"], res.ByStatus["REJECTED"], res.ByStatus["ERROR"],
+		float64(res.Replied)/secs,
+		res.Percentile(50).Round(10*time.Microsecond), res.Percentile(99).Round(10*time.Microsecond), res.Percentile(100).Round(10*time.Microsecond),
+		ledger.Len())
+	if res.Replied != total {
+		return fmt.Errorf("demo: %d of %d requests got no reply (first: %v)", total-res.Replied, total, head(res.Missing, 5))
+	}
+	fmt.Println("demo ok: every request got its reply")
+	return nil
+}
+
+func waitReady(ctx context.Context, b *bridge.Bridge, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		ok, why := b.Ready()
+		if ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("demo: bridge not ready after %s: %v", limit, why)
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func head(s []string, n int) []string { return s[:min(n, len(s))] }

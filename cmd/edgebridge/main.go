@@ -1,0 +1,54 @@
+// Command edgebridge bridges device requests from MQTT through Kafka to gRPC
+// backends and their replies back to the devices.
+//
+//	edgebridge run [-config FILE]     run the bridge
+//	edgebridge demo [flags]           everything in one process, with simulated devices
+//	edgebridge validate -config FILE  check a config file, listing every problem
+//	edgebridge version
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=…".
+var version = "dev"
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	var err error
+	switch cmd, args := os.Args[1], os.Args[2:]; cmd {
+	case "run":
+		err = runCmd(args)
+	case "demo":
+		err = demoCmd(args)
+	case "validate":
+		err = validateCmd(args)
+	case "version":
+		fmt.Println("edgebridge", version)
+	case "help", "-h", "--help":
+		usage()
+	default:
+		fmt.Fprintf(os.Stderr, "edgebridge: unknown command %q\n", cmd)
+		usage()
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "edgebridge:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage:
+  edgebridge run [-config FILE]      run the bridge (embedded brokers when no config)
+  edgebridge demo [-devices N] [-requests N]
+                                     embedded brokers + paymentd + simulated devices
+  edgebridge validate -config FILE   exit 0 if valid, else list every problem
+  edgebridge version
+`)
+}

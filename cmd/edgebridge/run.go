@@ -1,0 +1,118 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/edgebridge/edgebridge/bridge"
+	"github.com/edgebridge/edgebridge/config"
+	"github.com/edgebridge/edgebridge/embedded"
+)
+
+func loadConfig(path string) (config.Config, error) {
+	if path == "" {
+		return config.Default(), nil
+	}
+	return config.Load(path)
+}
+
+func validateCmd(args []string) error {
+	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
+	path := fs.String("config", "", "config file")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *path == "" {
+		return errors.New("validate: -config is required")
+	}
+	if _, err := config.Load(*path); err != nil {
+		return err
+	}
+	fmt.Println("config ok")
+	return nil
+}
+
+func runCmd(args []string) error {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	path := fs.String("config", "", "config file (default: embedded brokers, backend 127.0.0.1:7070)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*path)
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx := shutdownContext(log)
+	return runBridge(ctx, cfg, log, nil)
+}
+
+// shutdownContext ends on the first SIGINT/SIGTERM (graceful drain); a
+// second signal exits at once. Nothing is lost either way: what was not
+// committed is redelivered on the next start.
+func shutdownContext(log *slog.Logger) context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		log.Info("edgebridge: draining; signal again to abort", "signal", s.String())
+		cancel()
+		<-sigs
+		log.Warn("edgebridge: aborted")
+		os.Exit(130)
+	}()
+	return ctx
+}
+
+// runBridge starts the embedded brokers cfg asks for, then the bridge and its
+// admin server, until ctx ends. ready, if not nil, is called once the bridge
+// is constructed.
+func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(*bridge.Bridge, config.Config)) error {
+	if cfg.EmbeddedKafka() {
+		k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: cfg.Kafka.EmbeddedListen, DataDir: cfg.Kafka.DataDir, Partitions: cfg.Kafka.Partitions})
+		if err != nil {
+			return err
+		}
+		defer k.Close()
+		cfg.Kafka.Brokers = []string{k.Addr()}
+		log.Info("edgebridge: embedded kafka", "addr", k.Addr(), "data_dir", cfg.Kafka.DataDir)
+	}
+	if cfg.EmbeddedMQTT() {
+		m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: cfg.MQTT.EmbeddedListen, DataDir: cfg.Kafka.DataDir + "/mqtt", Logger: log})
+		if err != nil {
+			return err
+		}
+		defer m.Close()
+		cfg.MQTT.Broker = "tcp://" + m.Addr()
+		log.Info("edgebridge: embedded mqtt", "addr", m.Addr())
+	}
+	b, err := bridge.New(cfg, bridge.WithLogger(log))
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.Admin.Listen)
+	if err != nil {
+		return fmt.Errorf("admin listen: %w", err)
+	}
+	log.Info("edgebridge: admin", "addr", ln.Addr().String())
+	if ready != nil {
+		cfg.Admin.Listen = ln.Addr().String()
+		ready(b, cfg)
+	}
+	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
+	var g errgroup.Group
+	g.Go(func() error { return b.ServeAdmin(adminCtx, ln) })
+	err = b.Run(ctx)
+	stopAdmin()
+	return errors.Join(err, g.Wait())
+}

@@ -1,0 +1,273 @@
+// Package devicesim simulates payment terminals: each device is its own MQTT
+// client that publishes QoS 1 requests with a bounded number outstanding
+// and waits for the replies. The demo, the integration tests and the bench
+// drive the bridge with it.
+package devicesim
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edgebridge/edgebridge/transcoder"
+)
+
+// Config configures a run. Zero values mean the default.
+type Config struct {
+	Broker      string // tcp://host:port. Required.
+	Devices     int    // Default: 50.
+	Requests    int    // per device. Default: 100.
+	Outstanding int    // requests in flight per device. Default: 4.
+	// DevicePrefix names devices prefix-0001…. Default: "dev".
+	DevicePrefix string
+	// RequestTopic and ReplyTopic with {device_id}. Defaults: payment/request/{device_id}, payment/response/{device_id}.
+	RequestTopic, ReplyTopic string
+	// FirstRequest is the index of the first request (to continue a run). Default: 0.
+	FirstRequest int
+}
+
+func (c Config) withDefaults() Config {
+	if c.Devices <= 0 {
+		c.Devices = 50
+	}
+	if c.Requests <= 0 {
+		c.Requests = 100
+	}
+	if c.Outstanding <= 0 {
+		c.Outstanding = 4
+	}
+	if c.DevicePrefix == "" {
+		c.DevicePrefix = "dev"
+	}
+	if c.RequestTopic == "" {
+		c.RequestTopic = "payment/request/{device_id}"
+	}
+	if c.ReplyTopic == "" {
+		c.ReplyTopic = "payment/response/{device_id}"
+	}
+	return c
+}
+
+// DeviceID names device i.
+func (c Config) DeviceID(i int) string {
+	return fmt.Sprintf("%s-%04d", c.withDefaults().DevicePrefix, i)
+}
+
+// RequestID names request n of a device.
+func RequestID(n int) string { return fmt.Sprintf("r-%06d", n) }
+
+// Amount is the amount of request n: every tenth is above the reference
+// backend's limit, so it is declined.
+func Amount(n int) int64 {
+	if n%10 == 9 {
+		return 250000
+	}
+	return int64(100 + n%5000)
+}
+
+// Result summarises a run.
+type Result struct {
+	Sent, Replied int
+	Duplicates    int            // replies received more than once
+	ByStatus      map[string]int // first reply per request
+	Latencies     []time.Duration
+	Missing       []string // device/request without a reply
+	Elapsed       time.Duration
+}
+
+// Percentile returns the p-th percentile (0..100) of the latencies.
+func (r Result) Percentile(p float64) time.Duration {
+	if len(r.Latencies) == 0 {
+		return 0
+	}
+	s := slices.Clone(r.Latencies)
+	slices.Sort(s)
+	i := int(float64(len(s)-1) * p / 100)
+	return s[i]
+}
+
+// Progress is called about once a second with running totals.
+type Progress func(sent, replied int)
+
+// Run connects every device, sends its requests and waits for every reply or
+// for ctx to end. It returns the result either way; err is set only when
+// devices could not connect.
+func Run(ctx context.Context, cfg Config, progress Progress) (Result, error) {
+	cfg = cfg.withDefaults()
+	var sent, replied atomic.Int64
+	devs := make([]*device, cfg.Devices)
+	for i := range devs {
+		d, err := connect(ctx, cfg, cfg.DeviceID(i+1), &replied)
+		if err != nil {
+			for _, d := range devs[:i] {
+				d.c.Disconnect(0)
+			}
+			return Result{}, err
+		}
+		devs[i] = d
+	}
+	defer func() {
+		for _, d := range devs {
+			d.c.Disconnect(100)
+		}
+	}()
+
+	start := time.Now()
+	stopProgress := make(chan struct{})
+	var pwg sync.WaitGroup
+	if progress != nil {
+		pwg.Go(func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-t.C:
+					progress(int(sent.Load()), int(replied.Load()))
+				case <-stopProgress:
+					return
+				}
+			}
+		})
+	}
+	var wg sync.WaitGroup
+	for _, d := range devs {
+		wg.Go(func() { d.run(ctx, cfg, &sent) })
+	}
+	wg.Wait()
+	close(stopProgress)
+	pwg.Wait()
+
+	res := Result{ByStatus: map[string]int{}, Elapsed: time.Since(start)}
+	for _, d := range devs {
+		d.mu.Lock()
+		res.Sent += d.sent
+		res.Duplicates += d.dups
+		for n := cfg.FirstRequest; n < cfg.FirstRequest+d.sent; n++ {
+			rid := RequestID(n)
+			r, ok := d.replies[rid]
+			if !ok {
+				res.Missing = append(res.Missing, d.id+"/"+rid)
+				continue
+			}
+			res.Replied++
+			res.ByStatus[r.status]++
+			res.Latencies = append(res.Latencies, r.latency)
+		}
+		d.mu.Unlock()
+	}
+	return res, nil
+}
+
+type reply struct {
+	status  string
+	latency time.Duration
+}
+
+type device struct {
+	id      string
+	c       paho.Client
+	slots   chan struct{}
+	mu      sync.Mutex
+	sentAt  map[string]time.Time
+	replies map[string]reply
+	sent    int
+	dups    int
+	all     chan struct{} // closed when every sent request has a reply
+	want    int
+}
+
+func connect(ctx context.Context, cfg Config, id string, replied *atomic.Int64) (*device, error) {
+	d := &device{
+		id: id, slots: make(chan struct{}, cfg.Outstanding),
+		sentAt: map[string]time.Time{}, replies: map[string]reply{},
+		all: make(chan struct{}), want: cfg.Requests,
+	}
+	replyTopic := expand(cfg.ReplyTopic, id)
+	onReply := func(_ paho.Client, m paho.Message) {
+		var r transcoder.Reply
+		if json.Unmarshal(m.Payload(), &r) != nil {
+			return
+		}
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		at, ok := d.sentAt[r.RequestID]
+		if !ok {
+			return
+		}
+		if _, seen := d.replies[r.RequestID]; seen {
+			d.dups++
+			return
+		}
+		d.replies[r.RequestID] = reply{status: r.Status, latency: time.Since(at)}
+		replied.Add(1)
+		select {
+		case <-d.slots:
+		default:
+		}
+		if len(d.replies) == d.want {
+			close(d.all)
+		}
+	}
+	opts := paho.NewClientOptions().AddBroker(cfg.Broker).SetClientID(id).
+		SetCleanSession(false). // replies published while we reconnect are kept
+		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(200 * time.Millisecond).
+		SetMaxReconnectInterval(time.Second).
+		SetOrderMatters(false).
+		SetOnConnectHandler(func(c paho.Client) { c.Subscribe(replyTopic, 1, onReply).Wait() })
+	opts.SetDefaultPublishHandler(onReply)
+	d.c = paho.NewClient(opts)
+	tok := d.c.Connect()
+	select {
+	case <-tok.Done():
+		if err := tok.Error(); err != nil {
+			return nil, fmt.Errorf("devicesim: %s connect: %w", id, err)
+		}
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	// Wait for the reply subscription before publishing.
+	sub := d.c.Subscribe(replyTopic, 1, onReply)
+	if !sub.WaitTimeout(10*time.Second) || sub.Error() != nil {
+		return nil, fmt.Errorf("devicesim: %s subscribe: %v", id, sub.Error())
+	}
+	return d, nil
+}
+
+func (d *device) run(ctx context.Context, cfg Config, sent *atomic.Int64) {
+	reqTopic := expand(cfg.RequestTopic, d.id)
+	for n := cfg.FirstRequest; n < cfg.FirstRequest+cfg.Requests; n++ {
+		select {
+		case d.slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		rid := RequestID(n)
+		body, _ := json.Marshal(map[string]any{
+			"request_id": rid, "amount_minor": Amount(n), "currency": "EUR", "merchant_id": "m-" + d.id,
+		})
+		d.mu.Lock()
+		d.sentAt[rid] = time.Now()
+		d.sent++
+		d.mu.Unlock()
+		tok := d.c.Publish(reqTopic, 1, false, body)
+		select {
+		case <-tok.Done():
+		case <-ctx.Done():
+			return
+		}
+		sent.Add(1)
+	}
+	select {
+	case <-d.all:
+	case <-ctx.Done():
+	}
+}
+
+func expand(pattern, id string) string { return strings.ReplaceAll(pattern, "{device_id}", id) }

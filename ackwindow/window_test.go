@@ -15,7 +15,7 @@ type op struct {
 	ok   bool // expected Ack result
 }
 
-func add(p int32, o int64) op         { return op{add: true, part: p, off: o} }
+func add(p int32, o int64) op          { return op{add: true, part: p, off: o} }
 func ack(p int32, o int64, ok bool) op { return op{part: p, off: o, ok: ok} }
 
 func TestWindowFloor(t *testing.T) {

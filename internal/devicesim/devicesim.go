@@ -31,6 +31,13 @@ type Config struct {
 	RequestTopic, ReplyTopic string
 	// FirstRequest is the index of the first request (to continue a run). Default: 0.
 	FirstRequest int
+	// Counters, if set, is updated live so callers can watch a run.
+	Counters *Counters
+}
+
+// Counters are a run's running totals; safe to read while it runs.
+type Counters struct {
+	Sent, Replied atomic.Int64
 }
 
 func (c Config) withDefaults() Config {
@@ -101,10 +108,13 @@ type Progress func(sent, replied int)
 // devices could not connect.
 func Run(ctx context.Context, cfg Config, progress Progress) (Result, error) {
 	cfg = cfg.withDefaults()
-	var sent, replied atomic.Int64
+	if cfg.Counters == nil {
+		cfg.Counters = new(Counters)
+	}
+	sent, replied := &cfg.Counters.Sent, &cfg.Counters.Replied
 	devs := make([]*device, cfg.Devices)
 	for i := range devs {
-		d, err := connect(ctx, cfg, cfg.DeviceID(i+1), &replied)
+		d, err := connect(ctx, cfg, cfg.DeviceID(i+1), replied)
 		if err != nil {
 			for _, d := range devs[:i] {
 				d.c.Disconnect(0)
@@ -138,7 +148,7 @@ func Run(ctx context.Context, cfg Config, progress Progress) (Result, error) {
 	}
 	var wg sync.WaitGroup
 	for _, d := range devs {
-		wg.Go(func() { d.run(ctx, cfg, &sent) })
+		wg.Go(func() { d.run(ctx, cfg, sent) })
 	}
 	wg.Wait()
 	close(stopProgress)

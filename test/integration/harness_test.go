@@ -1,0 +1,333 @@
+// Package integration drives the real edgebridge and paymentd binaries
+// against a real Mosquitto and a Kafka-protocol broker, with faults.
+//
+// Set EDGEBRIDGE_SKIP_INTEGRATION=1 to skip these tests (CI never does).
+package integration
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/edgebridge/edgebridge/embedded"
+)
+
+var bins struct {
+	edgebridge, paymentd string
+}
+
+func TestMain(m *testing.M) {
+	if os.Getenv("EDGEBRIDGE_SKIP_INTEGRATION") == "1" {
+		fmt.Println("integration: skipped (EDGEBRIDGE_SKIP_INTEGRATION=1)")
+		os.Exit(0)
+	}
+	if _, err := exec.LookPath("mosquitto"); err != nil {
+		fmt.Fprintln(os.Stderr, "integration: mosquitto not on PATH: apt-get install -y mosquitto (or set EDGEBRIDGE_SKIP_INTEGRATION=1)")
+		os.Exit(1)
+	}
+	dir, err := os.MkdirTemp("", "edgebridge-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	bins.edgebridge = filepath.Join(dir, "edgebridge")
+	bins.paymentd = filepath.Join(dir, "paymentd")
+	for out, pkg := range map[string]string{bins.edgebridge: "../../cmd/edgebridge", bins.paymentd: "../../cmd/paymentd"} {
+		cmd := exec.Command("go", "build", "-race", "-o", out, pkg)
+		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "integration: build", pkg, err)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// proc is a child process the test started; it is killed at cleanup.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *syncBuffer
+	done chan struct{}
+	err  error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func start(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: filepath.Base(name), cmd: exec.Command(name, args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.kill()
+		if t.Failed() {
+			t.Logf("--- %s (pid %d) output (tail) ---\n%s", p.name, p.cmd.Process.Pid, tail(p.out.String(), 4000))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// kill SIGKILLs the process (by its own PID) and waits for it.
+func (p *proc) kill() {
+	select {
+	case <-p.done:
+		return
+	default:
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+}
+
+// stop sends SIGTERM and waits up to limit for the exit; it returns the exit error.
+func (p *proc) stop(t *testing.T, limit time.Duration) error {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	timer := time.NewTimer(limit)
+	defer timer.Stop()
+	select {
+	case <-p.done:
+		return p.err
+	case <-timer.C:
+		p.kill()
+		return fmt.Errorf("%s did not exit within %s after SIGTERM", p.name, limit)
+	}
+}
+
+// waitFor polls cond every 20ms until it holds or limit passes.
+func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", limit, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func dialable(addr string) bool {
+	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
+	if err != nil {
+		return false
+	}
+	c.Close()
+	return true
+}
+
+// mosquitto starts a real Mosquitto with the project's shipped settings on a
+// free port, persistence in a temp dir.
+func mosquitto(t *testing.T) (url string) {
+	t.Helper()
+	dir := t.TempDir()
+	addr := freeAddr(t)
+	_, port, _ := net.SplitHostPort(addr)
+	shipped, err := os.ReadFile("../../deploy/mosquitto/mosquitto.conf")
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := string(shipped)
+	conf = strings.Replace(conf, "listener 1883 127.0.0.1", "listener "+port+" 127.0.0.1", 1)
+	conf = strings.Replace(conf, "persistence_location /var/lib/mosquitto/", "persistence_location "+dir+"/", 1)
+	conf += "\n# test: run as the current user, log to stderr\nuser root\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+	path := filepath.Join(dir, "mosquitto.conf")
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, "mosquitto", "-c", path)
+	waitFor(t, 10*time.Second, "mosquitto to listen", func() bool { return dialable(addr) })
+	_ = p
+	return "tcp://" + addr
+}
+
+// kafkaBroker starts the embedded Kafka-protocol broker in the test process.
+func kafkaBroker(t *testing.T) string {
+	t.Helper()
+	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Close)
+	return k.Addr()
+}
+
+type paymentd struct {
+	*proc
+	addr, ledger string
+}
+
+func startPaymentd(t *testing.T, addr, ledger string) *paymentd {
+	t.Helper()
+	p := start(t, bins.paymentd, "-listen", addr, "-ledger", ledger)
+	waitFor(t, 20*time.Second, "paymentd to listen", func() bool { return dialable(addr) })
+	return &paymentd{proc: p, addr: addr, ledger: ledger}
+}
+
+type bridgeProc struct {
+	*proc
+	admin string
+}
+
+type bridgeOpts struct {
+	mqtt, kafka, backend string
+	extra                string // more YAML, appended under backend:
+}
+
+func writeBridgeConfig(t *testing.T, o bridgeOpts) (path, admin string) {
+	t.Helper()
+	admin = freeAddr(t)
+	doc := fmt.Sprintf(`mqtt:
+  broker: %s
+  client_id: bridge-%s
+  subscribe: ["payment/request/+"]
+  reply_topic: "payment/response/{device_id}"
+kafka:
+  brokers: ["%s"]
+  topic: edgebridge.payment.requests
+  dlq_topic: edgebridge.payment.dlq
+  group_id: edgebridge
+backend:
+  targets: ["%s"]
+  window: 128
+  reconnect_initial: 200ms
+  reconnect_max: 1s
+  heartbeat_interval: 1s
+  heartbeat_timeout: 5s
+%sadmin:
+  listen: %s
+shutdown:
+  drain_timeout: 20s
+`, o.mqtt, strings.ReplaceAll(t.Name(), "/", "-"), o.kafka, o.backend, o.extra, admin)
+	path = filepath.Join(t.TempDir(), "edgebridge.yaml")
+	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path, admin
+}
+
+func startBridge(t *testing.T, cfgPath, admin string) *bridgeProc {
+	t.Helper()
+	p := start(t, bins.edgebridge, "run", "-config", cfgPath)
+	b := &bridgeProc{proc: p, admin: admin}
+	t.Cleanup(func() { // runs before the process is killed
+		if t.Failed() {
+			t.Logf("--- bridge metrics at failure ---\n%s", b.metricsText())
+		}
+	})
+	waitFor(t, 60*time.Second, "bridge /readyz", func() bool {
+		select {
+		case <-p.done:
+			t.Fatalf("bridge exited early: %v\n%s", p.err, tail(p.out.String(), 3000))
+		default:
+		}
+		return b.ready()
+	})
+	return b
+}
+
+func (b *bridgeProc) ready() bool {
+	resp, err := http.Get("http://" + b.admin + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+func (b *bridgeProc) metricsText() string {
+	resp, err := http.Get("http://" + b.admin + "/metrics")
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	_, _ = buf.ReadFrom(resp.Body)
+	var keep []string
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if strings.HasPrefix(line, "edgebridge_") && !strings.Contains(line, "_bucket") {
+			keep = append(keep, line)
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+// metric returns the value of an un-labelled metric from /metrics.
+func (b *bridgeProc) metric(name string) (float64, error) {
+	resp, err := http.Get("http://" + b.admin + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(resp.Body); err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(buf.String(), "\n") {
+		if strings.HasPrefix(line, name+" ") {
+			var v float64
+			_, err := fmt.Sscanf(strings.TrimPrefix(line, name+" "), "%g", &v)
+			return v, err
+		}
+	}
+	return 0, errors.New("metric " + name + " not found")
+}
+
+func withTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// closedCleanly reports whether the bridge logged that its window drained.
+func (b *bridgeProc) closedCleanly() bool {
+	return strings.Contains(b.out.String(), "intake stopped, window drained") &&
+		strings.Contains(b.out.String(), "in_flight=0")
+}

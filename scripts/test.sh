@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The project's test command (README). Installs what it needs on a fresh
+# Debian machine, then runs every check CI runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+need_apt=()
+command -v mosquitto >/dev/null || need_apt+=(mosquitto mosquitto-clients)
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  step "apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+step "go mod download"
+go mod download
+
+step "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+[ -z "$unformatted" ] || { echo "gofmt needed:"; echo "$unformatted"; exit 1; }
+
+step "go vet"
+go vet ./...
+
+step "go mod tidy leaves no diff"
+cp go.mod /tmp/edgebridge-go.mod.bak; cp go.sum /tmp/edgebridge-go.sum.bak
+go mod tidy
+if ! git diff --quiet -- go.mod go.sum; then
+  git diff -- go.mod go.sum | head -40
+  cp /tmp/edgebridge-go.mod.bak go.mod; cp /tmp/edgebridge-go.sum.bak go.sum
+  echo "go.mod/go.sum are not tidy"; exit 1
+fi
+
+step "protobuf regeneration leaves no diff"
+./scripts/genproto.sh
+if ! git diff --quiet -- api; then
+  git diff --stat -- api
+  echo "generated protobuf code is stale: run ./scripts/genproto.sh and commit"; exit 1
+fi
+
+step "go test -race -shuffle=on ./..."
+go test -race -shuffle=on -count=1 -timeout 20m ./...
+
+step "fuzz the transcoder (short)"
+go test -run '^$' -fuzz FuzzDecode -fuzztime 15s ./transcoder
+
+step "demo (small)"
+go run ./cmd/edgebridge demo -devices 10 -requests 20 -timeout 2m

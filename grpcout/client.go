@@ -316,14 +316,18 @@ func (c *Client) runStream(ctx context.Context, client v1.DeliveryClient) error 
 	c.log.Info("grpcout: stream up", "target", c.cfg.Target, "backend", welcome.GetBackendId(), "credits", st.credits.Load())
 
 	errc := make(chan error, 1)
-	go func() { errc <- c.receive(st) }()
+	go func() {
+		err := c.receive(st)
+		cancel() // a dead stream stops the sender at once
+		errc <- err
+	}()
 	sendErr := c.send(sctx, st, interval)
 	cancel() // unblocks the receiver
 	recvErr := <-errc
-	if sendErr != nil {
-		return sendErr
+	if recvErr != nil && (sendErr == nil || errors.Is(sendErr, context.Canceled)) {
+		return recvErr // the receiver saw the cause
 	}
-	return recvErr
+	return sendErr
 }
 
 func recvWelcome(ctx context.Context, s v1.Delivery_StreamClient) (*v1.Welcome, error) {

@@ -1,0 +1,383 @@
+package grpcout_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/backend"
+	"github.com/edgebridge/edgebridge/grpcout"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// serve runs srv on a loopback port until the test ends.
+func serve(t *testing.T, register func(grpc.ServiceRegistrar)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
+	register(gs)
+	done := make(chan struct{})
+	go func() { _ = gs.Serve(ln); close(done) }()
+	t.Cleanup(func() { gs.Stop(); <-done })
+	return ln.Addr().String()
+}
+
+// run starts c.Run until the test ends and waits for it at cleanup.
+func run(t *testing.T, c *grpcout.Client) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = c.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
+
+func env(i int) *v1.Envelope {
+	id := fmt.Sprintf("m-%04d", i)
+	return &v1.Envelope{MessageId: id, DeviceId: "d", RequestId: id}
+}
+
+// acks collects ACKs by message id.
+type acks struct {
+	mu   sync.Mutex
+	got  map[string][]*v1.Ack
+	all  chan struct{}
+	want int
+}
+
+func newAcks(want int) *acks {
+	return &acks{got: map[string][]*v1.Ack{}, all: make(chan struct{}), want: want}
+}
+
+func (a *acks) fn(id string) grpcout.AckFunc {
+	return func(ack *v1.Ack) {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		a.got[id] = append(a.got[id], ack)
+		if len(a.got) == a.want && len(a.got[id]) == 1 {
+			close(a.all)
+		}
+	}
+}
+
+func (a *acks) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case <-a.all:
+	case <-time.After(20 * time.Second):
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		t.Fatalf("got %d acked messages, want %d", len(a.got), a.want)
+	}
+}
+
+func deliverAll(t *testing.T, c *grpcout.Client, n int, a *acks) {
+	t.Helper()
+	for i := range n {
+		e := env(i)
+		if err := c.Deliver(context.Background(), e, a.fn(e.MessageId)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func TestDeliverWithBackendHelper(t *testing.T) {
+	var calls atomic.Int64
+	srv := backend.NewServer(backend.Config{}, func(_ context.Context, e *v1.Envelope) backend.Result {
+		calls.Add(1)
+		return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: []byte("reply-" + e.MessageId)}
+	}, nil)
+	addr := serve(t, srv.Register)
+	c, err := grpcout.New(grpcout.Config{Target: addr, Window: 16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	run(t, c)
+	a := newAcks(500)
+	deliverAll(t, c, 500, a)
+	a.wait(t)
+	for id, got := range a.got {
+		if len(got) != 1 || got[0].Outcome != v1.Outcome_OUTCOME_OK || string(got[0].Reply) != "reply-"+id {
+			t.Fatalf("message %s: got acks %v", id, got)
+		}
+	}
+	if calls.Load() != 500 {
+		t.Fatalf("got %d handler calls, want 500", calls.Load())
+	}
+	// A redelivery of a processed message is answered DUPLICATE with the stored reply.
+	dup := newAcks(1)
+	if err := c.Deliver(context.Background(), env(7), dup.fn("m-0007")); err != nil {
+		t.Fatal(err)
+	}
+	dup.wait(t)
+	if got := dup.got["m-0007"][0]; got.Outcome != v1.Outcome_OUTCOME_DUPLICATE || string(got.Reply) != "reply-m-0007" {
+		t.Fatalf("got %v, want DUPLICATE with the stored reply", got)
+	}
+	if calls.Load() != 500 {
+		t.Fatalf("handler ran again for a duplicate: %d calls", calls.Load())
+	}
+}
+
+// rawServer is a hand-written backend for protocol corner cases.
+type rawServer struct {
+	v1.UnimplementedDeliveryServer
+	stream func(v1.Delivery_StreamServer) error
+}
+
+func (r *rawServer) Stream(s v1.Delivery_StreamServer) error { return r.stream(s) }
+
+func welcome(s v1.Delivery_StreamServer, credits uint32) error {
+	if _, err := s.Recv(); err != nil { // hello
+		return err
+	}
+	return s.Send(&v1.ServerFrame{Frame: &v1.ServerFrame_Welcome{Welcome: &v1.Welcome{Credits: credits}}})
+}
+
+func ackFrame(d *v1.Deliver) *v1.ServerFrame {
+	return &v1.ServerFrame{Frame: &v1.ServerFrame_Ack{Ack: &v1.Ack{Seq: d.Seq, MessageId: d.Envelope.MessageId, Outcome: v1.Outcome_OUTCOME_OK}}}
+}
+
+func TestOutOfOrderAcks(t *testing.T) {
+	addr := serve(t, func(gs grpc.ServiceRegistrar) {
+		v1.RegisterDeliveryServer(gs, &rawServer{stream: func(s v1.Delivery_StreamServer) error {
+			if err := welcome(s, 0); err != nil {
+				return err
+			}
+			var batch []*v1.Deliver
+			for {
+				f, err := s.Recv()
+				if err != nil {
+					return nil
+				}
+				if d := f.GetDeliver(); d != nil {
+					batch = append(batch, d)
+				}
+				if len(batch) == 8 { // ACK each batch of 8 in reverse order
+					for i := len(batch) - 1; i >= 0; i-- {
+						if err := s.Send(ackFrame(batch[i])); err != nil {
+							return err
+						}
+					}
+					batch = batch[:0]
+				}
+			}
+		}})
+	})
+	c, _ := grpcout.New(grpcout.Config{Target: addr, Window: 8})
+	run(t, c)
+	a := newAcks(64)
+	deliverAll(t, c, 64, a)
+	a.wait(t)
+	for id, got := range a.got {
+		if len(got) != 1 || got[0].MessageId != id {
+			t.Fatalf("message %s: got %v", id, got)
+		}
+	}
+}
+
+// The first stream takes deliveries and dies without ACKing half of them;
+// the client must resend exactly the un-ACKed ones on the next stream.
+func TestResendUnackedAfterStreamFailure(t *testing.T) {
+	var streams atomic.Int64
+	var mu sync.Mutex
+	received := map[string]int{}
+	addr := serve(t, func(gs grpc.ServiceRegistrar) {
+		v1.RegisterDeliveryServer(gs, &rawServer{stream: func(s v1.Delivery_StreamServer) error {
+			n := streams.Add(1)
+			if err := welcome(s, 0); err != nil {
+				return err
+			}
+			count := 0
+			for {
+				f, err := s.Recv()
+				if err != nil {
+					return nil
+				}
+				d := f.GetDeliver()
+				if d == nil {
+					continue
+				}
+				mu.Lock()
+				received[d.Envelope.MessageId]++
+				mu.Unlock()
+				count++
+				if n == 1 && count == 20 {
+					return errors.New("backend crashed")
+				}
+				if n == 1 && count%2 == 0 {
+					continue // first stream: leave every second delivery un-ACKed
+				}
+				if err := s.Send(ackFrame(d)); err != nil {
+					return err
+				}
+			}
+		}})
+	})
+	// A long heartbeat: only noticing the dead stream itself can recover in time.
+	c, _ := grpcout.New(grpcout.Config{Target: addr, Window: 32, Backoff: grpcout.Backoff{Initial: 10 * time.Millisecond},
+		Heartbeat: grpcout.Heartbeat{Interval: time.Minute}})
+	run(t, c)
+	a := newAcks(20)
+	deliverAll(t, c, 20, a)
+	a.wait(t)
+	if streams.Load() < 2 {
+		t.Fatalf("got %d streams, want a reconnect", streams.Load())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for i := range 20 {
+		id := env(i).MessageId
+		want := 1
+		if (i+1)%2 == 0 {
+			want = 2 // un-ACKed on the first stream: resent once with the same id
+		}
+		if received[id] != want {
+			t.Errorf("message %s received %d times, want %d", id, received[id], want)
+		}
+		if len(a.got[id]) != 1 {
+			t.Errorf("message %s acked %d times to the caller, want 1", id, len(a.got[id]))
+		}
+	}
+}
+
+// The backend grants 4 credits: never more than 4 un-ACKed deliveries.
+func TestCreditsBoundInFlight(t *testing.T) {
+	var outstanding, maxSeen atomic.Int64
+	addr := serve(t, func(gs grpc.ServiceRegistrar) {
+		v1.RegisterDeliveryServer(gs, &rawServer{stream: func(s v1.Delivery_StreamServer) error {
+			if err := welcome(s, 4); err != nil {
+				return err
+			}
+			pending := make(chan *v1.Deliver, 64)
+			go func() { // slow ACKer: one ACK per 2ms
+				for d := range pending {
+					time.Sleep(2 * time.Millisecond)
+					outstanding.Add(-1)
+					if s.Send(ackFrame(d)) != nil {
+						return
+					}
+				}
+			}()
+			defer close(pending)
+			for {
+				f, err := s.Recv()
+				if err != nil {
+					return nil
+				}
+				if d := f.GetDeliver(); d != nil {
+					if n := outstanding.Add(1); n > maxSeen.Load() {
+						maxSeen.Store(n)
+					}
+					pending <- d
+				}
+			}
+		}})
+	})
+	c, _ := grpcout.New(grpcout.Config{Target: addr, Window: 64})
+	run(t, c)
+	a := newAcks(100)
+	deliverAll(t, c, 100, a)
+	a.wait(t)
+	if got := maxSeen.Load(); got > 4 || got < 1 {
+		t.Fatalf("got at most %d un-ACKed deliveries at the backend, want 1..4", got)
+	}
+}
+
+// A backend that answers Welcome and then nothing (frozen) is replaced
+// after the heartbeat timeout.
+func TestHeartbeatTimeoutReplacesSilentStream(t *testing.T) {
+	var streams atomic.Int64
+	addr := serve(t, func(gs grpc.ServiceRegistrar) {
+		v1.RegisterDeliveryServer(gs, &rawServer{stream: func(s v1.Delivery_StreamServer) error {
+			if err := welcome(s, 0); err != nil {
+				return err
+			}
+			if streams.Add(1) == 1 {
+				<-s.Context().Done() // frozen: never answers pings
+				return nil
+			}
+			for {
+				f, err := s.Recv()
+				if err != nil {
+					return nil
+				}
+				if d := f.GetDeliver(); d != nil {
+					if err := s.Send(ackFrame(d)); err != nil {
+						return err
+					}
+				}
+			}
+		}})
+	})
+	var down atomic.Value
+	c, _ := grpcout.New(grpcout.Config{
+		Target:    addr,
+		Heartbeat: grpcout.Heartbeat{Interval: 20 * time.Millisecond, Timeout: 100 * time.Millisecond},
+		Backoff:   grpcout.Backoff{Initial: 10 * time.Millisecond},
+	}, grpcout.WithEventHook(func(e grpcout.Event) {
+		if e.Kind == grpcout.StreamDown {
+			down.CompareAndSwap(nil, e.Err)
+		}
+	}))
+	run(t, c)
+	a := newAcks(5)
+	deliverAll(t, c, 5, a)
+	a.wait(t)
+	err, _ := down.Load().(error)
+	if !errors.Is(err, grpcout.ErrHeartbeatTimeout) {
+		t.Fatalf("got stream end %v, want ErrHeartbeatTimeout", err)
+	}
+}
+
+// Drain: the backend asks the bridge to leave; outstanding ACKs are
+// collected, and the bridge reconnects without loss.
+func TestDrainMovesOnWithoutLoss(t *testing.T) {
+	var mu sync.Mutex
+	seen := map[string]int{}
+	srv := backend.NewServer(backend.Config{}, func(_ context.Context, e *v1.Envelope) backend.Result {
+		mu.Lock()
+		seen[e.MessageId]++
+		mu.Unlock()
+		return backend.Result{Outcome: v1.Outcome_OUTCOME_OK}
+	}, nil)
+	addr := serve(t, srv.Register)
+	var ups atomic.Int64
+	c, _ := grpcout.New(grpcout.Config{Target: addr, Window: 8, Backoff: grpcout.Backoff{Initial: 10 * time.Millisecond}},
+		grpcout.WithEventHook(func(e grpcout.Event) {
+			if e.Kind == grpcout.StreamUp {
+				ups.Add(1)
+			}
+		}))
+	run(t, c)
+	a := newAcks(200)
+	go func() {
+		for ups.Load() == 0 || c.InFlight() == 0 {
+			time.Sleep(time.Millisecond)
+		}
+		srv.Drain("test")
+	}()
+	deliverAll(t, c, 200, a)
+	a.wait(t)
+	mu.Lock()
+	defer mu.Unlock()
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("message %s processed %d times", id, n)
+		}
+	}
+	if len(seen) != 200 {
+		t.Errorf("got %d processed, want 200", len(seen))
+	}
+}

@@ -61,7 +61,8 @@ type Record struct {
 
 // Producer writes records with RequiredAcks=all. It is safe for concurrent use.
 type Producer struct {
-	w *kafka.Writer
+	w  *kafka.Writer
+	tr *kafka.Transport
 }
 
 // NewProducer returns a Producer; it does no I/O.
@@ -70,7 +71,9 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 		return nil, errors.New("kafkapipe: no brokers")
 	}
 	cfg = cfg.withDefaults()
-	return &Producer{w: &kafka.Writer{
+	tr := &kafka.Transport{}
+	return &Producer{tr: tr, w: &kafka.Writer{
+		Transport:    tr,
 		Addr:         kafka.TCP(cfg.Brokers...),
 		Balancer:     &kafka.Hash{}, // same key, same partition: per-device order
 		RequiredAcks: kafka.RequireAll,
@@ -97,13 +100,18 @@ func (p *Producer) Write(ctx context.Context, recs ...Record) error {
 	return nil
 }
 
-// Close flushes and closes the producer.
-func (p *Producer) Close() error { return p.w.Close() }
+// Close flushes and closes the producer and its connections.
+func (p *Producer) Close() error {
+	err := p.w.Close()
+	p.tr.CloseIdleConnections()
+	return err
+}
 
 // EnsureTopics creates the topics with the given partition count if they do
 // not exist. Existing topics are left as they are.
 func EnsureTopics(ctx context.Context, brokers []string, partitions int, topics ...string) error {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 10 * time.Second}
+	client, done := adminClient(brokers, 10*time.Second)
+	defer done()
 	req := &kafka.CreateTopicsRequest{}
 	for _, t := range topics {
 		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: -1})
@@ -123,9 +131,17 @@ func EnsureTopics(ctx context.Context, brokers []string, partitions int, topics 
 
 // Ping checks that a broker answers a metadata request.
 func Ping(ctx context.Context, brokers []string) error {
-	client := &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: 5 * time.Second}
+	client, done := adminClient(brokers, 5*time.Second)
+	defer done()
 	if _, err := client.Metadata(ctx, &kafka.MetadataRequest{}); err != nil {
 		return fmt.Errorf("kafkapipe: metadata: %w", err)
 	}
 	return nil
+}
+
+// adminClient returns a client with its own transport (not kafka-go's
+// global pool), and a func that closes its connections.
+func adminClient(brokers []string, timeout time.Duration) (*kafka.Client, func()) {
+	tr := &kafka.Transport{}
+	return &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: timeout, Transport: tr}, tr.CloseIdleConnections
 }

@@ -1,0 +1,124 @@
+package kafkapipe_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/edgebridge/edgebridge/ackwindow"
+	"github.com/edgebridge/edgebridge/embedded"
+	"github.com/edgebridge/edgebridge/kafkapipe"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func broker(t *testing.T) string {
+	t.Helper()
+	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Partitions: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Close)
+	return k.Addr()
+}
+
+// consume runs a consumer until stop is called and returns the fetched
+// messages; ack decides, per offset, whether to acknowledge it.
+func consume(t *testing.T, addr string, win *ackwindow.Window, ack func(int64) bool) (<-chan kafkapipe.Message, func()) {
+	t.Helper()
+	got := make(chan kafkapipe.Message, 100)
+	c, err := kafkapipe.NewConsumer(kafkapipe.ConsumerConfig{
+		Brokers: []string{addr}, GroupID: "g", Topic: "t",
+		CommitInterval: 10 * time.Millisecond, DrainTimeout: 200 * time.Millisecond, MaxWait: 50 * time.Millisecond,
+	}, win, func(_ context.Context, m kafkapipe.Message) error {
+		got <- m
+		if ack(m.Offset) {
+			win.Ack(m.Partition, m.Offset)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	return got, func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("consumer: %v", err)
+		}
+	}
+}
+
+func next(t *testing.T, ch <-chan kafkapipe.Message) kafkapipe.Message {
+	t.Helper()
+	select {
+	case m := <-ch:
+		return m
+	case <-time.After(20 * time.Second):
+		t.Fatal("no message within 20s")
+		return kafkapipe.Message{}
+	}
+}
+
+// Records 0..9 are fetched; all but offset 3 are ACKed. Only the contiguous
+// prefix (0..2) may be committed, so the next consumer starts at 3 and
+// sees 3..9 again.
+func TestCommitOnlyContiguousFloor(t *testing.T) {
+	addr := broker(t)
+	ctx := context.Background()
+	if err := kafkapipe.EnsureTopics(ctx, []string{addr}, 1, "t"); err != nil {
+		t.Fatal(err)
+	}
+	p, err := kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var recs []kafkapipe.Record
+	for i := range 10 {
+		recs = append(recs, kafkapipe.Record{Topic: "t", Key: []byte("dev"), Value: fmt.Appendf(nil, "v%d", i)})
+	}
+	if err := p.Write(ctx, recs...); err != nil {
+		t.Fatal(err)
+	}
+
+	win := ackwindow.New(100)
+	got, stop := consume(t, addr, win, func(off int64) bool { return off != 3 })
+	for i := range 10 {
+		m := next(t, got)
+		if m.Offset != int64(i) || string(m.Value) != fmt.Sprintf("v%d", i) {
+			t.Fatalf("got offset %d value %q, want %d v%d (order must hold)", m.Offset, m.Value, i, i)
+		}
+	}
+	stop()
+
+	win = ackwindow.New(100)
+	got, stop = consume(t, addr, win, func(int64) bool { return true })
+	defer stop()
+	if m := next(t, got); m.Offset != 3 {
+		t.Fatalf("restarted consumer began at offset %d, want 3 (the lowest un-ACKed)", m.Offset)
+	}
+	for want := int64(4); want < 10; want++ {
+		if m := next(t, got); m.Offset != want {
+			t.Fatalf("got offset %d, want %d", m.Offset, want)
+		}
+	}
+}
+
+func TestNewConsumerListsEveryProblem(t *testing.T) {
+	_, err := kafkapipe.NewConsumer(kafkapipe.ConsumerConfig{}, nil, nil)
+	if err == nil {
+		t.Fatal("got nil error")
+	}
+	for _, want := range []string{"no brokers", "no group id", "no topic", "window and handler"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not mention %q", err, want)
+		}
+	}
+}

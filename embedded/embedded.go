@@ -158,6 +158,16 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 // Addr returns the broker's host:port.
 func (m *MQTT) Addr() string { return m.addr }
 
+// Inflight returns how many QoS 1/2 messages the broker holds un-acknowledged
+// for clientID (0 for an unknown client).
+func (m *MQTT) Inflight(clientID string) int {
+	cl, ok := m.s.Clients.Get(clientID)
+	if !ok {
+		return 0
+	}
+	return cl.State.Inflight.Len()
+}
+
 // Close stops the broker. Safe to call twice.
 func (m *MQTT) Close() { m.once.Do(func() { _ = m.s.Close() }) }
 

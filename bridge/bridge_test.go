@@ -1,0 +1,167 @@
+package bridge_test
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/backend"
+	"github.com/edgebridge/edgebridge/bridge"
+	"github.com/edgebridge/edgebridge/config"
+	"github.com/edgebridge/edgebridge/embedded"
+	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/transcoder"
+)
+
+// TestOutcomes drives the in-process bridge with a backend that answers by
+// request id:
+//
+//	retry-twice: RETRY, RETRY, then OK   -> APPROVED reply, 3 handler calls
+//	reject:      REJECT                  -> DLQ record + REJECTED reply
+//	retry-ever:  RETRY on every attempt  -> DLQ record + ERROR reply after max_attempts
+func TestOutcomes(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	dir := t.TempDir()
+	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: dir, Partitions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer k.Close()
+	m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: "127.0.0.1:0", DataDir: dir + "/mqtt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+
+	var mu sync.Mutex
+	calls := map[string]int{}
+	srv := backend.NewServer(backend.Config{}, func(_ context.Context, env *v1.Envelope) backend.Result {
+		mu.Lock()
+		defer mu.Unlock()
+		calls[env.RequestId]++
+		switch {
+		case env.RequestId == "retry-twice" && calls[env.RequestId] <= 2, env.RequestId == "retry-ever":
+			return backend.Result{Outcome: v1.Outcome_OUTCOME_RETRY, ReasonCode: "busy"}
+		case env.RequestId == "reject":
+			return backend.Result{Outcome: v1.Outcome_OUTCOME_REJECT, ReasonCode: "unknown_merchant", Reason: "merchant m-x is not enrolled"}
+		}
+		return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: transcoder.EncodeReply(&v1.PaymentReply{
+			RequestId: env.RequestId, MessageId: env.MessageId, Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED})}
+	}, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
+	srv.Register(gs)
+	go func() { _ = gs.Serve(ln) }()
+	defer gs.Stop()
+
+	cfg := config.Default()
+	cfg.MQTT.Broker = "tcp://" + m.Addr()
+	cfg.Kafka.Brokers = []string{k.Addr()}
+	cfg.Kafka.Partitions = 2
+	cfg.Backend.Targets = []string{ln.Addr().String()}
+	cfg.Backend.MaxAttempts = 3
+	cfg.Backend.RetryBackoff = 10 * time.Millisecond
+	b, err := bridge.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- b.Run(ctx) }()
+
+	replies := make(chan transcoder.Reply, 10)
+	dev := paho.NewClient(paho.NewClientOptions().AddBroker(cfg.MQTT.Broker).SetClientID("dev-1"))
+	if tok := dev.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer dev.Disconnect(0)
+	dev.Subscribe("payment/response/dev-1", 1, func(_ paho.Client, m paho.Message) {
+		var r transcoder.Reply
+		if json.Unmarshal(m.Payload(), &r) == nil {
+			replies <- r
+		}
+	}).Wait()
+	for ready, _ := b.Ready(); !ready; ready, _ = b.Ready() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for _, id := range []string{"retry-twice", "reject", "retry-ever"} {
+		dev.Publish("payment/request/dev-1", 1, false, `{"request_id":"`+id+`","amount_minor":100,"currency":"EUR"}`).Wait()
+	}
+	got := map[string]transcoder.Reply{}
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
+	for len(got) < 3 {
+		select {
+		case r := <-replies:
+			got[r.RequestID] = r
+		case <-timeout.C:
+			t.Fatalf("got replies %v, want 3", got)
+		}
+	}
+	want := map[string]string{"retry-twice": "APPROVED", "reject": "REJECTED", "retry-ever": "ERROR"}
+	for id, status := range want {
+		if got[id].Status != status {
+			t.Errorf("%s: got status %q, want %q", id, got[id].Status, status)
+		}
+	}
+	if !strings.Contains(got["retry-ever"].Reason, "busy") || !strings.Contains(got["reject"].Reason, "unknown_merchant") {
+		t.Errorf("negative replies must carry the reason code: %+v", got)
+	}
+	mu.Lock()
+	if calls["retry-twice"] != 3 || calls["retry-ever"] != 3 || calls["reject"] != 1 {
+		t.Errorf("got handler calls %v, want retry-twice 3, retry-ever 3 (max_attempts), reject 1", calls)
+	}
+	mu.Unlock()
+
+	dlq := readDLQ(t, k.Addr(), cfg.Kafka.DLQTopic, 2)
+	if dlq["reject"] != "unknown_merchant" || dlq["retry-ever"] != "busy" {
+		t.Errorf("got DLQ reasons %v, want reject=unknown_merchant retry-ever=busy", dlq)
+	}
+
+	cancel()
+	if err := <-runErr; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// readDLQ returns request id -> reason header of the first n DLQ records.
+func readDLQ(t *testing.T, broker, topic string, n int) map[string]string {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(broker), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	out := map[string]string{}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for len(out) < n && ctx.Err() == nil {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			env := &v1.Envelope{}
+			if err := proto.Unmarshal(r.Value, env); err != nil {
+				t.Errorf("DLQ record is not the envelope: %v", err)
+				return
+			}
+			for _, h := range r.Headers {
+				if h.Key == "edgebridge-dlq-reason" {
+					out[env.RequestId] = string(h.Value)
+				}
+			}
+		})
+	}
+	return out
+}

@@ -15,11 +15,13 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/auth"
+	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -136,10 +138,14 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumClientWritesPending = 8192
+	// QoS 1 messages held per client (queued while offline or un-ACKed).
+	// Past this mochi drops them, like Mosquitto's max_queued_messages:
+	// take the protocol's maximum.
+	caps.MaximumInflight = 65535
 	s := mqtt.New(&mqtt.Options{Logger: slog.New(quiet{cfg.Logger.Handler()}), Capabilities: caps})
 	var errs []error
 	errs = append(errs, s.AddHook(new(auth.AllowHook), nil))
-	errs = append(errs, s.AddHook(new(bolt.Hook), &bolt.Options{
+	errs = append(errs, s.AddHook(&boltStore{Hook: new(bolt.Hook)}, &bolt.Options{
 		Path:    filepath.Join(cfg.DataDir, "mqtt.bolt"),
 		Options: &bbolt.Options{Timeout: time.Second, NoSync: true},
 	}))
@@ -184,3 +190,23 @@ func (q quiet) Handle(ctx context.Context, r slog.Record) error {
 
 func (q quiet) WithAttrs(as []slog.Attr) slog.Handler { return quiet{q.Handler.WithAttrs(as)} }
 func (q quiet) WithGroup(name string) slog.Handler    { return quiet{q.Handler.WithGroup(name)} }
+
+// boltStore fixes mochi's bolt hook, which stores in-flight messages
+// without their packet id (it is only in the key, "…:<id>"): restored
+// as id 0, they made every resumed session fail with "resend inflight:
+// protocol violation: missing packet id" after a broker restart.
+type boltStore struct{ *bolt.Hook }
+
+func (b *boltStore) StoredInflightMessages() ([]storage.Message, error) {
+	msgs, err := b.Hook.StoredInflightMessages()
+	for i := range msgs {
+		if msgs[i].PacketID != 0 {
+			continue
+		}
+		id := msgs[i].ID[strings.LastIndexByte(msgs[i].ID, ':')+1:]
+		if n, perr := strconv.ParseUint(id, 10, 16); perr == nil {
+			msgs[i].PacketID = uint16(n)
+		}
+	}
+	return msgs, err
+}

@@ -269,3 +269,7 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo failed: %v\n%s", p.err, tail(p.out.String(), 3000))
 	}
 }
+
+func devicesimConfig(broker string, devices, requests int) devicesim.Config {
+	return devicesim.Config{Broker: broker, Devices: devices, Requests: requests, Outstanding: 4, Counters: new(devicesim.Counters)}
+}

@@ -46,7 +46,7 @@ step "go test -race -shuffle=on ./..."
 go test -race -shuffle=on -count=1 -timeout 20m ./...
 
 step "fuzz the transcoder (short)"
-go test -run '^$' -fuzz FuzzDecode -fuzztime 15s ./transcoder
+go test -run '^$' -fuzz FuzzDecode -fuzztime 15s -fuzzminimizetime 100x ./transcoder
 
 step "demo (small)"
 go run ./cmd/edgebridge demo -devices 10 -requests 20 -timeout 2m

@@ -285,26 +285,30 @@ func (b *Bridge) writeBatch(ctx, life context.Context, batch []mqttin.Message) b
 	for _, m := range batch {
 		b.metrics.Received.Inc()
 		env, err := b.dec.Decode(transcoder.Input{DeviceID: m.DeviceID, Topic: m.Topic, Payload: m.Payload, ReceivedAt: m.ReceivedAt})
+		var value []byte
+		if err == nil {
+			value, err = proto.Marshal(env)
+		}
 		if err != nil {
+			// Every message in the batch is PUBACKed after the write, so a
+			// message we cannot accept must go to the DLQ, never be skipped.
 			reason := transcoder.ReasonOf(err)
+			if reason == "" {
+				reason = "encode_failed"
+			}
 			b.log.Info("bridge: rejected device message", "device_id", m.DeviceID, "topic", m.Topic, "reason", reason)
 			var detail string
 			var te *transcoder.Error
 			if errors.As(err, &te) {
 				detail = te.Detail
 			}
-			dl := deadLetter(b.cfg.Kafka.DLQTopic, m.DeviceID, m.Topic, m.Payload, string(reason), err.Error())
-			recs = append(recs, *dl)
+			recs = append(recs, *deadLetter(b.cfg.Kafka.DLQTopic, m.DeviceID, m.Topic, m.Payload, string(reason), err.Error()))
 			rejects = append(rejects, finishJob{
 				replyTopic: mqttin.ReplyTopic(b.cfg.MQTT.ReplyTopic, m.DeviceID),
 				reply:      transcoder.RejectReply(transcoder.RequestIDHint(m.Payload), "", reason, detail),
 				done:       func() { b.metrics.DLQ.WithLabelValues(string(reason)).Inc() },
 			})
 			continue
-		}
-		value, err := proto.Marshal(env)
-		if err != nil {
-			continue // cannot happen for a valid envelope; never ACKed, so redelivered
 		}
 		recs = append(recs, kafkapipe.Record{
 			Topic: b.cfg.Kafka.Topic,

@@ -243,14 +243,6 @@ func (c *Consumer) commit(gen *kafka.Generation) {
 	}
 }
 
-// Committed returns the offset last committed for partition by this consumer.
-func (c *Consumer) Committed(partition int32) (int64, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	off, ok := c.committed[partition]
-	return off, ok
-}
-
 func (c *Consumer) fetch(ctx context.Context, part int32, offset int64) {
 	cfg := kafka.ReaderConfig{
 		Brokers:         c.cfg.Brokers,

@@ -108,16 +108,6 @@ func (s *Server) Drain(reason string) {
 	}
 }
 
-// SetCredits changes the grant on every open stream (and for new ones).
-func (s *Server) SetCredits(n uint32) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.cfg.Credits = n
-	for st := range s.streams {
-		st.push(&v1.ServerFrame{Frame: &v1.ServerFrame_Credit{Credit: &v1.Credit{Credits: n}}})
-	}
-}
-
 type serverStream struct {
 	out  chan *v1.ServerFrame
 	done chan struct{}
@@ -145,7 +135,6 @@ func (s *Server) Stream(stream v1.Delivery_StreamServer) error {
 	window := max(hello.GetWindow(), 1)
 	st := &serverStream{out: make(chan *v1.ServerFrame, 2*window+8), done: make(chan struct{})}
 	s.mu.Lock()
-	credits := s.cfg.Credits
 	s.streams[st] = struct{}{}
 	s.mu.Unlock()
 	defer func() {
@@ -155,7 +144,7 @@ func (s *Server) Stream(stream v1.Delivery_StreamServer) error {
 	}()
 	if err := stream.Send(&v1.ServerFrame{Frame: &v1.ServerFrame_Welcome{Welcome: &v1.Welcome{
 		BackendId:           s.cfg.ID,
-		Credits:             credits,
+		Credits:             s.cfg.Credits,
 		HeartbeatIntervalMs: uint32(s.cfg.HeartbeatInterval / time.Millisecond),
 	}}}); err != nil {
 		return err

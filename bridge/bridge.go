@@ -36,6 +36,9 @@ import (
 // ingestBatch is the most MQTT messages written to Kafka in one produce.
 const ingestBatch = 512
 
+// envelopeContentType is the content-type header of request records.
+var envelopeContentType = []byte("application/x-protobuf; messageType=edgebridge.v1.Envelope")
+
 // Bridge is the running pipeline. Create it with New and run it with Run.
 type Bridge struct {
 	cfg     config.Config
@@ -55,8 +58,9 @@ type Bridge struct {
 	kafkaOK atomic.Bool
 }
 
-// finishJob completes one message: dead-letter it (if dlq is set), publish
-// the reply (if any), then call done.
+// finishJob completes one fetched record: dead-letter it (if dlq is set),
+// publish the reply (if any), then call done. Each record in the window has
+// at most one job queued, so the channel (sized to the window) never blocks.
 type finishJob struct {
 	dlq        *kafkapipe.Record
 	replyTopic string
@@ -78,9 +82,6 @@ type Option func(*Bridge)
 // WithLogger sets the logger. Default: slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(b *Bridge) { b.log = l } }
 
-// WithMetrics sets the metrics sink. Default: a fresh NewMetrics().
-func WithMetrics(m *Metrics) Option { return func(b *Bridge) { b.metrics = m } }
-
 // New builds the pipeline from cfg, whose broker addresses must be concrete
 // (embedded brokers already started). It does no I/O.
 func New(cfg config.Config, opts ...Option) (*Bridge, error) {
@@ -90,16 +91,13 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	b := &Bridge{cfg: cfg, log: slog.Default()}
+	b := &Bridge{cfg: cfg, log: slog.Default(), metrics: NewMetrics()}
 	for _, o := range opts {
 		o(b)
 	}
-	if b.metrics == nil {
-		b.metrics = NewMetrics()
-	}
 	capacity := cfg.Backend.Window * len(cfg.Backend.Targets)
 	b.win = ackwindow.New(capacity)
-	b.finish = make(chan finishJob, capacity+ingestBatch)
+	b.finish = make(chan finishJob, capacity)
 	b.retries = make(chan retryJob, capacity)
 	b.dec = transcoder.New(cfg.MQTT.MaxPayload)
 
@@ -183,11 +181,29 @@ func (b *Bridge) Run(ctx context.Context) error {
 	// life outlives ctx: replies, streams and MQTT stay up while draining.
 	life, stopLife := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopLife()
-	var lifeWG sync.WaitGroup
-	lifeErr := make(chan error, 1+len(b.clients))
-	lifeWG.Go(func() { lifeErr <- b.mqtt.Run(life) })
+	intake, stopIntake := context.WithCancel(ctx)
+	defer stopIntake()
+
+	var (
+		lifeWG   sync.WaitGroup
+		errMu    sync.Mutex
+		stageErr error
+	)
+	// A stage that fails (MQTT or a stream cannot be set up) ends intake too.
+	stage := func(run func(context.Context) error) {
+		lifeWG.Go(func() {
+			if err := run(life); err != nil {
+				b.log.Error("bridge: stage failed", "err", err)
+				errMu.Lock()
+				stageErr = errors.Join(stageErr, err)
+				errMu.Unlock()
+				stopIntake()
+			}
+		})
+	}
+	stage(b.mqtt.Run)
 	for _, c := range b.clients {
-		lifeWG.Go(func() { lifeErr <- c.Run(life) })
+		stage(c.Run)
 	}
 	for range 8 {
 		lifeWG.Go(func() { b.finisher(life) })
@@ -195,45 +211,24 @@ func (b *Bridge) Run(ctx context.Context) error {
 	lifeWG.Go(func() { b.retrier(life) })
 	lifeWG.Go(func() { b.watchKafka(life) })
 
-	intake, stopIntake := context.WithCancel(ctx)
-	defer stopIntake()
 	g, gctx := errgroup.WithContext(intake)
-	g.Go(func() error { return b.ingest(gctx, life) })
+	g.Go(func() error { return b.ingest(gctx) })
 	g.Go(func() error { return b.consumer.Run(gctx) })
-	// A broken MQTT or stream setup ends intake too.
-	go func() {
-		select {
-		case err := <-lifeErr:
-			if err != nil {
-				b.log.Error("bridge: stage failed", "err", err)
-				stopIntake()
-				lifeErr <- err
-			}
-		case <-life.Done():
-		}
-	}()
 	err := g.Wait()
-	b.log.Info("bridge: intake stopped, window drained", "in_flight", b.win.InFlight())
+	b.log.Info("bridge: intake stopped", "in_flight", b.win.InFlight())
 	stopLife()
 	lifeWG.Wait()
-	close(lifeErr)
-	for e := range lifeErr {
-		err = errors.Join(err, e)
-	}
-	return err
+	return errors.Join(err, stageErr)
 }
 
 func (b *Bridge) ensureTopics(ctx context.Context) error {
-	for {
-		err := kafkapipe.EnsureTopics(ctx, b.cfg.Kafka.Brokers, b.cfg.Kafka.Partitions, b.cfg.Kafka.Topic, b.cfg.Kafka.DLQTopic)
-		if err == nil {
-			return nil
-		}
-		b.log.Warn("bridge: kafka not ready", "err", err)
-		if !sleep(ctx, time.Second) {
-			return fmt.Errorf("bridge: kafka never became ready: %w", err)
-		}
+	ok := b.retry(ctx, "create topics", func() error {
+		return kafkapipe.EnsureTopics(ctx, b.cfg.Kafka.Brokers, b.cfg.Kafka.Partitions, b.cfg.Kafka.Topic, b.cfg.Kafka.DLQTopic)
+	})
+	if !ok {
+		return fmt.Errorf("bridge: kafka never became ready: %w", ctx.Err())
 	}
+	return nil
 }
 
 func (b *Bridge) watchKafka(ctx context.Context) {
@@ -252,8 +247,9 @@ func (b *Bridge) watchKafka(ctx context.Context) {
 }
 
 // ingest takes MQTT messages in arrival order, writes them to Kafka in
-// batches and PUBACKs each only after its write was acknowledged.
-func (b *Bridge) ingest(ctx, life context.Context) error {
+// batches and PUBACKs each only after its write was acknowledged (and, for
+// a rejected message, after its DLQ record and its REJECTED reply).
+func (b *Bridge) ingest(ctx context.Context) error {
 	msgs := b.mqtt.Messages()
 	batch := make([]mqttin.Message, 0, ingestBatch)
 	for {
@@ -273,15 +269,15 @@ func (b *Bridge) ingest(ctx, life context.Context) error {
 				break fill
 			}
 		}
-		if !b.writeBatch(ctx, life, batch) {
+		if !b.writeBatch(ctx, batch) {
 			return nil // stopping; the broker redelivers what was not acknowledged
 		}
 	}
 }
 
-func (b *Bridge) writeBatch(ctx, life context.Context, batch []mqttin.Message) bool {
+func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 	recs := make([]kafkapipe.Record, 0, len(batch))
-	var rejects []finishJob
+	var rejects []rejection
 	for _, m := range batch {
 		b.metrics.Received.Inc()
 		env, err := b.dec.Decode(transcoder.Input{DeviceID: m.DeviceID, Topic: m.Topic, Payload: m.Payload, ReceivedAt: m.ReceivedAt})
@@ -303,10 +299,10 @@ func (b *Bridge) writeBatch(ctx, life context.Context, batch []mqttin.Message) b
 				detail = te.Detail
 			}
 			recs = append(recs, *deadLetter(b.cfg.Kafka.DLQTopic, m.DeviceID, m.Topic, m.Payload, string(reason), err.Error()))
-			rejects = append(rejects, finishJob{
-				replyTopic: mqttin.ReplyTopic(b.cfg.MQTT.ReplyTopic, m.DeviceID),
-				reply:      transcoder.RejectReply(transcoder.RequestIDHint(m.Payload), "", reason, detail),
-				done:       func() { b.metrics.DLQ.WithLabelValues(string(reason)).Inc() },
+			rejects = append(rejects, rejection{
+				topic:  mqttin.ReplyTopic(b.cfg.MQTT.ReplyTopic, m.DeviceID),
+				reply:  transcoder.RejectReply(transcoder.RequestIDHint(m.Payload), "", reason, detail),
+				reason: string(reason),
 			})
 			continue
 		}
@@ -317,39 +313,44 @@ func (b *Bridge) writeBatch(ctx, life context.Context, batch []mqttin.Message) b
 			Headers: []kafka.Header{
 				{Key: kafkapipe.HeaderMessageID, Value: []byte(env.MessageId)},
 				{Key: kafkapipe.HeaderDeviceID, Value: []byte(env.DeviceId)},
-				{Key: kafkapipe.HeaderContentType, Value: []byte("application/x-protobuf; messageType=edgebridge.v1.Envelope")},
+				{Key: kafkapipe.HeaderContentType, Value: envelopeContentType},
 			},
 		})
 	}
-	delay := 100 * time.Millisecond
-	for {
-		// The write itself runs under life, so a write in progress at
-		// shutdown completes and its messages are acknowledged.
-		err := b.producer.Write(life, recs...)
-		if err == nil {
-			break
+	// The write itself runs under a context that outlives ctx, so a write in
+	// progress at shutdown completes and its messages are acknowledged.
+	write := func() error {
+		err := b.producer.Write(context.WithoutCancel(ctx), recs...)
+		if err != nil {
+			b.metrics.ProduceErrors.Inc()
+			b.kafkaOK.Store(false)
 		}
-		b.metrics.ProduceErrors.Inc()
-		b.kafkaOK.Store(false)
-		b.log.Warn("bridge: kafka write failed; retrying", "records", len(recs), "err", err)
-		if !sleep(ctx, delay) {
-			return false
-		}
-		delay = min(2*delay, 5*time.Second)
+		return err
+	}
+	if !b.retry(ctx, "kafka write", write) {
+		return false // stopping: nothing was PUBACKed, the broker redelivers
 	}
 	b.kafkaOK.Store(true)
 	b.metrics.Produced.Add(float64(len(recs)))
+	// The device hears REJECTED before its message is PUBACKed, so a crash
+	// in between redelivers the message and the reply is sent again.
+	for _, r := range rejects {
+		if !b.retry(ctx, "reply", func() error { return b.mqtt.Publish(ctx, r.topic, r.reply) }) {
+			return false
+		}
+		b.metrics.Replies.Inc()
+		b.metrics.DLQ.WithLabelValues(r.reason).Inc()
+	}
 	for _, m := range batch {
 		m.Ack()
 	}
-	for _, j := range rejects {
-		select {
-		case b.finish <- j:
-		case <-life.Done():
-			return false
-		}
-	}
 	return true
+}
+
+// rejection is a device message the bridge refused: its REJECTED reply.
+type rejection struct {
+	topic, reason string
+	reply         []byte
 }
 
 func deadLetter(topic, deviceID, source string, payload []byte, reason, detail string) *kafkapipe.Record {

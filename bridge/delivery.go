@@ -44,18 +44,18 @@ func (b *Bridge) deliver(ctx context.Context, c *grpcout.Client, part int32, off
 }
 
 // onAck runs on a stream's receiving goroutine and must not block: the
-// finish and retry channels are sized to the window, and every record has
-// at most one job in them.
+// finish and retry channels are sized to the window, and a record is in at
+// most one of them at a time.
 func (b *Bridge) onAck(c *grpcout.Client, part int32, offset int64, env *v1.Envelope, ack *v1.Ack) {
 	replyTopic := mqttin.ReplyTopic(b.cfg.MQTT.ReplyTopic, env.GetDeviceId())
 	switch ack.GetOutcome() {
 	case v1.Outcome_OUTCOME_OK, v1.Outcome_OUTCOME_DUPLICATE:
 		b.finish <- finishJob{replyTopic: replyTopic, reply: ack.GetReply(), done: b.windowAck(part, offset, "")}
 	case v1.Outcome_OUTCOME_REJECT:
-		b.finish <- b.deadLetterJob(part, offset, env, replyTopic, ack, transcoder.StatusRejected)
+		b.finish <- b.deadLetterJob(part, offset, env, replyTopic, ack, v1.PaymentStatus_PAYMENT_STATUS_REJECTED)
 	default: // RETRY, or an outcome this bridge does not know
 		if int(env.GetAttempt()) >= b.cfg.Backend.MaxAttempts {
-			b.finish <- b.deadLetterJob(part, offset, env, replyTopic, ack, transcoder.StatusError)
+			b.finish <- b.deadLetterJob(part, offset, env, replyTopic, ack, v1.PaymentStatus_PAYMENT_STATUS_ERROR)
 			return
 		}
 		b.metrics.Redeliveries.Inc()
@@ -64,7 +64,7 @@ func (b *Bridge) onAck(c *grpcout.Client, part int32, offset int64, env *v1.Enve
 	}
 }
 
-func (b *Bridge) deadLetterJob(part int32, offset int64, env *v1.Envelope, replyTopic string, ack *v1.Ack, status string) finishJob {
+func (b *Bridge) deadLetterJob(part int32, offset int64, env *v1.Envelope, replyTopic string, ack *v1.Ack, status v1.PaymentStatus) finishJob {
 	code := ack.GetReasonCode()
 	if code == "" {
 		code = "backend_" + outcomeLabel(ack.GetOutcome())
@@ -75,17 +75,10 @@ func (b *Bridge) deadLetterJob(part int32, offset int64, env *v1.Envelope, reply
 	if len(reply) == 0 {
 		reply = transcoder.EncodeReply(&v1.PaymentReply{
 			RequestId: env.GetRequestId(), MessageId: env.GetMessageId(),
-			Status: statusValue(status), Reason: code,
+			Status: status, Reason: code,
 		})
 	}
 	return finishJob{dlq: dl, replyTopic: replyTopic, reply: reply, done: b.windowAck(part, offset, code)}
-}
-
-func statusValue(s string) v1.PaymentStatus {
-	if s == transcoder.StatusRejected {
-		return v1.PaymentStatus_PAYMENT_STATUS_REJECTED
-	}
-	return v1.PaymentStatus_PAYMENT_STATUS_ERROR
 }
 
 func (b *Bridge) windowAck(part int32, offset int64, dlqReason string) func() {

@@ -167,9 +167,6 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 	return c, nil
 }
 
-// Target returns the backend address.
-func (c *Client) Target() string { return c.cfg.Target }
-
 // Up reports whether a stream is open.
 func (c *Client) Up() bool { return c.up.Load() }
 
@@ -238,10 +235,13 @@ func (c *Client) Run(ctx context.Context) error {
 			return nil
 		}
 		if wait > 0 {
-			delay = min(2*delay, c.cfg.Backoff.Max)
+			delay = c.cfg.Backoff.next(delay)
 		}
 	}
 }
+
+// next is the delay after d: doubled, capped at Max.
+func (b Backoff) next(d time.Duration) time.Duration { return min(2*d, b.Max) }
 
 // jittered spreads d by ±Jitter so many bridges do not reconnect in step.
 func (b Backoff) jittered(d time.Duration) time.Duration {
@@ -287,9 +287,8 @@ func (st *stream) signal() {
 func (c *Client) runStream(ctx context.Context, client v1.DeliveryClient) error {
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	openCtx, openCancel := context.WithTimeout(sctx, c.cfg.OpenTimeout)
-	defer openCancel()
-
+	// Until the Welcome arrives, the open timeout cancels the stream.
+	openTimer := time.AfterFunc(c.cfg.OpenTimeout, cancel)
 	s, err := client.Stream(sctx)
 	if err != nil {
 		return fmt.Errorf("grpcout: open stream: %w", err)
@@ -297,9 +296,16 @@ func (c *Client) runStream(ctx context.Context, client v1.DeliveryClient) error 
 	if err := s.Send(&v1.ClientFrame{Frame: &v1.ClientFrame_Hello{Hello: &v1.Hello{BridgeId: c.cfg.BridgeID, Window: uint32(c.cfg.Window)}}}); err != nil {
 		return fmt.Errorf("grpcout: send hello: %w", err)
 	}
-	welcome, err := recvWelcome(openCtx, s)
+	first, err := s.Recv()
+	if !openTimer.Stop() {
+		return fmt.Errorf("grpcout: no welcome within %s", c.cfg.OpenTimeout)
+	}
 	if err != nil {
-		return err
+		return fmt.Errorf("grpcout: await welcome: %w", err)
+	}
+	welcome := first.GetWelcome()
+	if welcome == nil {
+		return ErrBadHandshake
 	}
 	st := &stream{gen: c.gen.Add(1), s: s, wake: make(chan struct{}, 1)}
 	st.credits.Store(int64(c.cfg.Window))
@@ -328,28 +334,6 @@ func (c *Client) runStream(ctx context.Context, client v1.DeliveryClient) error 
 		return recvErr // the receiver saw the cause
 	}
 	return sendErr
-}
-
-func recvWelcome(ctx context.Context, s v1.Delivery_StreamClient) (*v1.Welcome, error) {
-	type result struct {
-		f   *v1.ServerFrame
-		err error
-	}
-	ch := make(chan result, 1)
-	go func() { f, err := s.Recv(); ch <- result{f, err} }()
-	select {
-	case r := <-ch:
-		if r.err != nil {
-			return nil, fmt.Errorf("grpcout: await welcome: %w", r.err)
-		}
-		if w := r.f.GetWelcome(); w != nil {
-			return w, nil
-		}
-		return nil, ErrBadHandshake
-	case <-ctx.Done():
-		// The caller cancels the stream context, which ends the Recv above.
-		return nil, fmt.Errorf("grpcout: await welcome: %w", ctx.Err())
-	}
 }
 
 // send is the stream's only sending goroutine.

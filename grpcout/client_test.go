@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -379,5 +380,39 @@ func TestDrainMovesOnWithoutLoss(t *testing.T) {
 	}
 	if len(seen) != 200 {
 		t.Errorf("got %d processed, want 200", len(seen))
+	}
+}
+
+// A backend that accepts the stream but never answers Hello is given up on
+// after OpenTimeout, and the bridge tries again.
+func TestOpenTimeout(t *testing.T) {
+	var streams atomic.Int64
+	addr := serve(t, func(gs grpc.ServiceRegistrar) {
+		v1.RegisterDeliveryServer(gs, &rawServer{stream: func(s v1.Delivery_StreamServer) error {
+			streams.Add(1)
+			<-s.Context().Done() // never sends Welcome
+			return nil
+		}})
+	})
+	var down atomic.Value
+	c, _ := grpcout.New(grpcout.Config{Target: addr, OpenTimeout: 50 * time.Millisecond, Backoff: grpcout.Backoff{Initial: 10 * time.Millisecond}},
+		grpcout.WithEventHook(func(e grpcout.Event) {
+			if e.Kind == grpcout.StreamDown {
+				down.CompareAndSwap(nil, e.Err)
+			}
+		}))
+	run(t, c)
+	deadline := time.Now().Add(10 * time.Second)
+	for streams.Load() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("got %d stream attempts, want a retry after the open timeout", streams.Load())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if err, _ := down.Load().(error); err == nil || !strings.Contains(err.Error(), "no welcome within") {
+		t.Fatalf("got stream end %v, want the open timeout", err)
+	}
+	if c.Up() {
+		t.Fatal("a stream without Welcome must not count as up")
 	}
 }

@@ -86,7 +86,6 @@ type Client struct {
 	closed atomic.Bool
 
 	subscribed atomic.Bool
-	onConnect  func()
 }
 
 // Option configures optional hooks.
@@ -94,9 +93,6 @@ type Option func(*Client)
 
 // WithLogger sets the logger. Default: slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(c *Client) { c.log = l } }
-
-// WithConnectHook is called after every (re)connection and subscription.
-func WithConnectHook(fn func()) Option { return func(c *Client) { c.onConnect = fn } }
 
 // New returns a Client; it does no I/O.
 func New(cfg Config, opts ...Option) (*Client, error) {
@@ -210,9 +206,6 @@ func (c *Client) connected(pc paho.Client) {
 		}
 	} else {
 		c.subscribed.Store(true)
-	}
-	if c.onConnect != nil {
-		c.onConnect()
 	}
 }
 

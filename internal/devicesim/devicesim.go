@@ -29,8 +29,6 @@ type Config struct {
 	DevicePrefix string
 	// RequestTopic and ReplyTopic with {device_id}. Defaults: payment/request/{device_id}, payment/response/{device_id}.
 	RequestTopic, ReplyTopic string
-	// FirstRequest is the index of the first request (to continue a run). Default: 0.
-	FirstRequest int
 	// Counters, if set, is updated live so callers can watch a run.
 	Counters *Counters
 }
@@ -159,7 +157,7 @@ func Run(ctx context.Context, cfg Config, progress Progress) (Result, error) {
 		d.mu.Lock()
 		res.Sent += d.sent
 		res.Duplicates += d.dups
-		for n := cfg.FirstRequest; n < cfg.FirstRequest+d.sent; n++ {
+		for n := range d.sent {
 			rid := RequestID(n)
 			r, ok := d.replies[rid]
 			if !ok {
@@ -252,7 +250,7 @@ func connect(ctx context.Context, cfg Config, id string, replied *atomic.Int64) 
 
 func (d *device) run(ctx context.Context, cfg Config, sent *atomic.Int64) {
 	reqTopic := expand(cfg.RequestTopic, d.id)
-	for n := cfg.FirstRequest; n < cfg.FirstRequest+cfg.Requests; n++ {
+	for n := range cfg.Requests {
 		select {
 		case d.slots <- struct{}{}:
 		case <-ctx.Done():

@@ -274,12 +274,20 @@ func startBridge(t *testing.T, cfgPath, admin string) *bridgeProc {
 }
 
 func (b *bridgeProc) ready() bool {
+	code, _ := b.readyz()
+	return code == http.StatusOK
+}
+
+// readyz returns /readyz's status code and body (0 when unreachable).
+func (b *bridgeProc) readyz() (int, string) {
 	resp, err := http.Get("http://" + b.admin + "/readyz")
 	if err != nil {
-		return false
+		return 0, err.Error()
 	}
-	resp.Body.Close()
-	return resp.StatusCode == http.StatusOK
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	_, _ = buf.ReadFrom(resp.Body)
+	return resp.StatusCode, buf.String()
 }
 
 func (b *bridgeProc) metricsText() string {
@@ -326,8 +334,8 @@ func withTimeout(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-// closedCleanly reports whether the bridge logged that its window drained.
+// closedCleanly reports whether the bridge logged that it stopped with an
+// empty window.
 func (b *bridgeProc) closedCleanly() bool {
-	return strings.Contains(b.out.String(), "intake stopped, window drained") &&
-		strings.Contains(b.out.String(), "in_flight=0")
+	return strings.Contains(b.out.String(), `msg="bridge: intake stopped" in_flight=0`)
 }

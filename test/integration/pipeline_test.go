@@ -3,7 +3,9 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -197,6 +199,10 @@ func TestBackendOutage(t *testing.T) {
 
 	waitFor(t, time.Minute, "first replies", func() bool { return cfg.Counters.Replied.Load() >= 300 })
 	s.pay.kill()
+	waitFor(t, 30*time.Second, "/readyz to report the backend gone", func() bool {
+		code, body := s.bridge.readyz()
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "no backend stream up")
+	})
 	producedAtKill, err := s.bridge.metric("edgebridge_kafka_records_produced_total")
 	if err != nil {
 		t.Fatal(err)
@@ -222,6 +228,7 @@ func TestBackendOutage(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second) // the outage lasts a while: the duration is the point here
 	s.pay = startPaymentd(t, s.pay.addr, s.pay.ledger)
+	waitFor(t, 30*time.Second, "/readyz to recover", s.bridge.ready)
 
 	checkDevices(t, <-done, cfg)
 	checkDevices(t, <-waveDone, wave)

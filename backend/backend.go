@@ -1,9 +1,15 @@
 // Package backend is the server side of the edgebridge.v1.Delivery stream,
 // for backend authors: register a Server on a gRPC server, give it a Handler
-// and a Store, and it answers hello, heartbeats and drain, deduplicates
+// and a Store, and it answers hello, heartbeats (with its load) and drain,
+// grants credits (changeable at runtime with SetCredits), serves
+// grpc.health.v1 for the bridge's pre-reconnect checks, deduplicates
 // redeliveries by message id (a duplicate is ACKed as DUPLICATE with the
 // stored reply, the handler is not called again), and ACKs each delivery
 // only after the Store made its result durable.
+//
+// Backends behind one bridge must share their Store (a database, in
+// practice): the bridge moves a dead backend's un-ACKed deliveries to the
+// others, and only a shared store turns that redelivery into a DUPLICATE.
 package backend
 
 import (
@@ -15,16 +21,18 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 )
 
 // Result is a handler's verdict on one envelope.
 type Result struct {
-	Outcome    v1.Outcome // OK, RETRY or REJECT (DUPLICATE is set by the Server)
-	ReasonCode string     // machine-readable, for RETRY and REJECT
-	Reason     string
-	Reply      []byte // published to the device as is
+	Outcome v1.Outcome    // OK, RETRY or REJECT (DUPLICATE is set by the Server)
+	Code    v1.ReasonCode // why, for RETRY and REJECT: the device and the DLQ see it
+	Reason  string        // human-readable detail
+	Reply   []byte        // published to the device as is
 }
 
 // Handler processes one envelope. It is called at most once per message id
@@ -52,11 +60,16 @@ type Config struct {
 	// ID is sent to bridges in Welcome. Default: "backend".
 	ID string
 	// Credits is how many un-ACKed deliveries a bridge may send on one
-	// stream; 0 lets the bridge use its own window.
+	// stream; 0 lets the bridge use its own window. SetCredits changes it
+	// at runtime.
 	Credits uint32
 	// HeartbeatInterval suggested to bridges; 0 keeps the bridge's default.
 	HeartbeatInterval time.Duration
 }
+
+// ServiceName is the name under which the Server reports its health in
+// grpc.health.v1 (the empty name reports the same status).
+const ServiceName = "edgebridge.v1.Delivery"
 
 // Server implements edgebridge.v1.DeliveryServer. It is safe for concurrent use.
 type Server struct {
@@ -66,9 +79,11 @@ type Server struct {
 	store  Store
 	log    *slog.Logger
 	serial sync.Mutex // one message at a time: dedup across streams is exact
+	health *health.Server
 
 	mu      sync.Mutex
 	streams map[*serverStream]struct{}
+	credits atomic.Uint32
 	drained atomic.Bool
 }
 
@@ -86,31 +101,61 @@ func NewServer(cfg Config, h Handler, store Store, opts ...Option) *Server {
 	if store == nil {
 		store = NewMemoryStore(1024)
 	}
-	s := &Server{cfg: cfg, handle: h, store: store, log: slog.Default(), streams: make(map[*serverStream]struct{})}
+	s := &Server{cfg: cfg, handle: h, store: store, log: slog.Default(), streams: make(map[*serverStream]struct{}), health: health.NewServer()}
+	s.credits.Store(cfg.Credits)
+	s.health.SetServingStatus(ServiceName, healthpb.HealthCheckResponse_SERVING)
 	for _, o := range opts {
 		o(s)
 	}
 	return s
 }
 
-// Register adds the Delivery service to r.
-func (s *Server) Register(r grpc.ServiceRegistrar) { v1.RegisterDeliveryServer(r, s) }
+// Register adds the Delivery service and the grpc.health.v1 service to r.
+func (s *Server) Register(r grpc.ServiceRegistrar) {
+	v1.RegisterDeliveryServer(r, s)
+	healthpb.RegisterHealthServer(r, s.health)
+}
 
 // Drain asks every connected bridge to finish its outstanding deliveries and
-// move away; new streams are told to drain at once. Call it before
-// grpc.Server.GracefulStop.
+// move away; new streams are told to drain at once, and health checks answer
+// NOT_SERVING. Call it before grpc.Server.GracefulStop.
 func (s *Server) Drain(reason string) {
 	s.drained.Store(true)
+	s.health.Shutdown()
+	s.broadcast(&v1.ServerFrame{Frame: &v1.ServerFrame_Drain{Drain: &v1.Drain{Reason: reason}}})
+}
+
+// SetCredits changes how many un-ACKed deliveries each bridge stream may
+// have, on open streams at once and for new ones (0: the bridge's window).
+// Shrinking does not recall deliveries already sent; the bridge sends no
+// more until it is below the new grant.
+func (s *Server) SetCredits(n uint32) {
+	s.credits.Store(n)
+	s.broadcast(&v1.ServerFrame{Frame: &v1.ServerFrame_Credit{Credit: &v1.Credit{Credits: n}}})
+}
+
+func (s *Server) broadcast(f *v1.ServerFrame) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for st := range s.streams {
-		st.push(&v1.ServerFrame{Frame: &v1.ServerFrame_Drain{Drain: &v1.Drain{Reason: reason}}})
+		st.push(f)
 	}
 }
 
 type serverStream struct {
-	out  chan *v1.ServerFrame
-	done chan struct{}
+	out      chan *v1.ServerFrame
+	done     chan struct{}
+	window   uint32
+	inflight atomic.Int64 // received and not yet ACKed
+}
+
+// load is how busy the stream is, 0-100: un-ACKed deliveries against the grant.
+func (st *serverStream) load(credits uint32) uint32 {
+	grant := int64(credits)
+	if grant == 0 {
+		grant = int64(st.window)
+	}
+	return uint32(min(100, 100*st.inflight.Load()/max(grant, 1)))
 }
 
 // push queues a frame for the stream's sender; frames for a closed stream are dropped.
@@ -133,7 +178,9 @@ func (s *Server) Stream(stream v1.Delivery_StreamServer) error {
 		return errors.New("backend: first frame must be hello")
 	}
 	window := max(hello.GetWindow(), 1)
-	st := &serverStream{out: make(chan *v1.ServerFrame, 2*window+8), done: make(chan struct{})}
+	// The out channel holds an ACK per delivery in the window plus control
+	// frames; push blocks when it is full, which only a stalled sender causes.
+	st := &serverStream{out: make(chan *v1.ServerFrame, 2*window+8), done: make(chan struct{}), window: window}
 	s.mu.Lock()
 	s.streams[st] = struct{}{}
 	s.mu.Unlock()
@@ -144,7 +191,7 @@ func (s *Server) Stream(stream v1.Delivery_StreamServer) error {
 	}()
 	if err := stream.Send(&v1.ServerFrame{Frame: &v1.ServerFrame_Welcome{Welcome: &v1.Welcome{
 		BackendId:           s.cfg.ID,
-		Credits:             s.cfg.Credits,
+		Credits:             s.credits.Load(),
 		HeartbeatIntervalMs: uint32(s.cfg.HeartbeatInterval / time.Millisecond),
 	}}}); err != nil {
 		return err
@@ -167,12 +214,17 @@ func (s *Server) Stream(stream v1.Delivery_StreamServer) error {
 		}
 		switch fr := f.Frame.(type) {
 		case *v1.ClientFrame_Deliver:
+			st.inflight.Add(1)
 			select {
 			case work <- fr.Deliver:
 			case <-ctx.Done():
 			}
 		case *v1.ClientFrame_Ping:
-			st.push(&v1.ServerFrame{Frame: &v1.ServerFrame_Pong{Pong: &v1.Pong{Seq: fr.Ping.GetSeq(), PingSentUnixNano: fr.Ping.GetSentUnixNano()}}})
+			// Pongs come from this goroutine, not the processor: a slow
+			// handler shows as load, not as a dead stream.
+			st.push(&v1.ServerFrame{Frame: &v1.ServerFrame_Pong{Pong: &v1.Pong{
+				Seq: fr.Ping.GetSeq(), PingSentUnixNano: fr.Ping.GetSentUnixNano(), LoadPercent: st.load(s.credits.Load()),
+			}}})
 		}
 		if ctx.Err() != nil {
 			break
@@ -191,6 +243,7 @@ func (s *Server) processLoop(ctx context.Context, work <-chan *v1.Deliver, st *s
 			continue // stream gone: the bridge resends these
 		}
 		ack := s.process(ctx, d)
+		st.inflight.Add(-1)
 		st.push(&v1.ServerFrame{Frame: &v1.ServerFrame_Ack{Ack: ack}})
 	}
 }
@@ -200,22 +253,22 @@ func (s *Server) process(ctx context.Context, d *v1.Deliver) *v1.Ack {
 	id := env.GetMessageId()
 	ack := &v1.Ack{Seq: d.GetSeq(), MessageId: id}
 	if id == "" {
-		ack.Outcome, ack.ReasonCode, ack.Reason = v1.Outcome_OUTCOME_REJECT, "missing_message_id", "envelope has no message id"
+		ack.Outcome, ack.Code, ack.Reason = v1.Outcome_OUTCOME_REJECT, v1.ReasonCode_REASON_CODE_INVALID_REQUEST, "envelope has no message id"
 		return ack
 	}
 	s.serial.Lock()
 	defer s.serial.Unlock()
 	if r, ok := s.store.Lookup(id); ok {
-		ack.Outcome, ack.ReasonCode, ack.Reason, ack.Reply = v1.Outcome_OUTCOME_DUPLICATE, r.ReasonCode, r.Reason, r.Reply
+		ack.Outcome, ack.Code, ack.Reason, ack.Reply = v1.Outcome_OUTCOME_DUPLICATE, r.Code, r.Reason, r.Reply
 		return ack
 	}
 	r := s.handle(ctx, env)
-	ack.Outcome, ack.ReasonCode, ack.Reason, ack.Reply = r.Outcome, r.ReasonCode, r.Reason, r.Reply
+	ack.Outcome, ack.Code, ack.Reason, ack.Reply = r.Outcome, r.Code, r.Reason, r.Reply
 	switch r.Outcome {
 	case v1.Outcome_OUTCOME_OK, v1.Outcome_OUTCOME_REJECT:
 		if err := s.store.Save(env, r); err != nil {
 			s.log.Error("backend: save result", "message_id", id, "err", err)
-			ack.Outcome, ack.ReasonCode, ack.Reason, ack.Reply = v1.Outcome_OUTCOME_RETRY, "store_unavailable", err.Error(), nil
+			ack.Outcome, ack.Code, ack.Reason, ack.Reply = v1.Outcome_OUTCOME_RETRY, v1.ReasonCode_REASON_CODE_UNAVAILABLE, "store: "+err.Error(), nil
 		}
 	case v1.Outcome_OUTCOME_RETRY:
 	default:

@@ -33,7 +33,7 @@ func TestProcessOutcomes(t *testing.T) {
 	h := func(_ context.Context, env *v1.Envelope) Result {
 		calls++
 		if env.RequestId == "retry" {
-			return Result{Outcome: v1.Outcome_OUTCOME_RETRY, ReasonCode: "busy"}
+			return Result{Outcome: v1.Outcome_OUTCOME_RETRY, Code: v1.ReasonCode_REASON_CODE_BUSY}
 		}
 		return Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: []byte("ok")}
 	}

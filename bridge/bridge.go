@@ -50,12 +50,13 @@ type Bridge struct {
 	producer *kafkapipe.Producer
 	win      *ackwindow.Window
 	consumer *kafkapipe.Consumer
-	clients  []*grpcout.Client
+	pool     *grpcout.Pool
 
 	finish  chan finishJob // replies and dead letters, then the window ACK
 	retries chan retryJob
 
-	kafkaOK atomic.Bool
+	kafkaOK  atomic.Bool
+	poolOpts []grpcout.Option
 }
 
 // finishJob completes one fetched record: dead-letter it (if dlq is set),
@@ -70,7 +71,7 @@ type finishJob struct {
 
 type retryJob struct {
 	due    time.Time
-	client *grpcout.Client
+	first  time.Time
 	part   int32
 	offset int64
 	env    *v1.Envelope
@@ -81,6 +82,11 @@ type Option func(*Bridge)
 
 // WithLogger sets the logger. Default: slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(b *Bridge) { b.log = l } }
+
+// WithPoolOptions passes options to the backend pool (a dialer, a resolver).
+func WithPoolOptions(opts ...grpcout.Option) Option {
+	return func(b *Bridge) { b.poolOpts = append(b.poolOpts, opts...) }
+}
 
 // New builds the pipeline from cfg, whose broker addresses must be concrete
 // (embedded brokers already started). It does no I/O.
@@ -126,18 +132,35 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	if err != nil {
 		return nil, err
 	}
-	for _, t := range cfg.Backend.Targets {
-		c, err := grpcout.New(grpcout.Config{
-			Target:    t,
-			BridgeID:  cfg.MQTT.ClientID,
-			Window:    cfg.Backend.Window,
-			Backoff:   grpcout.Backoff{Initial: cfg.Backend.ReconnectInitial, Max: cfg.Backend.ReconnectMax},
-			Heartbeat: grpcout.Heartbeat{Interval: cfg.Backend.HeartbeatInterval, Timeout: cfg.Backend.HeartbeatTimeout},
-		}, grpcout.WithLogger(b.log), grpcout.WithEventHook(b.metrics.streamEvent))
-		if err != nil {
-			return nil, err
-		}
-		b.clients = append(b.clients, c)
+	tlsConfig, err := cfg.Backend.TLS.Config()
+	if err != nil {
+		return nil, fmt.Errorf("bridge: backend tls: %w", err)
+	}
+	token, err := cfg.Backend.Token()
+	if err != nil {
+		return nil, fmt.Errorf("bridge: backend token: %w", err)
+	}
+	be := cfg.Backend
+	b.pool, err = grpcout.New(grpcout.Config{
+		Targets:          be.Targets,
+		BridgeID:         cfg.MQTT.ClientID,
+		Window:           be.Window,
+		MaxPending:       capacity,
+		OpenTimeout:      be.OpenTimeout,
+		AckTimeout:       be.AckTimeout,
+		ResolveInterval:  be.ResolveInterval,
+		HealthCheckAfter: be.Reconnect.HealthCheckAfter,
+		Backoff: grpcout.Backoff{Initial: be.Reconnect.Initial, Max: be.Reconnect.Max,
+			Jitter: be.Reconnect.Jitter, ResetAfter: be.Reconnect.ResetAfter},
+		Heartbeat: grpcout.Heartbeat{Interval: be.Heartbeat.Interval, MinInterval: be.Heartbeat.MinInterval,
+			MaxInterval: be.Heartbeat.MaxInterval, Timeout: be.Heartbeat.Timeout, SlowRTT: be.Heartbeat.SlowRTT},
+		Keepalive: grpcout.Keepalive{Time: be.Keepalive.Time, Timeout: be.Keepalive.Timeout},
+		TLS:       tlsConfig,
+		Token:     token,
+	}, append([]grpcout.Option{grpcout.WithLogger(b.log), grpcout.WithEventHook(b.metrics.GRPC.Observe),
+		grpcout.WithStatsHandler(b.metrics.GRPC.Handler)}, b.poolOpts...)...)
+	if err != nil {
+		return nil, err
 	}
 	b.metrics.observeWindow(b.win)
 	return b, nil
@@ -146,8 +169,10 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 // Metrics returns the bridge's metrics.
 func (b *Bridge) Metrics() *Metrics { return b.metrics }
 
-// Ready reports whether MQTT is subscribed, Kafka answered recently and at
-// least one backend stream is up; the reasons it is not, otherwise.
+// Ready reports whether MQTT is subscribed, Kafka answered recently, at
+// least one backend stream is up and no backend refuses the bridge's TLS
+// or credentials (a configuration problem must not hide behind a healthy
+// peer); the reasons it is not, otherwise.
 func (b *Bridge) Ready() (bool, []string) {
 	var why []string
 	if !b.mqtt.Subscribed() {
@@ -157,8 +182,11 @@ func (b *Bridge) Ready() (bool, []string) {
 		why = append(why, "kafka unreachable")
 	}
 	up := false
-	for _, c := range b.clients {
-		up = up || c.Up()
+	for _, s := range b.pool.Status() {
+		up = up || s.Up
+		if !s.Up && (s.Reason == grpcout.ReasonTLS || s.Reason == grpcout.ReasonAuth) {
+			why = append(why, fmt.Sprintf("backend %s (%s): %s: %v", s.Target, s.Addr, s.Reason, s.Err))
+		}
 	}
 	if !up {
 		why = append(why, "no backend stream up")
@@ -202,9 +230,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 		})
 	}
 	stage(b.mqtt.Run)
-	for _, c := range b.clients {
-		stage(c.Run)
-	}
+	stage(b.pool.Run)
 	for range 8 {
 		lifeWG.Go(func() { b.finisher(life) })
 	}

@@ -52,9 +52,9 @@ func TestOutcomes(t *testing.T) {
 		calls[env.RequestId]++
 		switch {
 		case env.RequestId == "retry-twice" && calls[env.RequestId] <= 2, env.RequestId == "retry-ever":
-			return backend.Result{Outcome: v1.Outcome_OUTCOME_RETRY, ReasonCode: "busy"}
+			return backend.Result{Outcome: v1.Outcome_OUTCOME_RETRY, Code: v1.ReasonCode_REASON_CODE_BUSY}
 		case env.RequestId == "reject":
-			return backend.Result{Outcome: v1.Outcome_OUTCOME_REJECT, ReasonCode: "unknown_merchant", Reason: "merchant m-x is not enrolled"}
+			return backend.Result{Outcome: v1.Outcome_OUTCOME_REJECT, Code: v1.ReasonCode_REASON_CODE_NOT_PERMITTED, Reason: "merchant m-x is not enrolled"}
 		}
 		return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: transcoder.EncodeReply(&v1.PaymentReply{
 			RequestId: env.RequestId, MessageId: env.MessageId, Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED})}
@@ -118,8 +118,8 @@ func TestOutcomes(t *testing.T) {
 			t.Errorf("%s: got status %q, want %q", id, got[id].Status, status)
 		}
 	}
-	if !strings.Contains(got["retry-ever"].Reason, "busy") || !strings.Contains(got["reject"].Reason, "unknown_merchant") {
-		t.Errorf("negative replies must carry the reason code: %+v", got)
+	if got["retry-ever"].Code != "busy" || got["reject"].Code != "not_permitted" || got["reject"].Reason != "merchant m-x is not enrolled" {
+		t.Errorf("negative replies must carry the structured code and the detail: %+v", got)
 	}
 	mu.Lock()
 	if calls["retry-twice"] != 3 || calls["retry-ever"] != 3 || calls["reject"] != 1 {
@@ -128,8 +128,8 @@ func TestOutcomes(t *testing.T) {
 	mu.Unlock()
 
 	dlq := readDLQ(t, k.Addr(), cfg.Kafka.DLQTopic, 2)
-	if dlq["reject"] != "unknown_merchant" || dlq["retry-ever"] != "busy" {
-		t.Errorf("got DLQ reasons %v, want reject=unknown_merchant retry-ever=busy", dlq)
+	if dlq["reject"] != "not_permitted" || dlq["retry-ever"] != "busy" {
+		t.Errorf("got DLQ reasons %v, want reject=not_permitted retry-ever=busy", dlq)
 	}
 
 	cancel()

@@ -8,7 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
-	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/grpcmetrics"
 	"github.com/edgebridge/edgebridge/kafkapipe"
 	"github.com/edgebridge/edgebridge/mqttin"
 	"github.com/edgebridge/edgebridge/transcoder"
@@ -28,46 +28,45 @@ func (b *Bridge) handleRecord(ctx context.Context, m kafkapipe.Message) error {
 		})
 		return nil
 	}
-	c := b.clients[int(m.Partition)%len(b.clients)]
-	return b.deliver(ctx, c, m.Partition, m.Offset, env)
+	return b.deliver(ctx, m.Partition, m.Offset, env, time.Now())
 }
 
-func (b *Bridge) deliver(ctx context.Context, c *grpcout.Client, part int32, offset int64, env *v1.Envelope) error {
+// deliver hands env to the backend pool; first is when the record was
+// first handed over (retries keep it, for the latency metric).
+func (b *Bridge) deliver(ctx context.Context, part int32, offset int64, env *v1.Envelope, first time.Time) error {
 	env.Attempt++
-	sent := time.Now()
-	b.metrics.Delivered.Inc()
-	return c.Deliver(ctx, env, func(ack *v1.Ack) {
-		b.metrics.AckLatency.Observe(time.Since(sent).Seconds())
-		b.metrics.Acks.WithLabelValues(outcomeLabel(ack.GetOutcome())).Inc()
-		b.onAck(c, part, offset, env, ack)
+	return b.pool.Deliver(ctx, part, env, func(ack *v1.Ack) {
+		b.onAck(part, offset, env, ack, first)
 	})
 }
 
 // onAck runs on a stream's receiving goroutine and must not block: the
 // finish and retry channels are sized to the window, and a record is in at
 // most one of them at a time.
-func (b *Bridge) onAck(c *grpcout.Client, part int32, offset int64, env *v1.Envelope, ack *v1.Ack) {
+func (b *Bridge) onAck(part int32, offset int64, env *v1.Envelope, ack *v1.Ack, first time.Time) {
 	replyTopic := mqttin.ReplyTopic(b.cfg.MQTT.ReplyTopic, env.GetDeviceId())
 	switch ack.GetOutcome() {
 	case v1.Outcome_OUTCOME_OK, v1.Outcome_OUTCOME_DUPLICATE:
+		b.metrics.Latency.Observe(time.Since(first).Seconds())
 		b.finish <- finishJob{replyTopic: replyTopic, reply: ack.GetReply(), done: b.windowAck(part, offset, "")}
 	case v1.Outcome_OUTCOME_REJECT:
+		b.metrics.Latency.Observe(time.Since(first).Seconds())
 		b.finish <- b.deadLetterJob(part, offset, env, replyTopic, ack, v1.PaymentStatus_PAYMENT_STATUS_REJECTED)
 	default: // RETRY, or an outcome this bridge does not know
 		if int(env.GetAttempt()) >= b.cfg.Backend.MaxAttempts {
+			b.metrics.Latency.Observe(time.Since(first).Seconds())
 			b.finish <- b.deadLetterJob(part, offset, env, replyTopic, ack, v1.PaymentStatus_PAYMENT_STATUS_ERROR)
 			return
 		}
-		b.metrics.Redeliveries.Inc()
 		delay := b.cfg.Backend.RetryBackoff << min(env.GetAttempt()-1, 5)
-		b.retries <- retryJob{due: time.Now().Add(delay), client: c, part: part, offset: offset, env: env}
+		b.retries <- retryJob{due: time.Now().Add(delay), first: first, part: part, offset: offset, env: env}
 	}
 }
 
 func (b *Bridge) deadLetterJob(part int32, offset int64, env *v1.Envelope, replyTopic string, ack *v1.Ack, status v1.PaymentStatus) finishJob {
-	code := ack.GetReasonCode()
+	code := transcoder.CodeName(ack.GetCode())
 	if code == "" {
-		code = "backend_" + outcomeLabel(ack.GetOutcome())
+		code = "backend_" + grpcmetrics.OutcomeLabel(ack.GetOutcome())
 	}
 	payload, _ := proto.Marshal(env)
 	dl := deadLetter(b.cfg.Kafka.DLQTopic, env.GetDeviceId(), env.GetSourceTopic(), payload, code, ack.GetReason())
@@ -75,7 +74,7 @@ func (b *Bridge) deadLetterJob(part int32, offset int64, env *v1.Envelope, reply
 	if len(reply) == 0 {
 		reply = transcoder.EncodeReply(&v1.PaymentReply{
 			RequestId: env.GetRequestId(), MessageId: env.GetMessageId(),
-			Status: status, Reason: code,
+			Status: status, Code: ack.GetCode(), Reason: ack.GetReason(),
 		})
 	}
 	return finishJob{dlq: dl, replyTopic: replyTopic, reply: reply, done: b.windowAck(part, offset, code)}
@@ -153,7 +152,7 @@ func (b *Bridge) retrier(ctx context.Context) {
 		case <-timer.C:
 			for len(due) > 0 && !due[0].due.After(time.Now()) {
 				j := heap.Pop(&due).(retryJob)
-				if err := b.deliver(ctx, j.client, j.part, j.offset, j.env); err != nil {
+				if err := b.deliver(ctx, j.part, j.offset, j.env, j.first); err != nil {
 					return
 				}
 			}
@@ -172,20 +171,6 @@ func (h *retryHeap) Pop() any {
 	x := old[len(old)-1]
 	*h = old[:len(old)-1]
 	return x
-}
-
-func outcomeLabel(o v1.Outcome) string {
-	switch o {
-	case v1.Outcome_OUTCOME_OK:
-		return "ok"
-	case v1.Outcome_OUTCOME_DUPLICATE:
-		return "duplicate"
-	case v1.Outcome_OUTCOME_RETRY:
-		return "retry"
-	case v1.Outcome_OUTCOME_REJECT:
-		return "reject"
-	}
-	return "unknown"
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

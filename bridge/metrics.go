@@ -4,7 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgebridge/edgebridge/ackwindow"
-	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/grpcmetrics"
 )
 
 // Metrics are the bridge's Prometheus metrics:
@@ -14,14 +14,11 @@ import (
 //	edgebridge_kafka_produce_errors_total
 //	edgebridge_kafka_commits_total
 //	edgebridge_dlq_messages_total{reason}
-//	edgebridge_grpc_deliveries_total
-//	edgebridge_grpc_acks_total{outcome}
-//	edgebridge_grpc_ack_latency_seconds
-//	edgebridge_grpc_redeliveries_total
-//	edgebridge_grpc_reconnects_total{target}
-//	edgebridge_grpc_heartbeat_rtt_seconds
 //	edgebridge_mqtt_replies_published_total
 //	edgebridge_window_in_flight
+//	edgebridge_delivery_latency_seconds        delivery to final ACK, retries included
+//
+// and the gRPC stream metrics of package grpcmetrics (edgebridge_grpc_stream_*).
 type Metrics struct {
 	Registry      *prometheus.Registry
 	Received      prometheus.Counter
@@ -29,13 +26,9 @@ type Metrics struct {
 	ProduceErrors prometheus.Counter
 	Commits       prometheus.Counter
 	DLQ           *prometheus.CounterVec
-	Delivered     prometheus.Counter
-	Acks          *prometheus.CounterVec
-	AckLatency    prometheus.Histogram
-	Redeliveries  prometheus.Counter
-	Reconnects    *prometheus.CounterVec
-	HeartbeatRTT  prometheus.Histogram
 	Replies       prometheus.Counter
+	Latency       prometheus.Histogram
+	GRPC          *grpcmetrics.Client
 }
 
 // NewMetrics registers the bridge's metrics in a new registry.
@@ -52,23 +45,15 @@ func NewMetrics() *Metrics {
 		Produced:      f("edgebridge_kafka_records_produced_total", "Records acknowledged by Kafka (requests and dead letters)."),
 		ProduceErrors: f("edgebridge_kafka_produce_errors_total", "Failed Kafka produce attempts (retried)."),
 		Commits:       f("edgebridge_kafka_commits_total", "Partition offsets committed."),
-		Delivered:     f("edgebridge_grpc_deliveries_total", "Deliveries handed to a backend stream, retries included."),
-		Redeliveries:  f("edgebridge_grpc_redeliveries_total", "Deliveries scheduled again after a RETRY."),
 		Replies:       f("edgebridge_mqtt_replies_published_total", "Replies acknowledged by the MQTT broker."),
 		DLQ: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgebridge_dlq_messages_total", Help: "Messages dead-lettered, by reason."}, []string{"reason"}),
-		Acks: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "edgebridge_grpc_acks_total", Help: "Backend ACKs by outcome."}, []string{"outcome"}),
-		Reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "edgebridge_grpc_reconnects_total", Help: "Backend streams that ended and were reopened."}, []string{"target"}),
-		AckLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "edgebridge_grpc_ack_latency_seconds", Help: "Time from delivery to the backend's ACK.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
-		HeartbeatRTT: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "edgebridge_grpc_heartbeat_rtt_seconds", Help: "Ping/pong round-trip time on backend streams.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		Latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "edgebridge_delivery_latency_seconds", Help: "Time from handing a record to the backends to its final ACK, retries and resends included.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		GRPC: grpcmetrics.NewClient(r),
 	}
-	r.MustRegister(m.DLQ, m.Acks, m.Reconnects, m.AckLatency, m.HeartbeatRTT)
+	r.MustRegister(m.DLQ, m.Latency)
 	return m
 }
 
@@ -76,13 +61,4 @@ func (m *Metrics) observeWindow(w *ackwindow.Window) {
 	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "edgebridge_window_in_flight", Help: "Kafka records fetched and not yet committable.",
 	}, func() float64 { return float64(w.InFlight()) }))
-}
-
-func (m *Metrics) streamEvent(e grpcout.Event) {
-	switch e.Kind {
-	case grpcout.StreamDown:
-		m.Reconnects.WithLabelValues(e.Target).Inc()
-	case grpcout.Pong:
-		m.HeartbeatRTT.Observe(e.RTT.Seconds())
-	}
 }

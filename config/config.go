@@ -4,6 +4,8 @@ package config
 
 import (
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -67,9 +69,11 @@ type Kafka struct {
 	CommitInterval time.Duration `yaml:"commit_interval"`
 }
 
-// Backend settings.
+// Backend settings: the gRPC hop to the backends.
 type Backend struct {
-	// Targets are gRPC addresses of backends. Default: ["127.0.0.1:7070"].
+	// Targets are gRPC addresses (host:port) of backends; a host name that
+	// resolves to several addresses gets a stream to each. Backends must
+	// share their dedup store. Default: ["127.0.0.1:7070"].
 	Targets []string `yaml:"targets"`
 	// Window is the most un-ACKed deliveries per stream. Default: 128.
 	Window int `yaml:"window"`
@@ -77,14 +81,77 @@ type Backend struct {
 	MaxAttempts int `yaml:"max_attempts"`
 	// RetryBackoff is the first delay before redelivering a RETRY; it doubles. Default: 1s.
 	RetryBackoff time.Duration `yaml:"retry_backoff"`
-	// ReconnectInitial is the first reconnect delay; it doubles. Default: 1s.
-	ReconnectInitial time.Duration `yaml:"reconnect_initial"`
-	// ReconnectMax caps the reconnect delay. Default: 30s.
-	ReconnectMax time.Duration `yaml:"reconnect_max"`
-	// HeartbeatInterval between pings. Default: 5s.
-	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
-	// HeartbeatTimeout: a stream silent this long is replaced. Default: 15s.
-	HeartbeatTimeout time.Duration `yaml:"heartbeat_timeout"`
+	// OpenTimeout bounds opening a stream (up to the backend's welcome). Default: 10s.
+	OpenTimeout time.Duration `yaml:"open_timeout"`
+	// AckTimeout: a stream with a delivery un-ACKed this long is replaced
+	// and the delivery resent with the same message id. Default: 30s.
+	AckTimeout time.Duration `yaml:"ack_timeout"`
+	// ResolveInterval between DNS lookups of target host names. Default: 30s.
+	ResolveInterval time.Duration `yaml:"resolve_interval"`
+	// Reconnect is the backoff between stream attempts.
+	Reconnect Reconnect `yaml:"reconnect"`
+	// Heartbeat is the application-level ping/pong.
+	Heartbeat Heartbeat `yaml:"heartbeat"`
+	// Keepalive is HTTP/2 keepalive on each backend connection.
+	Keepalive Keepalive `yaml:"keepalive"`
+	// TLS to the backends; off unless enabled.
+	TLS TLS `yaml:"tls"`
+	// TokenFile holds a bearer token sent with every call (requires TLS).
+	TokenFile string `yaml:"token_file"`
+}
+
+// Reconnect is exponential backoff with jitter between stream attempts.
+type Reconnect struct {
+	// Initial delay; it doubles after each failure. Default: 1s.
+	Initial time.Duration `yaml:"initial"`
+	// Max caps the delay; TLS and auth failures always wait this long. Default: 30s.
+	Max time.Duration `yaml:"max"`
+	// Jitter spreads each delay by this fraction, ±. Default: 0.2.
+	Jitter float64 `yaml:"jitter"`
+	// ResetAfter: a stream up this long resets the delay. Default: 30s.
+	ResetAfter time.Duration `yaml:"reset_after"`
+	// HealthCheckAfter consecutive failures, ask grpc.health.v1 before the
+	// next attempt. Default: 2.
+	HealthCheckAfter int `yaml:"health_check_after"`
+}
+
+// Heartbeat is the ping/pong on each stream. The interval adapts between
+// min_interval and max_interval: longer while pongs are slow (above
+// slow_rtt) or the backend reports over 90% load, shorter while healthy.
+type Heartbeat struct {
+	// Interval between pings at first. Default: 5s.
+	Interval time.Duration `yaml:"interval"`
+	// MinInterval. Default: 1s (or interval, if shorter).
+	MinInterval time.Duration `yaml:"min_interval"`
+	// MaxInterval; must be below timeout. Default: 2 x interval, at most 2/3 of timeout.
+	MaxInterval time.Duration `yaml:"max_interval"`
+	// Timeout: a stream with no frame from the backend this long is
+	// replaced. Default: 3 x interval.
+	Timeout time.Duration `yaml:"timeout"`
+	// SlowRTT: pongs slower than this lengthen the interval. Default: 500ms.
+	SlowRTT time.Duration `yaml:"slow_rtt"`
+}
+
+// Keepalive is HTTP/2 keepalive; backends must permit pings this often.
+type Keepalive struct {
+	// Time of silence before a ping; at least 10s. Default: 20s.
+	Time time.Duration `yaml:"time"`
+	// Timeout for the ping's answer. Default: 10s.
+	Timeout time.Duration `yaml:"timeout"`
+}
+
+// TLS to the backends.
+type TLS struct {
+	// Enabled turns TLS on; with no ca_file the system roots verify the backend.
+	Enabled bool `yaml:"enabled"`
+	// CAFile is a PEM bundle of the CAs that sign backend certificates.
+	CAFile string `yaml:"ca_file"`
+	// CertFile and KeyFile are the bridge's client certificate (mutual TLS).
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerName overrides the name checked in backend certificates.
+	// Default: each target's host.
+	ServerName string `yaml:"server_name"`
 }
 
 // Admin settings.
@@ -148,10 +215,25 @@ func (c *Config) ApplyDefaults() {
 	defI(&c.Backend.Window, 128)
 	defI(&c.Backend.MaxAttempts, 5)
 	defD(&c.Backend.RetryBackoff, time.Second)
-	defD(&c.Backend.ReconnectInitial, time.Second)
-	defD(&c.Backend.ReconnectMax, 30*time.Second)
-	defD(&c.Backend.HeartbeatInterval, 5*time.Second)
-	defD(&c.Backend.HeartbeatTimeout, 3*c.Backend.HeartbeatInterval)
+	defD(&c.Backend.OpenTimeout, 10*time.Second)
+	defD(&c.Backend.AckTimeout, 30*time.Second)
+	defD(&c.Backend.ResolveInterval, 30*time.Second)
+	r := &c.Backend.Reconnect
+	defD(&r.Initial, time.Second)
+	defD(&r.Max, 30*time.Second)
+	if r.Jitter == 0 {
+		r.Jitter = 0.2
+	}
+	defD(&r.ResetAfter, 30*time.Second)
+	defI(&r.HealthCheckAfter, 2)
+	h := &c.Backend.Heartbeat
+	defD(&h.Interval, 5*time.Second)
+	defD(&h.MinInterval, min(time.Second, h.Interval))
+	defD(&h.Timeout, 3*h.Interval)
+	defD(&h.MaxInterval, max(h.Interval, min(2*h.Interval, h.Timeout*2/3)))
+	defD(&h.SlowRTT, 500*time.Millisecond)
+	defD(&c.Backend.Keepalive.Time, 20*time.Second)
+	defD(&c.Backend.Keepalive.Timeout, 10*time.Second)
 	def(&c.Admin.Listen, "127.0.0.1:9464")
 	defD(&c.Shutdown.DrainTimeout, 30*time.Second)
 }
@@ -234,20 +316,100 @@ func (c *Config) Validate() error {
 	if c.Backend.MaxAttempts < 1 {
 		bad("backend.max_attempts", "%d must be at least 1", c.Backend.MaxAttempts)
 	}
-	if c.Backend.HeartbeatTimeout <= c.Backend.HeartbeatInterval {
-		bad("backend.heartbeat_timeout", "%s must exceed heartbeat_interval %s", c.Backend.HeartbeatTimeout, c.Backend.HeartbeatInterval)
-	}
-	if c.Backend.ReconnectMax < c.Backend.ReconnectInitial {
-		bad("backend.reconnect_max", "%s must be at least reconnect_initial %s", c.Backend.ReconnectMax, c.Backend.ReconnectInitial)
-	}
 	if c.Backend.RetryBackoff < 0 {
 		bad("backend.retry_backoff", "must not be negative")
+	}
+	for key, d := range map[string]time.Duration{
+		"backend.open_timeout": c.Backend.OpenTimeout, "backend.ack_timeout": c.Backend.AckTimeout,
+		"backend.resolve_interval": c.Backend.ResolveInterval, "backend.reconnect.reset_after": c.Backend.Reconnect.ResetAfter,
+		"backend.keepalive.timeout": c.Backend.Keepalive.Timeout, "backend.heartbeat.slow_rtt": c.Backend.Heartbeat.SlowRTT,
+	} {
+		if d < 0 {
+			bad(key, "must not be negative")
+		}
+	}
+	if r := c.Backend.Reconnect; r.Initial <= 0 || r.Max < r.Initial {
+		bad("backend.reconnect.max", "%s must be at least reconnect.initial %s (and both positive)", r.Max, r.Initial)
+	}
+	if j := c.Backend.Reconnect.Jitter; j < 0 || j >= 1 {
+		bad("backend.reconnect.jitter", "%g must be in [0, 1)", j)
+	}
+	if h := c.Backend.Heartbeat; h.MinInterval <= 0 || h.MinInterval > h.Interval || h.Interval > h.MaxInterval {
+		bad("backend.heartbeat", "intervals must satisfy 0 < min_interval %s <= interval %s <= max_interval %s", h.MinInterval, h.Interval, h.MaxInterval)
+	}
+	if h := c.Backend.Heartbeat; h.Timeout <= h.MaxInterval {
+		bad("backend.heartbeat.timeout", "%s must exceed max_interval %s", h.Timeout, h.MaxInterval)
+	}
+	if c.Backend.Keepalive.Time < 10*time.Second {
+		bad("backend.keepalive.time", "%s must be at least 10s (gRPC's floor; backends enforce it)", c.Backend.Keepalive.Time)
+	}
+	t := c.Backend.TLS
+	if !t.Enabled && (t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "") {
+		bad("backend.tls", "files or server_name are set but enabled is false")
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		bad("backend.tls", "cert_file and key_file go together")
+	}
+	if t.Enabled {
+		if _, err := c.Backend.TLS.Config(); err != nil {
+			bad("backend.tls", "%v", err)
+		}
+	}
+	if c.Backend.TokenFile != "" {
+		if !t.Enabled {
+			bad("backend.token_file", "a token requires backend.tls.enabled")
+		}
+		if _, err := c.Backend.Token(); err != nil {
+			bad("backend.token_file", "%v", err)
+		}
 	}
 	addr("admin.listen", c.Admin.Listen)
 	if c.Shutdown.DrainTimeout < 0 {
 		bad("shutdown.drain_timeout", "must not be negative")
 	}
 	return errors.Join(errs...)
+}
+
+// Config loads the TLS files; nil when TLS is off.
+func (t TLS) Config() (*tls.Config, error) {
+	if !t.Enabled {
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
+	if t.CAFile != "" {
+		pem, err := os.ReadFile(t.CAFile)
+		if err != nil {
+			return nil, err
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("%s: no PEM certificates", t.CAFile)
+		}
+	}
+	if t.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+		if err != nil {
+			return nil, err
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
+}
+
+// Token reads the bearer token; "" when there is no token file.
+func (b Backend) Token() (string, error) {
+	if b.TokenFile == "" {
+		return "", nil
+	}
+	raw, err := os.ReadFile(b.TokenFile)
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(raw))
+	if tok == "" {
+		return "", fmt.Errorf("%s is empty", b.TokenFile)
+	}
+	return tok, nil
 }
 
 func validTopic(t string) bool {

@@ -17,8 +17,8 @@ func TestParseDefaults(t *testing.T) {
 	if c.Backend.Window != 128 || c.Backend.Targets[0] != "127.0.0.1:7070" || c.Admin.Listen != "127.0.0.1:9464" {
 		t.Fatalf("got %+v", c)
 	}
-	if c.Backend.HeartbeatTimeout != 15*time.Second {
-		t.Fatalf("got heartbeat timeout %s, want 15s", c.Backend.HeartbeatTimeout)
+	if c.Backend.Heartbeat.Timeout != 15*time.Second {
+		t.Fatalf("got heartbeat timeout %s, want 15s", c.Backend.Heartbeat.Timeout)
 	}
 }
 
@@ -69,11 +69,27 @@ kafka:
 backend:
   window: 0
   max_attempts: -2
-  heartbeat_interval: 10s
-  heartbeat_timeout: 5s
+  heartbeat:
+    interval: 10s
+    timeout: 5s
+  reconnect:
+    initial: 5s
+    max: 1s
+    jitter: 1.5
+  keepalive:
+    time: 1s
+  tls:
+    enabled: true
+    ca_file: /nonexistent/ca.pem
+    cert_file: /nonexistent/cert.pem
+  token_file: /nonexistent/token
 admin:
   listen: nowhere
-`, want: []string{"mqtt.broker", "mqtt.reply_topic", "kafka.topic", "kafka.partitions", "backend.max_attempts", "backend.heartbeat_timeout", "admin.listen"}},
+`, want: []string{"mqtt.broker", "mqtt.reply_topic", "kafka.topic", "kafka.partitions", "backend.max_attempts",
+			"backend.heartbeat.timeout", "backend.reconnect.max", "backend.reconnect.jitter", "backend.keepalive.time",
+			"cert_file and key_file go together", "/nonexistent/ca.pem", "backend.token_file", "admin.listen"}},
+		{name: "token needs tls", doc: "backend:\n  token_file: /etc/hostname\n", want: []string{"a token requires backend.tls.enabled"}},
+		{name: "tls settings without tls", doc: "backend:\n  tls:\n    server_name: x\n", want: []string{"enabled is false"}},
 		{name: "subscribe must end in device level", doc: "mqtt:\n  subscribe: [\"payment/#\"]\n", want: []string{"mqtt.subscribe"}},
 	}
 	for _, tc := range tests {

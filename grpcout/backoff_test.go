@@ -6,7 +6,7 @@ import (
 )
 
 func TestBackoffSchedule(t *testing.T) {
-	b := Config{Target: "x"}.withDefaults().Backoff
+	b := Config{Targets: []string{"x:1"}}.withDefaults().Backoff
 	want := []time.Duration{1, 2, 4, 8, 16, 30, 30}
 	d := b.Initial
 	for i, w := range want {

@@ -28,15 +28,14 @@ func Handler(limit int64) backend.Handler {
 	return func(_ context.Context, env *v1.Envelope) backend.Result {
 		req, err := transcoder.PaymentRequest(env)
 		if err != nil {
-			reason := string(transcoder.ReasonOf(err))
 			return backend.Result{
-				Outcome: v1.Outcome_OUTCOME_REJECT, ReasonCode: reason, Reason: err.Error(),
+				Outcome: v1.Outcome_OUTCOME_REJECT, Code: v1.ReasonCode_REASON_CODE_INVALID_REQUEST, Reason: err.Error(),
 				Reply: transcoder.RejectReply(env.GetRequestId(), env.GetMessageId(), transcoder.ReasonOf(err), ""),
 			}
 		}
 		reply := &v1.PaymentReply{RequestId: req.GetRequestId(), MessageId: env.GetMessageId(), Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED}
 		if req.GetAmountMinor() > limit {
-			reply.Status, reply.Reason = v1.PaymentStatus_PAYMENT_STATUS_DECLINED, declineReason
+			reply.Status, reply.Code, reply.Reason = v1.PaymentStatus_PAYMENT_STATUS_DECLINED, v1.ReasonCode_REASON_CODE_LIMIT_EXCEEDED, declineReason
 		}
 		return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: transcoder.EncodeReply(reply)}
 	}

@@ -13,7 +13,10 @@ type Reply struct {
 	RequestID string `json:"request_id"`
 	MessageID string `json:"message_id"`
 	Status    string `json:"status"` // APPROVED, DECLINED, REJECTED or ERROR
-	Reason    string `json:"reason,omitempty"`
+	// Code says why a request was not approved, e.g. "limit_exceeded"
+	// (see CodeName); empty when approved.
+	Code   string `json:"code,omitempty"`
+	Reason string `json:"reason,omitempty"`
 }
 
 // Device reply statuses.
@@ -30,9 +33,19 @@ func EncodeReply(r *v1.PaymentReply) []byte {
 		RequestID: r.GetRequestId(),
 		MessageID: r.GetMessageId(),
 		Status:    StatusName(r.GetStatus()),
+		Code:      CodeName(r.GetCode()),
 		Reason:    r.GetReason(),
 	})
 	return b
+}
+
+// CodeName renders a ReasonCode as devices, DLQ headers and metric labels
+// see it: REASON_CODE_LIMIT_EXCEEDED -> "limit_exceeded"; "" for unspecified.
+func CodeName(c v1.ReasonCode) string {
+	if c == v1.ReasonCode_REASON_CODE_UNSPECIFIED {
+		return ""
+	}
+	return strings.ToLower(strings.TrimPrefix(c.String(), "REASON_CODE_"))
 }
 
 // DecodeReply parses a device reply; devices and tests use it.
@@ -63,6 +76,7 @@ func RejectReply(requestID, messageID string, reason Reason, detail string) []by
 		RequestId: requestID,
 		MessageId: messageID,
 		Status:    v1.PaymentStatus_PAYMENT_STATUS_REJECTED,
+		Code:      v1.ReasonCode_REASON_CODE_INVALID_REQUEST,
 		Reason:    text,
 	})
 }

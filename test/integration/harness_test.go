@@ -237,10 +237,12 @@ kafka:
 backend:
   targets: ["%s"]
   window: 128
-  reconnect_initial: 200ms
-  reconnect_max: 1s
-  heartbeat_interval: 1s
-  heartbeat_timeout: 5s
+  reconnect:
+    initial: 200ms
+    max: 1s
+  heartbeat:
+    interval: 1s
+    timeout: 5s
 %sadmin:
   listen: %s
 shutdown:

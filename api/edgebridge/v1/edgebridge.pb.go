@@ -139,6 +139,86 @@ func (Outcome) EnumDescriptor() ([]byte, []int) {
 	return file_edgebridge_v1_edgebridge_proto_rawDescGZIP(), []int{1}
 }
 
+// ReasonCode classifies RETRY and REJECT answers. The bridge renders a code
+// in lower case without the prefix (REASON_CODE_LIMIT_EXCEEDED ->
+// "limit_exceeded") in DLQ headers, metrics labels and device replies.
+type ReasonCode int32
+
+const (
+	ReasonCode_REASON_CODE_UNSPECIFIED ReasonCode = 0
+	// The request is malformed or lacks a field the backend needs. REJECT.
+	ReasonCode_REASON_CODE_INVALID_REQUEST ReasonCode = 1
+	// The request is well-formed but not allowed (unknown merchant, disabled
+	// device, card blocked). REJECT.
+	ReasonCode_REASON_CODE_NOT_PERMITTED ReasonCode = 2
+	// An amount or rate limit is exceeded. REJECT.
+	ReasonCode_REASON_CODE_LIMIT_EXCEEDED ReasonCode = 3
+	// The backend does not support this kind of request. REJECT.
+	ReasonCode_REASON_CODE_UNSUPPORTED ReasonCode = 4
+	// The request conflicts with an earlier one (same request id, different
+	// content). REJECT.
+	ReasonCode_REASON_CODE_CONFLICT ReasonCode = 5
+	// The backend is overloaded; try later. RETRY.
+	ReasonCode_REASON_CODE_BUSY ReasonCode = 6
+	// The backend's store or a dependency is unavailable; try later. RETRY.
+	ReasonCode_REASON_CODE_UNAVAILABLE ReasonCode = 7
+	// The backend failed in a way it cannot classify. RETRY or REJECT.
+	ReasonCode_REASON_CODE_INTERNAL ReasonCode = 8
+)
+
+// Enum value maps for ReasonCode.
+var (
+	ReasonCode_name = map[int32]string{
+		0: "REASON_CODE_UNSPECIFIED",
+		1: "REASON_CODE_INVALID_REQUEST",
+		2: "REASON_CODE_NOT_PERMITTED",
+		3: "REASON_CODE_LIMIT_EXCEEDED",
+		4: "REASON_CODE_UNSUPPORTED",
+		5: "REASON_CODE_CONFLICT",
+		6: "REASON_CODE_BUSY",
+		7: "REASON_CODE_UNAVAILABLE",
+		8: "REASON_CODE_INTERNAL",
+	}
+	ReasonCode_value = map[string]int32{
+		"REASON_CODE_UNSPECIFIED":     0,
+		"REASON_CODE_INVALID_REQUEST": 1,
+		"REASON_CODE_NOT_PERMITTED":   2,
+		"REASON_CODE_LIMIT_EXCEEDED":  3,
+		"REASON_CODE_UNSUPPORTED":     4,
+		"REASON_CODE_CONFLICT":        5,
+		"REASON_CODE_BUSY":            6,
+		"REASON_CODE_UNAVAILABLE":     7,
+		"REASON_CODE_INTERNAL":        8,
+	}
+)
+
+func (x ReasonCode) Enum() *ReasonCode {
+	p := new(ReasonCode)
+	*p = x
+	return p
+}
+
+func (x ReasonCode) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ReasonCode) Descriptor() protoreflect.EnumDescriptor {
+	return file_edgebridge_v1_edgebridge_proto_enumTypes[2].Descriptor()
+}
+
+func (ReasonCode) Type() protoreflect.EnumType {
+	return &file_edgebridge_v1_edgebridge_proto_enumTypes[2]
+}
+
+func (x ReasonCode) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ReasonCode.Descriptor instead.
+func (ReasonCode) EnumDescriptor() ([]byte, []int) {
+	return file_edgebridge_v1_edgebridge_proto_rawDescGZIP(), []int{2}
+}
+
 // Envelope is what the bridge writes to Kafka and delivers to backends.
 type Envelope struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -327,11 +407,14 @@ func (x *PaymentRequest) GetMerchantId() string {
 
 // PaymentReply is a backend's answer to a PaymentRequest.
 type PaymentReply struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RequestId     string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	MessageId     string                 `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
-	Status        PaymentStatus          `protobuf:"varint,3,opt,name=status,proto3,enum=edgebridge.v1.PaymentStatus" json:"status,omitempty"`
-	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	MessageId string                 `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
+	Status    PaymentStatus          `protobuf:"varint,3,opt,name=status,proto3,enum=edgebridge.v1.PaymentStatus" json:"status,omitempty"`
+	// Human-readable detail.
+	Reason string `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Why the request was not approved, when a code applies.
+	Code          ReasonCode `protobuf:"varint,5,opt,name=code,proto3,enum=edgebridge.v1.ReasonCode" json:"code,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -392,6 +475,13 @@ func (x *PaymentReply) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *PaymentReply) GetCode() ReasonCode {
+	if x != nil {
+		return x.Code
+	}
+	return ReasonCode_REASON_CODE_UNSPECIFIED
 }
 
 type ClientFrame struct {
@@ -742,8 +832,12 @@ func (x *Welcome) GetHeartbeatIntervalMs() uint32 {
 type Deliver struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Bridge-assigned sequence number, unique on the stream; ACKs refer to it.
-	Seq           uint64    `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	Envelope      *Envelope `protobuf:"bytes,2,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	Seq      uint64    `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Envelope *Envelope `protobuf:"bytes,2,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	// How many times this delivery was sent before (stream failure, ACK
+	// deadline, a partition moved to another backend). 0 on the first send.
+	// A backend must still deduplicate by message id; this is a hint.
+	Resends       uint32 `protobuf:"varint,3,opt,name=resends,proto3" json:"resends,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -792,14 +886,22 @@ func (x *Deliver) GetEnvelope() *Envelope {
 	return nil
 }
 
+func (x *Deliver) GetResends() uint32 {
+	if x != nil {
+		return x.Resends
+	}
+	return 0
+}
+
 type Ack struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Seq       uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	MessageId string                 `protobuf:"bytes,2,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
 	Outcome   Outcome                `protobuf:"varint,3,opt,name=outcome,proto3,enum=edgebridge.v1.Outcome" json:"outcome,omitempty"`
-	// Machine-readable reason code for RETRY and REJECT, e.g. "invalid_merchant".
-	ReasonCode string `protobuf:"bytes,4,opt,name=reason_code,json=reasonCode,proto3" json:"reason_code,omitempty"`
-	// Human-readable detail.
+	// Why a delivery was answered RETRY or REJECT, as a code devices and
+	// operators can act on; it becomes the DLQ reason and the reply's code.
+	Code ReasonCode `protobuf:"varint,7,opt,name=code,proto3,enum=edgebridge.v1.ReasonCode" json:"code,omitempty"`
+	// Human-readable detail; never shown to the device as a code.
 	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Reply to publish to the device, already in the device's format.
 	Reply         []byte `protobuf:"bytes,6,opt,name=reply,proto3" json:"reply,omitempty"`
@@ -858,11 +960,11 @@ func (x *Ack) GetOutcome() Outcome {
 	return Outcome_OUTCOME_UNSPECIFIED
 }
 
-func (x *Ack) GetReasonCode() string {
+func (x *Ack) GetCode() ReasonCode {
 	if x != nil {
-		return x.ReasonCode
+		return x.Code
 	}
-	return ""
+	return ReasonCode_REASON_CODE_UNSPECIFIED
 }
 
 func (x *Ack) GetReason() string {
@@ -981,8 +1083,11 @@ type Pong struct {
 	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	// Echo of Ping.sent_unix_nano, so the bridge measures RTT on its own clock.
 	PingSentUnixNano int64 `protobuf:"varint,2,opt,name=ping_sent_unix_nano,json=pingSentUnixNano,proto3" json:"ping_sent_unix_nano,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// How busy the backend is, 0-100 (un-ACKed deliveries on this stream
+	// against its credit grant). The bridge pings less often above 90.
+	LoadPercent   uint32 `protobuf:"varint,3,opt,name=load_percent,json=loadPercent,proto3" json:"load_percent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Pong) Reset() {
@@ -1025,6 +1130,13 @@ func (x *Pong) GetSeq() uint64 {
 func (x *Pong) GetPingSentUnixNano() int64 {
 	if x != nil {
 		return x.PingSentUnixNano
+	}
+	return 0
+}
+
+func (x *Pong) GetLoadPercent() uint32 {
+	if x != nil {
+		return x.LoadPercent
 	}
 	return 0
 }
@@ -1101,14 +1213,15 @@ const file_edgebridge_v1_edgebridge_proto_rawDesc = "" +
 	"\famount_minor\x18\x02 \x01(\x03R\vamountMinor\x12\x1a\n" +
 	"\bcurrency\x18\x03 \x01(\tR\bcurrency\x12\x1f\n" +
 	"\vmerchant_id\x18\x04 \x01(\tR\n" +
-	"merchantId\"\x9a\x01\n" +
+	"merchantId\"\xc9\x01\n" +
 	"\fPaymentReply\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\tR\trequestId\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x02 \x01(\tR\tmessageId\x124\n" +
 	"\x06status\x18\x03 \x01(\x0e2\x1c.edgebridge.v1.PaymentStatusR\x06status\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\tR\x06reason\"\xa3\x01\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12-\n" +
+	"\x04code\x18\x05 \x01(\x0e2\x19.edgebridge.v1.ReasonCodeR\x04code\"\xa3\x01\n" +
 	"\vClientFrame\x12,\n" +
 	"\x05hello\x18\x01 \x01(\v2\x14.edgebridge.v1.HelloH\x00R\x05hello\x122\n" +
 	"\adeliver\x18\x02 \x01(\v2\x16.edgebridge.v1.DeliverH\x00R\adeliver\x12)\n" +
@@ -1128,27 +1241,28 @@ const file_edgebridge_v1_edgebridge_proto_rawDesc = "" +
 	"\n" +
 	"backend_id\x18\x01 \x01(\tR\tbackendId\x12\x18\n" +
 	"\acredits\x18\x02 \x01(\rR\acredits\x122\n" +
-	"\x15heartbeat_interval_ms\x18\x03 \x01(\rR\x13heartbeatIntervalMs\"P\n" +
+	"\x15heartbeat_interval_ms\x18\x03 \x01(\rR\x13heartbeatIntervalMs\"j\n" +
 	"\aDeliver\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
-	"\benvelope\x18\x02 \x01(\v2\x17.edgebridge.v1.EnvelopeR\benvelope\"\xb7\x01\n" +
+	"\benvelope\x18\x02 \x01(\v2\x17.edgebridge.v1.EnvelopeR\benvelope\x12\x18\n" +
+	"\aresends\x18\x03 \x01(\rR\aresends\"\xd8\x01\n" +
 	"\x03Ack\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x02 \x01(\tR\tmessageId\x120\n" +
-	"\aoutcome\x18\x03 \x01(\x0e2\x16.edgebridge.v1.OutcomeR\aoutcome\x12\x1f\n" +
-	"\vreason_code\x18\x04 \x01(\tR\n" +
-	"reasonCode\x12\x16\n" +
+	"\aoutcome\x18\x03 \x01(\x0e2\x16.edgebridge.v1.OutcomeR\aoutcome\x12-\n" +
+	"\x04code\x18\a \x01(\x0e2\x19.edgebridge.v1.ReasonCodeR\x04code\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x14\n" +
-	"\x05reply\x18\x06 \x01(\fR\x05reply\"\"\n" +
+	"\x05reply\x18\x06 \x01(\fR\x05replyJ\x04\b\x04\x10\x05R\vreason_code\"\"\n" +
 	"\x06Credit\x12\x18\n" +
 	"\acredits\x18\x01 \x01(\rR\acredits\">\n" +
 	"\x04Ping\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12$\n" +
-	"\x0esent_unix_nano\x18\x02 \x01(\x03R\fsentUnixNano\"G\n" +
+	"\x0esent_unix_nano\x18\x02 \x01(\x03R\fsentUnixNano\"j\n" +
 	"\x04Pong\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12-\n" +
-	"\x13ping_sent_unix_nano\x18\x02 \x01(\x03R\x10pingSentUnixNano\"\x1f\n" +
+	"\x13ping_sent_unix_nano\x18\x02 \x01(\x03R\x10pingSentUnixNano\x12!\n" +
+	"\fload_percent\x18\x03 \x01(\rR\vloadPercent\"\x1f\n" +
 	"\x05Drain\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason*\xa0\x01\n" +
 	"\rPaymentStatus\x12\x1e\n" +
@@ -1163,7 +1277,18 @@ const file_edgebridge_v1_edgebridge_proto_rawDesc = "" +
 	"OUTCOME_OK\x10\x01\x12\x15\n" +
 	"\x11OUTCOME_DUPLICATE\x10\x02\x12\x11\n" +
 	"\rOUTCOME_RETRY\x10\x03\x12\x12\n" +
-	"\x0eOUTCOME_REJECT\x10\x042P\n" +
+	"\x0eOUTCOME_REJECT\x10\x04*\x8d\x02\n" +
+	"\n" +
+	"ReasonCode\x12\x1b\n" +
+	"\x17REASON_CODE_UNSPECIFIED\x10\x00\x12\x1f\n" +
+	"\x1bREASON_CODE_INVALID_REQUEST\x10\x01\x12\x1d\n" +
+	"\x19REASON_CODE_NOT_PERMITTED\x10\x02\x12\x1e\n" +
+	"\x1aREASON_CODE_LIMIT_EXCEEDED\x10\x03\x12\x1b\n" +
+	"\x17REASON_CODE_UNSUPPORTED\x10\x04\x12\x18\n" +
+	"\x14REASON_CODE_CONFLICT\x10\x05\x12\x14\n" +
+	"\x10REASON_CODE_BUSY\x10\x06\x12\x1b\n" +
+	"\x17REASON_CODE_UNAVAILABLE\x10\a\x12\x18\n" +
+	"\x14REASON_CODE_INTERNAL\x10\b2P\n" +
 	"\bDelivery\x12D\n" +
 	"\x06Stream\x12\x1a.edgebridge.v1.ClientFrame\x1a\x1a.edgebridge.v1.ServerFrame(\x010\x01BAZ?github.com/edgebridge/edgebridge/api/edgebridge/v1;edgebridgev1b\x06proto3"
 
@@ -1179,46 +1304,49 @@ func file_edgebridge_v1_edgebridge_proto_rawDescGZIP() []byte {
 	return file_edgebridge_v1_edgebridge_proto_rawDescData
 }
 
-var file_edgebridge_v1_edgebridge_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_edgebridge_v1_edgebridge_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_edgebridge_v1_edgebridge_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_edgebridge_v1_edgebridge_proto_goTypes = []any{
 	(PaymentStatus)(0),     // 0: edgebridge.v1.PaymentStatus
 	(Outcome)(0),           // 1: edgebridge.v1.Outcome
-	(*Envelope)(nil),       // 2: edgebridge.v1.Envelope
-	(*PaymentRequest)(nil), // 3: edgebridge.v1.PaymentRequest
-	(*PaymentReply)(nil),   // 4: edgebridge.v1.PaymentReply
-	(*ClientFrame)(nil),    // 5: edgebridge.v1.ClientFrame
-	(*ServerFrame)(nil),    // 6: edgebridge.v1.ServerFrame
-	(*Hello)(nil),          // 7: edgebridge.v1.Hello
-	(*Welcome)(nil),        // 8: edgebridge.v1.Welcome
-	(*Deliver)(nil),        // 9: edgebridge.v1.Deliver
-	(*Ack)(nil),            // 10: edgebridge.v1.Ack
-	(*Credit)(nil),         // 11: edgebridge.v1.Credit
-	(*Ping)(nil),           // 12: edgebridge.v1.Ping
-	(*Pong)(nil),           // 13: edgebridge.v1.Pong
-	(*Drain)(nil),          // 14: edgebridge.v1.Drain
-	nil,                    // 15: edgebridge.v1.Envelope.TraceContextEntry
+	(ReasonCode)(0),        // 2: edgebridge.v1.ReasonCode
+	(*Envelope)(nil),       // 3: edgebridge.v1.Envelope
+	(*PaymentRequest)(nil), // 4: edgebridge.v1.PaymentRequest
+	(*PaymentReply)(nil),   // 5: edgebridge.v1.PaymentReply
+	(*ClientFrame)(nil),    // 6: edgebridge.v1.ClientFrame
+	(*ServerFrame)(nil),    // 7: edgebridge.v1.ServerFrame
+	(*Hello)(nil),          // 8: edgebridge.v1.Hello
+	(*Welcome)(nil),        // 9: edgebridge.v1.Welcome
+	(*Deliver)(nil),        // 10: edgebridge.v1.Deliver
+	(*Ack)(nil),            // 11: edgebridge.v1.Ack
+	(*Credit)(nil),         // 12: edgebridge.v1.Credit
+	(*Ping)(nil),           // 13: edgebridge.v1.Ping
+	(*Pong)(nil),           // 14: edgebridge.v1.Pong
+	(*Drain)(nil),          // 15: edgebridge.v1.Drain
+	nil,                    // 16: edgebridge.v1.Envelope.TraceContextEntry
 }
 var file_edgebridge_v1_edgebridge_proto_depIdxs = []int32{
-	15, // 0: edgebridge.v1.Envelope.trace_context:type_name -> edgebridge.v1.Envelope.TraceContextEntry
+	16, // 0: edgebridge.v1.Envelope.trace_context:type_name -> edgebridge.v1.Envelope.TraceContextEntry
 	0,  // 1: edgebridge.v1.PaymentReply.status:type_name -> edgebridge.v1.PaymentStatus
-	7,  // 2: edgebridge.v1.ClientFrame.hello:type_name -> edgebridge.v1.Hello
-	9,  // 3: edgebridge.v1.ClientFrame.deliver:type_name -> edgebridge.v1.Deliver
-	12, // 4: edgebridge.v1.ClientFrame.ping:type_name -> edgebridge.v1.Ping
-	8,  // 5: edgebridge.v1.ServerFrame.welcome:type_name -> edgebridge.v1.Welcome
-	10, // 6: edgebridge.v1.ServerFrame.ack:type_name -> edgebridge.v1.Ack
-	11, // 7: edgebridge.v1.ServerFrame.credit:type_name -> edgebridge.v1.Credit
-	13, // 8: edgebridge.v1.ServerFrame.pong:type_name -> edgebridge.v1.Pong
-	14, // 9: edgebridge.v1.ServerFrame.drain:type_name -> edgebridge.v1.Drain
-	2,  // 10: edgebridge.v1.Deliver.envelope:type_name -> edgebridge.v1.Envelope
-	1,  // 11: edgebridge.v1.Ack.outcome:type_name -> edgebridge.v1.Outcome
-	5,  // 12: edgebridge.v1.Delivery.Stream:input_type -> edgebridge.v1.ClientFrame
-	6,  // 13: edgebridge.v1.Delivery.Stream:output_type -> edgebridge.v1.ServerFrame
-	13, // [13:14] is the sub-list for method output_type
-	12, // [12:13] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	2,  // 2: edgebridge.v1.PaymentReply.code:type_name -> edgebridge.v1.ReasonCode
+	8,  // 3: edgebridge.v1.ClientFrame.hello:type_name -> edgebridge.v1.Hello
+	10, // 4: edgebridge.v1.ClientFrame.deliver:type_name -> edgebridge.v1.Deliver
+	13, // 5: edgebridge.v1.ClientFrame.ping:type_name -> edgebridge.v1.Ping
+	9,  // 6: edgebridge.v1.ServerFrame.welcome:type_name -> edgebridge.v1.Welcome
+	11, // 7: edgebridge.v1.ServerFrame.ack:type_name -> edgebridge.v1.Ack
+	12, // 8: edgebridge.v1.ServerFrame.credit:type_name -> edgebridge.v1.Credit
+	14, // 9: edgebridge.v1.ServerFrame.pong:type_name -> edgebridge.v1.Pong
+	15, // 10: edgebridge.v1.ServerFrame.drain:type_name -> edgebridge.v1.Drain
+	3,  // 11: edgebridge.v1.Deliver.envelope:type_name -> edgebridge.v1.Envelope
+	1,  // 12: edgebridge.v1.Ack.outcome:type_name -> edgebridge.v1.Outcome
+	2,  // 13: edgebridge.v1.Ack.code:type_name -> edgebridge.v1.ReasonCode
+	6,  // 14: edgebridge.v1.Delivery.Stream:input_type -> edgebridge.v1.ClientFrame
+	7,  // 15: edgebridge.v1.Delivery.Stream:output_type -> edgebridge.v1.ServerFrame
+	15, // [15:16] is the sub-list for method output_type
+	14, // [14:15] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_edgebridge_v1_edgebridge_proto_init() }
@@ -1243,7 +1371,7 @@ func file_edgebridge_v1_edgebridge_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_edgebridge_v1_edgebridge_proto_rawDesc), len(file_edgebridge_v1_edgebridge_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,

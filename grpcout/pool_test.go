@@ -37,7 +37,7 @@ func serve(t *testing.T, register func(grpc.ServiceRegistrar)) string {
 }
 
 // run starts c.Run until the test ends and waits for it at cleanup.
-func run(t *testing.T, c *grpcout.Client) {
+func run(t *testing.T, c *grpcout.Pool) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -84,11 +84,11 @@ func (a *acks) wait(t *testing.T) {
 	}
 }
 
-func deliverAll(t *testing.T, c *grpcout.Client, n int, a *acks) {
+func deliverAll(t *testing.T, c *grpcout.Pool, n int, a *acks) {
 	t.Helper()
 	for i := range n {
 		e := env(i)
-		if err := c.Deliver(context.Background(), e, a.fn(e.MessageId)); err != nil {
+		if err := c.Deliver(context.Background(), 0, e, a.fn(e.MessageId)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -101,7 +101,7 @@ func TestDeliverWithBackendHelper(t *testing.T) {
 		return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: []byte("reply-" + e.MessageId)}
 	}, nil)
 	addr := serve(t, srv.Register)
-	c, err := grpcout.New(grpcout.Config{Target: addr, Window: 16})
+	c, err := grpcout.New(grpcout.Config{Targets: []string{addr}, Window: 16})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +119,7 @@ func TestDeliverWithBackendHelper(t *testing.T) {
 	}
 	// A redelivery of a processed message is answered DUPLICATE with the stored reply.
 	dup := newAcks(1)
-	if err := c.Deliver(context.Background(), env(7), dup.fn("m-0007")); err != nil {
+	if err := c.Deliver(context.Background(), 0, env(7), dup.fn("m-0007")); err != nil {
 		t.Fatal(err)
 	}
 	dup.wait(t)
@@ -176,7 +176,7 @@ func TestOutOfOrderAcks(t *testing.T) {
 			}
 		}})
 	})
-	c, _ := grpcout.New(grpcout.Config{Target: addr, Window: 8})
+	c, _ := grpcout.New(grpcout.Config{Targets: []string{addr}, Window: 8})
 	run(t, c)
 	a := newAcks(64)
 	deliverAll(t, c, 64, a)
@@ -227,7 +227,7 @@ func TestResendUnackedAfterStreamFailure(t *testing.T) {
 		}})
 	})
 	// A long heartbeat: only noticing the dead stream itself can recover in time.
-	c, _ := grpcout.New(grpcout.Config{Target: addr, Window: 32, Backoff: grpcout.Backoff{Initial: 10 * time.Millisecond},
+	c, _ := grpcout.New(grpcout.Config{Targets: []string{addr}, Window: 32, Backoff: grpcout.Backoff{Initial: 10 * time.Millisecond},
 		Heartbeat: grpcout.Heartbeat{Interval: time.Minute}})
 	run(t, c)
 	a := newAcks(20)
@@ -286,7 +286,7 @@ func TestCreditsBoundInFlight(t *testing.T) {
 			}
 		}})
 	})
-	c, _ := grpcout.New(grpcout.Config{Target: addr, Window: 64})
+	c, _ := grpcout.New(grpcout.Config{Targets: []string{addr}, Window: 64})
 	run(t, c)
 	a := newAcks(100)
 	deliverAll(t, c, 100, a)
@@ -324,53 +324,81 @@ func TestHeartbeatTimeoutReplacesSilentStream(t *testing.T) {
 	})
 	var down atomic.Value
 	c, _ := grpcout.New(grpcout.Config{
-		Target:    addr,
+		Targets:   []string{addr},
 		Heartbeat: grpcout.Heartbeat{Interval: 20 * time.Millisecond, Timeout: 100 * time.Millisecond},
 		Backoff:   grpcout.Backoff{Initial: 10 * time.Millisecond},
 	}, grpcout.WithEventHook(func(e grpcout.Event) {
 		if e.Kind == grpcout.StreamDown {
-			down.CompareAndSwap(nil, e.Err)
+			down.CompareAndSwap(nil, e.Reason)
 		}
 	}))
 	run(t, c)
 	a := newAcks(5)
 	deliverAll(t, c, 5, a)
 	a.wait(t)
-	err, _ := down.Load().(error)
-	if !errors.Is(err, grpcout.ErrHeartbeatTimeout) {
-		t.Fatalf("got stream end %v, want ErrHeartbeatTimeout", err)
+	if got, _ := down.Load().(grpcout.Reason); got != grpcout.ReasonHeartbeat {
+		t.Fatalf("got stream end %q, want %q", got, grpcout.ReasonHeartbeat)
 	}
 }
 
-// Drain: the backend asks the bridge to leave; outstanding ACKs are
-// collected, and the bridge reconnects without loss.
-func TestDrainMovesOnWithoutLoss(t *testing.T) {
+// Drain: the backend asks the bridge to leave and stops gracefully; the
+// bridge collects the outstanding ACKs, and once a backend is back on the
+// same address it goes on without loss or double processing.
+func TestDrainAndGracefulStopWithoutLoss(t *testing.T) {
 	var mu sync.Mutex
 	seen := map[string]int{}
-	srv := backend.NewServer(backend.Config{}, func(_ context.Context, e *v1.Envelope) backend.Result {
+	store := backend.NewMemoryStore(1000)
+	handler := func(_ context.Context, e *v1.Envelope) backend.Result {
 		mu.Lock()
 		seen[e.MessageId]++
 		mu.Unlock()
+		time.Sleep(100 * time.Microsecond)
 		return backend.Result{Outcome: v1.Outcome_OUTCOME_OK}
-	}, nil)
-	addr := serve(t, srv.Register)
-	var ups atomic.Int64
-	c, _ := grpcout.New(grpcout.Config{Target: addr, Window: 8, Backoff: grpcout.Backoff{Initial: 10 * time.Millisecond}},
+	}
+	srv := backend.NewServer(backend.Config{}, handler, store)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	gs := grpc.NewServer()
+	srv.Register(gs)
+	go func() { _ = gs.Serve(ln) }()
+
+	var reasons sync.Map
+	c, _ := grpcout.New(grpcout.Config{Targets: []string{addr}, Window: 8, Backoff: grpcout.Backoff{Initial: 10 * time.Millisecond, Max: 50 * time.Millisecond}},
 		grpcout.WithEventHook(func(e grpcout.Event) {
-			if e.Kind == grpcout.StreamUp {
-				ups.Add(1)
+			if e.Kind == grpcout.StreamDown {
+				reasons.Store(e.Reason, true)
 			}
 		}))
 	run(t, c)
-	a := newAcks(200)
+	a := newAcks(500)
+	restarted := make(chan struct{})
 	go func() {
-		for ups.Load() == 0 || c.InFlight() == 0 {
+		defer close(restarted)
+		for processed := 0; processed < 100; {
 			time.Sleep(time.Millisecond)
+			mu.Lock()
+			processed = len(seen)
+			mu.Unlock()
 		}
 		srv.Drain("test")
+		gs.GracefulStop()
+		srv2 := backend.NewServer(backend.Config{}, handler, store)
+		ln2, err := net.Listen("tcp", addr)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		gs = grpc.NewServer()
+		srv2.Register(gs)
+		go func() { _ = gs.Serve(ln2) }()
 	}()
-	deliverAll(t, c, 200, a)
+	deliverAll(t, c, 500, a)
 	a.wait(t)
+	<-restarted
+	t.Cleanup(gs.Stop)
 	mu.Lock()
 	defer mu.Unlock()
 	for id, n := range seen {
@@ -378,8 +406,13 @@ func TestDrainMovesOnWithoutLoss(t *testing.T) {
 			t.Errorf("message %s processed %d times", id, n)
 		}
 	}
-	if len(seen) != 200 {
-		t.Errorf("got %d processed, want 200", len(seen))
+	if len(seen) != 500 {
+		t.Errorf("got %d processed, want 500", len(seen))
+	}
+	_, drained := reasons.Load(grpcout.ReasonDrain)
+	_, goaway := reasons.Load(grpcout.ReasonGoAway) // GracefulStop's GOAWAY may overtake the drain frame
+	if !drained && !goaway {
+		t.Error("no stream ended for reason drain or goaway")
 	}
 }
 
@@ -395,10 +428,10 @@ func TestOpenTimeout(t *testing.T) {
 		}})
 	})
 	var down atomic.Value
-	c, _ := grpcout.New(grpcout.Config{Target: addr, OpenTimeout: 50 * time.Millisecond, Backoff: grpcout.Backoff{Initial: 10 * time.Millisecond}},
+	c, _ := grpcout.New(grpcout.Config{Targets: []string{addr}, OpenTimeout: 50 * time.Millisecond, Backoff: grpcout.Backoff{Initial: 10 * time.Millisecond}},
 		grpcout.WithEventHook(func(e grpcout.Event) {
 			if e.Kind == grpcout.StreamDown {
-				down.CompareAndSwap(nil, e.Err)
+				down.CompareAndSwap(nil, e.Err.Error())
 			}
 		}))
 	run(t, c)
@@ -409,7 +442,7 @@ func TestOpenTimeout(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	if err, _ := down.Load().(error); err == nil || !strings.Contains(err.Error(), "no welcome within") {
+	if err, _ := down.Load().(string); !strings.Contains(err, "no welcome within") {
 		t.Fatalf("got stream end %v, want the open timeout", err)
 	}
 	if c.Up() {

@@ -1,0 +1,150 @@
+package grpcout
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+)
+
+// Config configures a Pool. Zero values mean the default.
+type Config struct {
+	// Targets are backend addresses, host:port. A host name resolving to
+	// several addresses gets a stream to each. Required.
+	Targets []string
+	// BridgeID is sent in Hello. Default: "edgebridge".
+	BridgeID string
+	// Window is the most un-ACKed deliveries on one stream; a backend's
+	// credit grant can lower it, never raise it. Default: 128.
+	Window int
+	// MaxPending bounds deliveries held by the Pool (queued or un-ACKed);
+	// Deliver blocks beyond it. Default: Window x len(Targets).
+	MaxPending int
+	// OpenTimeout bounds opening a stream up to the backend's Welcome, and
+	// each health check. Default: 10s.
+	OpenTimeout time.Duration
+	// AckTimeout is the per-delivery ACK deadline: a stream with a delivery
+	// un-ACKed this long is replaced and the delivery resent (same message
+	// id) on the next stream. Default: 30s.
+	AckTimeout time.Duration
+	// ResolveInterval is how often host names in Targets are resolved
+	// again. Default: 30s.
+	ResolveInterval time.Duration
+	// HealthCheckAfter: after this many consecutive failed streams, ask the
+	// backend's grpc.health.v1 service before opening another. Default: 2.
+	HealthCheckAfter int
+	// Backoff between stream attempts to one backend.
+	Backoff Backoff
+	// Heartbeat is the application-level ping/pong on each stream.
+	Heartbeat Heartbeat
+	// Keepalive is HTTP/2 keepalive on each connection.
+	Keepalive Keepalive
+	// TLS enables TLS to the backends (nil: plaintext). An empty ServerName
+	// is set to each target's host.
+	TLS *tls.Config
+	// Token, if set, is sent as "authorization: Bearer <token>" on every
+	// call. It requires TLS.
+	Token string
+}
+
+// Backoff is exponential backoff with jitter.
+type Backoff struct {
+	Initial time.Duration // Default: 1s.
+	Max     time.Duration // Default: 30s.
+	Jitter  float64       // fraction, ± around the delay. Default: 0.2.
+	// ResetAfter: a stream that stayed up this long resets the delay and the
+	// failure count. Default: 30s.
+	ResetAfter time.Duration
+}
+
+// Heartbeat configures ping/pong on a stream. The ping interval adapts
+// between MinInterval and MaxInterval: it doubles after 3 pongs in a row
+// slower than SlowRTT or reporting the backend over 90% loaded, and
+// shrinks by a third after 5 fast pongs from an unloaded backend.
+type Heartbeat struct {
+	Interval    time.Duration // first interval. Default: 5s (a backend's Welcome may set it).
+	MinInterval time.Duration // Default: 1s.
+	MaxInterval time.Duration // Default: 10s; must be below Timeout.
+	// Timeout: a stream with no frame from the backend this long is dead.
+	// Default: 15s.
+	Timeout time.Duration
+	// SlowRTT: a pong slower than this counts as a slow link. Default: 500ms.
+	SlowRTT time.Duration
+}
+
+// Keepalive are the HTTP/2 keepalive parameters. Backends must allow pings
+// this often (see ServerEnforcement).
+type Keepalive struct {
+	Time    time.Duration // ping after this much silence. Default: 20s (minimum 10s).
+	Timeout time.Duration // close if the ping is not answered. Default: 10s.
+}
+
+func (c Config) withDefaults() Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if c.BridgeID == "" {
+		c.BridgeID = "edgebridge"
+	}
+	if c.Window <= 0 {
+		c.Window = 128
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = c.Window * max(len(c.Targets), 1)
+	}
+	if c.HealthCheckAfter <= 0 {
+		c.HealthCheckAfter = 2
+	}
+	def(&c.OpenTimeout, 10*time.Second)
+	def(&c.AckTimeout, 30*time.Second)
+	def(&c.ResolveInterval, 30*time.Second)
+	def(&c.Backoff.Initial, time.Second)
+	def(&c.Backoff.Max, 30*time.Second)
+	if c.Backoff.Jitter <= 0 {
+		c.Backoff.Jitter = 0.2
+	}
+	def(&c.Backoff.ResetAfter, 30*time.Second)
+	def(&c.Heartbeat.Interval, 5*time.Second)
+	def(&c.Heartbeat.MinInterval, min(time.Second, c.Heartbeat.Interval))
+	def(&c.Heartbeat.Timeout, 3*c.Heartbeat.Interval)
+	def(&c.Heartbeat.MaxInterval, max(c.Heartbeat.Interval, min(2*c.Heartbeat.Interval, c.Heartbeat.Timeout*2/3)))
+	def(&c.Heartbeat.SlowRTT, 500*time.Millisecond)
+	def(&c.Keepalive.Time, 20*time.Second)
+	def(&c.Keepalive.Timeout, 10*time.Second)
+	return c
+}
+
+// Validate returns every problem in c (after defaults), joined.
+func (c Config) Validate() error {
+	c = c.withDefaults()
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("grpcout: "+format, args...)) }
+	if len(c.Targets) == 0 {
+		bad("at least one target is required")
+	}
+	for _, t := range c.Targets {
+		if _, _, err := net.SplitHostPort(t); err != nil {
+			bad("target %q is not host:port", t)
+		}
+	}
+	if c.Backoff.Max < c.Backoff.Initial {
+		bad("backoff max %s is below initial %s", c.Backoff.Max, c.Backoff.Initial)
+	}
+	if c.Backoff.Jitter >= 1 {
+		bad("backoff jitter %.2f must be below 1", c.Backoff.Jitter)
+	}
+	h := c.Heartbeat
+	if h.MinInterval > h.Interval || h.Interval > h.MaxInterval {
+		bad("heartbeat intervals must satisfy min %s <= interval %s <= max %s", h.MinInterval, h.Interval, h.MaxInterval)
+	}
+	if h.MaxInterval >= h.Timeout {
+		bad("heartbeat max interval %s must be below the timeout %s", h.MaxInterval, h.Timeout)
+	}
+	if c.Token != "" && c.TLS == nil {
+		bad("a token requires TLS")
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,475 @@
+// Package grpcout is the bridge side of the edgebridge.v1.Delivery stream.
+//
+// A Pool keeps one stream to every backend address its targets resolve to
+// and spreads Kafka partitions across the healthy ones: all deliveries of a
+// partition go to one stream, in order, so per-device order holds. Each
+// stream sends within the backend's credit grant (at most Window), matches
+// ACKs (which may arrive out of order) to deliveries, pings with an
+// adaptive interval and declares the stream dead when the backend goes
+// silent or leaves a delivery un-ACKed past the ACK deadline. When a stream
+// ends, its un-ACKed deliveries are resent with the same message id: on the
+// same backend once it reconnects (with backoff), or, when another backend
+// is up, on the least-loaded other one, which takes over the partitions.
+//
+// Goroutines: Pool.Run owns one goroutine per backend address; each open
+// stream has exactly one sending and one receiving goroutine, plus one that
+// watches the connection for GOAWAY; none outlives its stream.
+package grpcout
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc/stats"
+
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+)
+
+// AckFunc receives the backend's ACK for a delivery. It is called exactly
+// once per Deliver, from a stream's receiving goroutine, so it must not
+// block for long.
+type AckFunc func(ack *v1.Ack)
+
+// delivery is one Deliver call until its ACK. Fields are guarded by Pool.mu.
+type delivery struct {
+	seq      uint64
+	part     *partition
+	env      *v1.Envelope
+	done     AckFunc
+	owner    *link  // the link whose queue or stream holds it
+	sentGen  uint64 // the stream it was last sent on (0: none)
+	sends    uint32
+	finished bool
+}
+
+// partition is a Kafka partition's placement. Guarded by Pool.mu.
+type partition struct {
+	id      int32
+	owner   *link
+	pending int // deliveries not yet ACKed
+}
+
+// Event reports stream state changes to observers (metrics, logs).
+type Event struct {
+	Kind   EventKind
+	Target string // as configured
+	Addr   string // the resolved address
+	// StreamDown: why; Err is the cause.
+	Reason Reason
+	Err    error
+	// StreamUp, Credit: the backend's grant (capped at Window).
+	Credits int
+	// Pong: round trip, the backend's load and the ping interval now used.
+	RTT      time.Duration
+	Load     uint32
+	Interval time.Duration
+	// Moved: how many partitions moved to this Addr.
+	Partitions int
+}
+
+// EventKind enumerates Events.
+type EventKind int
+
+// Event kinds.
+const (
+	StreamUp EventKind = iota
+	StreamDown
+	Pong
+	Credit
+	Moved
+)
+
+// Option configures optional hooks.
+type Option func(*options)
+
+type options struct {
+	log      *slog.Logger
+	hook     func(Event)
+	dial     func(ctx context.Context, addr string) (net.Conn, error)
+	resolve  func(ctx context.Context, target string) ([]string, error)
+	newStats func(target, addr string) stats.Handler
+}
+
+// WithLogger sets the logger. Default: slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
+
+// WithEventHook observes stream events; fn must not block.
+func WithEventHook(fn func(Event)) Option { return func(o *options) { o.hook = fn } }
+
+// WithDialer replaces the TCP dialer (tests use in-memory connections).
+func WithDialer(fn func(ctx context.Context, addr string) (net.Conn, error)) Option {
+	return func(o *options) { o.dial = fn }
+}
+
+// WithResolver replaces how a target becomes addresses (host:port each).
+// Default: DNS lookup of the host, keeping the port; IP literals as is.
+func WithResolver(fn func(ctx context.Context, target string) ([]string, error)) Option {
+	return func(o *options) { o.resolve = fn }
+}
+
+// WithStatsHandler installs a gRPC stats handler on each backend connection
+// (metrics plug in here; see package grpcmetrics).
+func WithStatsHandler(fn func(target, addr string) stats.Handler) Option {
+	return func(o *options) { o.newStats = fn }
+}
+
+// Pool delivers to a set of backends. It is safe for concurrent use.
+type Pool struct {
+	cfg   Config
+	o     options
+	slots chan struct{} // MaxPending tokens
+
+	mu      sync.Mutex
+	seq     uint64
+	gen     uint64 // last stream generation handed out
+	pending map[uint64]*delivery
+	parts   map[int32]*partition
+	links   map[string]*link // by address
+}
+
+// New returns a Pool; it does no I/O.
+func New(cfg Config, opts ...Option) (*Pool, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	p := &Pool{
+		cfg:     cfg,
+		o:       options{log: slog.Default(), hook: func(Event) {}, resolve: lookup},
+		slots:   make(chan struct{}, cfg.MaxPending),
+		pending: make(map[uint64]*delivery),
+		parts:   make(map[int32]*partition),
+		links:   make(map[string]*link),
+	}
+	for _, o := range opts {
+		o(&p.o)
+	}
+	return p, nil
+}
+
+// Deliver queues env for the backend that owns partition part and returns;
+// done is called with the ACK. It blocks while MaxPending deliveries are
+// held. Deliveries survive stream failures and backend moves: they are
+// resent until ACKed or until the Pool stops (then done is never called
+// and the record stays un-committed in Kafka).
+func (p *Pool) Deliver(ctx context.Context, part int32, env *v1.Envelope, done AckFunc) error {
+	select {
+	case p.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pt := p.parts[part]
+	if pt == nil {
+		pt = &partition{id: part}
+		p.parts[part] = pt
+	}
+	if pt.pending == 0 {
+		// Nothing of this partition is in flight, so it can move without
+		// any risk to its order: place it on the least-loaded backend.
+		p.placeLocked(pt)
+	}
+	p.seq++
+	d := &delivery{seq: p.seq, part: pt, env: env, done: done, owner: pt.owner}
+	p.pending[d.seq] = d
+	pt.pending++
+	if d.owner != nil {
+		d.owner.enqueueLocked(d)
+	}
+	return nil
+}
+
+// placeLocked moves an idle partition to the least-loaded up link when that
+// evens the load out, or to any link when it has none.
+func (p *Pool) placeLocked(pt *partition) {
+	best := p.leastLoadedLocked(pt.owner)
+	switch {
+	case best == nil || best == pt.owner:
+	case pt.owner == nil || (best.usableLocked() && (!pt.owner.usableLocked() || best.parts+1 < pt.owner.parts)):
+		p.moveLocked(pt, best)
+	}
+}
+
+// leastLoadedLocked returns the usable link with the fewest partitions
+// (then the fewest queued deliveries), or, if none is usable, the link with
+// the fewest partitions. except is counted without the partition being
+// placed.
+func (p *Pool) leastLoadedLocked(except *link) *link {
+	var best *link
+	score := func(l *link) (bool, int, int) {
+		parts := l.parts
+		if l == except {
+			parts--
+		}
+		return l.usableLocked(), parts, len(l.queue)
+	}
+	for _, l := range p.sortedLinksLocked() {
+		if l.removed {
+			continue
+		}
+		if best == nil {
+			best = l
+			continue
+		}
+		bu, bp, bq := score(best)
+		lu, lp, lq := score(l)
+		if (lu && !bu) || (lu == bu && (lp < bp || (lp == bp && lq < bq))) {
+			best = l
+		}
+	}
+	return best
+}
+
+func (p *Pool) sortedLinksLocked() []*link {
+	ls := make([]*link, 0, len(p.links))
+	for _, l := range p.links {
+		ls = append(ls, l)
+	}
+	slices.SortFunc(ls, func(a, b *link) int { return cmp.Compare(a.addr, b.addr) })
+	return ls
+}
+
+func (p *Pool) moveLocked(pt *partition, to *link) {
+	if pt.owner != nil {
+		pt.owner.parts--
+	}
+	pt.owner = to
+	to.parts++
+}
+
+// rebalanceLocked moves every partition whose link is down (or gone) to the
+// least-loaded up link, with its pending deliveries in their original order
+// at the back of the new link's queue. Nothing of such a partition is in
+// flight on a live stream, so per-partition order is kept.
+func (p *Pool) rebalanceLocked() {
+	moved := map[*partition]bool{}
+	for _, pt := range p.parts {
+		if pt.owner != nil && pt.owner.upLocked() {
+			continue
+		}
+		to := p.leastLoadedLocked(nil)
+		if to == nil || to == pt.owner || (pt.owner != nil && !to.usableLocked()) {
+			continue // nowhere better to go
+		}
+		p.moveLocked(pt, to)
+		moved[pt] = true
+	}
+	if len(moved) == 0 {
+		return
+	}
+	var ds []*delivery
+	for _, d := range p.pending {
+		if moved[d.part] {
+			ds = append(ds, d)
+		}
+	}
+	slices.SortFunc(ds, func(a, b *delivery) int { return cmp.Compare(a.seq, b.seq) })
+	counts := map[*link]int{}
+	for pt := range moved {
+		counts[pt.owner]++
+	}
+	for _, d := range ds {
+		d.owner = d.part.owner
+		d.owner.enqueueLocked(d)
+	}
+	for l, n := range counts {
+		p.o.log.Info("grpcout: partitions moved", "target", l.target, "addr", l.addr, "partitions", n)
+		p.o.hook(Event{Kind: Moved, Target: l.target, Addr: l.addr, Partitions: n})
+	}
+}
+
+// ack completes the delivery seq ACKed on st.
+func (p *Pool) ack(l *link, st *stream, a *v1.Ack) {
+	p.mu.Lock()
+	if _, ok := st.sent[a.GetSeq()]; !ok {
+		p.mu.Unlock()
+		return // not sent on this stream, or ACKed already: a duplicate ACK
+	}
+	delete(st.sent, a.GetSeq())
+	d := p.pending[a.GetSeq()]
+	if d != nil {
+		delete(p.pending, d.seq)
+		d.finished = true
+		d.part.pending--
+	}
+	p.mu.Unlock()
+	l.signal()
+	if d == nil {
+		return // ACKed earlier on another stream
+	}
+	<-p.slots
+	d.done(a)
+}
+
+// Run keeps streams to every backend address until ctx ends, resolving
+// host names again every ResolveInterval. It blocks until every goroutine
+// it started has returned.
+func (p *Pool) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		p.updateLinks(ctx, &wg, p.resolveAll(ctx))
+		t.Reset(p.cfg.ResolveInterval)
+	}
+}
+
+// resolveAll maps each target to its addresses; a target that fails to
+// resolve keeps its previous addresses.
+func (p *Pool) resolveAll(ctx context.Context) map[string][]string {
+	out := map[string][]string{}
+	for _, t := range p.cfg.Targets {
+		addrs, err := p.o.resolve(ctx, t)
+		if err != nil || len(addrs) == 0 {
+			p.o.log.Warn("grpcout: resolve target; keeping its known addresses", "target", t, "err", err)
+			p.mu.Lock()
+			for _, l := range p.links {
+				if l.target == t {
+					out[t] = append(out[t], l.addr)
+				}
+			}
+			p.mu.Unlock()
+			continue
+		}
+		out[t] = addrs
+	}
+	return out
+}
+
+// updateLinks starts a link for every new address and stops the links of
+// addresses that are gone.
+func (p *Pool) updateLinks(ctx context.Context, wg *sync.WaitGroup, addrs map[string][]string) {
+	want := map[string]string{} // addr -> target
+	for t, as := range addrs {
+		for _, a := range as {
+			want[a] = t
+		}
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for addr, l := range p.links {
+		if _, ok := want[addr]; !ok && !l.removed {
+			l.removed = true
+			l.stop()
+		}
+	}
+	for addr, target := range want {
+		if l, ok := p.links[addr]; ok && !l.removed {
+			continue
+		} else if ok {
+			continue // still shutting down; the next resolve re-adds it
+		}
+		l := newLink(p, target, addr)
+		lctx, stop := context.WithCancel(ctx)
+		l.stop = stop
+		p.links[addr] = l
+		wg.Go(func() {
+			defer stop()
+			if err := l.run(lctx); err != nil {
+				p.o.log.Error("grpcout: backend link failed", "target", target, "addr", addr, "err", err)
+			}
+			p.mu.Lock()
+			delete(p.links, addr)
+			for _, pt := range p.parts {
+				if pt.owner == l {
+					pt.owner = nil
+				}
+			}
+			p.rebalanceLocked()
+			p.mu.Unlock()
+		})
+	}
+	p.rebalanceLocked() // partitions that had no link at all
+}
+
+// lookup resolves target's host with DNS; IP literals resolve to themselves.
+func lookup(ctx context.Context, target string) ([]string, error) {
+	host, port, err := net.SplitHostPort(target)
+	if err != nil {
+		return nil, err
+	}
+	if net.ParseIP(host) != nil {
+		return []string{target}, nil
+	}
+	ips, err := net.DefaultResolver.LookupHost(ctx, host)
+	if err != nil {
+		return nil, fmt.Errorf("grpcout: resolve %s: %w", host, err)
+	}
+	out := make([]string, 0, len(ips))
+	for _, ip := range ips {
+		out = append(out, net.JoinHostPort(ip, port))
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// LinkStatus describes one backend address.
+type LinkStatus struct {
+	Target, Addr string
+	Up           bool
+	// Reason and Err of the last failure while the link is not up.
+	Reason     Reason
+	Err        error
+	Credits    int // the backend's current grant
+	InFlight   int // sent on the current stream, not yet ACKed
+	Queued     int // waiting for credit or for a stream
+	Partitions int
+}
+
+// Status describes every backend address, sorted by address.
+func (p *Pool) Status() []LinkStatus {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []LinkStatus
+	for _, l := range p.sortedLinksLocked() {
+		s := LinkStatus{Target: l.target, Addr: l.addr, Up: l.upLocked(), Partitions: l.parts}
+		if l.st != nil {
+			s.Credits, s.InFlight = l.st.credits, len(l.st.sent)
+		}
+		for _, d := range l.queue {
+			if !d.finished && d.owner == l && (l.st == nil || d.sentGen != l.st.gen) {
+				s.Queued++
+			}
+		}
+		if !s.Up {
+			s.Reason, s.Err = l.lastReason, l.lastErr
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// Up reports whether at least one stream is open.
+func (p *Pool) Up() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, l := range p.links {
+		if l.upLocked() {
+			return true
+		}
+	}
+	return false
+}
+
+// Pending returns the number of deliveries not yet ACKed.
+func (p *Pool) Pending() int { return len(p.slots) }
+
+// errNoWelcome is the protocol error of a backend that does not greet.
+var errNoWelcome = errors.New("backend did not answer hello with welcome")

@@ -78,12 +78,12 @@ type Server struct {
 	handle Handler
 	store  Store
 	log    *slog.Logger
-	serial sync.Mutex // one message at a time: dedup across streams is exact
+	serial sync.Locker // one message at a time: dedup across streams is exact
 	health *health.Server
 
 	mu      sync.Mutex
 	streams map[*serverStream]struct{}
-	credits atomic.Uint32
+	credits atomic.Int64 // the current grant; -1: the bridge's window
 	drained atomic.Bool
 }
 
@@ -93,6 +93,11 @@ type Option func(*Server)
 // WithLogger sets the logger. Default: slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
 
+// WithDedupLock shares the lock that makes lookup, handling and saving one
+// step between Servers in one process that share a Store. Servers in
+// different processes need a Store that does this itself (a unique key).
+func WithDedupLock(l sync.Locker) Option { return func(s *Server) { s.serial = l } }
+
 // NewServer returns a Server. store may be nil for NewMemoryStore(1024).
 func NewServer(cfg Config, h Handler, store Store, opts ...Option) *Server {
 	if cfg.ID == "" {
@@ -101,8 +106,12 @@ func NewServer(cfg Config, h Handler, store Store, opts ...Option) *Server {
 	if store == nil {
 		store = NewMemoryStore(1024)
 	}
-	s := &Server{cfg: cfg, handle: h, store: store, log: slog.Default(), streams: make(map[*serverStream]struct{}), health: health.NewServer()}
-	s.credits.Store(cfg.Credits)
+	s := &Server{cfg: cfg, handle: h, store: store, log: slog.Default(), serial: new(sync.Mutex),
+		streams: make(map[*serverStream]struct{}), health: health.NewServer()}
+	s.credits.Store(-1)
+	if cfg.Credits > 0 {
+		s.credits.Store(int64(cfg.Credits))
+	}
 	s.health.SetServingStatus(ServiceName, healthpb.HealthCheckResponse_SERVING)
 	for _, o := range opts {
 		o(s)
@@ -126,11 +135,12 @@ func (s *Server) Drain(reason string) {
 }
 
 // SetCredits changes how many un-ACKed deliveries each bridge stream may
-// have, on open streams at once and for new ones (0: the bridge's window).
-// Shrinking does not recall deliveries already sent; the bridge sends no
-// more until it is below the new grant.
+// have, on open streams at once and for new ones. 0 pauses the bridges:
+// they send nothing (and stop fetching from Kafka once their window is
+// full) until the grant grows. Shrinking does not recall deliveries already
+// sent; the bridge sends no more until it is below the new grant.
 func (s *Server) SetCredits(n uint32) {
-	s.credits.Store(n)
+	s.credits.Store(int64(n))
 	s.broadcast(&v1.ServerFrame{Frame: &v1.ServerFrame_Credit{Credit: &v1.Credit{Credits: n}}})
 }
 
@@ -149,13 +159,16 @@ type serverStream struct {
 	inflight atomic.Int64 // received and not yet ACKed
 }
 
-// load is how busy the stream is, 0-100: un-ACKed deliveries against the grant.
-func (st *serverStream) load(credits uint32) uint32 {
-	grant := int64(credits)
-	if grant == 0 {
-		grant = int64(st.window)
+// load is how busy the stream is, 0-100: un-ACKed deliveries against the
+// grant (credits < 0: the bridge's window; 0: paused, fully loaded).
+func (st *serverStream) load(credits int64) uint32 {
+	switch {
+	case credits == 0:
+		return 100
+	case credits < 0:
+		credits = int64(st.window)
 	}
-	return uint32(min(100, 100*st.inflight.Load()/max(grant, 1)))
+	return uint32(min(100, 100*st.inflight.Load()/credits))
 }
 
 // push queues a frame for the stream's sender; frames for a closed stream are dropped.
@@ -191,10 +204,13 @@ func (s *Server) Stream(stream v1.Delivery_StreamServer) error {
 	}()
 	if err := stream.Send(&v1.ServerFrame{Frame: &v1.ServerFrame_Welcome{Welcome: &v1.Welcome{
 		BackendId:           s.cfg.ID,
-		Credits:             s.credits.Load(),
+		Credits:             uint32(max(s.credits.Load(), 0)),
 		HeartbeatIntervalMs: uint32(s.cfg.HeartbeatInterval / time.Millisecond),
 	}}}); err != nil {
 		return err
+	}
+	if s.credits.Load() == 0 { // Welcome's 0 means "your window": say paused
+		st.push(&v1.ServerFrame{Frame: &v1.ServerFrame_Credit{Credit: &v1.Credit{}}})
 	}
 	if s.drained.Load() {
 		st.push(&v1.ServerFrame{Frame: &v1.ServerFrame_Drain{Drain: &v1.Drain{Reason: "server draining"}}})

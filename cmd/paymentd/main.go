@@ -6,50 +6,120 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
+	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/edgebridge/edgebridge/backend"
+	"github.com/edgebridge/edgebridge/grpcmetrics"
 	"github.com/edgebridge/edgebridge/grpcout"
 	"github.com/edgebridge/edgebridge/payment"
 )
 
+type flags struct {
+	listen, ledger, metrics    string
+	limit                      int64
+	credits                    uint
+	maxConnAge                 time.Duration
+	tlsCert, tlsKey, tokenFile string
+}
+
 func main() {
-	listen := flag.String("listen", "127.0.0.1:7070", "gRPC listen address")
-	ledgerPath := flag.String("ledger", "paymentd-ledger.jsonl", "ledger file (JSON lines)")
-	limit := flag.Int64("limit", payment.DefaultLimit, "approve amounts up to this many minor units")
+	var f flags
+	flag.StringVar(&f.listen, "listen", "127.0.0.1:7070", "gRPC listen address")
+	flag.StringVar(&f.ledger, "ledger", "paymentd-ledger.jsonl", "ledger file (JSON lines)")
+	flag.Int64Var(&f.limit, "limit", payment.DefaultLimit, "approve amounts up to this many minor units")
+	flag.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics on this address (off if empty)")
+	flag.UintVar(&f.credits, "credits", 0, "un-ACKed deliveries each bridge stream may have (0: the bridge's window)")
+	flag.DurationVar(&f.maxConnAge, "max-connection-age", 0, "close connections after this age with GOAWAY (0: never)")
+	flag.StringVar(&f.tlsCert, "tls-cert", "", "serve TLS with this certificate (PEM)")
+	flag.StringVar(&f.tlsKey, "tls-key", "", "private key of -tls-cert (PEM)")
+	flag.StringVar(&f.tokenFile, "token-file", "", "require this bearer token from bridges (needs TLS)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	if err := run(*listen, *ledgerPath, *limit, log); err != nil {
+	if err := run(f, log); err != nil {
 		log.Error("paymentd", "err", err)
 		os.Exit(1)
 	}
 }
 
-func run(listen, ledgerPath string, limit int64, log *slog.Logger) error {
-	ledger, err := payment.OpenLedger(ledgerPath)
+func serverOptions(f flags, m *grpcmetrics.Server) ([]grpc.ServerOption, error) {
+	opts := []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement), grpc.StatsHandler(m)}
+	if f.maxConnAge > 0 {
+		opts = append(opts, grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: f.maxConnAge, MaxConnectionAgeGrace: time.Minute}))
+	}
+	if (f.tlsCert == "") != (f.tlsKey == "") {
+		return nil, errors.New("-tls-cert and -tls-key go together")
+	}
+	if f.tlsCert != "" {
+		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})))
+	}
+	if f.tokenFile != "" {
+		if f.tlsCert == "" {
+			return nil, errors.New("-token-file needs TLS")
+		}
+		raw, err := os.ReadFile(f.tokenFile)
+		if err != nil {
+			return nil, err
+		}
+		opts = append(opts, backend.TokenAuth(strings.TrimSpace(string(raw)))...)
+	}
+	return opts, nil
+}
+
+func run(f flags, log *slog.Logger) error {
+	reg := prometheus.NewRegistry()
+	m := grpcmetrics.NewServer(reg)
+	opts, err := serverOptions(f, m)
+	if err != nil {
+		return err
+	}
+	ledger, err := payment.OpenLedger(f.ledger)
 	if err != nil {
 		return err
 	}
 	defer ledger.Close()
-	ln, err := net.Listen("tcp", listen)
+	ln, err := net.Listen("tcp", f.listen)
 	if err != nil {
 		return err
 	}
-	srv := backend.NewServer(backend.Config{ID: "paymentd"}, payment.Handler(limit), ledger, backend.WithLogger(log))
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
+	srv := backend.NewServer(backend.Config{ID: "paymentd", Credits: uint32(f.credits)}, payment.Handler(f.limit), ledger, backend.WithLogger(log))
+	gs := grpc.NewServer(opts...)
 	srv.Register(gs)
-	log.Info("paymentd listening", "addr", ln.Addr().String(), "ledger", ledgerPath, "entries", ledger.Len())
+	log.Info("paymentd listening", "addr", ln.Addr().String(), "ledger", f.ledger, "entries", ledger.Len())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if f.metrics != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		hs := &http.Server{Addr: f.metrics, Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() {
+			if err := hs.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("paymentd: metrics", "err", err)
+			}
+		}()
+		defer hs.Close()
+	}
 	go func() {
 		<-ctx.Done()
 		// Ask bridges to finish their window elsewhere, then stop.

@@ -1,0 +1,41 @@
+package backend
+
+import (
+	"context"
+	"crypto/subtle"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// TokenAuth returns server options that refuse every call (the Delivery
+// stream and health checks alike) without "authorization: Bearer <token>",
+// with codes.Unauthenticated. Use it together with TLS.
+func TokenAuth(token string) []grpc.ServerOption {
+	want := []byte("Bearer " + token)
+	check := func(ctx context.Context) error {
+		md, _ := metadata.FromIncomingContext(ctx)
+		for _, got := range md.Get("authorization") {
+			if subtle.ConstantTimeCompare([]byte(got), want) == 1 {
+				return nil
+			}
+		}
+		return status.Error(codes.Unauthenticated, "backend: missing or wrong bearer token")
+	}
+	return []grpc.ServerOption{
+		grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if err := check(ctx); err != nil {
+				return nil, err
+			}
+			return h(ctx, req)
+		}),
+		grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			if err := check(ss.Context()); err != nil {
+				return err
+			}
+			return h(srv, ss)
+		}),
+	}
+}

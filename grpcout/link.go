@@ -123,8 +123,11 @@ func (l *link) run(ctx context.Context) error {
 	b := l.p.cfg.Backoff
 
 	delay, failures := b.Initial, 0
-	var logged string // the last credential problem logged, to log it once
+	var logged Reason // the credential problem logged, to log it once
 	for {
+		// grpc-go keeps its own reconnect backoff (up to 2 minutes) under
+		// ours; our loop decides when to try, so wake the connection now.
+		conn.ResetConnectBackoff()
 		started := time.Now()
 		var upFor time.Duration
 		err := l.checkHealth(ctx, conn, failures)
@@ -152,8 +155,8 @@ func (l *link) run(ctx context.Context) error {
 		case reason.credentialProblem():
 			// Retrying fast cannot fix a certificate or a token.
 			wait, failures = b.Max, failures+1
-			if msg := string(reason) + ": " + err.Error(); msg != logged {
-				logged = msg
+			if logged != reason {
+				logged = reason
 				l.p.o.log.Error("grpcout: backend refused the bridge's credentials; fix the configuration",
 					"target", l.target, "addr", l.addr, "reason", reason, "err", err, "retry_in", wait)
 			}

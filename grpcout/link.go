@@ -77,6 +77,12 @@ type stream struct {
 	draining    bool
 	drainReason Reason
 	drainErr    error
+	// A connection that left READY may have received GOAWAY (the stream
+	// still works) or died (it does not): a goaway drain ends only after a
+	// ping sent once draining began is answered, so a dead connection is
+	// reported as the network failure it is.
+	drainPing   uint64
+	drainPonged bool
 }
 
 func (l *link) dialOptions() []grpc.DialOption {
@@ -112,28 +118,12 @@ func (l *link) dialOptions() []grpc.DialOption {
 // delay (the maximum for TLS/auth problems, none after a drain), and after
 // repeated failures asks grpc.health.v1 before opening the next stream.
 func (l *link) run(ctx context.Context) error {
-	// The address is already resolved: passthrough keeps grpc-go from
-	// resolving it again, and the TLS server name comes from the target.
-	conn, err := grpc.NewClient("passthrough:///"+l.addr, l.dialOptions()...)
-	if err != nil {
-		return fmt.Errorf("grpcout: %s: %w", l.addr, err)
-	}
-	defer conn.Close()
-	client := v1.NewDeliveryClient(conn)
 	b := l.p.cfg.Backoff
-
 	delay, failures := b.Initial, 0
 	var logged Reason // the credential problem logged, to log it once
 	for {
-		// grpc-go keeps its own reconnect backoff (up to 2 minutes) under
-		// ours; our loop decides when to try, so wake the connection now.
-		conn.ResetConnectBackoff()
 		started := time.Now()
-		var upFor time.Duration
-		err := l.checkHealth(ctx, conn, failures)
-		if err == nil {
-			upFor, err = l.runStream(ctx, client, conn)
-		}
+		upFor, err := l.attempt(ctx, failures)
 		if ctx.Err() != nil {
 			l.p.o.hook(Event{Kind: StreamDown, Target: l.target, Addr: l.addr, Reason: ReasonRemoved, Err: ctx.Err()})
 			return nil
@@ -171,6 +161,23 @@ func (l *link) run(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// attempt opens a fresh connection (so the outcome is this attempt's, not
+// grpc-go's own reconnect backoff's), checks health after repeated
+// failures, and serves a stream on it until the stream ends.
+func (l *link) attempt(ctx context.Context, failures int) (time.Duration, error) {
+	// The address is already resolved: passthrough keeps grpc-go from
+	// resolving it again, and the TLS server name comes from the target.
+	conn, err := grpc.NewClient("passthrough:///"+l.addr, l.dialOptions()...)
+	if err != nil {
+		return 0, end(ReasonProtocol, fmt.Errorf("grpcout: %s: %w", l.addr, err))
+	}
+	defer conn.Close()
+	if err := l.checkHealth(ctx, conn, failures); err != nil {
+		return 0, err
+	}
+	return l.runStream(ctx, v1.NewDeliveryClient(conn), conn)
 }
 
 // checkHealth asks grpc.health.v1 before a stream is opened after repeated
@@ -301,10 +308,23 @@ func (l *link) send(ctx context.Context, st *stream) error {
 	check := time.NewTicker(max(10*time.Millisecond, min(time.Second, cfg.Heartbeat.Timeout/10, cfg.AckTimeout/10)))
 	defer check.Stop()
 	var pingSeq uint64
+	sendPing := func() error {
+		pingSeq++
+		if err := st.s.Send(&v1.ClientFrame{Frame: &v1.ClientFrame_Ping{Ping: &v1.Ping{Seq: pingSeq, SentUnixNano: time.Now().UnixNano()}}}); err != nil {
+			return fmt.Errorf("grpcout: send ping: %w", err)
+		}
+		return nil
+	}
 	for {
 		d, resends, err := l.next(st)
 		if err != nil {
 			return err
+		}
+		if l.needDrainPing(st, pingSeq+1) {
+			if err := sendPing(); err != nil {
+				return err
+			}
+			continue
 		}
 		if d != nil {
 			f := &v1.ClientFrame{Frame: &v1.ClientFrame_Deliver{Deliver: &v1.Deliver{Seq: d.seq, Envelope: d.env, Resends: resends}}}
@@ -322,9 +342,8 @@ func (l *link) send(ctx context.Context, st *stream) error {
 				return err
 			}
 		case <-ping.C:
-			pingSeq++
-			if err := st.s.Send(&v1.ClientFrame{Frame: &v1.ClientFrame_Ping{Ping: &v1.Ping{Seq: pingSeq, SentUnixNano: time.Now().UnixNano()}}}); err != nil {
-				return fmt.Errorf("grpcout: send ping: %w", err)
+			if err := sendPing(); err != nil {
+				return err
 			}
 			ping.Reset(time.Duration(st.interval.Load()))
 		}
@@ -337,7 +356,7 @@ func (l *link) next(st *stream) (*delivery, uint32, error) {
 	l.p.mu.Lock()
 	defer l.p.mu.Unlock()
 	if st.draining {
-		if len(st.sent) == 0 {
+		if len(st.sent) == 0 && (st.drainReason != ReasonGoAway || st.drainPonged) {
 			return nil, 0, end(st.drainReason, st.drainErr)
 		}
 		return nil, 0, nil
@@ -359,6 +378,18 @@ func (l *link) next(st *stream) (*delivery, uint32, error) {
 		return d, resends, nil
 	}
 	return nil, 0, nil
+}
+
+// needDrainPing reports whether a goaway drain still needs its ping, and
+// if so records that ping seq will be it.
+func (l *link) needDrainPing(st *stream, seq uint64) bool {
+	l.p.mu.Lock()
+	defer l.p.mu.Unlock()
+	if !st.draining || st.drainReason != ReasonGoAway || st.drainPing != 0 {
+		return false
+	}
+	st.drainPing = seq
+	return true
 }
 
 // checkAlive ends a stream whose backend went silent or left a delivery
@@ -402,6 +433,12 @@ func (l *link) receive(st *stream, pace *pacer) error {
 			l.signal()
 			l.p.o.hook(Event{Kind: Credit, Target: l.target, Addr: l.addr, Credits: n})
 		case *v1.ServerFrame_Pong:
+			l.p.mu.Lock()
+			if st.drainPing != 0 && fr.Pong.GetSeq() >= st.drainPing {
+				st.drainPonged = true
+			}
+			l.p.mu.Unlock()
+			l.signal()
 			rtt := now.Sub(time.Unix(0, fr.Pong.GetPingSentUnixNano()))
 			interval := pace.observe(rtt, fr.Pong.GetLoadPercent())
 			st.interval.Store(int64(interval))

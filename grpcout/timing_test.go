@@ -149,7 +149,7 @@ func TestBackoffVirtualTime(t *testing.T) {
 		srv.Register(gs)
 		stop := n.serve(gs)
 		defer stop()
-		time.Sleep(31 * time.Second) // ≥ the 30s cap, so the stream is up, + ResetAfter
+		time.Sleep(40 * time.Second) // > the 30s cap +20% jitter: the stream is up
 		if ups := ev.of(grpcout.StreamUp); len(ups) != 1 {
 			t.Fatalf("got %d streams up, want 1", len(ups))
 		}

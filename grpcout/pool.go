@@ -91,7 +91,7 @@ type Option func(*options)
 
 type options struct {
 	log      *slog.Logger
-	hook     func(Event)
+	hooks    []func(Event)
 	dial     func(ctx context.Context, addr string) (net.Conn, error)
 	resolve  func(ctx context.Context, target string) ([]string, error)
 	newStats func(target, addr string) stats.Handler
@@ -100,8 +100,15 @@ type options struct {
 // WithLogger sets the logger. Default: slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(o *options) { o.log = l } }
 
-// WithEventHook observes stream events; fn must not block.
-func WithEventHook(fn func(Event)) Option { return func(o *options) { o.hook = fn } }
+// WithEventHook adds an observer of stream events; fn must not block or
+// call the Pool (some events are reported under its lock).
+func WithEventHook(fn func(Event)) Option { return func(o *options) { o.hooks = append(o.hooks, fn) } }
+
+func (o *options) hook(e Event) {
+	for _, fn := range o.hooks {
+		fn(e)
+	}
+}
 
 // WithDialer replaces the TCP dialer (tests use in-memory connections).
 func WithDialer(fn func(ctx context.Context, addr string) (net.Conn, error)) Option {
@@ -142,7 +149,7 @@ func New(cfg Config, opts ...Option) (*Pool, error) {
 	cfg = cfg.withDefaults()
 	p := &Pool{
 		cfg:     cfg,
-		o:       options{log: slog.Default(), hook: func(Event) {}, resolve: lookup},
+		o:       options{log: slog.Default(), resolve: lookup},
 		slots:   make(chan struct{}, cfg.MaxPending),
 		pending: make(map[uint64]*delivery),
 		parts:   make(map[int32]*partition),

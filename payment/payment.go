@@ -116,7 +116,7 @@ func (l *Ledger) Lookup(id string) (backend.Result, bool) {
 	}
 	reply := transcoder.Reply{RequestID: e.RequestID, MessageID: e.MessageID, Status: e.Status}
 	if e.Status == transcoder.StatusDeclined {
-		reply.Reason = declineReason
+		reply.Code, reply.Reason = transcoder.CodeName(v1.ReasonCode_REASON_CODE_LIMIT_EXCEEDED), declineReason
 	}
 	b, _ := json.Marshal(reply)
 	outcome := v1.Outcome_OUTCOME_OK

@@ -1,0 +1,555 @@
+// Package faults drives the in-process bridge (embedded MQTT and Kafka
+// brokers) against real gRPC backends reached through an in-process
+// toxiproxy, injects faults on the gRPC hop, and checks that no request is
+// lost, none is processed twice and per-device order holds.
+//
+// Each test sends at least 2,000 requests. Opt out with
+// EDGEBRIDGE_SKIP_INTEGRATION=1 (CI never sets it).
+package faults
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/stats"
+
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/backend"
+	"github.com/edgebridge/edgebridge/bridge"
+	"github.com/edgebridge/edgebridge/config"
+	"github.com/edgebridge/edgebridge/embedded"
+	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/payment"
+	"github.com/edgebridge/edgebridge/transcoder"
+)
+
+// Devices x Requests is the load of every test.
+const (
+	devices  = 20
+	requests = 100
+)
+
+func skipUnlessIntegration(t *testing.T) {
+	if os.Getenv("EDGEBRIDGE_SKIP_INTEGRATION") == "1" {
+		t.Skip("EDGEBRIDGE_SKIP_INTEGRATION=1")
+	}
+}
+
+// rig is one test's brokers, backends (each behind its own proxy) and bridge.
+type rig struct {
+	t        *testing.T
+	dir      string
+	kafka    *embedded.Kafka
+	mqtt     *embedded.MQTT
+	ledger   *payment.Ledger
+	lock     sync.Mutex // the backends' shared dedup lock
+	toxi     *toxiproxy.ApiServer
+	backends []*testBackend
+	cfg      config.Config
+	events   *eventLog
+	poolOpts []grpcout.Option
+
+	stopBridge context.CancelFunc
+	bridgeDone chan error
+	bridge     *bridge.Bridge
+}
+
+type rigOpts struct {
+	backends int
+	// wrap changes the backends' handler (default: the payment handler).
+	wrap func(backend.Handler) backend.Handler
+	// credits granted by the backends (0: the bridge's window).
+	credits uint32
+	// serverOpts for every backend's gRPC server.
+	serverOpts []grpc.ServerOption
+	// tweak adjusts the bridge config before defaults are applied.
+	tweak func(*config.Config)
+	// raw, if set, serves the Delivery service instead of backend.Server.
+	raw func(b *testBackend) v1.DeliveryServer
+	// poolOpts go to the bridge's backend pool.
+	poolOpts []grpcout.Option
+}
+
+func newRig(t *testing.T, o rigOpts) *rig {
+	t.Helper()
+	skipUnlessIntegration(t)
+	r := &rig{t: t, dir: t.TempDir(), events: &eventLog{}}
+	var err error
+	r.kafka, err = embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: filepath.Join(r.dir, "kafka"), Partitions: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.kafka.Close)
+	r.mqtt, err = embedded.ListenMQTT(embedded.MQTTConfig{Listen: "127.0.0.1:0", DataDir: filepath.Join(r.dir, "mqtt")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.mqtt.Close)
+	r.ledger, err = payment.OpenLedger(filepath.Join(r.dir, "ledger.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.ledger.Close() })
+	r.toxi = toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
+
+	handler := payment.Handler(payment.DefaultLimit)
+	if o.wrap != nil {
+		handler = o.wrap(handler)
+	}
+	var targets []string
+	for i := range max(o.backends, 1) {
+		b := &testBackend{r: r, name: fmt.Sprintf("backend-%d", i), handler: handler, credits: o.credits, serverOpts: o.serverOpts, stats: &inflight{}, raw: o.raw}
+		b.start()
+		b.proxy = toxiproxy.NewProxy(r.toxi, b.name, "127.0.0.1:0", b.addr)
+		if err := b.proxy.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			// Toxics first: a latency toxic's goroutines outlive a stopped proxy.
+			b.proxy.Toxics.ResetToxics(context.Background())
+			b.proxy.Stop()
+		})
+		t.Cleanup(b.kill)
+		r.backends = append(r.backends, b)
+		targets = append(targets, b.proxy.Listen)
+	}
+
+	var c config.Config
+	c.MQTT.Broker = "tcp://" + r.mqtt.Addr()
+	c.MQTT.ClientID = "bridge-faults"
+	c.Kafka.Brokers = []string{r.kafka.Addr()}
+	c.Kafka.Partitions = 4
+	c.Kafka.CommitInterval = 50 * time.Millisecond
+	c.Backend.Targets = targets
+	c.Backend.Window = 32
+	c.Backend.RetryBackoff = 20 * time.Millisecond
+	c.Backend.OpenTimeout = time.Second
+	c.Backend.AckTimeout = 3 * time.Second
+	c.Backend.Reconnect = config.Reconnect{Initial: 50 * time.Millisecond, Max: 500 * time.Millisecond, ResetAfter: 5 * time.Second}
+	c.Backend.Heartbeat = config.Heartbeat{Interval: 200 * time.Millisecond, MinInterval: 100 * time.Millisecond, MaxInterval: 400 * time.Millisecond, Timeout: time.Second}
+	c.Shutdown.DrainTimeout = 10 * time.Second
+	if o.tweak != nil {
+		o.tweak(&c)
+	}
+	c.ApplyDefaults()
+	r.cfg = c
+	r.poolOpts = o.poolOpts
+	return r
+}
+
+// startBridge runs the bridge until stop or the end of the test.
+func (r *rig) startBridge() {
+	r.t.Helper()
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	b, err := bridge.New(r.cfg, bridge.WithLogger(log), bridge.WithPoolOptions(append(r.poolOpts, grpcout.WithEventHook(r.events.hook))...))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.bridge, r.stopBridge, r.bridgeDone = b, cancel, make(chan error, 1)
+	done := r.bridgeDone
+	go func() { done <- b.Run(ctx) }()
+	r.t.Cleanup(func() { r.stop() })
+	waitFor(r.t, "bridge ready", 30*time.Second, func() bool { ok, _ := b.Ready(); return ok })
+}
+
+// stop stops the bridge gracefully and waits for it.
+func (r *rig) stop() {
+	if r.stopBridge == nil {
+		return
+	}
+	r.stopBridge()
+	r.stopBridge = nil
+	if err := <-r.bridgeDone; err != nil {
+		r.t.Errorf("bridge Run: %v", err)
+	}
+}
+
+// devices runs the simulated devices in the background.
+func (r *rig) devices(ctx context.Context) (*devicesim.Counters, <-chan devicesim.Result) {
+	counters := &devicesim.Counters{}
+	out := make(chan devicesim.Result, 1)
+	go func() {
+		res, err := devicesim.Run(ctx, devicesim.Config{Broker: "tcp://" + r.mqtt.Addr(), Devices: devices, Requests: requests, Counters: counters}, nil)
+		if err != nil {
+			res.Missing = append(res.Missing, "devices failed: "+err.Error())
+		}
+		out <- res
+	}()
+	return counters, out
+}
+
+// run drives all devices to completion while fault runs once replied
+// reaches after; it returns the devices' result.
+func (r *rig) run(after int, fault func()) devicesim.Result {
+	r.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	counters, results := r.devices(ctx)
+	if fault != nil {
+		waitFor(r.t, fmt.Sprintf("%d replies before the fault", after), time.Minute, func() bool { return counters.Replied.Load() >= int64(after) })
+		fault()
+	}
+	return <-results
+}
+
+// check asserts every request was answered, processed exactly once, and
+// (if order) processed in publish order per device.
+func (r *rig) check(res devicesim.Result, order bool) {
+	r.t.Helper()
+	if len(res.Missing) > 0 {
+		r.t.Errorf("lost: %d requests got no reply, e.g. %v", len(res.Missing), res.Missing[:min(5, len(res.Missing))])
+	}
+	if res.Sent != devices*requests {
+		r.t.Errorf("sent %d, want %d", res.Sent, devices*requests)
+	}
+	if err := r.ledger.Sync(); err != nil {
+		r.t.Fatal(err)
+	}
+	entries, err := payment.ReadLedger(filepath.Join(r.dir, "ledger.jsonl"))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	last := map[string]string{}
+	twice, reordered := 0, 0
+	for _, e := range entries {
+		if seen[e.MessageID] {
+			twice++
+		}
+		seen[e.MessageID] = true
+		if prev, ok := last[e.DeviceID]; ok && e.RequestID <= prev {
+			reordered++
+		}
+		last[e.DeviceID] = e.RequestID
+	}
+	if twice != 0 {
+		r.t.Errorf("processed twice: %d, want 0", twice)
+	}
+	if len(seen) != devices*requests {
+		r.t.Errorf("processed %d distinct requests, want %d", len(seen), devices*requests)
+	}
+	if order && reordered != 0 {
+		r.t.Errorf("per-device order broken %d times at the backend, want 0", reordered)
+	}
+	r.t.Logf("sent %d, replied %d, processed %d, twice %d, reordered %d, reconnects %v, p50 %s p99 %s",
+		res.Sent, res.Replied, len(seen), twice, reordered, r.events.reasons(), res.Percentile(50), res.Percentile(99))
+}
+
+// testBackend is a backend.Server on a fixed loopback port behind a proxy.
+type testBackend struct {
+	r          *rig
+	name       string
+	addr       string // its own listen address; the bridge dials proxy.Listen
+	handler    backend.Handler
+	credits    uint32
+	serverOpts []grpc.ServerOption
+	stats      *inflight
+	proxy      *toxiproxy.Proxy
+	raw        func(*testBackend) v1.DeliveryServer
+
+	mu   sync.Mutex
+	srv  *backend.Server
+	gs   *grpc.Server
+	done chan struct{}
+}
+
+func (b *testBackend) start() {
+	b.r.t.Helper()
+	addr := b.addr
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		b.r.t.Fatal(err)
+	}
+	b.addr = ln.Addr().String()
+	srv := backend.NewServer(backend.Config{ID: b.name, Credits: b.credits}, b.handler, b.r.ledger,
+		backend.WithDedupLock(&b.r.lock), backend.WithLogger(slog.New(slog.DiscardHandler)))
+	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement), grpc.StatsHandler(b.stats)}, b.serverOpts...)...)
+	if b.raw != nil {
+		v1.RegisterDeliveryServer(gs, b.raw(b))
+	} else {
+		srv.Register(gs)
+	}
+	done := make(chan struct{})
+	go func() { _ = gs.Serve(ln); close(done) }()
+	b.mu.Lock()
+	b.srv, b.gs, b.done = srv, gs, done
+	b.mu.Unlock()
+}
+
+// kill stops the server abruptly: connections close, nothing is drained.
+func (b *testBackend) kill() {
+	b.mu.Lock()
+	gs, done := b.gs, b.done
+	b.gs = nil
+	b.mu.Unlock()
+	if gs != nil {
+		gs.Stop()
+		<-done
+	}
+}
+
+// gracefulStop drains the bridges and stops when their streams have ended.
+func (b *testBackend) gracefulStop() {
+	b.mu.Lock()
+	srv, gs, done := b.srv, b.gs, b.done
+	b.gs = nil
+	b.mu.Unlock()
+	srv.Drain("test: graceful stop")
+	gs.GracefulStop()
+	<-done
+}
+
+func (b *testBackend) server() *backend.Server {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.srv
+}
+
+// toxic adds a toxic to the backend's proxy (both directions unless stream
+// is set) and returns a function that removes it.
+func (b *testBackend) toxic(kind string, attrs string, streams ...string) (remove func()) {
+	b.r.t.Helper()
+	if len(streams) == 0 {
+		streams = []string{"upstream", "downstream"}
+	}
+	var names []string
+	for _, s := range streams {
+		name := kind + "_" + s
+		doc := fmt.Sprintf(`{"name":%q,"type":%q,"stream":%q,"attributes":%s}`, name, kind, s, attrs)
+		if _, err := b.proxy.Toxics.AddToxicJson(strings.NewReader(doc)); err != nil {
+			b.r.t.Fatal(err)
+		}
+		names = append(names, name)
+	}
+	return func() {
+		for _, n := range names {
+			_ = b.proxy.Toxics.RemoveToxic(context.Background(), n)
+		}
+	}
+}
+
+// inflight is a server stats handler counting deliveries received and not
+// yet ACKed across a backend's streams, and the most seen since reset.
+type inflight struct {
+	mu       sync.Mutex
+	now, max int
+	total    int
+}
+
+func (s *inflight) reset() {
+	s.mu.Lock()
+	s.max = s.now
+	s.mu.Unlock()
+}
+
+func (s *inflight) snapshot() (now, peak, total int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.now, s.max, s.total
+}
+
+func (s *inflight) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
+func (s *inflight) HandleRPC(_ context.Context, st stats.RPCStats) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch st := st.(type) {
+	case *stats.InPayload:
+		if f, ok := st.Payload.(*v1.ClientFrame); ok && f.GetDeliver() != nil {
+			s.now++
+			s.total++
+			s.max = max(s.max, s.now)
+		}
+	case *stats.OutPayload:
+		if f, ok := st.Payload.(*v1.ServerFrame); ok && f.GetAck() != nil {
+			s.now--
+		}
+	}
+}
+func (s *inflight) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
+func (s *inflight) HandleConn(context.Context, stats.ConnStats)                       {}
+
+// eventLog records the bridge's stream events with their times.
+type eventLog struct {
+	mu  sync.Mutex
+	all []loggedEvent
+}
+
+type loggedEvent struct {
+	at time.Time
+	grpcout.Event
+}
+
+func (l *eventLog) hook(e grpcout.Event) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.all = append(l.all, loggedEvent{time.Now(), e})
+}
+
+// first returns the first event after t that matches.
+func (l *eventLog) first(after time.Time, match func(grpcout.Event) bool) (loggedEvent, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.all {
+		if !e.at.Before(after) && match(e.Event) {
+			return e, true
+		}
+	}
+	return loggedEvent{}, false
+}
+
+// waitEvent waits for the first matching event after t.
+func (l *eventLog) waitEvent(t *testing.T, what string, after time.Time, timeout time.Duration, match func(grpcout.Event) bool) loggedEvent {
+	t.Helper()
+	var got loggedEvent
+	waitFor(t, what, timeout, func() bool {
+		var ok bool
+		got, ok = l.first(after, match)
+		return ok
+	})
+	return got
+}
+
+// reasons counts StreamDown events by reason.
+func (l *eventLog) reasons() map[grpcout.Reason]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := map[grpcout.Reason]int{}
+	for _, e := range l.all {
+		if e.Kind == grpcout.StreamDown {
+			out[e.Reason]++
+		}
+	}
+	return out
+}
+
+func down(r grpcout.Reason) func(grpcout.Event) bool {
+	return func(e grpcout.Event) bool { return e.Kind == grpcout.StreamDown && e.Reason == r }
+}
+
+func up(addr string) func(grpcout.Event) bool {
+	return func(e grpcout.Event) bool { return e.Kind == grpcout.StreamUp && (addr == "" || e.Addr == addr) }
+}
+
+// waitFor polls cond every 5ms until it holds or timeout passes.
+func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// requestNumber is n of request id r-%06d.
+func requestNumber(env *v1.Envelope) int {
+	n, _ := strconv.Atoi(strings.TrimPrefix(env.GetRequestId(), "r-"))
+	return n
+}
+
+// leakCheck verifies at the end of a test that no goroutine it started is
+// still running (toxiproxy's and the brokers' included).
+func leakCheck(t *testing.T) {
+	opts := []goleak.Option{goleak.IgnoreCurrent(),
+		// toxiproxy's own link goroutines can linger on a closed link after
+		// its proxy stopped; they are the fault injector's, not the bridge's.
+		goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2/toxics.(*ToxicStub).Run")}
+	t.Cleanup(func() { goleak.VerifyNone(t, opts...) })
+}
+
+// records reads topic from the start until n records arrived.
+func (r *rig) records(topic string, n int) []*kgo.Record {
+	r.t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(r.kafka.Addr()), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out []*kgo.Record
+	for len(out) < n && ctx.Err() == nil {
+		cl.PollFetches(ctx).EachRecord(func(rec *kgo.Record) { out = append(out, rec) })
+	}
+	if len(out) < n {
+		r.t.Fatalf("got %d records from %s, want %d", len(out), topic, n)
+	}
+	return out
+}
+
+func header(rec *kgo.Record, key string) string {
+	for _, h := range rec.Headers {
+		if h.Key == key {
+			return string(h.Value)
+		}
+	}
+	return ""
+}
+
+// committed returns the group's committed offset of each partition of topic.
+func (r *rig) committed(topic string, partitions int) map[int]int64 {
+	r.t.Helper()
+	ids := make([]int, partitions)
+	for i := range ids {
+		ids[i] = i
+	}
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &kafka.Client{Addr: kafka.TCP(r.kafka.Addr()), Transport: tr}
+	resp, err := c.OffsetFetch(context.Background(), &kafka.OffsetFetchRequest{GroupID: r.cfg.Kafka.GroupID, Topics: map[string][]int{topic: ids}})
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	out := map[int]int64{}
+	for _, p := range resp.Topics[topic] {
+		out[p.Partition] = p.CommittedOffset
+	}
+	return out
+}
+
+// process is what backend.Server does for one delivery, for raw test
+// backends: dedup by message id against the shared ledger, else handle,
+// save and sync.
+func (b *testBackend) process(ctx context.Context, d *v1.Deliver) *v1.Ack {
+	env := d.GetEnvelope()
+	ack := &v1.Ack{Seq: d.GetSeq(), MessageId: env.GetMessageId()}
+	b.r.lock.Lock()
+	defer b.r.lock.Unlock()
+	if res, ok := b.r.ledger.Lookup(env.GetMessageId()); ok {
+		ack.Outcome, ack.Reply = v1.Outcome_OUTCOME_DUPLICATE, res.Reply
+		return ack
+	}
+	res := b.handler(ctx, env)
+	if err := b.r.ledger.Save(env, res); err != nil {
+		b.r.t.Error(err)
+	}
+	if err := b.r.ledger.Sync(); err != nil {
+		b.r.t.Error(err)
+	}
+	ack.Outcome, ack.Code, ack.Reason, ack.Reply = res.Outcome, res.Code, res.Reason, res.Reply
+	return ack
+}
+
+var _ = transcoder.CodeName

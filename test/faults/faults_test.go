@@ -313,7 +313,7 @@ func TestOutOfOrderAcksThenStop(t *testing.T) {
 		withhold[fmt.Sprintf("dev-%04d/r-%06d", dev, 90+dev%5)] = true
 	}
 	r := newRig(t, rigOpts{
-		raw:   func(b *testBackend) v1.DeliveryServer { return &reorderingBackend{b: b, withhold: withhold} },
+		raw: func(b *testBackend) v1.DeliveryServer { return &reorderingBackend{b: b, withhold: withhold} },
 		tweak: func(c *config.Config) {
 			c.Backend.Window = 512
 			c.Backend.AckTimeout = time.Minute

@@ -154,8 +154,16 @@ func newRig(t *testing.T, o rigOpts) *rig {
 	return r
 }
 
-// startBridge runs the bridge until stop or the end of the test.
+// startBridge runs the bridge until stop or the end of the test, and waits
+// until it is ready.
 func (r *rig) startBridge() {
+	r.t.Helper()
+	r.startBridgeUnready()
+	waitFor(r.t, "bridge ready", 30*time.Second, func() bool { ok, _ := r.bridge.Ready(); return ok })
+}
+
+// startBridgeUnready runs the bridge without waiting for it to be ready.
+func (r *rig) startBridgeUnready() {
 	r.t.Helper()
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	b, err := bridge.New(r.cfg, bridge.WithLogger(log), bridge.WithPoolOptions(append(r.poolOpts, grpcout.WithEventHook(r.events.hook))...))
@@ -167,7 +175,6 @@ func (r *rig) startBridge() {
 	done := r.bridgeDone
 	go func() { done <- b.Run(ctx) }()
 	r.t.Cleanup(func() { r.stop() })
-	waitFor(r.t, "bridge ready", 30*time.Second, func() bool { ok, _ := b.Ready(); return ok })
 }
 
 // stop stops the bridge gracefully and waits for it.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"sync"
@@ -214,6 +215,9 @@ func (l *link) runStream(ctx context.Context, client v1.DeliveryClient, conn *gr
 	s, err := client.Stream(sctx)
 	if err == nil {
 		err = s.Send(&v1.ClientFrame{Frame: &v1.ClientFrame_Hello{Hello: &v1.Hello{BridgeId: cfg.BridgeID, Window: uint32(cfg.Window)}}})
+		if errors.Is(err, io.EOF) {
+			err = nil // the server ended the stream; Recv returns its status
+		}
 	}
 	var first *v1.ServerFrame
 	if err == nil {

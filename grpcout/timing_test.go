@@ -426,3 +426,42 @@ func TestTLSAndTokenVirtualTime(t *testing.T) {
 		}
 	})
 }
+
+// HTTP/2 keepalive: the bridge pings an idle connection every
+// Keepalive.Time; a backend with grpcout.ServerEnforcement accepts that for
+// hours, one with grpc-go's default policy (5 minutes) kills the
+// connection with "too_many_pings". Application pings are made rare here
+// so only HTTP/2 keepalive keeps the connection busy.
+func TestKeepaliveEnforcementVirtualTime(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		opts     []grpc.ServerOption
+		wantDown bool
+	}{
+		{name: "with ServerEnforcement", opts: []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement)}},
+		{name: "grpc-go default policy", wantDown: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				srv := backend.NewServer(backend.Config{}, okHandler(nil), nil)
+				gs := grpc.NewServer(tc.opts...)
+				srv.Register(gs)
+				n := &vnet{}
+				defer n.serve(gs)()
+				ev := &events{}
+				startPool(t, n, grpcout.Config{
+					Keepalive: grpcout.Keepalive{Time: 10 * time.Second, Timeout: 5 * time.Second},
+					Heartbeat: grpcout.Heartbeat{Interval: time.Hour, MaxInterval: time.Hour, Timeout: 3 * time.Hour},
+				}, ev)
+				time.Sleep(2 * time.Hour)
+				downs := ev.of(grpcout.StreamDown)
+				if tc.wantDown && len(downs) == 0 {
+					t.Fatal("a server with the default policy kept the connection: the test does not exercise keepalive")
+				}
+				if !tc.wantDown && len(downs) != 0 {
+					t.Fatalf("the stream went down %d times (first: %v), want never", len(downs), downs[0].Err)
+				}
+			})
+		})
+	}
+}

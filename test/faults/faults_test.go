@@ -165,11 +165,9 @@ func TestGracefulStopWithDrain(t *testing.T) {
 		stopping := time.Now()
 		b.gracefulStop()
 		t.Logf("GracefulStop returned after %s", time.Since(stopping).Round(time.Millisecond))
-		if _, ok := r.events.first(stopping, func(e grpcout.Event) bool {
+		r.events.waitEvent(t, "the stream ended by drain", stopping, 10*time.Second, func(e grpcout.Event) bool {
 			return e.Kind == grpcout.StreamDown && (e.Reason == grpcout.ReasonDrain || e.Reason == grpcout.ReasonGoAway)
-		}); !ok {
-			t.Error("the stream did not end by drain")
-		}
+		})
 		restarted := time.Now()
 		b.start()
 		r.events.waitEvent(t, "stream up again", restarted, 10*time.Second, up(""))
@@ -197,7 +195,9 @@ func TestCredits(t *testing.T) {
 			t.Errorf("with 4 credits: got at most %d un-ACKed at the backend, want 2..4", peak)
 		}
 		// Pause: the backend gets nothing more, the window fills and stays full.
+		paused := time.Now()
 		b.server().SetCredits(0)
+		r.events.waitEvent(t, "the bridge told to pause", paused, 10*time.Second, func(e grpcout.Event) bool { return e.Kind == grpcout.Credit && e.Credits == 0 })
 		waitFor(t, "paused", 10*time.Second, func() bool { now, _, _ := b.stats.snapshot(); return now == 0 })
 		_, _, before := b.stats.snapshot()
 		window := r.cfg.Backend.Window

@@ -84,6 +84,10 @@ func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 	if err != nil {
 		return nil, fmt.Errorf("embedded: kafka: %w", err)
 	}
+	if _, err := watchCatalogue(c, dir); err != nil {
+		c.Close()
+		return nil, err
+	}
 	return &Kafka{c: c, addr: c.ListenAddrs()[0]}, nil
 }
 

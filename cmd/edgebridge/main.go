@@ -3,6 +3,7 @@
 //
 //	edgebridge run [-config FILE]     run the bridge
 //	edgebridge demo [flags]           everything in one process, with simulated devices
+//	edgebridge broker kafka|mqtt      run an embedded broker as its own process
 //	edgebridge validate -config FILE  check a config file, listing every problem
 //	edgebridge version
 package main
@@ -26,6 +27,8 @@ func main() {
 		err = runCmd(args)
 	case "demo":
 		err = demoCmd(args)
+	case "broker":
+		err = brokerCmd(args)
 	case "validate":
 		err = validateCmd(args)
 	case "version":
@@ -48,6 +51,8 @@ func usage() {
   edgebridge run [-config FILE]      run the bridge (embedded brokers when no config)
   edgebridge demo [-devices N] [-requests N]
                                      embedded brokers + paymentd + simulated devices
+  edgebridge broker kafka|mqtt [-listen ADDR] [-data DIR] [-partitions N]
+                                     an embedded broker as its own process; data survives restarts
   edgebridge validate -config FILE   exit 0 if valid, else list every problem
   edgebridge version
 `)

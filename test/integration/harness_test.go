@@ -20,7 +20,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgebridge/edgebridge/embedded"
 )
 
 var bins struct {
@@ -191,12 +190,18 @@ func mosquitto(t *testing.T) (url string) {
 // kafkaBroker starts the embedded Kafka-protocol broker in the test process.
 func kafkaBroker(t *testing.T) string {
 	t.Helper()
-	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(k.Close)
-	return k.Addr()
+	addr := freeAddr(t)
+	startBroker(t, "kafka", addr, t.TempDir())
+	return addr
+}
+
+// startBroker runs "edgebridge broker KIND" as its own process and waits
+// until it accepts connections.
+func startBroker(t *testing.T, kind, addr, dir string) *proc {
+	t.Helper()
+	p := start(t, bins.edgebridge, "broker", kind, "-listen", addr, "-data", dir, "-partitions", "8")
+	waitFor(t, 20*time.Second, kind+" broker listening", func() bool { return dialable(addr) })
+	return p
 }
 
 type paymentd struct {

@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/edgebridge/edgebridge/embedded"
+)
+
+// brokerCmd runs one embedded broker as its own process until SIGINT or
+// SIGTERM: "kafka" (kfake, every produce fsynced) or "mqtt" (mochi with a
+// bbolt store). Data survives restarts and kill -9.
+func brokerCmd(args []string) error {
+	if len(args) == 0 || (args[0] != "kafka" && args[0] != "mqtt") {
+		return errors.New("broker: want \"broker kafka\" or \"broker mqtt\"")
+	}
+	kind := args[0]
+	fs := flag.NewFlagSet("broker "+kind, flag.ContinueOnError)
+	defListen := map[string]string{"kafka": "127.0.0.1:9092", "mqtt": "127.0.0.1:1883"}[kind]
+	listen := fs.String("listen", defListen, "listen address (port 0 picks a free one)")
+	data := fs.String("data", "./edgebridge-data", "data directory")
+	partitions := fs.Int("partitions", 8, "partitions of auto-created topics (kafka)")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var addr string
+	var closeFn func()
+	switch kind {
+	case "kafka":
+		k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: *listen, DataDir: *data, Partitions: *partitions})
+		if err != nil {
+			return err
+		}
+		addr, closeFn = k.Addr(), k.Close
+	case "mqtt":
+		m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: *listen, DataDir: filepath.Join(*data, "mqtt"), Logger: log})
+		if err != nil {
+			return err
+		}
+		addr, closeFn = m.Addr(), m.Close
+	}
+	// The first stdout line names the address, for scripts that pass port 0.
+	fmt.Printf("edgebridge %s broker listening on %s\n", kind, addr)
+	log.Info("edgebridge: broker up", "kind", kind, "addr", addr, "data", *data)
+	<-ctx.Done()
+	log.Info("edgebridge: broker stopping", "kind", kind)
+	closeFn()
+	return nil
+}

@@ -55,7 +55,7 @@ func TestBrokerMQTTSurvivesKill(t *testing.T) {
 	addr, dir := freeAddr(t), t.TempDir()
 	b := startBroker(t, "mqtt", addr, dir)
 	got := make(chan string, 20)
-	subOpts := paho.NewClientOptions().AddBroker("tcp://"+addr).SetClientID("sub-1").SetCleanSession(false).
+	subOpts := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID("sub-1").SetCleanSession(false).
 		SetDefaultPublishHandler(func(_ paho.Client, m paho.Message) { got <- string(m.Payload()) })
 	sub := paho.NewClient(subOpts)
 	if tok := sub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/grpcmetrics"
 	"github.com/edgebridge/edgebridge/grpcout"
@@ -35,7 +36,7 @@ type flags struct {
 	listen, ledger, metrics    string
 	limit                      int64
 	credits                    uint
-	maxConnAge                 time.Duration
+	maxConnAge, delay          time.Duration
 	tlsCert, tlsKey, tokenFile string
 }
 
@@ -47,6 +48,7 @@ func main() {
 	flag.StringVar(&f.metrics, "metrics", "", "serve Prometheus /metrics on this address (off if empty)")
 	flag.UintVar(&f.credits, "credits", 0, "un-ACKed deliveries each bridge stream may have (0: the bridge's window)")
 	flag.DurationVar(&f.maxConnAge, "max-connection-age", 0, "close connections after this age with GOAWAY (0: never)")
+	flag.DurationVar(&f.delay, "delay", 0, "spend this long on every payment (simulates a slow backend)")
 	flag.StringVar(&f.tlsCert, "tls-cert", "", "serve TLS with this certificate (PEM)")
 	flag.StringVar(&f.tlsKey, "tls-key", "", "private key of -tls-cert (PEM)")
 	flag.StringVar(&f.tokenFile, "token-file", "", "require this bearer token from bridges (needs TLS)")
@@ -102,7 +104,20 @@ func run(f flags, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	srv := backend.NewServer(backend.Config{ID: "paymentd", Credits: uint32(f.credits)}, payment.Handler(f.limit), ledger, backend.WithLogger(log))
+	handler := payment.Handler(f.limit)
+	if f.delay > 0 {
+		fast := handler
+		handler = func(ctx context.Context, env *v1.Envelope) backend.Result {
+			t := time.NewTimer(f.delay)
+			defer t.Stop()
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			return fast(ctx, env)
+		}
+	}
+	srv := backend.NewServer(backend.Config{ID: "paymentd", Credits: uint32(f.credits)}, handler, ledger, backend.WithLogger(log))
 	gs := grpc.NewServer(opts...)
 	srv.Register(gs)
 	log.Info("paymentd listening", "addr", ln.Addr().String(), "ledger", f.ledger, "entries", ledger.Len())

@@ -36,6 +36,9 @@ type KafkaConfig struct {
 	DataDir string
 	// Partitions is the partition count of auto-created topics. Default: 8.
 	Partitions int
+	// Advertise is the host:port clients are told to connect to, when it
+	// differs from Listen (a proxy or NAT in front). Default: the listen address.
+	Advertise string
 }
 
 // Kafka is a running embedded Kafka-protocol broker.
@@ -73,7 +76,16 @@ func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 		kfake.NumBrokers(1),
 		kfake.Ports(port),
 		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
-			return net.Listen(network, net.JoinHostPort(host, strconv.Itoa(port)))
+			ln, err := net.Listen(network, net.JoinHostPort(host, strconv.Itoa(port)))
+			if err != nil || cfg.Advertise == "" {
+				return ln, err
+			}
+			adv, err := net.ResolveTCPAddr("tcp", cfg.Advertise)
+			if err != nil {
+				ln.Close()
+				return nil, fmt.Errorf("embedded: kafka advertise %q: %w", cfg.Advertise, err)
+			}
+			return advertised{ln, adv}, nil // kfake advertises its listener's Addr
 		}),
 		kfake.DataDir(dir),
 		kfake.SyncWrites(),
@@ -91,8 +103,16 @@ func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 	return &Kafka{c: c, addr: c.ListenAddrs()[0]}, nil
 }
 
-// Addr returns the broker's host:port.
+// Addr returns the broker's host:port as advertised to clients.
 func (k *Kafka) Addr() string { return k.addr }
+
+// advertised is a listener that reports another address.
+type advertised struct {
+	net.Listener
+	addr net.Addr
+}
+
+func (a advertised) Addr() net.Addr { return a.addr }
 
 // Close stops the broker and flushes its state to disk. Safe to call twice.
 func (k *Kafka) Close() { k.once.Do(k.c.Close) }

@@ -27,6 +27,7 @@ func brokerCmd(args []string) error {
 	listen := fs.String("listen", defListen, "listen address (port 0 picks a free one)")
 	data := fs.String("data", "./edgebridge-data", "data directory")
 	partitions := fs.Int("partitions", 8, "partitions of auto-created topics (kafka)")
+	advertise := fs.String("advertise", "", "host:port clients are told to use, if not the listen address (kafka)")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -38,7 +39,7 @@ func brokerCmd(args []string) error {
 	var closeFn func()
 	switch kind {
 	case "kafka":
-		k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: *listen, DataDir: *data, Partitions: *partitions})
+		k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: *listen, DataDir: *data, Partitions: *partitions, Advertise: *advertise})
 		if err != nil {
 			return err
 		}
@@ -50,7 +51,7 @@ func brokerCmd(args []string) error {
 		}
 		addr, closeFn = m.Addr(), m.Close
 	}
-	// The first stdout line names the address, for scripts that pass port 0.
+	// The first stdout line names the (advertised) address, for scripts that pass port 0.
 	fmt.Printf("edgebridge %s broker listening on %s\n", kind, addr)
 	log.Info("edgebridge: broker up", "kind", kind, "addr", addr, "data", *data)
 	<-ctx.Done()

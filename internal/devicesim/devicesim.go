@@ -84,6 +84,7 @@ type Result struct {
 	ByStatus      map[string]int // first reply per request
 	Latencies     []time.Duration
 	Missing       []string // device/request without a reply
+	Acked         map[string]bool // device/request the broker PUBACKed: the requests promised
 	Elapsed       time.Duration
 }
 
@@ -152,13 +153,16 @@ func Run(ctx context.Context, cfg Config, progress Progress) (Result, error) {
 	close(stopProgress)
 	pwg.Wait()
 
-	res := Result{ByStatus: map[string]int{}, Elapsed: time.Since(start)}
+	res := Result{ByStatus: map[string]int{}, Acked: map[string]bool{}, Elapsed: time.Since(start)}
 	for _, d := range devs {
 		d.mu.Lock()
 		res.Sent += d.sent
 		res.Duplicates += d.dups
 		for n := range d.sent {
 			rid := RequestID(n)
+			if d.acked[rid] {
+				res.Acked[d.id+"/"+rid] = true
+			}
 			r, ok := d.replies[rid]
 			if !ok {
 				res.Missing = append(res.Missing, d.id+"/"+rid)
@@ -186,6 +190,7 @@ type device struct {
 	sentAt  map[string]time.Time
 	replies map[string]reply
 	sent    int
+	acked   map[string]bool // request ids the broker PUBACKed
 	dups    int
 	all     chan struct{} // closed when every sent request has a reply
 	want    int
@@ -194,7 +199,7 @@ type device struct {
 func connect(ctx context.Context, cfg Config, id string, replied *atomic.Int64) (*device, error) {
 	d := &device{
 		id: id, slots: make(chan struct{}, cfg.Outstanding),
-		sentAt: map[string]time.Time{}, replies: map[string]reply{},
+		sentAt: map[string]time.Time{}, replies: map[string]reply{}, acked: map[string]bool{},
 		all: make(chan struct{}), want: cfg.Requests,
 	}
 	replyTopic := expand(cfg.ReplyTopic, id)
@@ -269,6 +274,11 @@ func (d *device) run(ctx context.Context, cfg Config, sent *atomic.Int64) {
 		case <-tok.Done():
 		case <-ctx.Done():
 			return
+		}
+		if tok.Error() == nil {
+			d.mu.Lock()
+			d.acked[rid] = true
+			d.mu.Unlock()
 		}
 		sent.Add(1)
 	}

@@ -164,6 +164,18 @@ func dialable(addr string) bool {
 // mosquitto starts a real Mosquitto with the project's shipped settings on a
 // free port, persistence in a temp dir.
 func mosquitto(t *testing.T) (url string) {
+	return startMosquitto(t).url()
+}
+
+// mosq is a Mosquitto process that can be stopped and started again on the
+// same port with the same persistence file.
+type mosq struct {
+	t          *testing.T
+	addr, conf string
+	p          *proc
+}
+
+func startMosquitto(t *testing.T) *mosq {
 	t.Helper()
 	dir := t.TempDir()
 	addr := freeAddr(t)
@@ -176,14 +188,21 @@ func mosquitto(t *testing.T) (url string) {
 	conf = strings.Replace(conf, "listener 1883 127.0.0.1", "listener "+port+" 127.0.0.1", 1)
 	conf = strings.Replace(conf, "persistence_location /var/lib/mosquitto/", "persistence_location "+dir+"/", 1)
 	conf += "\n# test: run as the current user, log to stderr\nuser root\nlog_dest stderr\nlog_type error\nlog_type warning\n"
-	path := filepath.Join(dir, "mosquitto.conf")
-	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
+	m := &mosq{t: t, addr: addr, conf: filepath.Join(dir, "mosquitto.conf")}
+	if err := os.WriteFile(m.conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	p := start(t, "mosquitto", "-c", path)
-	waitFor(t, 10*time.Second, "mosquitto to listen", func() bool { return dialable(addr) })
-	_ = p
-	return "tcp://" + addr
+	m.start()
+	return m
+}
+
+func (m *mosq) url() string { return "tcp://" + m.addr }
+
+// start runs Mosquitto and waits until it accepts connections.
+func (m *mosq) start() {
+	m.t.Helper()
+	m.p = start(m.t, "mosquitto", "-c", m.conf)
+	waitFor(m.t, 10*time.Second, "mosquitto to listen", func() bool { return dialable(m.addr) })
 }
 
 // kafkaBroker starts the embedded Kafka-protocol broker in the test process.
@@ -208,9 +227,9 @@ type paymentd struct {
 	addr, ledger string
 }
 
-func startPaymentd(t *testing.T, addr, ledger string) *paymentd {
+func startPaymentd(t *testing.T, addr, ledger string, extra ...string) *paymentd {
 	t.Helper()
-	p := start(t, bins.paymentd, "-listen", addr, "-ledger", ledger)
+	p := start(t, bins.paymentd, append([]string{"-listen", addr, "-ledger", ledger}, extra...)...)
 	waitFor(t, 20*time.Second, "paymentd to listen", func() bool { return dialable(addr) })
 	return &paymentd{proc: p, addr: addr, ledger: ledger}
 }
@@ -223,15 +242,23 @@ type bridgeProc struct {
 type bridgeOpts struct {
 	mqtt, kafka, backend string
 	extra                string // more YAML, appended under backend:
+	clientID             string // default: bridge-<test name>
+	subscribe            string // default: payment/request/+
 }
 
 func writeBridgeConfig(t *testing.T, o bridgeOpts) (path, admin string) {
 	t.Helper()
 	admin = freeAddr(t)
+	if o.clientID == "" {
+		o.clientID = "bridge-" + strings.ReplaceAll(t.Name(), "/", "-")
+	}
+	if o.subscribe == "" {
+		o.subscribe = "payment/request/+"
+	}
 	doc := fmt.Sprintf(`mqtt:
   broker: %s
-  client_id: bridge-%s
-  subscribe: ["payment/request/+"]
+  client_id: %s
+  subscribe: ["%s"]
   reply_topic: "payment/response/{device_id}"
 kafka:
   brokers: ["%s"]
@@ -251,7 +278,7 @@ backend:
   listen: %s
 shutdown:
   drain_timeout: 20s
-`, o.mqtt, strings.ReplaceAll(t.Name(), "/", "-"), o.kafka, o.backend, o.extra, admin)
+`, o.mqtt, o.clientID, o.subscribe, o.kafka, o.backend, o.extra, admin)
 	path = filepath.Join(t.TempDir(), "edgebridge.yaml")
 	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
 		t.Fatal(err)

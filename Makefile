@@ -1,0 +1,18 @@
+# Convenience targets; ./scripts/test.sh is what CI runs.
+.PHONY: test chaos chaos-short proto
+
+test:
+	./scripts/test.sh
+
+# The full fault matrix (>= 5,000 requests per scenario, ~15 minutes on a
+# 2-core node); writes chaos-report.json for docs/RELIABILITY.md.
+chaos:
+	EDGEBRIDGE_CHAOS_FULL=1 EDGEBRIDGE_CHAOS_REPORT=$(CURDIR)/chaos-report.json \
+		go test -race -count=1 -timeout 60m -run 'TestChaos' -v ./test/integration
+
+# The same matrix in CI's short mode.
+chaos-short:
+	go test -race -count=1 -timeout 20m -run 'TestChaos' -v ./test/integration
+
+proto:
+	./scripts/genproto.sh

@@ -83,7 +83,7 @@ type Result struct {
 	Duplicates    int            // replies received more than once
 	ByStatus      map[string]int // first reply per request
 	Latencies     []time.Duration
-	Missing       []string // device/request without a reply
+	Missing       []string        // device/request without a reply
 	Acked         map[string]bool // device/request the broker PUBACKed: the requests promised
 	Elapsed       time.Duration
 }

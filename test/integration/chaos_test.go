@@ -312,9 +312,9 @@ func (c *chaosRig) backendDuplicates() float64 {
 }
 
 func scenarios() []scenario {
-	period := time.Second
+	period, delay := time.Second, 10*time.Millisecond
 	if chaosFull() {
-		period = 15 * time.Second
+		period, delay = 15*time.Second, 20*time.Millisecond
 	}
 	return []scenario{
 		{name: "baseline"},
@@ -418,7 +418,8 @@ func scenarios() []scenario {
 		// One request outstanding per device: a shared subscription spreads a
 		// device's messages over both bridges, so only then is their order
 		// defined (with more, two bridges may write them to Kafka crosswise).
-		{name: "two-bridges-join-leave", opts: chaosOpts{shared: true, devices: func(d *devicesim.Config) { d.Outstanding = 1 }}, fault: func(c *chaosRig, p *progress) (time.Duration, string) {
+		// A slow backend keeps the run going through several join/leave cycles.
+		{name: "two-bridges-join-leave", opts: chaosOpts{shared: true, payArgs: []string{"-delay", delay.String()}, devices: func(d *devicesim.Config) { d.Outstanding = 1 }}, fault: func(c *chaosRig, p *progress) (time.Duration, string) {
 			o := c.bridgeOpts
 			o.clientID = "bridge-2"
 			cfg2, admin2 := writeBridgeConfig(c.t, o)

@@ -27,7 +27,6 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/stats"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
@@ -291,7 +290,7 @@ func (b *testBackend) start() {
 	b.addr = ln.Addr().String()
 	srv := backend.NewServer(backend.Config{ID: b.name, Credits: b.credits}, b.handler, b.r.ledger,
 		backend.WithDedupLock(&b.r.lock), backend.WithLogger(slog.New(slog.DiscardHandler)))
-	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement), grpc.StatsHandler(b.stats)}, b.serverOpts...)...)
+	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement), grpc.ChainStreamInterceptor(b.stats.interceptor)}, b.serverOpts...)...)
 	if b.raw != nil {
 		v1.RegisterDeliveryServer(gs, b.raw(b))
 	} else {
@@ -356,8 +355,10 @@ func (b *testBackend) toxic(kind string, attrs string, streams ...string) (remov
 	}
 }
 
-// inflight is a server stats handler counting deliveries received and not
-// yet ACKed across a backend's streams, and the most seen since reset.
+// inflight counts deliveries a backend received and has not yet ACKed,
+// across its streams, and the most seen since reset. It wraps the server
+// stream (not a stats handler, which sees a sent ACK only after the write,
+// so the next delivery could be counted before the ACK that allowed it).
 type inflight struct {
 	mu       sync.Mutex
 	now, max int
@@ -376,25 +377,35 @@ func (s *inflight) snapshot() (now, peak, total int) {
 	return s.now, s.max, s.total
 }
 
-func (s *inflight) TagRPC(ctx context.Context, _ *stats.RPCTagInfo) context.Context { return ctx }
-func (s *inflight) HandleRPC(_ context.Context, st stats.RPCStats) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	switch st := st.(type) {
-	case *stats.InPayload:
-		if f, ok := st.Payload.(*v1.ClientFrame); ok && f.GetDeliver() != nil {
-			s.now++
-			s.total++
-			s.max = max(s.max, s.now)
-		}
-	case *stats.OutPayload:
-		if f, ok := st.Payload.(*v1.ServerFrame); ok && f.GetAck() != nil {
-			s.now--
-		}
-	}
+func (s *inflight) interceptor(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	return h(srv, &countingStream{ServerStream: ss, s: s})
 }
-func (s *inflight) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Context { return ctx }
-func (s *inflight) HandleConn(context.Context, stats.ConnStats)                       {}
+
+type countingStream struct {
+	grpc.ServerStream
+	s *inflight
+}
+
+func (c *countingStream) RecvMsg(m any) error {
+	err := c.ServerStream.RecvMsg(m)
+	if f, ok := m.(*v1.ClientFrame); ok && err == nil && f.GetDeliver() != nil {
+		c.s.mu.Lock()
+		c.s.now++
+		c.s.total++
+		c.s.max = max(c.s.max, c.s.now)
+		c.s.mu.Unlock()
+	}
+	return err
+}
+
+func (c *countingStream) SendMsg(m any) error {
+	if f, ok := m.(*v1.ServerFrame); ok && f.GetAck() != nil {
+		c.s.mu.Lock()
+		c.s.now--
+		c.s.mu.Unlock()
+	}
+	return c.ServerStream.SendMsg(m)
+}
 
 // eventLog records the bridge's stream events with their times.
 type eventLog struct {

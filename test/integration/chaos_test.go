@@ -317,7 +317,7 @@ func scenarios() []scenario {
 		period, delay = 15*time.Second, 20*time.Millisecond
 	}
 	return []scenario{
-		{name: "baseline"},
+		{name: "baseline", check: noBrokerDrops},
 		// One request outstanding per device keeps the load going through
 		// five kills, each followed by the group's 10s session timeout.
 		{name: "bridge-sigkill-x5", opts: chaosOpts{devices: func(d *devicesim.Config) { d.Outstanding = 1 }}, fault: func(c *chaosRig, p *progress) (time.Duration, string) {
@@ -456,11 +456,22 @@ func scenarios() []scenario {
 		}},
 		{name: "burst-slow-backend", opts: chaosOpts{payArgs: []string{"-delay", "1ms"}, devices: func(d *devicesim.Config) {
 			d.Outstanding = d.Requests // every request at once: far beyond the in-flight limits
-		}}},
+		}}, check: noBrokerDrops},
 		{name: "poison-mixed-in", fault: func(c *chaosRig, p *progress) (time.Duration, string) {
 			n := poison(c, p)
 			return 0, fmt.Sprintf("%d poison messages: all in the DLQ, each device told", n)
 		}},
+	}
+}
+
+// noBrokerDrops asserts Mosquitto dropped no message (its queue limits).
+func noBrokerDrops(t *testing.T, c *chaosRig, _ report) {
+	n, err := c.mq.dropped()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Errorf("mosquitto dropped %d messages, want 0", n)
 	}
 }
 

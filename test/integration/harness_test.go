@@ -9,11 +9,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	paho "github.com/eclipse/paho.mqtt.golang"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -187,7 +189,7 @@ func startMosquitto(t *testing.T) *mosq {
 	conf := string(shipped)
 	conf = strings.Replace(conf, "listener 1883 127.0.0.1", "listener "+port+" 127.0.0.1", 1)
 	conf = strings.Replace(conf, "persistence_location /var/lib/mosquitto/", "persistence_location "+dir+"/", 1)
-	conf += "\n# test: run as the current user, log to stderr\nuser root\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+	conf += "\n# test: run as the current user, log to stderr, publish $SYS every second\nuser root\nlog_dest stderr\nlog_type error\nlog_type warning\nsys_interval 1\n"
 	m := &mosq{t: t, addr: addr, conf: filepath.Join(dir, "mosquitto.conf")}
 	if err := os.WriteFile(m.conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -197,6 +199,24 @@ func startMosquitto(t *testing.T) *mosq {
 }
 
 func (m *mosq) url() string { return "tcp://" + m.addr }
+
+// dropped reads Mosquitto's count of messages it dropped (queue limits),
+// from $SYS once it has been published after call time.
+func (m *mosq) dropped() (int, error) {
+	got := make(chan string, 16)
+	c := paho.NewClient(paho.NewClientOptions().AddBroker(m.url()).SetClientID("sys-reader"))
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		return 0, fmt.Errorf("connect: %v", tok.Error())
+	}
+	defer c.Disconnect(0)
+	c.Subscribe("$SYS/broker/publish/messages/dropped", 0, func(_ paho.Client, msg paho.Message) { got <- string(msg.Payload()) })
+	select {
+	case v := <-got:
+		return strconv.Atoi(strings.TrimSpace(v))
+	case <-time.After(5 * time.Second):
+		return 0, errors.New("no $SYS/broker/publish/messages/dropped within 5s")
+	}
+}
 
 // start runs Mosquitto and waits until it accepts connections.
 func (m *mosq) start() {

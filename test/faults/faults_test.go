@@ -299,8 +299,8 @@ func TestRetryAndReject(t *testing.T) {
 }
 
 // The backend processes in order but ACKs out of order and never ACKs a
-// few messages; the bridge is stopped: every partition's committed offset
-// is exactly its contiguous ACKed prefix. A restarted bridge redelivers
+// few messages; then it is killed, then the bridge is stopped: every
+// partition's committed offset is exactly its contiguous ACKed prefix. A restarted bridge redelivers
 // from there and a normal backend finishes the run: nothing lost, nothing
 // processed twice.
 func TestOutOfOrderAcksThenStop(t *testing.T) {
@@ -331,7 +331,6 @@ func TestOutOfOrderAcksThenStop(t *testing.T) {
 		}
 		return counters.Replied.Load() == want
 	})
-	r.stop()
 
 	// Where each withheld message sits in Kafka, and where each partition ends.
 	floor := map[int]int64{}
@@ -348,17 +347,37 @@ func TestOutOfOrderAcksThenStop(t *testing.T) {
 			floor[int(rec.Partition)] = min(floor[int(rec.Partition)], rec.Offset)
 		}
 	}
-	got := r.committed(r.cfg.Kafka.Topic, 4)
-	for p, want := range floor {
-		if got[p] != want {
-			t.Errorf("partition %d: committed %d, want the contiguous prefix %d", p, got[p], want)
+	checkCommitted := func(when string) {
+		t.Helper()
+		got := r.committed(r.cfg.Kafka.Topic, 4)
+		for p, want := range floor {
+			if got[p] != want {
+				t.Errorf("%s: partition %d: committed %d, want the contiguous prefix %d", when, p, got[p], want)
+			}
 		}
+		t.Logf("%s: committed %v, floors %v", when, got, floor)
 	}
-	t.Logf("committed %v, floors %v", got, floor)
+	// The running bridge commits up to the prefix (every ACK is in).
+	waitFor(t, "commits up to the prefix", 10*time.Second, func() bool {
+		got := r.committed(r.cfg.Kafka.Topic, 4)
+		for p, want := range floor {
+			if got[p] != want {
+				return false
+			}
+		}
+		return true
+	})
+	// The backend is killed: the bridge keeps the un-ACKed, commits nothing past them.
+	b := r.backends[0]
+	killed := time.Now()
+	b.kill()
+	r.events.waitEvent(t, "stream down", killed, 10*time.Second, func(e grpcout.Event) bool { return e.Kind == grpcout.StreamDown })
+	checkCommitted("backend killed")
+	// The bridge is stopped as well.
+	r.stop()
+	checkCommitted("bridge stopped")
 
 	// A normal backend on the same address, and the bridge again.
-	b := r.backends[0]
-	b.kill()
 	b.raw = nil
 	b.start()
 	r.startBridge()

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 )
 
@@ -68,6 +70,46 @@ func TestProcessOutcomes(t *testing.T) {
 			}
 			if tc.name == "retry is not saved" && calls != 1 {
 				t.Fatalf("redelivery of a RETRY got %d calls, want 1", calls)
+			}
+		})
+	}
+}
+
+// Drain turns the health service to NOT_SERVING (the bridge checks it
+// before reconnecting after failures).
+func TestDrainReportsNotServing(t *testing.T) {
+	s := NewServer(Config{}, nil, nil)
+	for _, want := range []healthpb.HealthCheckResponse_ServingStatus{healthpb.HealthCheckResponse_SERVING, healthpb.HealthCheckResponse_NOT_SERVING} {
+		if want == healthpb.HealthCheckResponse_NOT_SERVING {
+			s.Drain("test")
+		}
+		resp, err := s.health.Check(context.Background(), &healthpb.HealthCheckRequest{Service: ServiceName})
+		if err != nil || resp.GetStatus() != want {
+			t.Fatalf("got %v, %v; want %v", resp.GetStatus(), err, want)
+		}
+	}
+}
+
+// A pong's load is un-ACKed deliveries against the grant.
+func TestStreamLoad(t *testing.T) {
+	tests := []struct {
+		name     string
+		window   uint32
+		inflight int64
+		credits  int64
+		want     uint32
+	}{
+		{name: "half of the grant", window: 128, inflight: 2, credits: 4, want: 50},
+		{name: "no grant: the bridge's window", window: 10, inflight: 9, credits: -1, want: 90},
+		{name: "paused", window: 10, inflight: 0, credits: 0, want: 100},
+		{name: "capped at 100", window: 10, inflight: 6, credits: 4, want: 100},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			st := &serverStream{window: tc.window}
+			st.inflight.Store(tc.inflight)
+			if got := st.load(tc.credits); got != tc.want {
+				t.Fatalf("got load %d, want %d", got, tc.want)
 			}
 		})
 	}

@@ -128,6 +128,14 @@ type clientHandler struct {
 type rpcState struct {
 	mu   sync.Mutex
 	sent map[uint64]time.Time
+	// early holds ACKs handled before their delivery's OutPayload: grpc-go
+	// reports a sent message after the write, and the receiving goroutine
+	// can see the ACK first.
+	early map[uint64]time.Time
+}
+
+func newRPCState() *rpcState {
+	return &rpcState{sent: map[uint64]time.Time{}, early: map[uint64]time.Time{}}
 }
 
 type rpcKey struct{}
@@ -136,7 +144,7 @@ func (h *clientHandler) TagRPC(ctx context.Context, info *stats.RPCTagInfo) cont
 	if info.FullMethodName != streamMethod {
 		return ctx
 	}
-	return context.WithValue(ctx, rpcKey{}, &rpcState{sent: map[uint64]time.Time{}})
+	return context.WithValue(ctx, rpcKey{}, newRPCState())
 }
 
 func (h *clientHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
@@ -159,11 +167,16 @@ func (h *clientHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
 			h.m.redeliveries.WithLabelValues("retry").Inc()
 		}
 		st.mu.Lock()
+		defer st.mu.Unlock()
+		if acked, ok := st.early[d.GetSeq()]; ok {
+			delete(st.early, d.GetSeq())
+			h.m.ackLatency.Observe(max(acked.Sub(s.SentTime), 0).Seconds())
+			return
+		}
 		if _, dup := st.sent[d.GetSeq()]; !dup {
 			h.inFlight.Inc()
 		}
 		st.sent[d.GetSeq()] = s.SentTime
-		st.mu.Unlock()
 	case *stats.InPayload:
 		f, _ := s.Payload.(*v1.ServerFrame)
 		switch fr := f.GetFrame().(type) {
@@ -172,6 +185,9 @@ func (h *clientHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
 			st.mu.Lock()
 			sent, ok := st.sent[fr.Ack.GetSeq()]
 			delete(st.sent, fr.Ack.GetSeq())
+			if !ok {
+				st.early[fr.Ack.GetSeq()] = s.RecvTime
+			}
 			st.mu.Unlock()
 			if ok {
 				h.inFlight.Dec()
@@ -188,6 +204,7 @@ func (h *clientHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
 		st.mu.Lock()
 		h.inFlight.Sub(float64(len(st.sent)))
 		clear(st.sent)
+		clear(st.early)
 		st.mu.Unlock()
 	}
 }
@@ -236,7 +253,7 @@ func (m *Server) TagRPC(ctx context.Context, info *stats.RPCTagInfo) context.Con
 	if info.FullMethodName != streamMethod {
 		return ctx
 	}
-	return context.WithValue(ctx, rpcKey{}, &rpcState{sent: map[uint64]time.Time{}})
+	return context.WithValue(ctx, rpcKey{}, newRPCState())
 }
 
 func (m *Server) HandleRPC(ctx context.Context, s stats.RPCStats) {

@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/stats"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
@@ -126,4 +127,24 @@ func value(t *testing.T, reg *prometheus.Registry, name string, labels ...string
 		}
 	}
 	return -1
+}
+
+// grpc-go reports a sent message after the write, so a fast ACK can be
+// handled before its delivery: in-flight must not drift upwards.
+func TestAckBeforeItsDeliveryIsReported(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	h := grpcmetrics.NewClient(reg).Handler("t", "a:1")
+	ctx := h.TagRPC(context.Background(), &stats.RPCTagInfo{FullMethodName: "/" + v1.Delivery_ServiceDesc.ServiceName + "/Stream"})
+	now := time.Now()
+	h.HandleRPC(ctx, &stats.InPayload{Payload: &v1.ServerFrame{Frame: &v1.ServerFrame_Ack{Ack: &v1.Ack{Seq: 1, Outcome: v1.Outcome_OUTCOME_OK}}}, RecvTime: now})
+	h.HandleRPC(ctx, &stats.OutPayload{Payload: &v1.ClientFrame{Frame: &v1.ClientFrame_Deliver{Deliver: &v1.Deliver{Seq: 1}}}, SentTime: now})
+	if got := value(t, reg, "edgebridge_grpc_stream_in_flight", "addr", "a:1"); got != 0 {
+		t.Fatalf("got in flight %v, want 0", got)
+	}
+	if n := testutil.CollectAndCount(reg, "edgebridge_grpc_stream_ack_latency_seconds"); n != 1 {
+		t.Fatalf("got %d latency series, want 1", n)
+	}
+	if got := value(t, reg, "edgebridge_grpc_stream_deliveries_total", "addr", "a:1"); got != 1 {
+		t.Fatalf("got %v deliveries, want 1", got)
+	}
 }

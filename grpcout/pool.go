@@ -210,38 +210,34 @@ func (p *Pool) placeLocked(pt *partition) {
 // the fewest partitions. except is counted without the partition being
 // placed.
 func (p *Pool) leastLoadedLocked(except *link) *link {
-	var best *link
-	score := func(l *link) (bool, int, int) {
-		parts := l.parts
-		if l == except {
-			parts--
-		}
-		return l.usableLocked(), parts, len(l.queue)
+	// Called on the Deliver path: no allocation, ties go to the lower
+	// address so placement does not depend on map order.
+	type score struct {
+		usable       bool
+		parts, queue int
+		addr         string
 	}
-	for _, l := range p.sortedLinksLocked() {
+	better := func(a, b score) bool {
+		if a.usable != b.usable {
+			return a.usable
+		}
+		return cmp.Or(cmp.Compare(a.parts, b.parts), cmp.Compare(a.queue, b.queue), cmp.Compare(a.addr, b.addr)) < 0
+	}
+	var best *link
+	var bs score
+	for _, l := range p.links {
 		if l.removed {
 			continue
 		}
-		if best == nil {
-			best = l
-			continue
+		s := score{l.usableLocked(), l.parts, len(l.queue), l.addr}
+		if l == except {
+			s.parts--
 		}
-		bu, bp, bq := score(best)
-		lu, lp, lq := score(l)
-		if (lu && !bu) || (lu == bu && (lp < bp || (lp == bp && lq < bq))) {
-			best = l
+		if best == nil || better(s, bs) {
+			best, bs = l, s
 		}
 	}
 	return best
-}
-
-func (p *Pool) sortedLinksLocked() []*link {
-	ls := make([]*link, 0, len(p.links))
-	for _, l := range p.links {
-		ls = append(ls, l)
-	}
-	slices.SortFunc(ls, func(a, b *link) int { return cmp.Compare(a.addr, b.addr) })
-	return ls
 }
 
 func (p *Pool) moveLocked(pt *partition, to *link) {
@@ -432,34 +428,23 @@ type LinkStatus struct {
 	Target, Addr string
 	Up           bool
 	// Reason and Err of the last failure while the link is not up.
-	Reason     Reason
-	Err        error
-	Credits    int // the backend's current grant
-	InFlight   int // sent on the current stream, not yet ACKed
-	Queued     int // waiting for credit or for a stream
-	Partitions int
+	Reason Reason
+	Err    error
 }
 
 // Status describes every backend address, sorted by address.
 func (p *Pool) Status() []LinkStatus {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	var out []LinkStatus
-	for _, l := range p.sortedLinksLocked() {
-		s := LinkStatus{Target: l.target, Addr: l.addr, Up: l.upLocked(), Partitions: l.parts}
-		if l.st != nil {
-			s.Credits, s.InFlight = l.st.credits, len(l.st.sent)
-		}
-		for _, d := range l.queue {
-			if !d.finished && d.owner == l && (l.st == nil || d.sentGen != l.st.gen) {
-				s.Queued++
-			}
-		}
+	out := make([]LinkStatus, 0, len(p.links))
+	for _, l := range p.links {
+		s := LinkStatus{Target: l.target, Addr: l.addr, Up: l.upLocked()}
 		if !s.Up {
 			s.Reason, s.Err = l.lastReason, l.lastErr
 		}
 		out = append(out, s)
 	}
+	slices.SortFunc(out, func(a, b LinkStatus) int { return cmp.Compare(a.Addr, b.Addr) })
 	return out
 }
 

@@ -324,13 +324,8 @@ func TestCredentialFailuresVirtualTime(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
-				srv := backend.NewServer(backend.Config{}, okHandler(nil), nil)
-				opts := append([]grpc.ServerOption{grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}}))},
-					backend.TokenAuth("right")...)
-				gs := grpc.NewServer(opts...)
-				srv.Register(gs)
 				n := &vnet{}
-				defer n.serve(gs)()
+				defer n.serve(tlsBackend(cert, "right", nil))()
 				ev := &events{}
 				logs := &countingHandler{}
 				p := startPool(t, n, grpcout.Config{TLS: &tls.Config{RootCAs: tc.trust}, Token: tc.token}, ev, grpcout.WithLogger(slog.New(logs)))
@@ -377,6 +372,50 @@ func (h *countingHandler) Handle(_ context.Context, r slog.Record) error {
 func (h *countingHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h *countingHandler) WithGroup(string) slog.Handler      { return h }
 
+// tlsBackend is a backend serving TLS with cert and requiring token.
+func tlsBackend(cert tls.Certificate, token string, calls *atomic.Int64) *grpc.Server {
+	opts := append([]grpc.ServerOption{grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}}))},
+		backend.TokenAuth(token)...)
+	gs := grpc.NewServer(opts...)
+	backend.NewServer(backend.Config{}, okHandler(calls), nil).Register(gs)
+	return gs
+}
+
+// A backend that drains and stays up (e.g. a replica being emptied): after
+// two streams it ends at once, the bridge asks grpc.health.v1, hears
+// NOT_SERVING and opens no more streams while that holds.
+func TestHealthCheckBeforeReconnectVirtualTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		srv := backend.NewServer(backend.Config{}, okHandler(nil), nil)
+		gs := grpc.NewServer()
+		srv.Register(gs)
+		n := &vnet{}
+		defer n.serve(gs)()
+		ev := &events{}
+		startPool(t, n, grpcout.Config{}, ev)
+		time.Sleep(5 * time.Second)
+		if len(ev.of(grpcout.StreamUp)) != 1 {
+			t.Fatal("no stream up")
+		}
+		drained := time.Now()
+		srv.Drain("emptying this replica")
+		time.Sleep(2 * time.Minute)
+		var notServing []timedEvent
+		for _, d := range ev.of(grpcout.StreamDown) {
+			if d.Reason == grpcout.ReasonNotServing {
+				notServing = append(notServing, d)
+			}
+		}
+		if len(notServing) == 0 {
+			t.Fatalf("no %q failure after the drain: %v", grpcout.ReasonNotServing, ev.of(grpcout.StreamDown))
+		}
+		ups := ev.of(grpcout.StreamUp)
+		if last := ups[len(ups)-1]; last.at.After(notServing[0].at) {
+			t.Fatalf("a stream opened at %s after the health check said NOT_SERVING", last.at.Sub(drained))
+		}
+	})
+}
+
 // selfSigned makes a certificate for name and a pool that trusts it.
 func selfSigned(t *testing.T, name string) (tls.Certificate, *x509.CertPool) {
 	t.Helper()
@@ -409,13 +448,8 @@ func TestTLSAndTokenVirtualTime(t *testing.T) {
 	cert, pool := selfSigned(t, "backend.test")
 	synctest.Test(t, func(t *testing.T) {
 		var calls atomic.Int64
-		srv := backend.NewServer(backend.Config{}, okHandler(&calls), nil)
-		opts := append([]grpc.ServerOption{grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}}))},
-			backend.TokenAuth("right")...)
-		gs := grpc.NewServer(opts...)
-		srv.Register(gs)
 		n := &vnet{}
-		defer n.serve(gs)()
+		defer n.serve(tlsBackend(cert, "right", &calls))()
 		p := startPool(t, n, grpcout.Config{TLS: &tls.Config{RootCAs: pool}, Token: "right"}, &events{})
 		got := make(chan *v1.Ack, 1)
 		if err := p.Deliver(context.Background(), 0, env(1), func(a *v1.Ack) { got <- a }); err != nil {

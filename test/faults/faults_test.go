@@ -333,19 +333,22 @@ func TestOutOfOrderAcksThenStop(t *testing.T) {
 	})
 
 	// Where each withheld message sits in Kafka, and where each partition ends.
-	floor := map[int]int64{}
+	end := map[int]int64{}      // the next offset of each partition
+	withheld := map[int]int64{} // the first withheld offset of each partition
 	for _, rec := range r.records(r.cfg.Kafka.Topic, devices*requests) {
 		p := int(rec.Partition)
-		floor[p] = max(floor[p], rec.Offset+1) // all ACKed: the end
-	}
-	for _, rec := range r.records(r.cfg.Kafka.Topic, devices*requests) {
+		end[p] = max(end[p], rec.Offset+1)
 		env := &v1.Envelope{}
 		if err := proto.Unmarshal(rec.Value, env); err != nil {
 			t.Fatal(err)
 		}
-		if withhold[env.DeviceId+"/"+env.RequestId] {
-			floor[int(rec.Partition)] = min(floor[int(rec.Partition)], rec.Offset)
+		if first, ok := withheld[p]; withhold[env.DeviceId+"/"+env.RequestId] && (!ok || rec.Offset < first) {
+			withheld[p] = rec.Offset
 		}
+	}
+	floor := end // all ACKed: the end, else the first withheld record
+	for p, off := range withheld {
+		floor[p] = off
 	}
 	checkCommitted := func(when string) {
 		t.Helper()

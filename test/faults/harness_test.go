@@ -233,30 +233,18 @@ func (r *rig) check(res devicesim.Result, order bool) {
 	if err != nil {
 		r.t.Fatal(err)
 	}
-	seen := map[string]bool{}
-	last := map[string]string{}
-	twice, reordered := 0, 0
-	for _, e := range entries {
-		if seen[e.MessageID] {
-			twice++
-		}
-		seen[e.MessageID] = true
-		if prev, ok := last[e.DeviceID]; ok && e.RequestID <= prev {
-			reordered++
-		}
-		last[e.DeviceID] = e.RequestID
+	a := devicesim.AuditLedger(entries)
+	if a.Twice != 0 {
+		r.t.Errorf("processed twice: %d, want 0", a.Twice)
 	}
-	if twice != 0 {
-		r.t.Errorf("processed twice: %d, want 0", twice)
+	if len(a.Processed) != devices*requests {
+		r.t.Errorf("processed %d distinct requests, want %d", len(a.Processed), devices*requests)
 	}
-	if len(seen) != devices*requests {
-		r.t.Errorf("processed %d distinct requests, want %d", len(seen), devices*requests)
-	}
-	if order && reordered != 0 {
-		r.t.Errorf("per-device order broken %d times at the backend, want 0", reordered)
+	if order && a.Reordered != 0 {
+		r.t.Errorf("per-device order broken %d times at the backend, want 0", a.Reordered)
 	}
 	r.t.Logf("sent %d, replied %d, processed %d, twice %d, reordered %d, reconnects %v, p50 %s p99 %s",
-		res.Sent, res.Replied, len(seen), twice, reordered, r.events.reasons(), res.Percentile(50), res.Percentile(99))
+		res.Sent, res.Replied, len(a.Processed), a.Twice, a.Reordered, r.events.reasons(), res.Percentile(50), res.Percentile(99))
 }
 
 // testBackend is a backend.Server on a fixed loopback port behind a proxy.

@@ -8,7 +8,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -250,23 +249,9 @@ func (c *chaosRig) drive(sc scenario) report {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := map[string]bool{}
-	maxSeen := map[string]int{}
-	for _, e := range entries {
-		if !strings.HasPrefix(e.RequestID, "r-") {
-			continue // not a simulated device's request
-		}
-		key := e.DeviceID + "/" + e.RequestID
-		if seen[key] {
-			r.ProcessedTwice++
-		}
-		seen[key] = true
-		n, _ := strconv.Atoi(strings.TrimPrefix(e.RequestID, "r-"))
-		if m, ok := maxSeen[e.DeviceID]; ok && n < m {
-			r.MaxReorder = max(r.MaxReorder, m-n)
-		}
-		maxSeen[e.DeviceID] = max(maxSeen[e.DeviceID], n)
-	}
+	a := devicesim.AuditLedger(entries)
+	r.ProcessedTwice, r.MaxReorder = a.Twice, a.MaxReorder
+	seen := a.Processed
 	for i := range cfg.Devices {
 		for n := range cfg.Requests {
 			k := cfg.DeviceID(i+1) + "/" + devicesim.RequestID(n)

@@ -60,36 +60,26 @@ func checkLedger(t *testing.T, path string, cfgs ...devicesim.Config) {
 	for _, cfg := range cfgs {
 		want += cfg.Devices * cfg.Requests
 	}
-	seen := map[string]bool{}
-	last := map[string]string{}
-	twice, reordered := 0, 0
 	for _, e := range entries {
-		if seen[e.MessageID] {
-			twice++
-		}
-		seen[e.MessageID] = true
 		if e.MessageID != transcoder.MessageID(e.DeviceID, e.RequestID) {
 			t.Errorf("ledger entry %+v: message id not derived from device and request id", e)
 		}
-		if prev, ok := last[e.DeviceID]; ok && e.RequestID <= prev {
-			reordered++
-		}
-		last[e.DeviceID] = e.RequestID
 	}
-	if twice != 0 {
-		t.Errorf("got %d messages processed twice, want 0", twice)
+	a := devicesim.AuditLedger(entries)
+	if a.Twice != 0 {
+		t.Errorf("got %d messages processed twice, want 0", a.Twice)
 	}
-	if len(seen) != want {
-		t.Errorf("got %d unique messages in the ledger, want %d", len(seen), want)
+	if len(a.Processed) != want {
+		t.Errorf("got %d unique messages in the ledger, want %d", len(a.Processed), want)
 	}
-	if reordered != 0 {
-		t.Errorf("got %d per-device order violations at the backend, want 0", reordered)
+	if a.Reordered != 0 {
+		t.Errorf("got %d per-device order violations at the backend, want 0", a.Reordered)
 	}
 	for _, cfg := range cfgs {
 		for i := 1; i <= cfg.Devices; i++ {
 			dev := cfg.DeviceID(i)
 			for n := range cfg.Requests {
-				if !seen[transcoder.MessageID(dev, devicesim.RequestID(n))] {
+				if !a.Processed[dev+"/"+devicesim.RequestID(n)] {
 					t.Errorf("request %s/%s never reached the backend", dev, devicesim.RequestID(n))
 					return
 				}

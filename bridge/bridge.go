@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,6 +26,7 @@ import (
 	"github.com/edgebridge/edgebridge/ackwindow"
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/config"
+	"github.com/edgebridge/edgebridge/daprcomp"
 	"github.com/edgebridge/edgebridge/grpcout"
 	"github.com/edgebridge/edgebridge/kafkapipe"
 	"github.com/edgebridge/edgebridge/mqttin"
@@ -37,7 +37,7 @@ import (
 const ingestBatch = 512
 
 // envelopeContentType is the content-type header of request records.
-var envelopeContentType = []byte("application/x-protobuf; messageType=edgebridge.v1.Envelope")
+var envelopeContentType = []byte(kafkapipe.ContentTypeEnvelope)
 
 // Bridge is the running pipeline. Create it with New and run it with Run.
 type Bridge struct {
@@ -49,8 +49,9 @@ type Bridge struct {
 	mqtt     *mqttin.Client
 	producer *kafkapipe.Producer
 	win      *ackwindow.Window
-	consumer *kafkapipe.Consumer
-	pool     *grpcout.Pool
+	consumer *kafkapipe.Consumer // nil without backend targets
+	pool     *grpcout.Pool       // nil without backend targets
+	dapr     *daprcomp.Server    // nil unless dapr.enabled
 
 	finish  chan finishJob // replies and dead letters, then the window ACK
 	retries chan retryJob
@@ -120,6 +121,13 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	if err != nil {
 		return nil, err
 	}
+	if len(cfg.Backend.Targets) == 0 {
+		b.metrics.observeWindow(b.win)
+		if b.dapr, err = b.newDapr(); err != nil {
+			return nil, err
+		}
+		return b, nil // Dapr apps are the only consumers
+	}
 	b.consumer, err = kafkapipe.NewConsumer(kafkapipe.ConsumerConfig{
 		Brokers:        cfg.Kafka.Brokers,
 		GroupID:        cfg.Kafka.GroupID,
@@ -163,7 +171,44 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 		return nil, err
 	}
 	b.metrics.observeWindow(b.win)
+	if cfg.Dapr.Enabled {
+		if b.dapr, err = b.newDapr(); err != nil {
+			return nil, err
+		}
+	}
 	return b, nil
+}
+
+func (b *Bridge) newDapr() (*daprcomp.Server, error) {
+	cfg := b.cfg
+	return daprcomp.New(daprcomp.Config{
+		SocketPath:       cfg.Dapr.SocketPath(),
+		Brokers:          cfg.Kafka.Brokers,
+		Partitions:       cfg.Kafka.Partitions,
+		RequestTopic:     cfg.Kafka.Topic,
+		DLQTopic:         cfg.Kafka.DLQTopic,
+		ReplyTopic:       cfg.Dapr.ReplyTopic,
+		DeviceReplyTopic: cfg.MQTT.ReplyTopic,
+		Source:           "edgebridge/" + cfg.MQTT.ClientID,
+		Window:           cfg.Dapr.Window,
+		MaxAttempts:      cfg.Dapr.MaxAttempts,
+		RetryBackoff:     cfg.Dapr.RetryBackoff,
+		CommitInterval:   cfg.Kafka.CommitInterval,
+		DrainTimeout:     cfg.Shutdown.DrainTimeout,
+	}, daprcomp.Deps{MQTT: b.mqtt, Kafka: b.producer, Healthy: b.healthy}, daprcomp.WithLogger(b.log))
+}
+
+// healthy is nil while MQTT is subscribed and Kafka answers: what the
+// Dapr component needs.
+func (b *Bridge) healthy() error {
+	var errs []error
+	if !b.mqtt.Subscribed() {
+		errs = append(errs, errors.New("mqtt not subscribed"))
+	}
+	if !b.kafkaOK.Load() {
+		errs = append(errs, errors.New("kafka unreachable"))
+	}
+	return errors.Join(errs...)
 }
 
 // Metrics returns the bridge's metrics.
@@ -180,6 +225,12 @@ func (b *Bridge) Ready() (bool, []string) {
 	}
 	if !b.kafkaOK.Load() {
 		why = append(why, "kafka unreachable")
+	}
+	if b.dapr != nil && !b.dapr.Serving() {
+		why = append(why, "dapr component socket not serving")
+	}
+	if b.pool == nil {
+		return len(why) == 0, why
 	}
 	up := false
 	for _, s := range b.pool.Status() {
@@ -230,7 +281,9 @@ func (b *Bridge) Run(ctx context.Context) error {
 		})
 	}
 	stage(b.mqtt.Run)
-	stage(b.pool.Run)
+	if b.pool != nil {
+		stage(b.pool.Run)
+	}
 	for range 8 {
 		lifeWG.Go(func() { b.finisher(life) })
 	}
@@ -239,7 +292,14 @@ func (b *Bridge) Run(ctx context.Context) error {
 
 	g, gctx := errgroup.WithContext(intake)
 	g.Go(func() error { return b.ingest(gctx) })
-	g.Go(func() error { return b.consumer.Run(gctx) })
+	if b.consumer != nil {
+		g.Go(func() error { return b.consumer.Run(gctx) })
+	}
+	if b.dapr != nil {
+		// The component drains its subscriptions after gctx ends, while
+		// MQTT and the producer are still up.
+		g.Go(func() error { return b.dapr.Run(gctx) })
+	}
 	err := g.Wait()
 	b.log.Info("bridge: intake stopped", "in_flight", b.win.InFlight())
 	stopLife()
@@ -324,7 +384,7 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 			if errors.As(err, &te) {
 				detail = te.Detail
 			}
-			recs = append(recs, *deadLetter(b.cfg.Kafka.DLQTopic, m.DeviceID, m.Topic, m.Payload, string(reason), err.Error()))
+			recs = append(recs, kafkapipe.DeadLetter(b.cfg.Kafka.DLQTopic, m.DeviceID, m.Topic, m.Payload, string(reason), err.Error()))
 			rejects = append(rejects, rejection{
 				topic:  mqttin.ReplyTopic(b.cfg.MQTT.ReplyTopic, m.DeviceID),
 				reply:  transcoder.RejectReply(transcoder.RequestIDHint(m.Payload), "", reason, detail),
@@ -377,19 +437,4 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 type rejection struct {
 	topic, reason string
 	reply         []byte
-}
-
-func deadLetter(topic, deviceID, source string, payload []byte, reason, detail string) *kafkapipe.Record {
-	return &kafkapipe.Record{
-		Topic: topic,
-		Key:   []byte(deviceID),
-		Value: payload,
-		Headers: []kafka.Header{
-			{Key: kafkapipe.HeaderReason, Value: []byte(reason)},
-			{Key: kafkapipe.HeaderDetail, Value: []byte(detail)},
-			{Key: kafkapipe.HeaderDeviceID, Value: []byte(deviceID)},
-			{Key: kafkapipe.HeaderSourceTopic, Value: []byte(source)},
-			{Key: "edgebridge-dead-lettered-at", Value: []byte(strconv.FormatInt(time.Now().UnixMilli(), 10))},
-		},
-	}
 }

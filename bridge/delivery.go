@@ -21,9 +21,9 @@ func (b *Bridge) handleRecord(ctx context.Context, m kafkapipe.Message) error {
 	if err := proto.Unmarshal(m.Value, env); err != nil || env.GetMessageId() == "" {
 		// Not an envelope (someone else wrote to the topic): dead-letter it
 		// rather than block the partition.
-		device := string(m.Key)
+		dl := kafkapipe.DeadLetter(b.cfg.Kafka.DLQTopic, string(m.Key), m.Topic, m.Value, "corrupt_envelope", "record is not an edgebridge.v1.Envelope")
 		b.enqueueFinish(ctx, finishJob{
-			dlq:  deadLetter(b.cfg.Kafka.DLQTopic, device, m.Topic, m.Value, "corrupt_envelope", "record is not an edgebridge.v1.Envelope"),
+			dlq:  &dl,
 			done: b.windowAck(m.Partition, m.Offset, "corrupt_envelope"),
 		})
 		return nil
@@ -69,7 +69,7 @@ func (b *Bridge) deadLetterJob(part int32, offset int64, env *v1.Envelope, reply
 		code = "backend_" + grpcmetrics.OutcomeLabel(ack.GetOutcome())
 	}
 	payload, _ := proto.Marshal(env)
-	dl := deadLetter(b.cfg.Kafka.DLQTopic, env.GetDeviceId(), env.GetSourceTopic(), payload, code, ack.GetReason())
+	dl := kafkapipe.DeadLetter(b.cfg.Kafka.DLQTopic, env.GetDeviceId(), env.GetSourceTopic(), payload, code, ack.GetReason())
 	reply := ack.GetReply()
 	if len(reply) == 0 {
 		reply = transcoder.EncodeReply(&v1.PaymentReply{
@@ -77,7 +77,7 @@ func (b *Bridge) deadLetterJob(part int32, offset int64, env *v1.Envelope, reply
 			Status: status, Code: ack.GetCode(), Reason: ack.GetReason(),
 		})
 	}
-	return finishJob{dlq: dl, replyTopic: replyTopic, reply: reply, done: b.windowAck(part, offset, code)}
+	return finishJob{dlq: &dl, replyTopic: replyTopic, reply: reply, done: b.windowAck(part, offset, code)}
 }
 
 func (b *Bridge) windowAck(part int32, offset int64, dlqReason string) func() {

@@ -12,10 +12,13 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/edgebridge/edgebridge/kafkapipe"
 )
 
 // Embedded is the broker value that selects an in-process broker.
@@ -26,6 +29,7 @@ type Config struct {
 	MQTT     MQTT     `yaml:"mqtt"`
 	Kafka    Kafka    `yaml:"kafka"`
 	Backend  Backend  `yaml:"backend"`
+	Dapr     Dapr     `yaml:"dapr"`
 	Admin    Admin    `yaml:"admin"`
 	Shutdown Shutdown `yaml:"shutdown"`
 }
@@ -73,7 +77,8 @@ type Kafka struct {
 type Backend struct {
 	// Targets are gRPC addresses (host:port) of backends; a host name that
 	// resolves to several addresses gets a stream to each. Backends must
-	// share their dedup store. Default: ["127.0.0.1:7070"].
+	// share their dedup store. Default: ["127.0.0.1:7070"], or none when
+	// dapr.enabled (Dapr apps are then the only consumers).
 	Targets []string `yaml:"targets"`
 	// Window is the most un-ACKed deliveries per stream. Default: 128.
 	Window int `yaml:"window"`
@@ -154,6 +159,39 @@ type TLS struct {
 	ServerName string `yaml:"server_name"`
 }
 
+// Dapr settings: edgebridge as a Dapr pluggable component (pubsub.<name>
+// and bindings.<name>) on a Unix socket.
+type Dapr struct {
+	// Enabled serves the component socket.
+	Enabled bool `yaml:"enabled"`
+	// SocketFolder is where daprd looks for component sockets.
+	// Default: $DAPR_COMPONENTS_SOCKETS_FOLDER, else /tmp/dapr-components-sockets.
+	SocketFolder string `yaml:"socket_folder"`
+	// SocketName: the socket is <socket_folder>/<socket_name>.sock and the
+	// component types are pubsub.<socket_name> and bindings.<socket_name>.
+	// Default: edgebridge.
+	SocketName string `yaml:"socket_name"`
+	// ReplyTopic: what a Dapr app publishes here goes to the device over
+	// MQTT instead of to Kafka. Default: payment.replies.
+	ReplyTopic string `yaml:"reply_topic"`
+	// Window is the most un-ACKed messages per subscription. Default: 128.
+	Window int `yaml:"window"`
+	// MaxAttempts for a message a Dapr app answers with an error before it
+	// is dead-lettered. Default: 5.
+	MaxAttempts int `yaml:"max_attempts"`
+	// RetryBackoff is the first delay before redelivering it; it doubles. Default: 1s.
+	RetryBackoff time.Duration `yaml:"retry_backoff"`
+}
+
+// DefaultDaprSocketFolder is daprd's own default.
+const DefaultDaprSocketFolder = "/tmp/dapr-components-sockets"
+
+// DaprSocketFolderEnv is the variable daprd reads the socket folder from.
+const DaprSocketFolderEnv = "DAPR_COMPONENTS_SOCKETS_FOLDER"
+
+// SocketPath is the component socket's path.
+func (d Dapr) SocketPath() string { return filepath.Join(d.SocketFolder, d.SocketName+".sock") }
+
 // Admin settings.
 type Admin struct {
 	// Listen address of /metrics, /healthz, /readyz. Default: 127.0.0.1:9464.
@@ -209,7 +247,7 @@ func (c *Config) ApplyDefaults() {
 	defI(&c.Kafka.Partitions, 8)
 	defD(&c.Kafka.BatchTimeout, time.Millisecond)
 	defD(&c.Kafka.CommitInterval, 200*time.Millisecond)
-	if len(c.Backend.Targets) == 0 {
+	if c.Backend.Targets == nil && !c.Dapr.Enabled {
 		c.Backend.Targets = []string{"127.0.0.1:7070"}
 	}
 	defI(&c.Backend.Window, 128)
@@ -234,6 +272,13 @@ func (c *Config) ApplyDefaults() {
 	defD(&h.SlowRTT, 500*time.Millisecond)
 	defD(&c.Backend.Keepalive.Time, 20*time.Second)
 	defD(&c.Backend.Keepalive.Timeout, 10*time.Second)
+	def(&c.Dapr.SocketFolder, os.Getenv(DaprSocketFolderEnv))
+	def(&c.Dapr.SocketFolder, DefaultDaprSocketFolder)
+	def(&c.Dapr.SocketName, "edgebridge")
+	def(&c.Dapr.ReplyTopic, "payment.replies")
+	defI(&c.Dapr.Window, 128)
+	defI(&c.Dapr.MaxAttempts, 5)
+	defD(&c.Dapr.RetryBackoff, time.Second)
 	def(&c.Admin.Listen, "127.0.0.1:9464")
 	defD(&c.Shutdown.DrainTimeout, 30*time.Second)
 }
@@ -292,7 +337,7 @@ func (c *Config) Validate() error {
 	}
 	addr("kafka.embedded_listen", c.Kafka.EmbeddedListen)
 	for key, t := range map[string]string{"kafka.topic": c.Kafka.Topic, "kafka.dlq_topic": c.Kafka.DLQTopic} {
-		if !validTopic(t) {
+		if !kafkapipe.ValidTopic(t) {
 			bad(key, "%q is not a valid Kafka topic name", t)
 		}
 	}
@@ -304,6 +349,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.BatchTimeout < 0 || c.Kafka.CommitInterval < 0 {
 		bad("kafka", "durations must not be negative")
+	}
+	if len(c.Backend.Targets) == 0 && !c.Dapr.Enabled {
+		bad("backend.targets", "at least one target is needed unless dapr.enabled")
 	}
 	for _, t := range c.Backend.Targets {
 		if t == "" {
@@ -363,11 +411,46 @@ func (c *Config) Validate() error {
 			bad("backend.token_file", "%v", err)
 		}
 	}
+	if c.Dapr.Enabled {
+		c.validateDapr(bad)
+	}
 	addr("admin.listen", c.Admin.Listen)
 	if c.Shutdown.DrainTimeout < 0 {
 		bad("shutdown.drain_timeout", "must not be negative")
 	}
 	return errors.Join(errs...)
+}
+
+// maxSocketPath is the longest path a Unix socket can have on Linux
+// (sun_path is 108 bytes including the terminating NUL).
+const maxSocketPath = 107
+
+func (c *Config) validateDapr(bad func(key, format string, args ...any)) {
+	d := c.Dapr
+	if !filepath.IsAbs(d.SocketFolder) {
+		bad("dapr.socket_folder", "%q must be an absolute path", d.SocketFolder)
+	}
+	if d.SocketName == "" || strings.ContainsAny(d.SocketName, "/\\\x00") || d.SocketName == "." || d.SocketName == ".." {
+		bad("dapr.socket_name", "%q must be a plain file name", d.SocketName)
+	}
+	if p := d.SocketPath(); len(p) > maxSocketPath {
+		bad("dapr.socket_folder", "socket path %q is %d bytes; Unix sockets allow %d", p, len(p), maxSocketPath)
+	}
+	if !kafkapipe.ValidTopic(d.ReplyTopic) {
+		bad("dapr.reply_topic", "%q is not a valid topic name", d.ReplyTopic)
+	}
+	if d.ReplyTopic == c.Kafka.Topic || d.ReplyTopic == c.Kafka.DLQTopic {
+		bad("dapr.reply_topic", "%q must differ from kafka.topic and kafka.dlq_topic", d.ReplyTopic)
+	}
+	if d.Window < 1 || d.Window > 65536 {
+		bad("dapr.window", "%d must be between 1 and 65536", d.Window)
+	}
+	if d.MaxAttempts < 1 {
+		bad("dapr.max_attempts", "%d must be at least 1", d.MaxAttempts)
+	}
+	if d.RetryBackoff < 0 {
+		bad("dapr.retry_backoff", "must not be negative")
+	}
 }
 
 // Config loads the TLS files; nil when TLS is off.
@@ -410,18 +493,6 @@ func (b Backend) Token() (string, error) {
 		return "", fmt.Errorf("%s is empty", b.TokenFile)
 	}
 	return tok, nil
-}
-
-func validTopic(t string) bool {
-	if t == "" || len(t) > 249 || t == "." || t == ".." {
-		return false
-	}
-	for _, r := range t {
-		if !(r == '.' || r == '_' || r == '-' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9')) {
-			return false
-		}
-	}
-	return true
 }
 
 // Parse decodes YAML, rejecting unknown keys, then applies defaults and

@@ -27,6 +27,10 @@ type ConsumerConfig struct {
 	SessionTimeout time.Duration
 	// MaxWait bounds a fetch long-poll. Default: 250ms.
 	MaxWait time.Duration
+	// StartNewest makes a group with no committed offset start at the end
+	// of each partition instead of the beginning. Default: false (oldest:
+	// records written before the group first joined are delivered too).
+	StartNewest bool
 }
 
 func (c ConsumerConfig) withDefaults() ConsumerConfig {
@@ -74,6 +78,9 @@ type Consumer struct {
 
 	mu        sync.Mutex
 	committed map[int32]int64 // last committed offset per partition in this generation
+
+	abandoned context.Context // done once Abandon was called
+	abandon   context.CancelFunc
 }
 
 // ConsumerOption configures optional hooks.
@@ -106,21 +113,32 @@ func NewConsumer(cfg ConsumerConfig, win *ackwindow.Window, handle Handler, opts
 		return nil, err
 	}
 	c := &Consumer{cfg: cfg.withDefaults(), win: win, handle: handle, log: slog.Default()}
+	c.abandoned, c.abandon = context.WithCancel(context.Background())
 	for _, o := range opts {
 		o(c)
 	}
 	return c, nil
 }
 
+// Abandon makes a stopping Run skip waiting for the window: whoever would
+// acknowledge the records in flight is gone, so Run commits what was
+// acknowledged and leaves the group at once; Kafka redelivers the rest to
+// the next member. Call it before or after ctx ends. Safe for concurrent use.
+func (c *Consumer) Abandon() { c.abandon() }
+
 // Run consumes until ctx ends, then stops fetching, waits up to DrainTimeout
 // for the window to empty, commits the floors and leaves the group. It
 // blocks until all of that is done.
 func (c *Consumer) Run(ctx context.Context) error {
+	start := kafka.FirstOffset
+	if c.cfg.StartNewest {
+		start = kafka.LastOffset
+	}
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                    c.cfg.GroupID,
 		Brokers:               c.cfg.Brokers,
 		Topics:                []string{c.cfg.Topic},
-		StartOffset:           kafka.FirstOffset,
+		StartOffset:           start,
 		SessionTimeout:        c.cfg.SessionTimeout,
 		HeartbeatInterval:     c.cfg.SessionTimeout / 5,
 		RebalanceTimeout:      c.cfg.SessionTimeout,
@@ -195,9 +213,11 @@ func (c *Consumer) runGeneration(ctx, genCtx context.Context, gen *kafka.Generat
 		// Graceful stop: the generation is still ours, so let the backends
 		// finish the window and commit everything they acknowledged.
 		drainCtx, cancel := context.WithTimeout(genCtx, c.cfg.DrainTimeout)
+		stopDrain := context.AfterFunc(c.abandoned, cancel)
 		emptied := make(chan struct{})
 		go func() { _ = c.win.WaitEmpty(drainCtx); close(emptied) }()
 		commitUntil(emptied)
+		stopDrain()
 		cancel()
 		if n := c.win.InFlight(); n > 0 {
 			c.log.Warn("kafkapipe: drain timed out; un-acknowledged records will be redelivered", "in_flight", n)

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -23,6 +24,8 @@ const (
 	HeaderSourceTopic = "edgebridge-source-topic"
 	HeaderReason      = "edgebridge-dlq-reason"
 	HeaderDetail      = "edgebridge-dlq-detail"
+	// HeaderDeadLetteredAt is when a record was dead-lettered, Unix milliseconds.
+	HeaderDeadLetteredAt = "edgebridge-dead-lettered-at"
 )
 
 // ProducerConfig configures a Producer. Zero values mean the default.
@@ -144,4 +147,48 @@ func Ping(ctx context.Context, brokers []string) error {
 func adminClient(brokers []string, timeout time.Duration) (*kafka.Client, func()) {
 	tr := &kafka.Transport{}
 	return &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: timeout, Transport: tr}, tr.CloseIdleConnections
+}
+
+// ValidTopic reports whether t follows Kafka's topic name rules.
+func ValidTopic(t string) bool {
+	if t == "" || len(t) > 249 || t == "." || t == ".." {
+		return false
+	}
+	for _, r := range t {
+		if !(r == '.' || r == '_' || r == '-' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9')) {
+			return false
+		}
+	}
+	return true
+}
+
+// ContentTypeEnvelope is the content-type header of the bridge's request
+// records: each value is an edgebridge.v1.Envelope.
+const ContentTypeEnvelope = "application/x-protobuf; messageType=edgebridge.v1.Envelope"
+
+// Header returns the value of the first header named key, or nil.
+func Header(hs []kafka.Header, key string) []byte {
+	for _, h := range hs {
+		if h.Key == key {
+			return h.Value
+		}
+	}
+	return nil
+}
+
+// DeadLetter builds the DLQ record of payload: the reason (a stable code)
+// and detail go in headers, with the device and the topic it came from.
+func DeadLetter(topic, deviceID, source string, payload []byte, reason, detail string) Record {
+	return Record{
+		Topic: topic,
+		Key:   []byte(deviceID),
+		Value: payload,
+		Headers: []kafka.Header{
+			{Key: HeaderReason, Value: []byte(reason)},
+			{Key: HeaderDetail, Value: []byte(detail)},
+			{Key: HeaderDeviceID, Value: []byte(deviceID)},
+			{Key: HeaderSourceTopic, Value: []byte(source)},
+			{Key: HeaderDeadLetteredAt, Value: []byte(strconv.FormatInt(time.Now().UnixMilli(), 10))},
+		},
+	}
 }

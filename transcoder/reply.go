@@ -92,3 +92,44 @@ func RequestIDHint(payload []byte) string {
 	}
 	return probe.RequestID
 }
+
+// AppReply is a reply as a Dapr app publishes it to the reply topic: the
+// device's reply plus the device it goes to.
+type AppReply struct {
+	DeviceID string `json:"device_id"`
+	Reply
+}
+
+// DecodeAppReply parses and validates an app's reply and returns the device
+// it is for and the reply in the device's JSON format. A missing message_id
+// is derived from device_id and request_id; status is case-insensitive.
+// Every failure is an *Error with Reason ReasonMalformed or ReasonBadDeviceID.
+func DecodeAppReply(b []byte) (deviceID string, reply []byte, err error) {
+	var r AppReply
+	if err := json.Unmarshal(b, &r); err != nil {
+		return "", nil, &Error{Reason: ReasonMalformed, Detail: "reply is not a JSON object", Err: err}
+	}
+	if err := validateDeviceID(r.DeviceID); err != nil {
+		return "", nil, err
+	}
+	var problems []string
+	if r.RequestID == "" || len(r.RequestID) > maxFieldLen {
+		problems = append(problems, fmt.Sprintf("request_id must have 1 to %d bytes", maxFieldLen))
+	}
+	switch r.Status = strings.ToUpper(r.Status); r.Status {
+	case StatusApproved, StatusDeclined, StatusRejected, StatusError:
+	default:
+		problems = append(problems, fmt.Sprintf("status %q is not one of APPROVED, DECLINED, REJECTED, ERROR", truncate(r.Status, 16)))
+	}
+	if len(r.Reason) > 1024 || len(r.Code) > maxFieldLen || len(r.MessageID) > maxFieldLen {
+		problems = append(problems, "code, message_id or reason too long")
+	}
+	if len(problems) > 0 {
+		return "", nil, &Error{Reason: ReasonMalformed, Detail: strings.Join(problems, "; ")}
+	}
+	if r.MessageID == "" {
+		r.MessageID = MessageID(r.DeviceID, r.RequestID)
+	}
+	reply, _ = json.Marshal(r.Reply) // a struct of strings always marshals
+	return r.DeviceID, reply, nil
+}

@@ -1,0 +1,87 @@
+package daprcomp
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	components "github.com/dapr/dapr/pkg/proto/components/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// OperationCreate publishes the invocation's data to an MQTT topic.
+const OperationCreate = "create"
+
+// MetaTopic is the invoke metadata key naming the MQTT topic.
+const MetaTopic = "topic"
+
+// binding is the output binding: how Dapr apps send commands to devices.
+type binding struct {
+	components.UnimplementedOutputBindingServer
+	srv *Server
+}
+
+// Init accepts no component metadata but Dapr's own "direction" (the MQTT
+// connection is the bridge's).
+func (b *binding) Init(_ context.Context, req *components.OutputBindingInitRequest) (*components.OutputBindingInitResponse, error) {
+	var keys []string
+	for k, v := range req.GetMetadata().GetProperties() {
+		if k == "direction" && (v == "" || v == "output") {
+			continue
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) > 0 {
+		sort.Strings(keys)
+		return nil, status.Errorf(codes.InvalidArgument,
+			"binding init: unknown metadata %s (the binding takes none; the topic goes in each invocation's metadata %q)",
+			strings.Join(keys, ", "), MetaTopic)
+	}
+	return &components.OutputBindingInitResponse{}, nil
+}
+
+// Invoke runs an operation; only "create" exists. It returns after the
+// MQTT broker's PUBACK.
+func (b *binding) Invoke(ctx context.Context, req *components.InvokeRequest) (*components.InvokeResponse, error) {
+	if op := req.GetOperation(); op != OperationCreate {
+		return nil, status.Errorf(codes.InvalidArgument, "binding: operation %q is not supported (supported: %s)", op, OperationCreate)
+	}
+	topic := req.GetMetadata()[MetaTopic]
+	if err := checkPublishTopic(topic); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "binding: metadata %q: %v", MetaTopic, err)
+	}
+	if err := b.srv.deps.MQTT.Publish(ctx, topic, req.GetData()); err != nil {
+		return nil, unavailable("binding: publish to %s: %v", topic, err)
+	}
+	return &components.InvokeResponse{Metadata: map[string]string{MetaTopic: topic}}, nil
+}
+
+// ListOperations lists the supported operations.
+func (b *binding) ListOperations(context.Context, *components.ListOperationsRequest) (*components.ListOperationsResponse, error) {
+	return &components.ListOperationsResponse{Operations: []string{OperationCreate}}, nil
+}
+
+// Ping fails while the pipeline is unhealthy.
+func (b *binding) Ping(context.Context, *components.PingRequest) (*components.PingResponse, error) {
+	if err := b.srv.ping(); err != nil {
+		return nil, err
+	}
+	return &components.PingResponse{}, nil
+}
+
+// checkPublishTopic applies MQTT's rules for a topic one publishes to.
+func checkPublishTopic(t string) error {
+	switch {
+	case t == "":
+		return fmt.Errorf("missing: name the MQTT topic to publish to")
+	case len(t) > 65535:
+		return fmt.Errorf("longer than 65535 bytes")
+	case strings.ContainsAny(t, "+#\x00"):
+		return fmt.Errorf("%q must not contain wildcards (+ #) or NUL", t)
+	case strings.HasPrefix(t, "$"):
+		return fmt.Errorf("%q: topics starting with $ are reserved for the broker", t)
+	}
+	return nil
+}

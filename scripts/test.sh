@@ -19,6 +19,11 @@ fi
 step "go mod download"
 go mod download
 
+step "daprd (built from github.com/dapr/dapr, cached)"
+EDGEBRIDGE_DAPRD=$(./scripts/daprd.sh)
+export EDGEBRIDGE_DAPRD
+echo "$EDGEBRIDGE_DAPRD"
+
 step "gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go'))
 [ -z "$unformatted" ] || { echo "gofmt needed:"; echo "$unformatted"; exit 1; }

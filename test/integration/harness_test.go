@@ -94,8 +94,17 @@ func (s *syncBuffer) String() string {
 
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
+	return startEnv(t, nil, name, args...)
+}
+
+// startEnv is start with extra environment variables (KEY=value).
+func startEnv(t *testing.T, env []string, name string, args ...string) *proc {
+	t.Helper()
 	p := &proc{name: filepath.Base(name), cmd: exec.Command(name, args...), out: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	if env != nil {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatalf("start %s: %v", name, err)
 	}
@@ -260,8 +269,9 @@ type bridgeProc struct {
 }
 
 type bridgeOpts struct {
-	mqtt, kafka, backend string
+	mqtt, kafka, backend string // backend "": no targets (Dapr only)
 	extra                string // more YAML, appended under backend:
+	top                  string // more top-level YAML (e.g. a dapr: section)
 	clientID             string // default: bridge-<test name>
 	subscribe            string // default: payment/request/+
 }
@@ -275,6 +285,10 @@ func writeBridgeConfig(t *testing.T, o bridgeOpts) (path, admin string) {
 	if o.subscribe == "" {
 		o.subscribe = "payment/request/+"
 	}
+	targets := ""
+	if o.backend != "" {
+		targets = `"` + o.backend + `"`
+	}
 	doc := fmt.Sprintf(`mqtt:
   broker: %s
   client_id: %s
@@ -286,7 +300,7 @@ kafka:
   dlq_topic: edgebridge.payment.dlq
   group_id: edgebridge
 backend:
-  targets: ["%s"]
+  targets: [%s]
   window: 128
   reconnect:
     initial: 200ms
@@ -298,7 +312,7 @@ backend:
   listen: %s
 shutdown:
   drain_timeout: 20s
-`, o.mqtt, o.clientID, o.subscribe, o.kafka, o.backend, o.extra, admin)
+%s`, o.mqtt, o.clientID, o.subscribe, o.kafka, targets, o.extra, admin, o.top)
 	path = filepath.Join(t.TempDir(), "edgebridge.yaml")
 	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
 		t.Fatal(err)

@@ -1,9 +1,13 @@
 package config
 
 import (
+	"bytes"
+	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 func TestParseDefaults(t *testing.T) {
@@ -90,6 +94,19 @@ admin:
 			"cert_file and key_file go together", "/nonexistent/ca.pem", "backend.token_file", "admin.listen"}},
 		{name: "token needs tls", doc: "backend:\n  token_file: /etc/hostname\n", want: []string{"a token requires backend.tls.enabled"}},
 		{name: "tls settings without tls", doc: "backend:\n  tls:\n    server_name: x\n", want: []string{"enabled is false"}},
+		{name: "no targets without dapr", doc: "backend:\n  targets: []\n", want: []string{"backend.targets: at least one target"}},
+		{name: "dapr problems", doc: `
+dapr:
+  enabled: true
+  socket_folder: relative/dir
+  socket_name: "a/b"
+  reply_topic: edgebridge.payment.requests
+  window: -3
+  max_attempts: -1
+  retry_backoff: -1s
+`, want: []string{"dapr.socket_folder", "dapr.socket_name", "dapr.reply_topic", "dapr.window", "dapr.max_attempts", "dapr.retry_backoff"}},
+		{name: "dapr socket path too long", doc: "dapr:\n  enabled: true\n  socket_folder: /" + strings.Repeat("x", 120) + "\n",
+			want: []string{"Unix sockets allow 107"}},
 		{name: "subscribe must end in device level", doc: "mqtt:\n  subscribe: [\"payment/#\"]\n", want: []string{"mqtt.subscribe"}},
 	}
 	for _, tc := range tests {
@@ -104,5 +121,62 @@ admin:
 				}
 			}
 		})
+	}
+}
+
+// TestParseDapr: with dapr.enabled the backends are optional (Dapr apps
+// may be the only consumers) and the socket folder follows daprd's variable.
+func TestParseDapr(t *testing.T) {
+	t.Setenv(DaprSocketFolderEnv, "/run/dapr-sockets")
+	c, err := Parse([]byte("dapr:\n  enabled: true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Backend.Targets) != 0 {
+		t.Errorf("got targets %v, want none with dapr enabled", c.Backend.Targets)
+	}
+	if got := c.Dapr.SocketPath(); got != "/run/dapr-sockets/edgebridge.sock" {
+		t.Errorf("got socket %s, want /run/dapr-sockets/edgebridge.sock", got)
+	}
+	if c.Dapr.ReplyTopic != "payment.replies" || c.Dapr.Window != 128 || c.Dapr.MaxAttempts != 5 {
+		t.Errorf("got dapr defaults %+v", c.Dapr)
+	}
+	t.Setenv(DaprSocketFolderEnv, "")
+	c, err = Parse([]byte("dapr:\n  enabled: true\nbackend:\n  targets: [\"10.0.0.5:7070\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Dapr.SocketFolder != DefaultDaprSocketFolder || len(c.Backend.Targets) != 1 {
+		t.Errorf("got folder %s targets %v", c.Dapr.SocketFolder, c.Backend.Targets)
+	}
+}
+
+// TestShippedK3sConfig: the edgebridge.yaml in deploy/k3s/dapr-app.yaml is valid.
+func TestShippedK3sConfig(t *testing.T) {
+	raw, err := os.ReadFile("../deploy/k3s/dapr-app.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	for {
+		var doc struct {
+			Kind string            `yaml:"kind"`
+			Data map[string]string `yaml:"data"`
+		}
+		if err := dec.Decode(&doc); err != nil {
+			t.Fatalf("no ConfigMap with edgebridge.yaml: %v", err)
+		}
+		if doc.Kind != "ConfigMap" {
+			continue
+		}
+		t.Setenv(DaprSocketFolderEnv, "/tmp/dapr-components-sockets") // set by Dapr's injector
+		c, err := Parse([]byte(doc.Data["edgebridge.yaml"]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !c.Dapr.Enabled || len(c.Backend.Targets) != 0 {
+			t.Errorf("got dapr %+v targets %v, want Dapr only", c.Dapr, c.Backend.Targets)
+		}
+		return
 	}
 }

@@ -195,7 +195,8 @@ func (b *Bridge) newDapr() (*daprcomp.Server, error) {
 		RetryBackoff:     cfg.Dapr.RetryBackoff,
 		CommitInterval:   cfg.Kafka.CommitInterval,
 		DrainTimeout:     cfg.Shutdown.DrainTimeout,
-	}, daprcomp.Deps{MQTT: b.mqtt, Kafka: b.producer, Healthy: b.healthy}, daprcomp.WithLogger(b.log))
+	}, daprcomp.Deps{MQTT: b.mqtt, Kafka: b.producer, Healthy: b.healthy},
+		daprcomp.WithLogger(b.log), daprcomp.WithEventHook(b.metrics.observeDapr))
 }
 
 // healthy is nil while MQTT is subscribed and Kafka answers: what the

@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/edgebridge/edgebridge/ackwindow"
+	"github.com/edgebridge/edgebridge/daprcomp"
 	"github.com/edgebridge/edgebridge/grpcmetrics"
 )
 
@@ -17,6 +18,9 @@ import (
 //	edgebridge_mqtt_replies_published_total
 //	edgebridge_window_in_flight
 //	edgebridge_delivery_latency_seconds        delivery to final ACK, retries included
+//	edgebridge_dapr_events_total{event}        Dapr component: delivered, redelivered, acked, failed,
+//	                                           dead_lettered, published, replied, commanded
+//	edgebridge_dapr_subscriptions              Dapr subscription streams open
 //
 // and the gRPC stream metrics of package grpcmetrics (edgebridge_grpc_stream_*).
 type Metrics struct {
@@ -29,6 +33,8 @@ type Metrics struct {
 	Replies       prometheus.Counter
 	Latency       prometheus.Histogram
 	GRPC          *grpcmetrics.Client
+	DaprEvents    *prometheus.CounterVec
+	DaprSubs      prometheus.Gauge
 }
 
 // NewMetrics registers the bridge's metrics in a new registry.
@@ -52,9 +58,25 @@ func NewMetrics() *Metrics {
 			Name: "edgebridge_delivery_latency_seconds", Help: "Time from handing a record to the backends to its final ACK, retries and resends included.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 		GRPC: grpcmetrics.NewClient(r),
+		DaprEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "edgebridge_dapr_events_total", Help: "What the Dapr component did, by event."}, []string{"event"}),
+		DaprSubs: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgebridge_dapr_subscriptions", Help: "Dapr subscription streams open."}),
 	}
-	r.MustRegister(m.DLQ, m.Latency)
+	r.MustRegister(m.DLQ, m.Latency, m.DaprEvents, m.DaprSubs)
 	return m
+}
+
+// observeDapr is the Dapr component's event hook.
+func (m *Metrics) observeDapr(e daprcomp.Event) {
+	switch e.Kind {
+	case daprcomp.EventSubscribed:
+		m.DaprSubs.Inc()
+	case daprcomp.EventUnsubscribed:
+		m.DaprSubs.Dec()
+	default:
+		m.DaprEvents.WithLabelValues(string(e.Kind)).Inc()
+	}
 }
 
 func (m *Metrics) observeWindow(w *ackwindow.Window) {

@@ -55,6 +55,7 @@ func (b *binding) Invoke(ctx context.Context, req *components.InvokeRequest) (*c
 	if err := b.srv.deps.MQTT.Publish(ctx, topic, req.GetData()); err != nil {
 		return nil, unavailable("binding: publish to %s: %v", topic, err)
 	}
+	b.srv.event(EventCommanded, "")
 	return &components.InvokeResponse{Metadata: map[string]string{MetaTopic: topic}}, nil
 }
 

@@ -45,10 +45,10 @@ type cloudEvent struct {
 // errCorrupt marks a request record that is not a valid envelope.
 var errCorrupt = errors.New("daprcomp: record is not a valid edgebridge.v1.Envelope of a payment request")
 
-// event turns a fetched record into what a subscriber receives: a device
+// toEvent turns a fetched record into what a subscriber receives: a device
 // request (protobuf envelope) becomes a CloudEvent with Request as data;
 // anything else (published through Dapr) is passed on as written.
-func (s *Server) event(m kafkapipe.Message) (data []byte, contentType string, err error) {
+func (s *Server) toEvent(m kafkapipe.Message) (data []byte, contentType string, err error) {
 	ct := string(kafkapipe.Header(m.Headers, kafkapipe.HeaderContentType))
 	if ct != kafkapipe.ContentTypeEnvelope {
 		if ct == "" {

@@ -247,6 +247,9 @@ func (s *Server) write(ctx context.Context, topic string, recs ...kafkapipe.Reco
 	if err := s.deps.Kafka.Write(ctx, recs...); err != nil {
 		return unavailable("write to %s: %v", topic, err)
 	}
+	for range recs {
+		s.event(EventPublished, topic)
+	}
 	return nil
 }
 
@@ -272,6 +275,7 @@ func (s *Server) reply(ctx context.Context, data []byte) error {
 	if err := s.deps.MQTT.Publish(ctx, topic, payload); err != nil {
 		return unavailable("reply to %s: %v", topic, err)
 	}
+	s.event(EventReplied, "")
 	return nil
 }
 

@@ -121,9 +121,10 @@ type Deps struct {
 // Server is the component server. Create it with New, run it with Run.
 type Server struct {
 	components.UnimplementedPubSubServer
-	cfg  Config
-	deps Deps
-	log  *slog.Logger
+	cfg     Config
+	deps    Deps
+	log     *slog.Logger
+	onEvent func(Event)
 
 	topics   sync.Map        // Kafka topics known to exist
 	stopping context.Context // done when Run's ctx ends: subscriptions drain

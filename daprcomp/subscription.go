@@ -135,6 +135,8 @@ func (sub *subscription) run(stream components.PubSub_PullMessagesServer) error 
 	wg.Go(func() { sub.redeliver(ctx) })
 
 	s.log.Info("daprcomp: subscription opened", "topic", sub.topic, "consumer_id", sub.set.consumerID)
+	s.event(EventSubscribed, sub.topic)
+	defer s.event(EventUnsubscribed, sub.topic)
 	err = consumer.Run(consume)
 	cancel()
 	wg.Wait()
@@ -146,7 +148,7 @@ func (sub *subscription) run(stream components.PubSub_PullMessagesServer) error 
 // handle is the consumer's Handler: the record is in the window already.
 func (sub *subscription) handle(ctx context.Context, m kafkapipe.Message) error {
 	d := &delivery{part: m.Partition, offset: m.Offset, key: m.Key}
-	data, ct, err := sub.srv.event(m)
+	data, ct, err := sub.srv.toEvent(m)
 	if err != nil {
 		d.deadLetter, d.detail, d.data = ReasonCorrupt, err.Error(), m.Value
 		return put(ctx, sub.later, d)
@@ -195,6 +197,11 @@ func (sub *subscription) send(ctx context.Context, stream components.PubSub_Pull
 			broken()
 			return
 		}
+		if d.attempt == 1 {
+			sub.srv.event(EventDelivered, sub.topic)
+		} else {
+			sub.srv.event(EventRedelivered, sub.topic)
+		}
 	}
 }
 
@@ -214,9 +221,11 @@ func (sub *subscription) receive(stream components.PubSub_PullMessagesServer, br
 			continue // unknown or already ACKed: nothing to do
 		}
 		if req.GetAckError() == nil {
+			sub.srv.event(EventAcked, sub.topic)
 			sub.win.Ack(d.part, d.offset) // false if a rebalance took the partition: fine
 			continue
 		}
+		sub.srv.event(EventFailed, sub.topic)
 		// A redelivery or dead letter is due; later has room for every
 		// record in the window, so this never blocks for long.
 		if d.attempt >= sub.set.maxAttempts {
@@ -282,6 +291,7 @@ func (sub *subscription) writeDeadLetter(ctx context.Context, d *delivery) bool 
 	}
 	s.log.Info("daprcomp: dead-lettered", "topic", sub.topic, "partition", d.part, "offset", d.offset,
 		"reason", d.deadLetter, "consumer_id", sub.set.consumerID)
+	s.event(EventDeadLettered, sub.topic)
 	sub.win.Ack(d.part, d.offset)
 	return true
 }

@@ -345,6 +345,19 @@ func TestDaprPubSubEndToEnd(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "topic") {
 		t.Errorf("invoke without topic: got %v, want an error naming the topic", err)
 	}
+
+	// The bridge's metrics saw it all.
+	for name, min := range map[string]float64{
+		"edgebridge_dapr_subscriptions":                   2, // requests and orders
+		`edgebridge_dapr_events_total{event="commanded"}`: 1,
+		`edgebridge_dapr_events_total{event="delivered"}`: float64(want + 5),
+		`edgebridge_dapr_events_total{event="failed"}`:    float64(2 * retried),
+		`edgebridge_dapr_events_total{event="replied"}`:   float64(want),
+	} {
+		if v, err := s.bridge.metric(name); err != nil || v < min {
+			t.Errorf("metric %s = %v (%v), want at least %v", name, v, err, min)
+		}
+	}
 }
 
 // TestDaprdKilledMidStream: daprd is SIGKILLed while requests flow and

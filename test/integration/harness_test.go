@@ -374,7 +374,8 @@ func (b *bridgeProc) metricsText() string {
 	return strings.Join(keep, "\n")
 }
 
-// metric returns the value of an un-labelled metric from /metrics.
+// metric returns the value of a metric from /metrics; name carries its
+// labels as the exposition writes them, e.g. x_total{event="a"}.
 func (b *bridgeProc) metric(name string) (float64, error) {
 	resp, err := http.Get("http://" + b.admin + "/metrics")
 	if err != nil {

@@ -187,6 +187,7 @@ func (b *Bridge) newDapr() (*daprcomp.Server, error) {
 		Partitions:       cfg.Kafka.Partitions,
 		RequestTopic:     cfg.Kafka.Topic,
 		DLQTopic:         cfg.Kafka.DLQTopic,
+		BackendGroup:     cfg.Kafka.GroupID,
 		ReplyTopic:       cfg.Dapr.ReplyTopic,
 		DeviceReplyTopic: cfg.MQTT.ReplyTopic,
 		Source:           "edgebridge/" + cfg.MQTT.ClientID,

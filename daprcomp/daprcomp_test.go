@@ -107,6 +107,7 @@ func newRig(t *testing.T, cfg daprcomp.Config) *rig {
 	cfg.Brokers = []string{k.Addr()}
 	cfg.Partitions = 2
 	cfg.RequestTopic, cfg.DLQTopic, cfg.ReplyTopic = requestTopic, dlqTopic, replyTopic
+	cfg.BackendGroup = "edgebridge"
 	cfg.DeviceReplyTopic = "payment/response/{device_id}"
 	cfg.CommitInterval = 20 * time.Millisecond
 	cfg.SessionTimeout = 6 * time.Second
@@ -624,11 +625,12 @@ func TestInitPingFeaturesAndPreconditions(t *testing.T) {
 	c := components.NewPubSubClient(r.dial())
 	_, err := c.Init(ctx(t), &components.PubSubInitRequest{Metadata: &components.MetadataRequest{Properties: map[string]string{
 		"maxInFlight": "0", "retryBackoff": "soon", "initialOffset": "middle", "colour": "blue", "allowedTopics": "a,b",
+		"consumerID": "edgebridge",
 	}}})
 	if code(err) != codes.InvalidArgument {
 		t.Fatalf("bad init: got %v, want InvalidArgument", err)
 	}
-	for _, key := range []string{"maxInFlight", "retryBackoff", "initialOffset", "colour"} {
+	for _, key := range []string{"maxInFlight", "retryBackoff", "initialOffset", "colour", "consumerID"} {
 		if !strings.Contains(err.Error(), key) {
 			t.Errorf("init error does not name %s: %v", key, err)
 		}

@@ -84,6 +84,9 @@ func (s *Server) parseSettings(props map[string]string) (settings, error) {
 		switch k {
 		case MetaConsumerID:
 			set.consumerID = strings.TrimSpace(v)
+			if set.consumerID != "" && set.consumerID == s.cfg.BackendGroup {
+				bad(k, "%q is the gRPC backends' consumer group (kafka.group_id); pick another", v)
+			}
 		case MetaReplyTopic:
 			set.replyTopic = v
 			if !kafkapipe.ValidTopic(v) || v == s.cfg.RequestTopic {

@@ -56,6 +56,9 @@ type Config struct {
 	ReplyTopic string
 	// DeviceReplyTopic is the MQTT topic pattern with {device_id}. Required.
 	DeviceReplyTopic string
+	// BackendGroup is the consumer group of the bridge's gRPC backends; a
+	// Dapr consumerID may not join it (it would take their partitions).
+	BackendGroup string
 	// Source is the CloudEvent source of device requests. Default: edgebridge.
 	Source string
 	// Window is the most un-ACKed messages per subscription. Default: 128.

@@ -1,7 +1,6 @@
 package bridge
 
 import (
-	"container/heap"
 	"context"
 	"time"
 
@@ -9,6 +8,7 @@ import (
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/grpcmetrics"
+	"github.com/edgebridge/edgebridge/internal/schedule"
 	"github.com/edgebridge/edgebridge/kafkapipe"
 	"github.com/edgebridge/edgebridge/mqttin"
 	"github.com/edgebridge/edgebridge/transcoder"
@@ -137,40 +137,26 @@ func (b *Bridge) retry(ctx context.Context, what string, fn func() error) bool {
 
 // retrier redelivers RETRY-answered envelopes when their backoff is due.
 func (b *Bridge) retrier(ctx context.Context) {
-	var due retryHeap
+	var due schedule.Queue[retryJob]
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		if len(due) > 0 {
-			timer.Reset(time.Until(due[0].due))
+		if next, ok := due.Next(); ok {
+			timer.Reset(time.Until(next))
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case j := <-b.retries:
-			heap.Push(&due, j)
+			due.Push(j.due, j)
 		case <-timer.C:
-			for len(due) > 0 && !due[0].due.After(time.Now()) {
-				j := heap.Pop(&due).(retryJob)
+			for j, ok := due.PopDue(time.Now()); ok; j, ok = due.PopDue(time.Now()) {
 				if err := b.deliver(ctx, j.part, j.offset, j.env, j.first); err != nil {
 					return
 				}
 			}
 		}
 	}
-}
-
-type retryHeap []retryJob
-
-func (h retryHeap) Len() int           { return len(h) }
-func (h retryHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
-func (h retryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *retryHeap) Push(x any)        { *h = append(*h, x.(retryJob)) }
-func (h *retryHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

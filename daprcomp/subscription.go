@@ -1,7 +1,6 @@
 package daprcomp
 
 import (
-	"container/heap"
 	"context"
 	"strconv"
 	"sync"
@@ -12,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/edgebridge/edgebridge/ackwindow"
+	"github.com/edgebridge/edgebridge/internal/schedule"
 	"github.com/edgebridge/edgebridge/kafkapipe"
 )
 
@@ -242,12 +242,12 @@ func (sub *subscription) receive(stream components.PubSub_PullMessagesServer, br
 // redeliver sends failed messages again when their backoff is due and
 // writes dead letters, then ACKs them in the window.
 func (sub *subscription) redeliver(ctx context.Context) {
-	var due deliveryHeap
+	var due schedule.Queue[*delivery]
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		if len(due) > 0 {
-			timer.Reset(time.Until(due[0].due))
+		if next, ok := due.Next(); ok {
+			timer.Reset(time.Until(next))
 		}
 		select {
 		case <-ctx.Done():
@@ -259,10 +259,10 @@ func (sub *subscription) redeliver(ctx context.Context) {
 				}
 				continue
 			}
-			heap.Push(&due, d)
+			due.Push(d.due, d)
 		case <-timer.C:
-			for len(due) > 0 && !due[0].due.After(time.Now()) {
-				if put(ctx, sub.out, heap.Pop(&due).(*delivery)) != nil {
+			for d, ok := due.PopDue(time.Now()); ok; d, ok = due.PopDue(time.Now()) {
+				if put(ctx, sub.out, d) != nil {
 					return
 				}
 			}
@@ -294,17 +294,4 @@ func (sub *subscription) writeDeadLetter(ctx context.Context, d *delivery) bool 
 	s.event(EventDeadLettered, sub.topic)
 	sub.win.Ack(d.part, d.offset)
 	return true
-}
-
-type deliveryHeap []*delivery
-
-func (h deliveryHeap) Len() int           { return len(h) }
-func (h deliveryHeap) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
-func (h deliveryHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *deliveryHeap) Push(x any)        { *h = append(*h, x.(*delivery)) }
-func (h *deliveryHeap) Pop() any {
-	old := *h
-	x := old[len(old)-1]
-	*h = old[:len(old)-1]
-	return x
 }

@@ -1,0 +1,52 @@
+// Package schedule holds items until their due time: the redelivery queue
+// of the bridge's retrier and of Dapr subscriptions.
+package schedule
+
+import (
+	"container/heap"
+	"time"
+)
+
+// Queue orders items by due time. The zero value is empty and ready. It is
+// not safe for concurrent use: one goroutine owns it.
+type Queue[T any] struct{ h items[T] }
+
+// Push adds item, due at due.
+func (q *Queue[T]) Push(due time.Time, item T) { heap.Push(&q.h, entry[T]{due, item}) }
+
+// Len returns how many items wait.
+func (q *Queue[T]) Len() int { return len(q.h) }
+
+// Next returns the earliest due time; ok is false when the queue is empty.
+func (q *Queue[T]) Next() (due time.Time, ok bool) {
+	if len(q.h) == 0 {
+		return time.Time{}, false
+	}
+	return q.h[0].due, true
+}
+
+// PopDue removes and returns the earliest item if it is due at now.
+func (q *Queue[T]) PopDue(now time.Time) (item T, ok bool) {
+	if len(q.h) == 0 || q.h[0].due.After(now) {
+		return item, false
+	}
+	return heap.Pop(&q.h).(entry[T]).item, true
+}
+
+type entry[T any] struct {
+	due  time.Time
+	item T
+}
+
+type items[T any] []entry[T]
+
+func (h items[T]) Len() int           { return len(h) }
+func (h items[T]) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h items[T]) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *items[T]) Push(x any)        { *h = append(*h, x.(entry[T])) }
+func (h *items[T]) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}

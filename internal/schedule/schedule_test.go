@@ -1,0 +1,37 @@
+package schedule
+
+import (
+	"slices"
+	"testing"
+	"time"
+)
+
+func TestQueueOrdersByDue(t *testing.T) {
+	var q Queue[string]
+	if _, ok := q.Next(); ok {
+		t.Fatal("empty queue has a next due time")
+	}
+	t0 := time.Unix(1000, 0)
+	for i, name := range []string{"c", "a", "d", "b"} {
+		q.Push(t0.Add(time.Duration([]int{3, 1, 4, 2}[i])*time.Second), name)
+	}
+	if due, _ := q.Next(); !due.Equal(t0.Add(time.Second)) {
+		t.Errorf("got next %v, want t0+1s", due)
+	}
+	var got []string
+	for now := t0; now.Before(t0.Add(5 * time.Second)); now = now.Add(time.Second) {
+		for {
+			item, ok := q.PopDue(now)
+			if !ok {
+				break
+			}
+			got = append(got, item)
+		}
+		if len(got) != min(4, int(now.Sub(t0)/time.Second)) {
+			t.Fatalf("at t0+%s got %v popped", now.Sub(t0), got)
+		}
+	}
+	if !slices.Equal(got, []string{"a", "b", "c", "d"}) || q.Len() != 0 {
+		t.Errorf("got %v (left %d), want [a b c d]", got, q.Len())
+	}
+}

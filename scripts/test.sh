@@ -50,6 +50,9 @@ fi
 step "go test -race -shuffle=on ./..."
 go test -race -shuffle=on -count=1 -timeout 20m ./...
 
+step "benchmarks run (one iteration each; figures come from -benchtime runs and edgebridge bench)"
+go test -run '^$' -bench . -benchtime 1x ./transcoder ./ackwindow ./grpcout ./kafkapipe >/dev/null
+
 step "fuzz the transcoder (short)"
 go test -run '^$' -fuzz FuzzDecode -fuzztime 15s -fuzzminimizetime 100x ./transcoder
 

@@ -121,37 +121,48 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(cfg.Backend.Targets) == 0 {
-		b.metrics.observeWindow(b.win)
+	if len(cfg.Backend.Targets) > 0 { // else Dapr apps are the only consumers
+		if err := b.newBackends(capacity); err != nil {
+			return nil, err
+		}
+	}
+	b.metrics.observeWindow(b.win)
+	if cfg.Dapr.Enabled {
 		if b.dapr, err = b.newDapr(); err != nil {
 			return nil, err
 		}
-		return b, nil // Dapr apps are the only consumers
 	}
+	return b, nil
+}
+
+// newBackends sets up the gRPC hop: the consumer of the backends' group
+// and the pool of backend streams.
+func (b *Bridge) newBackends(capacity int) error {
+	var err error
 	b.consumer, err = kafkapipe.NewConsumer(kafkapipe.ConsumerConfig{
-		Brokers:        cfg.Kafka.Brokers,
-		GroupID:        cfg.Kafka.GroupID,
-		Topic:          cfg.Kafka.Topic,
-		CommitInterval: cfg.Kafka.CommitInterval,
-		DrainTimeout:   cfg.Shutdown.DrainTimeout,
+		Brokers:        b.cfg.Kafka.Brokers,
+		GroupID:        b.cfg.Kafka.GroupID,
+		Topic:          b.cfg.Kafka.Topic,
+		CommitInterval: b.cfg.Kafka.CommitInterval,
+		DrainTimeout:   b.cfg.Shutdown.DrainTimeout,
 	}, b.win, b.handleRecord,
 		kafkapipe.WithLogger(b.log),
 		kafkapipe.WithCommitHook(func(p int32, off int64) { b.metrics.Commits.Inc() }))
 	if err != nil {
-		return nil, err
+		return err
 	}
-	tlsConfig, err := cfg.Backend.TLS.Config()
+	tlsConfig, err := b.cfg.Backend.TLS.Config()
 	if err != nil {
-		return nil, fmt.Errorf("bridge: backend tls: %w", err)
+		return fmt.Errorf("bridge: backend tls: %w", err)
 	}
-	token, err := cfg.Backend.Token()
+	token, err := b.cfg.Backend.Token()
 	if err != nil {
-		return nil, fmt.Errorf("bridge: backend token: %w", err)
+		return fmt.Errorf("bridge: backend token: %w", err)
 	}
-	be := cfg.Backend
+	be := b.cfg.Backend
 	b.pool, err = grpcout.New(grpcout.Config{
 		Targets:          be.Targets,
-		BridgeID:         cfg.MQTT.ClientID,
+		BridgeID:         b.cfg.MQTT.ClientID,
 		Window:           be.Window,
 		MaxPending:       capacity,
 		OpenTimeout:      be.OpenTimeout,
@@ -167,16 +178,7 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 		Token:     token,
 	}, append([]grpcout.Option{grpcout.WithLogger(b.log), grpcout.WithEventHook(b.metrics.GRPC.Observe),
 		grpcout.WithStatsHandler(b.metrics.GRPC.Handler)}, b.poolOpts...)...)
-	if err != nil {
-		return nil, err
-	}
-	b.metrics.observeWindow(b.win)
-	if cfg.Dapr.Enabled {
-		if b.dapr, err = b.newDapr(); err != nil {
-			return nil, err
-		}
-	}
-	return b, nil
+	return err
 }
 
 func (b *Bridge) newDapr() (*daprcomp.Server, error) {

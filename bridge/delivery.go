@@ -137,26 +137,9 @@ func (b *Bridge) retry(ctx context.Context, what string, fn func() error) bool {
 
 // retrier redelivers RETRY-answered envelopes when their backoff is due.
 func (b *Bridge) retrier(ctx context.Context) {
-	var due schedule.Queue[retryJob]
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		if next, ok := due.Next(); ok {
-			timer.Reset(time.Until(next))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case j := <-b.retries:
-			due.Push(j.due, j)
-		case <-timer.C:
-			for j, ok := due.PopDue(time.Now()); ok; j, ok = due.PopDue(time.Now()) {
-				if err := b.deliver(ctx, j.part, j.offset, j.env, j.first); err != nil {
-					return
-				}
-			}
-		}
-	}
+	schedule.Run(ctx, b.retries, func(j retryJob) time.Time { return j.due }, func(j retryJob) bool {
+		return b.deliver(ctx, j.part, j.offset, j.env, j.first) == nil
+	})
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

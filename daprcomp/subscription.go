@@ -94,7 +94,7 @@ type delivery struct {
 	data        []byte
 	contentType string
 	attempt     int       // deliveries so far
-	due         time.Time // when it is sent again (later)
+	due         time.Time // when it is sent again or dead-lettered (later); zero: at once
 	deadLetter  string    // DLQ reason: write it to the DLQ instead (later)
 	detail      string
 }
@@ -229,7 +229,7 @@ func (sub *subscription) receive(stream components.PubSub_PullMessagesServer, br
 		// A redelivery or dead letter is due; later has room for every
 		// record in the window, so this never blocks for long.
 		if d.attempt >= sub.set.maxAttempts {
-			d.deadLetter, d.detail = ReasonAppFailures, req.GetAckError().GetMessage()
+			d.deadLetter, d.detail, d.due = ReasonAppFailures, req.GetAckError().GetMessage(), time.Time{}
 		} else {
 			d.due = time.Now().Add(sub.set.retryBackoff << min(d.attempt-1, 5))
 		}
@@ -240,34 +240,14 @@ func (sub *subscription) receive(stream components.PubSub_PullMessagesServer, br
 }
 
 // redeliver sends failed messages again when their backoff is due and
-// writes dead letters, then ACKs them in the window.
+// writes dead letters (due at once), then ACKs them in the window.
 func (sub *subscription) redeliver(ctx context.Context) {
-	var due schedule.Queue[*delivery]
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		if next, ok := due.Next(); ok {
-			timer.Reset(time.Until(next))
+	schedule.Run(ctx, sub.later, func(d *delivery) time.Time { return d.due }, func(d *delivery) bool {
+		if d.deadLetter != "" {
+			return sub.writeDeadLetter(ctx, d)
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case d := <-sub.later:
-			if d.deadLetter != "" {
-				if !sub.writeDeadLetter(ctx, d) {
-					return
-				}
-				continue
-			}
-			due.Push(d.due, d)
-		case <-timer.C:
-			for d, ok := due.PopDue(time.Now()); ok; d, ok = due.PopDue(time.Now()) {
-				if put(ctx, sub.out, d) != nil {
-					return
-				}
-			}
-		}
-	}
+		return put(ctx, sub.out, d) == nil
+	})
 }
 
 func (sub *subscription) writeDeadLetter(ctx context.Context, d *delivery) bool {

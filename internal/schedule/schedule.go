@@ -4,6 +4,7 @@ package schedule
 
 import (
 	"container/heap"
+	"context"
 	"time"
 )
 
@@ -49,4 +50,30 @@ func (h *items[T]) Pop() any {
 	x := old[len(old)-1]
 	*h = old[:len(old)-1]
 	return x
+}
+
+// Run takes items from in, holds each until dueOf(item) and then calls
+// fire with it, earliest first. It returns when ctx ends or fire returns
+// false. It blocks; call it from the one goroutine that owns the schedule.
+func Run[T any](ctx context.Context, in <-chan T, dueOf func(T) time.Time, fire func(T) bool) {
+	var q Queue[T]
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		if next, ok := q.Next(); ok {
+			timer.Reset(time.Until(next))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case item := <-in:
+			q.Push(dueOf(item), item)
+		case <-timer.C:
+			for item, ok := q.PopDue(time.Now()); ok; item, ok = q.PopDue(time.Now()) {
+				if !fire(item) {
+					return
+				}
+			}
+		}
+	}
 }

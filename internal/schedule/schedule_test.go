@@ -1,6 +1,7 @@
 package schedule
 
 import (
+	"context"
 	"slices"
 	"testing"
 	"time"
@@ -33,5 +34,23 @@ func TestQueueOrdersByDue(t *testing.T) {
 	}
 	if !slices.Equal(got, []string{"a", "b", "c", "d"}) || q.Len() != 0 {
 		t.Errorf("got %v (left %d), want [a b c d]", got, q.Len())
+	}
+}
+
+// TestRun: items fire in due order, not arrival order; Run stops when fire
+// says so.
+func TestRun(t *testing.T) {
+	in := make(chan time.Duration, 3)
+	now := time.Now()
+	for _, d := range []time.Duration{100 * time.Millisecond, 0, 50 * time.Millisecond} {
+		in <- d
+	}
+	var got []time.Duration
+	Run(context.Background(), in, func(d time.Duration) time.Time { return now.Add(d) }, func(d time.Duration) bool {
+		got = append(got, d)
+		return len(got) < 3
+	})
+	if !slices.Equal(got, []time.Duration{0, 50 * time.Millisecond, 100 * time.Millisecond}) {
+		t.Errorf("got %v, want [0 50ms 100ms]", got)
 	}
 }

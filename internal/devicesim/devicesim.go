@@ -233,6 +233,7 @@ func connect(ctx context.Context, cfg Config, id string, replied *atomic.Int64) 
 		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(200 * time.Millisecond).
 		SetMaxReconnectInterval(time.Second).
 		SetOrderMatters(false).
+		SetStore(newOrderedStore()). // in-flight requests resent in order after a reconnect
 		SetOnConnectHandler(func(c paho.Client) { c.Subscribe(replyTopic, 1, onReply).Wait() })
 	opts.SetDefaultPublishHandler(onReply)
 	d.c = paho.NewClient(opts)

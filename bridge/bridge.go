@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -202,17 +203,26 @@ func (b *Bridge) newDapr() (*daprcomp.Server, error) {
 		daprcomp.WithLogger(b.log), daprcomp.WithEventHook(b.metrics.observeDapr))
 }
 
+// brokerProblems says what is wrong with the bridge's MQTT and Kafka
+// connections; none when both are fine.
+func (b *Bridge) brokerProblems() []string {
+	var why []string
+	if !b.mqtt.Subscribed() {
+		why = append(why, "mqtt not subscribed")
+	}
+	if !b.kafkaOK.Load() {
+		why = append(why, "kafka unreachable")
+	}
+	return why
+}
+
 // healthy is nil while MQTT is subscribed and Kafka answers: what the
 // Dapr component needs.
 func (b *Bridge) healthy() error {
-	var errs []error
-	if !b.mqtt.Subscribed() {
-		errs = append(errs, errors.New("mqtt not subscribed"))
+	if why := b.brokerProblems(); len(why) > 0 {
+		return errors.New(strings.Join(why, "; "))
 	}
-	if !b.kafkaOK.Load() {
-		errs = append(errs, errors.New("kafka unreachable"))
-	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // Metrics returns the bridge's metrics.
@@ -223,13 +233,7 @@ func (b *Bridge) Metrics() *Metrics { return b.metrics }
 // or credentials (a configuration problem must not hide behind a healthy
 // peer); the reasons it is not, otherwise.
 func (b *Bridge) Ready() (bool, []string) {
-	var why []string
-	if !b.mqtt.Subscribed() {
-		why = append(why, "mqtt not subscribed")
-	}
-	if !b.kafkaOK.Load() {
-		why = append(why, "kafka unreachable")
-	}
+	why := b.brokerProblems()
 	if b.dapr != nil && !b.dapr.Serving() {
 		why = append(why, "dapr component socket not serving")
 	}

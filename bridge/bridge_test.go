@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -163,4 +164,26 @@ func readDLQ(t *testing.T, broker, topic string, n int) map[string]string {
 		})
 	}
 	return out
+}
+
+// TestReadyDaprOnly: with dapr.enabled and no backend targets, readiness
+// does not wait for a backend stream but names the component socket and
+// the brokers while they are not up (New does no I/O: nothing is up yet).
+func TestReadyDaprOnly(t *testing.T) {
+	cfg := config.Default()
+	cfg.Dapr.Enabled = true
+	cfg.Backend.Targets = nil
+	cfg.ApplyDefaults()
+	cfg.MQTT.Broker = "tcp://127.0.0.1:1"
+	cfg.Kafka.Brokers = []string{"127.0.0.1:1"}
+	cfg.Dapr.SocketFolder = t.TempDir()
+	b, err := bridge.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ok, why := b.Ready()
+	want := []string{"mqtt not subscribed", "kafka unreachable", "dapr component socket not serving"}
+	if ok || !slices.Equal(why, want) {
+		t.Errorf("got ready %v %q, want false %q", ok, why, want)
+	}
 }

@@ -121,18 +121,7 @@ func (b *Bridge) finisher(ctx context.Context) {
 }
 
 func (b *Bridge) retry(ctx context.Context, what string, fn func() error) bool {
-	delay := 50 * time.Millisecond
-	for {
-		err := fn()
-		if err == nil {
-			return true
-		}
-		b.log.Warn("bridge: "+what+" failed; retrying", "err", err)
-		if !sleep(ctx, delay) {
-			return false
-		}
-		delay = min(2*delay, 5*time.Second)
-	}
+	return schedule.Retry(ctx, fn, func(err error) { b.log.Warn("bridge: "+what+" failed; retrying", "err", err) })
 }
 
 // retrier redelivers RETRY-answered envelopes when their backoff is due.
@@ -140,15 +129,4 @@ func (b *Bridge) retrier(ctx context.Context) {
 	schedule.Run(ctx, b.retries, func(j retryJob) time.Time { return j.due }, func(j retryJob) bool {
 		return b.deliver(ctx, j.part, j.offset, j.env, j.first) == nil
 	})
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -293,11 +293,15 @@ func (r *rig) records(topic string, n int) []*kgo.Record {
 	return out
 }
 
+// traceparent is the W3C trace context every test device request carries.
+const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
 // produceRequest writes a device request the way the bridge does.
 func (r *rig) produceRequest(device, requestID string) string {
 	r.t.Helper()
 	env, err := transcoder.New(0).Decode(transcoder.Input{DeviceID: device, Topic: "payment/request/" + device,
-		Payload: fmt.Appendf(nil, `{"request_id":%q,"amount_minor":1250,"currency":"EUR","merchant_id":"m-1"}`, requestID), ReceivedAt: time.Now()})
+		Payload:    fmt.Appendf(nil, `{"request_id":%q,"amount_minor":1250,"currency":"EUR","merchant_id":"m-1","traceparent":%q}`, requestID, traceparent),
+		ReceivedAt: time.Now()})
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -348,8 +352,8 @@ func TestDeviceRequestsAsCloudEvents(t *testing.T) {
 			t.Errorf("got content type %q topic %q", m.ContentType, m.TopicName)
 		}
 		var ev struct {
-			SpecVersion, ID, Type, Subject, DataContentType string
-			Data                                            daprcomp.Request
+			SpecVersion, ID, Type, Subject, DataContentType, TraceParent string
+			Data                                                         daprcomp.Request
 		}
 		if err := json.Unmarshal(m.Data, &ev); err != nil {
 			t.Fatalf("not JSON: %v: %s", err, m.Data)
@@ -357,7 +361,7 @@ func TestDeviceRequestsAsCloudEvents(t *testing.T) {
 		dev, ok := want[ev.ID]
 		if !ok || ev.SpecVersion != "1.0" || ev.Type != daprcomp.RequestEventType || ev.Subject != dev ||
 			ev.Data.DeviceID != dev || ev.Data.MessageID != ev.ID || !strings.HasPrefix(ev.Data.RequestID, "req-") ||
-			ev.Data.AmountMinor != 1250 || ev.Data.Currency != "EUR" {
+			ev.Data.AmountMinor != 1250 || ev.Data.Currency != "EUR" || ev.TraceParent != traceparent {
 			t.Errorf("unexpected event %s", m.Data)
 		}
 		delete(want, ev.ID)
@@ -402,6 +406,9 @@ func TestRetryThenSucceedOrDeadLetter(t *testing.T) {
 		m := recvN(t, s, 1)[0]
 		body := string(m.Data)
 		attempts[body] = append(attempts[body], m.Metadata[daprcomp.MetaAttempt])
+		if m.Metadata[daprcomp.MetaPartitionKey] != body {
+			t.Errorf("%s: partitionKey %q, want the key it was published with", body, m.Metadata[daprcomp.MetaPartitionKey])
+		}
 		switch {
 		case body == "flaky" && len(attempts[body]) < 3:
 			ack(t, s, m.Id, "database busy")

@@ -253,21 +253,11 @@ func (sub *subscription) redeliver(ctx context.Context) {
 func (sub *subscription) writeDeadLetter(ctx context.Context, d *delivery) bool {
 	s := sub.srv
 	rec := kafkapipe.DeadLetter(s.cfg.DLQTopic, string(d.key), sub.topic, d.data, d.deadLetter, d.detail)
-	delay := 50 * time.Millisecond
-	for {
-		err := s.deps.Kafka.Write(ctx, rec)
-		if err == nil {
-			break
-		}
+	write := func() error { return s.deps.Kafka.Write(ctx, rec) }
+	if !schedule.Retry(ctx, write, func(err error) {
 		s.log.Warn("daprcomp: dead-letter failed; retrying", "topic", sub.topic, "partition", d.part, "offset", d.offset, "err", err)
-		t := time.NewTimer(delay)
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return false // stays un-ACKed: redelivered to the next member
-		}
-		delay = min(2*delay, 5*time.Second)
+	}) {
+		return false // stays un-ACKed: redelivered to the next member
 	}
 	s.log.Info("daprcomp: dead-lettered", "topic", sub.topic, "partition", d.part, "offset", d.offset,
 		"reason", d.deadLetter, "consumer_id", sub.set.consumerID)

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/internal/schedule"
 )
 
 // link is the Pool's connection to one backend address: a stream at a
@@ -158,7 +159,7 @@ func (l *link) run(ctx context.Context) error {
 			logged = ""
 			l.p.o.log.Warn("grpcout: stream ended", "target", l.target, "addr", l.addr, "reason", reason, "err", err, "retry_in", wait)
 		}
-		if !sleep(ctx, b.jittered(wait)) {
+		if !schedule.Sleep(ctx, b.jittered(wait)) {
 			return nil
 		}
 	}
@@ -476,19 +477,5 @@ func (l *link) watchConn(ctx context.Context, conn *grpc.ClientConn, st *stream)
 		if !conn.WaitForStateChange(ctx, s) {
 			return
 		}
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
 	}
 }

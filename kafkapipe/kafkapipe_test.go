@@ -122,3 +122,107 @@ func TestNewConsumerListsEveryProblem(t *testing.T) {
 		}
 	}
 }
+
+// produce writes n records v<i> keyed "dev" (one partition) to topic t.
+func produce(t *testing.T, addr string, from, n int) {
+	t.Helper()
+	p, err := kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var recs []kafkapipe.Record
+	for i := from; i < from+n; i++ {
+		recs = append(recs, kafkapipe.Record{Topic: "t", Key: []byte("dev"), Value: fmt.Appendf(nil, "v%d", i)})
+	}
+	if err := p.Write(context.Background(), recs...); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestAbandonSkipsTheDrain: a consumer whose records nobody will ACK any
+// more commits what was ACKed and returns at once instead of waiting its
+// (here 10-minute) drain timeout; the next member starts at the first
+// un-ACKed record.
+func TestAbandonSkipsTheDrain(t *testing.T) {
+	addr := broker(t)
+	if err := kafkapipe.EnsureTopics(context.Background(), []string{addr}, 1, "t"); err != nil {
+		t.Fatal(err)
+	}
+	produce(t, addr, 0, 3)
+	win := ackwindow.New(10)
+	got := make(chan kafkapipe.Message, 10)
+	c, err := kafkapipe.NewConsumer(kafkapipe.ConsumerConfig{Brokers: []string{addr}, GroupID: "g", Topic: "t",
+		CommitInterval: time.Hour, DrainTimeout: 10 * time.Minute, MaxWait: 50 * time.Millisecond},
+		win, func(_ context.Context, m kafkapipe.Message) error { got <- m; return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	for i := range 3 {
+		if m := next(t, got); i == 0 {
+			win.Ack(m.Partition, m.Offset) // only offset 0 is ACKed
+		}
+	}
+	c.Abandon()
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(time.Minute):
+		t.Fatal("Run still draining a minute after Abandon")
+	}
+	win = ackwindow.New(10)
+	again, stop := consume(t, addr, win, func(int64) bool { return true })
+	defer stop()
+	if m := next(t, again); m.Offset != 1 {
+		t.Fatalf("next member began at offset %d, want 1 (offset 0 was ACKed and committed)", m.Offset)
+	}
+}
+
+// TestStartNewest: a new group with StartNewest skips what the topic held
+// before it joined.
+func TestStartNewest(t *testing.T) {
+	addr := broker(t)
+	if err := kafkapipe.EnsureTopics(context.Background(), []string{addr}, 1, "t"); err != nil {
+		t.Fatal(err)
+	}
+	produce(t, addr, 0, 3)
+	got := make(chan kafkapipe.Message, 100)
+	win := ackwindow.New(100)
+	c, err := kafkapipe.NewConsumer(kafkapipe.ConsumerConfig{Brokers: []string{addr}, GroupID: "newest", Topic: "t",
+		StartNewest: true, DrainTimeout: 200 * time.Millisecond, MaxWait: 50 * time.Millisecond},
+		win, func(_ context.Context, m kafkapipe.Message) error {
+			got <- m
+			win.Ack(m.Partition, m.Offset)
+			return nil
+		})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	// The group's start is fixed when it joins; keep writing until a record
+	// written after that arrives.
+	deadline := time.Now().Add(30 * time.Second)
+	for n := 3; ; n++ {
+		produce(t, addr, n, 1)
+		select {
+		case m := <-got:
+			if m.Offset < 3 {
+				t.Fatalf("got offset %d (%s), want none of the 3 records written before the group joined", m.Offset, m.Value)
+			}
+			return
+		case <-time.After(300 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no record within 30s")
+		}
+	}
+}

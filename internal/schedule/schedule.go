@@ -1,5 +1,6 @@
-// Package schedule holds items until their due time: the redelivery queue
-// of the bridge's retrier and of Dapr subscriptions.
+// Package schedule is about waiting: a queue that holds items until their
+// due time (the redelivery queue of the bridge's retrier and of Dapr
+// subscriptions), a context-aware Sleep and a Retry with backoff.
 package schedule
 
 import (
@@ -75,5 +76,47 @@ func Run[T any](ctx context.Context, in <-chan T, dueOf func(T) time.Time, fire 
 				}
 			}
 		}
+	}
+}
+
+// Sleep waits d, or less if ctx ends first; it reports whether the full
+// time passed (false: ctx ended).
+func Sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// Retry delays between attempts: 50ms, doubling, at most 5s.
+const (
+	retryFirst = 50 * time.Millisecond
+	retryMax   = 5 * time.Second
+)
+
+// Retry calls fn until it succeeds or ctx ends, waiting 50ms after the
+// first failure and twice as long after each next one, up to 5s; failed,
+// if not nil, sees each error. It reports whether fn succeeded.
+func Retry(ctx context.Context, fn func() error, failed func(error)) bool {
+	delay := retryFirst
+	for {
+		err := fn()
+		if err == nil {
+			return true
+		}
+		if failed != nil {
+			failed(err)
+		}
+		if !Sleep(ctx, delay) {
+			return false
+		}
+		delay = min(2*delay, retryMax)
 	}
 }

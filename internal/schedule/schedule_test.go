@@ -2,6 +2,7 @@ package schedule
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -52,5 +53,28 @@ func TestRun(t *testing.T) {
 	})
 	if !slices.Equal(got, []time.Duration{0, 50 * time.Millisecond, 100 * time.Millisecond}) {
 		t.Errorf("got %v, want [0 50ms 100ms]", got)
+	}
+}
+
+// TestRetry: fn runs until it succeeds, each failure reported; a context
+// that ends stops the retries.
+func TestRetry(t *testing.T) {
+	calls, failures := 0, 0
+	ok := Retry(context.Background(), func() error {
+		if calls++; calls < 3 {
+			return errors.New("not yet")
+		}
+		return nil
+	}, func(error) { failures++ })
+	if !ok || calls != 3 || failures != 2 {
+		t.Errorf("got ok %v, %d calls, %d failures; want true, 3, 2", ok, calls, failures)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ok = Retry(ctx, func() error { cancel(); return errors.New("down") }, nil)
+	if ok {
+		t.Error("got true after the context ended, want false")
+	}
+	if Sleep(ctx, time.Hour) {
+		t.Error("Sleep on an ended context reported the full time")
 	}
 }

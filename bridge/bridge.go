@@ -118,7 +118,7 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.producer, err = kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: cfg.Kafka.Brokers, BatchTimeout: cfg.Kafka.BatchTimeout})
+	b.producer, err = kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: cfg.Kafka.Brokers})
 	if err != nil {
 		return nil, err
 	}
@@ -342,10 +342,18 @@ func (b *Bridge) watchKafka(ctx context.Context) {
 
 // ingest takes MQTT messages in arrival order, writes them to Kafka in
 // batches and PUBACKs each only after its write was acknowledged (and, for
-// a rejected message, after its DLQ record and its REJECTED reply).
+// a rejected message, after its DLQ record and its REJECTED reply). A batch
+// is what arrived while the previous write was in flight, up to
+// ingestBatch; with kafka.batch_timeout set, ingest also waits that long
+// for more.
 func (b *Bridge) ingest(ctx context.Context) error {
 	msgs := b.mqtt.Messages()
 	batch := make([]mqttin.Message, 0, ingestBatch)
+	var linger *time.Timer
+	if b.cfg.Kafka.BatchTimeout > 0 {
+		linger = time.NewTimer(time.Hour)
+		linger.Stop()
+	}
 	for {
 		batch = batch[:0]
 		select {
@@ -362,6 +370,21 @@ func (b *Bridge) ingest(ctx context.Context) error {
 			default:
 				break fill
 			}
+		}
+		if linger != nil && len(batch) < ingestBatch {
+			linger.Reset(b.cfg.Kafka.BatchTimeout)
+		wait:
+			for len(batch) < ingestBatch {
+				select {
+				case m := <-msgs:
+					batch = append(batch, m)
+				case <-linger.C:
+					break wait
+				case <-ctx.Done():
+					break wait
+				}
+			}
+			linger.Stop()
 		}
 		if !b.writeBatch(ctx, batch) {
 			return nil // stopping; the broker redelivers what was not acknowledged

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/edgebridge/edgebridge/ackwindow"
 	"github.com/edgebridge/edgebridge/daprcomp"
@@ -40,6 +41,7 @@ type Metrics struct {
 // NewMetrics registers the bridge's metrics in a new registry.
 func NewMetrics() *Metrics {
 	r := prometheus.NewRegistry()
+	r.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	f := func(name, help string) prometheus.Counter {
 		c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
 		r.MustRegister(c)

@@ -67,7 +67,9 @@ type Kafka struct {
 	GroupID string `yaml:"group_id"`
 	// Partitions of topics the bridge creates. Default: 8.
 	Partitions int `yaml:"partitions"`
-	// BatchTimeout of the producer. Default: 1ms.
+	// BatchTimeout is how long the bridge waits for more device messages
+	// before it writes a batch to Kafka (Kafka's linger.ms). Default: 0:
+	// write what has arrived; what arrives during a write is the next batch.
 	BatchTimeout time.Duration `yaml:"batch_timeout"`
 	// CommitInterval of the consumer. Default: 200ms.
 	CommitInterval time.Duration `yaml:"commit_interval"`
@@ -196,6 +198,8 @@ func (d Dapr) SocketPath() string { return filepath.Join(d.SocketFolder, d.Socke
 type Admin struct {
 	// Listen address of /metrics, /healthz, /readyz. Default: 127.0.0.1:9464.
 	Listen string `yaml:"listen"`
+	// Pprof serves Go's profiles under /debug/pprof/ too. Default: false.
+	Pprof bool `yaml:"pprof"`
 }
 
 // Shutdown settings.
@@ -245,7 +249,6 @@ func (c *Config) ApplyDefaults() {
 	def(&c.Kafka.DLQTopic, "edgebridge.payment.dlq")
 	def(&c.Kafka.GroupID, "edgebridge")
 	defI(&c.Kafka.Partitions, 8)
-	defD(&c.Kafka.BatchTimeout, time.Millisecond)
 	defD(&c.Kafka.CommitInterval, 200*time.Millisecond)
 	if c.Backend.Targets == nil && !c.Dapr.Enabled {
 		c.Backend.Targets = []string{"127.0.0.1:7070"}

@@ -10,7 +10,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -32,21 +34,17 @@ const (
 type ProducerConfig struct {
 	// Brokers are the bootstrap addresses. Required.
 	Brokers []string
-	// BatchTimeout bounds how long a record waits for its batch to fill.
-	// Default: 1ms (kafka-go's 1s default would add a second to every request).
-	BatchTimeout time.Duration
-	// BatchSize is the most records in one produce request per partition. Default: 1000.
-	BatchSize int
+	// MaxRequestBytes bounds the records of one produce request; a
+	// partition's share of a Write that is larger goes out in several.
+	// Default: 1 MiB (Kafka's default message.max.bytes).
+	MaxRequestBytes int
 	// WriteTimeout bounds one produce request. Default: 10s.
 	WriteTimeout time.Duration
 }
 
 func (c ProducerConfig) withDefaults() ProducerConfig {
-	if c.BatchTimeout <= 0 {
-		c.BatchTimeout = time.Millisecond
-	}
-	if c.BatchSize <= 0 {
-		c.BatchSize = 1000
+	if c.MaxRequestBytes <= 0 {
+		c.MaxRequestBytes = 1 << 20
 	}
 	if c.WriteTimeout <= 0 {
 		c.WriteTimeout = 10 * time.Second
@@ -63,10 +61,36 @@ type Record struct {
 }
 
 // Producer writes records with RequiredAcks=all. It is safe for concurrent use.
+//
+// It batches nothing itself: each Write sends its records at once, one
+// produce request per partition, all partitions in parallel, and returns
+// when every request was acknowledged. Callers batch (the bridge writes what
+// arrived while its previous write was in flight). kafka-go's Writer was
+// the first choice, but it holds every partial batch for its BatchTimeout,
+// and a timer under a millisecond fires after about one on an idle process
+// (the Go runtime sleeps in epoll with millisecond resolution): a flat
+// millisecond on every request. It also allocates room for BatchSize
+// messages with each batch, which was half the bridge's allocations.
 type Producer struct {
-	w  *kafka.Writer
-	tr *kafka.Transport
+	cfg    ProducerConfig
+	client *kafka.Client
+	tr     *kafka.Transport
+	// Keys are placed like kafka-go's Writer with its Hash balancer places
+	// them, so partitions stay where earlier versions put them.
+	balancer kafka.Hash
+
+	mu         sync.Mutex
+	partitions map[string]topicPartitions
 }
+
+type topicPartitions struct {
+	ids     []int // sorted
+	fetched time.Time
+}
+
+// partitionsTTL is how long a topic's partition list is trusted; a failed
+// produce forgets it at once.
+const partitionsTTL = 30 * time.Second
 
 // NewProducer returns a Producer; it does no I/O.
 func NewProducer(cfg ProducerConfig) (*Producer, error) {
@@ -75,17 +99,18 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 	}
 	cfg = cfg.withDefaults()
 	tr := &kafka.Transport{}
-	return &Producer{tr: tr, w: &kafka.Writer{
-		Transport:    tr,
-		Addr:         kafka.TCP(cfg.Brokers...),
-		Balancer:     &kafka.Hash{}, // same key, same partition: per-device order
-		RequiredAcks: kafka.RequireAll,
-		BatchTimeout: cfg.BatchTimeout,
-		BatchSize:    cfg.BatchSize,
-		BatchBytes:   16 << 20,
-		WriteTimeout: cfg.WriteTimeout,
-		MaxAttempts:  3,
-	}}, nil
+	return &Producer{
+		cfg: cfg, tr: tr, partitions: map[string]topicPartitions{},
+		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: cfg.WriteTimeout, Transport: tr},
+	}, nil
+}
+
+// request is one produce request: records of one partition, in Write order.
+type request struct {
+	topic     string
+	partition int
+	records   []kafka.Record
+	bytes     int
 }
 
 // Write produces recs and returns once Kafka acknowledged all of them (all
@@ -93,21 +118,143 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 // written; callers retry the whole batch and rely on downstream dedup.
 // Records for the same key keep their order within one call.
 func (p *Producer) Write(ctx context.Context, recs ...Record) error {
-	msgs := make([]kafka.Message, len(recs))
-	for i, r := range recs {
-		msgs[i] = kafka.Message{Topic: r.Topic, Key: r.Key, Value: r.Value, Headers: r.Headers}
+	if len(recs) == 0 {
+		return nil
 	}
-	if err := p.w.WriteMessages(ctx, msgs...); err != nil {
+	chains, err := p.plan(ctx, recs)
+	if err != nil {
+		return err
+	}
+	// Partitions in parallel; the requests of one partition one after the
+	// other, so records keep their order.
+	errs := make([]error, len(chains))
+	run := func(i int) {
+		for _, r := range chains[i] {
+			if errs[i] = p.produce(ctx, r); errs[i] != nil {
+				return
+			}
+		}
+	}
+	if len(chains) == 1 {
+		run(0)
+	} else {
+		var wg sync.WaitGroup
+		for i := range chains {
+			wg.Go(func() { run(i) })
+		}
+		wg.Wait()
+	}
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("kafkapipe: write %d records: %w", len(recs), err)
 	}
 	return nil
 }
 
-// Close flushes and closes the producer and its connections.
+// plan groups recs by partition, in order: one chain of requests per
+// partition, each request at most MaxRequestBytes.
+func (p *Producer) plan(ctx context.Context, recs []Record) ([][]*request, error) {
+	type tp struct {
+		topic string
+		part  int
+	}
+	now := time.Now()
+	chainOf := map[tp]int{}
+	var chains [][]*request
+	for _, r := range recs {
+		ids, err := p.partitionsOf(ctx, r.Topic)
+		if err != nil {
+			return nil, err
+		}
+		k := tp{r.Topic, p.balancer.Balance(kafka.Message{Key: r.Key}, ids...)}
+		size := len(r.Key) + len(r.Value) + 64
+		for _, h := range r.Headers {
+			size += len(h.Key) + len(h.Value)
+		}
+		i, ok := chainOf[k]
+		if !ok {
+			i = len(chains)
+			chainOf[k] = i
+			chains = append(chains, nil)
+		}
+		var req *request
+		if n := len(chains[i]); n > 0 && chains[i][n-1].bytes+size <= p.cfg.MaxRequestBytes {
+			req = chains[i][n-1]
+		} else {
+			req = &request{topic: k.topic, partition: k.part}
+			chains[i] = append(chains[i], req)
+		}
+		req.records = append(req.records, kafka.Record{
+			Time: now, Key: kafka.NewBytes(r.Key), Value: kafka.NewBytes(r.Value), Headers: r.Headers,
+		})
+		req.bytes += size
+	}
+	return chains, nil
+}
+
+func (p *Producer) produce(ctx context.Context, r *request) error {
+	res, err := p.client.Produce(ctx, &kafka.ProduceRequest{
+		Topic: r.topic, Partition: r.partition, RequiredAcks: kafka.RequireAll,
+		Records: kafka.NewRecordReader(r.records...),
+	})
+	if err == nil {
+		err = res.Error
+		for _, e := range res.RecordErrors {
+			err = errors.Join(err, e)
+		}
+	}
+	if err != nil {
+		p.forget(r.topic) // the leader or the partitions may have changed
+		return fmt.Errorf("%s[%d]: %w", r.topic, r.partition, err)
+	}
+	return nil
+}
+
+// partitionsOf returns the sorted partition ids of topic, from metadata
+// fetched at most partitionsTTL ago.
+func (p *Producer) partitionsOf(ctx context.Context, topic string) ([]int, error) {
+	p.mu.Lock()
+	tp, ok := p.partitions[topic]
+	p.mu.Unlock()
+	if ok && time.Since(tp.fetched) < partitionsTTL {
+		return tp.ids, nil
+	}
+	md, err := p.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{topic}})
+	if err != nil {
+		return nil, fmt.Errorf("kafkapipe: metadata of %s: %w", topic, err)
+	}
+	for _, t := range md.Topics {
+		if t.Name != topic {
+			continue
+		}
+		if t.Error != nil {
+			return nil, fmt.Errorf("kafkapipe: topic %s: %w", topic, t.Error)
+		}
+		ids := make([]int, 0, len(t.Partitions))
+		for _, part := range t.Partitions {
+			ids = append(ids, part.ID)
+		}
+		if len(ids) == 0 {
+			break
+		}
+		slices.Sort(ids)
+		p.mu.Lock()
+		p.partitions[topic] = topicPartitions{ids: ids, fetched: time.Now()}
+		p.mu.Unlock()
+		return ids, nil
+	}
+	return nil, fmt.Errorf("kafkapipe: topic %s: %w", topic, kafka.UnknownTopicOrPartition)
+}
+
+func (p *Producer) forget(topic string) {
+	p.mu.Lock()
+	delete(p.partitions, topic)
+	p.mu.Unlock()
+}
+
+// Close closes the producer's connections. Writes in progress fail.
 func (p *Producer) Close() error {
-	err := p.w.Close()
 	p.tr.CloseIdleConnections()
-	return err
+	return nil
 }
 
 // EnsureTopics creates the topics with the given partition count if they do

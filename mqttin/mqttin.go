@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -129,6 +130,9 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 			c.subscribed.Store(false)
 			c.log.Warn("mqttin: connection lost", "broker", cfg.Broker, "err", err)
 		})
+	if u, err := url.Parse(cfg.Broker); err == nil && (u.Scheme == "tcp" || u.Scheme == "mqtt") {
+		po.SetCustomOpenConnectionFn(openConn(cfg.ConnectTimeout))
+	}
 	c.c = paho.NewClient(po)
 	for _, f := range cfg.Subscribe {
 		c.c.AddRoute(f, c.receive)

@@ -151,13 +151,10 @@ func parse(b []byte) (*v1.PaymentRequest, map[string]string, error) {
 		return req, nil, nil
 	}
 	var jr jsonRequest
-	dec := json.NewDecoder(bytes.NewReader(trimmed))
-	dec.UseNumber()
-	if err := dec.Decode(&jr); err != nil {
+	// Unmarshal, not a Decoder: no copy of the payload, and data after the
+	// object is an error too.
+	if err := json.Unmarshal(trimmed, &jr); err != nil {
 		return nil, nil, &Error{Reason: ReasonMalformed, Detail: "bad JSON", Err: err}
-	}
-	if dec.More() {
-		return nil, nil, &Error{Reason: ReasonMalformed, Detail: "trailing data after JSON object"}
 	}
 	req := &v1.PaymentRequest{}
 	if jr.RequestID != nil {

@@ -3,6 +3,7 @@
 //
 //	edgebridge run [-config FILE]     run the bridge
 //	edgebridge demo [flags]           everything in one process, with simulated devices
+//	edgebridge bench [flags]          measure the pipeline against raw MQTT, Kafka and gRPC
 //	edgebridge broker kafka|mqtt      run an embedded broker as its own process
 //	edgebridge validate -config FILE  check a config file, listing every problem
 //	edgebridge version
@@ -27,6 +28,8 @@ func main() {
 		err = runCmd(args)
 	case "demo":
 		err = demoCmd(args)
+	case "bench":
+		err = benchCmd(args)
 	case "broker":
 		err = brokerCmd(args)
 	case "validate":
@@ -51,6 +54,8 @@ func usage() {
   edgebridge run [-config FILE]      run the bridge (embedded brokers when no config)
   edgebridge demo [-devices N] [-requests N]
                                      embedded brokers + paymentd + simulated devices
+  edgebridge bench [-duration D] [-json FILE] [-plot FILE] [-mqtt embedded]
+                                     the pipeline measured against raw MQTT, Kafka and gRPC
   edgebridge broker kafka|mqtt [-listen ADDR] [-data DIR] [-partitions N]
                                      an embedded broker as its own process; data survives restarts
   edgebridge validate -config FILE   exit 0 if valid, else list every problem

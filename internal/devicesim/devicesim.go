@@ -8,7 +8,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -31,6 +33,22 @@ type Config struct {
 	RequestTopic, ReplyTopic string
 	// Counters, if set, is updated live so callers can watch a run.
 	Counters *Counters
+
+	// Duration, if set, makes a timed run: devices send until it has
+	// passed (Requests, if set, still caps each device), then wait up to
+	// Drain for the replies still due.
+	Duration time.Duration
+	// Drain bounds the wait for the last replies of a timed run. Default: 30s.
+	Drain time.Duration
+	// Rate, if set, makes an open-loop run: the devices together start
+	// Rate requests per second on a fixed schedule whatever the replies do
+	// (Outstanding still bounds each device). Latency counts from the
+	// scheduled start, so a stalled pipeline shows up as latency rather
+	// than as fewer requests.
+	Rate float64
+	// PayloadSize pads each request's JSON with a "memo" field to this many
+	// bytes. Default: no padding (about 90 bytes).
+	PayloadSize int
 }
 
 // Counters are a run's running totals; safe to read while it runs.
@@ -44,6 +62,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Requests <= 0 {
 		c.Requests = 100
+		if c.Duration > 0 {
+			c.Requests = math.MaxInt32 // the clock ends the run
+		}
+	}
+	if c.Drain <= 0 {
+		c.Drain = 30 * time.Second
 	}
 	if c.Outstanding <= 0 {
 		c.Outstanding = 4
@@ -86,6 +110,21 @@ type Result struct {
 	Missing       []string        // device/request without a reply
 	Acked         map[string]bool // device/request the broker PUBACKed: the requests promised
 	Elapsed       time.Duration
+	// InWindow counts the replies that arrived within a timed run's
+	// Duration (the rest arrived while draining); Replied otherwise.
+	InWindow int
+}
+
+// Lost counts the requests the broker PUBACKed that got no reply: promised,
+// then not answered.
+func (r Result) Lost() int {
+	n := 0
+	for _, k := range r.Missing {
+		if r.Acked[k] {
+			n++
+		}
+	}
+	return n
 }
 
 // Percentile returns the p-th percentile (0..100) of the latencies.
@@ -146,8 +185,8 @@ func Run(ctx context.Context, cfg Config, progress Progress) (Result, error) {
 		})
 	}
 	var wg sync.WaitGroup
-	for _, d := range devs {
-		wg.Go(func() { d.run(ctx, cfg, sent) })
+	for i, d := range devs {
+		wg.Go(func() { d.run(ctx, cfg, start, i, sent) })
 	}
 	wg.Wait()
 	close(stopProgress)
@@ -169,6 +208,9 @@ func Run(ctx context.Context, cfg Config, progress Progress) (Result, error) {
 				continue
 			}
 			res.Replied++
+			if cfg.Duration == 0 || !d.sentAt[rid].Add(r.latency).After(start.Add(cfg.Duration)) {
+				res.InWindow++
+			}
 			res.ByStatus[r.status]++
 			res.Latencies = append(res.Latencies, r.latency)
 		}
@@ -192,15 +234,27 @@ type device struct {
 	sent    int
 	acked   map[string]bool // request ids the broker PUBACKed
 	dups    int
-	all     chan struct{} // closed when every sent request has a reply
-	want    int
+	stopped bool          // no more requests will be sent
+	all     chan struct{} // closed once stopped and every sent request has a reply
+}
+
+// checkAll closes all once the device stopped sending and has every reply.
+// d.mu must be held.
+func (d *device) checkAll() {
+	if d.stopped && len(d.replies) == d.sent {
+		select {
+		case <-d.all:
+		default:
+			close(d.all)
+		}
+	}
 }
 
 func connect(ctx context.Context, cfg Config, id string, replied *atomic.Int64) (*device, error) {
 	d := &device{
 		id: id, slots: make(chan struct{}, cfg.Outstanding),
 		sentAt: map[string]time.Time{}, replies: map[string]reply{}, acked: map[string]bool{},
-		all: make(chan struct{}), want: cfg.Requests,
+		all: make(chan struct{}),
 	}
 	replyTopic := expand(cfg.ReplyTopic, id)
 	onReply := func(_ paho.Client, m paho.Message) {
@@ -224,9 +278,7 @@ func connect(ctx context.Context, cfg Config, id string, replied *atomic.Int64) 
 		case <-d.slots:
 		default:
 		}
-		if len(d.replies) == d.want {
-			close(d.all)
-		}
+		d.checkAll()
 	}
 	opts := paho.NewClientOptions().AddBroker(cfg.Broker).SetClientID(id).
 		SetCleanSession(false). // replies published while we reconnect are kept
@@ -254,20 +306,58 @@ func connect(ctx context.Context, cfg Config, id string, replied *atomic.Int64) 
 	return d, nil
 }
 
-func (d *device) run(ctx context.Context, cfg Config, sent *atomic.Int64) {
+// run sends the device's requests; device i of a run that started at start.
+func (d *device) run(ctx context.Context, cfg Config, start time.Time, i int, sent *atomic.Int64) {
 	reqTopic := expand(cfg.RequestTopic, d.id)
+	sendCtx := ctx
+	if cfg.Duration > 0 {
+		var cancel context.CancelFunc
+		sendCtx, cancel = context.WithDeadline(ctx, start.Add(cfg.Duration))
+		defer cancel()
+	}
+	// Open loop: device i sends at start + offset + k*interval, the devices
+	// staggered evenly over one interval.
+	var interval time.Duration
+	if cfg.Rate > 0 {
+		interval = time.Duration(float64(cfg.Devices) / cfg.Rate * float64(time.Second))
+		start = start.Add(interval * time.Duration(i) / time.Duration(cfg.Devices))
+	}
+	var timer *time.Timer
 	for n := range cfg.Requests {
+		at := time.Now()
+		if interval > 0 {
+			at = start.Add(interval * time.Duration(n))
+			if wait := time.Until(at); wait > 0 {
+				if timer == nil {
+					timer = time.NewTimer(wait)
+					defer timer.Stop()
+				} else {
+					timer.Reset(wait)
+				}
+				select {
+				case <-timer.C:
+				case <-sendCtx.Done():
+				}
+			}
+		}
+		if sendCtx.Err() != nil {
+			break
+		}
 		select {
 		case d.slots <- struct{}{}:
-		case <-ctx.Done():
-			return
+		case <-sendCtx.Done():
+		}
+		if sendCtx.Err() != nil {
+			break
+		}
+		if interval == 0 {
+			at = time.Now()
 		}
 		rid := RequestID(n)
-		body, _ := json.Marshal(map[string]any{
-			"request_id": rid, "amount_minor": Amount(n), "currency": "EUR", "merchant_id": "m-" + d.id,
-		})
+		// A fresh buffer each time: paho keeps it for resending.
+		body := appendRequest(make([]byte, 0, max(cfg.PayloadSize, 128)), rid, Amount(n), "m-"+d.id, cfg.PayloadSize)
 		d.mu.Lock()
-		d.sentAt[rid] = time.Now()
+		d.sentAt[rid] = at
 		d.sent++
 		d.mu.Unlock()
 		tok := d.c.Publish(reqTopic, 1, false, body)
@@ -283,10 +373,42 @@ func (d *device) run(ctx context.Context, cfg Config, sent *atomic.Int64) {
 		}
 		sent.Add(1)
 	}
+	d.mu.Lock()
+	d.stopped = true
+	d.checkAll()
+	d.mu.Unlock()
+	var drain <-chan time.Time
+	if cfg.Duration > 0 {
+		t := time.NewTimer(cfg.Drain)
+		defer t.Stop()
+		drain = t.C
+	}
 	select {
 	case <-d.all:
 	case <-ctx.Done():
+	case <-drain:
 	}
+}
+
+// appendRequest appends a request's JSON to b, padded with a "memo" field
+// to size bytes when it is shorter.
+func appendRequest(b []byte, rid string, amount int64, merchant string, size int) []byte {
+	b = append(b, `{"request_id":"`...)
+	b = append(b, rid...)
+	b = append(b, `","amount_minor":`...)
+	b = strconv.AppendInt(b, amount, 10)
+	b = append(b, `,"currency":"EUR","merchant_id":"`...)
+	b = append(b, merchant...)
+	b = append(b, '"')
+	const memo = `,"memo":""}`
+	if pad := size - len(b) - len(memo); pad > 0 {
+		b = append(b, memo[:len(memo)-2]...)
+		for range pad {
+			b = append(b, 'x')
+		}
+		return append(b, `"}`...)
+	}
+	return append(b, '}')
 }
 
 func expand(pattern, id string) string { return strings.ReplaceAll(pattern, "{device_id}", id) }

@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	paho "github.com/eclipse/paho.mqtt.golang"
 	"net"
 	"net/http"
 	"os"
@@ -21,6 +20,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	mosquittoconf "github.com/edgebridge/edgebridge/deploy/mosquitto"
 )
 
 var bins struct {
@@ -191,14 +194,8 @@ func startMosquitto(t *testing.T) *mosq {
 	dir := t.TempDir()
 	addr := freeAddr(t)
 	_, port, _ := net.SplitHostPort(addr)
-	shipped, err := os.ReadFile("../../deploy/mosquitto/mosquitto.conf")
-	if err != nil {
-		t.Fatal(err)
-	}
-	conf := string(shipped)
-	conf = strings.Replace(conf, "listener 1883 127.0.0.1", "listener "+port+" 127.0.0.1", 1)
-	conf = strings.Replace(conf, "persistence_location /var/lib/mosquitto/", "persistence_location "+dir+"/", 1)
-	conf += "\n# test: run as the current user, log to stderr, publish $SYS every second\nuser root\nlog_dest stderr\nlog_type error\nlog_type warning\nsys_interval 1\n"
+	portN, _ := strconv.Atoi(port)
+	conf := mosquittoconf.Local(portN, dir) + "# test: publish $SYS every second\nsys_interval 1\n"
 	m := &mosq{t: t, addr: addr, conf: filepath.Join(dir, "mosquitto.conf")}
 	if err := os.WriteFile(m.conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/edgebridge/edgebridge/internal/bench"
+)
+
+// benchCmd measures the pipeline against raw MQTT, Kafka and gRPC in the
+// same run; see internal/bench.
+func benchCmd(args []string) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	var cfg bench.Config
+	fs.StringVar(&cfg.MQTT, "mqtt", "mosquitto", "mosquitto (from PATH, shipped settings), embedded, or tcp://host:port")
+	fs.StringVar(&cfg.Kafka, "kafka", "embedded", "embedded (its own process) or host:port[,host:port]")
+	fs.IntVar(&cfg.Devices, "devices", 50, "simulated devices at full load")
+	fs.IntVar(&cfg.Outstanding, "outstanding", 4, "requests in flight per device at full load")
+	fs.IntVar(&cfg.PayloadSize, "size", 1024, "request payload bytes")
+	fs.DurationVar(&cfg.Duration, "duration", 0, "measured time of each full-load scenario, split over the rounds (default 15s)")
+	fs.IntVar(&cfg.Rounds, "rounds", 3, "rounds alternating the pipeline and the baselines")
+	fs.IntVar(&cfg.LowLoad, "low-load", 20, "devices, one request outstanding each, of the latency scenario")
+	fs.IntVar(&cfg.Curve, "curve", 5, "open-loop steps for the latency-vs-load plot (-1: none)")
+	fs.Float64Var(&cfg.Rate, "rate", 0, "if set, also run the pipeline open loop at this many requests/s")
+	jsonPath := fs.String("json", "", "write the report as JSON to this file")
+	plotPath := fs.String("plot", "", "write the latency-vs-load plot as SVG to this file")
+	fs.StringVar(&cfg.ProfileDir, "profile", "", "write the bridge's CPU (first pipeline round) and allocation profiles to this directory")
+	quiet := fs.Bool("q", false, "no progress lines")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cfg.Bridge = exe
+	if !*quiet {
+		cfg.Log = os.Stderr
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := bench.Run(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if err := rep.WriteTable(os.Stdout); err != nil {
+		return err
+	}
+	if *jsonPath != "" {
+		if err := rep.WriteJSON(*jsonPath); err != nil {
+			return err
+		}
+	}
+	if *plotPath != "" {
+		f, err := os.Create(*plotPath)
+		if err != nil {
+			return err
+		}
+		if err := rep.WritePlot(f); err != nil {
+			f.Close()
+			return err
+		}
+		if err := f.Close(); err != nil {
+			return err
+		}
+	}
+	if rep.Lost > 0 {
+		return fmt.Errorf("bench: %d messages lost", rep.Lost)
+	}
+	return nil
+}

@@ -1,0 +1,494 @@
+// Package bench measures the whole edgebridge pipeline against its raw
+// parts in one run, on the same machine at the same time:
+//
+//	pipeline    device -MQTT-> broker -> edgebridge -> Kafka -> edgebridge -gRPC-> paymentd
+//	            -> edgebridge -MQTT-> broker -> device; publish -> reply at the device
+//	mqtt raw    the same devices, payload, QoS and outstanding limit through the same
+//	            broker, answered by a client that replies at once (the broker crossed twice)
+//	kafka raw   kafka-go produce -> consume with the bridge's producer settings
+//	grpc echo   the bridge's bidi stream protocol against a server that ACKs at once
+//
+// The baselines and the pipeline alternate in rounds, so a machine that
+// gets slower or faster during the run affects both. The bridge runs as its
+// own process (`edgebridge run`), so its CPU time, peak RSS and goroutines
+// are its own; the embedded Kafka broker does too.
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/edgebridge/edgebridge/internal/devicesim"
+)
+
+// Config configures a run. Zero values mean the default.
+type Config struct {
+	// Bridge is the edgebridge binary to run. Required.
+	Bridge string
+	// MQTT is "mosquitto" (from PATH, with deploy/mosquitto/mosquitto.conf),
+	// "embedded" (the in-process broker) or tcp://host:port. Default: mosquitto.
+	MQTT string
+	// Kafka is "embedded" (its own process) or host:port[,host:port]. Default: embedded.
+	Kafka string
+	// Devices and Outstanding (requests in flight per device) of the
+	// full-load scenarios. Defaults: 50 and 4.
+	Devices, Outstanding int
+	// PayloadSize of each request in bytes. Default: 1024.
+	PayloadSize int
+	// Duration is the measured time of each full-load scenario, split
+	// over Rounds. Defaults: 15s, 3 rounds.
+	Duration time.Duration
+	Rounds   int
+	// LowLoad devices with one request outstanding each: the latency
+	// scenario. Default: 20.
+	LowLoad int
+	// Curve is the number of open-loop steps, at fractions of the measured
+	// pipeline throughput, for the latency-vs-load plot. Default: 5; -1: none.
+	Curve int
+	// Rate, if set, adds an open-loop pipeline scenario at this many requests/s.
+	Rate float64
+	// Partitions of the request topic. Default: 8.
+	Partitions int
+	// BridgeConfig is appended to the bridge's YAML config (top-level sections).
+	BridgeConfig string
+	// ProfileDir, if set, receives the bridge's CPU profile of the first
+	// full-load pipeline round (cpu.pprof) and its allocations (allocs.pprof).
+	ProfileDir string
+	// Dir holds the brokers' data. Default: a temp dir, removed afterwards.
+	Dir string
+	// Log receives progress lines. Default: io.Discard.
+	Log io.Writer
+}
+
+func (c Config) withDefaults() Config {
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	if c.MQTT == "" {
+		c.MQTT = "mosquitto"
+	}
+	if c.Kafka == "" {
+		c.Kafka = "embedded"
+	}
+	def(&c.Devices, 50)
+	def(&c.Outstanding, 4)
+	def(&c.PayloadSize, 1024)
+	def(&c.Rounds, 3)
+	def(&c.LowLoad, 20)
+	def(&c.Curve, 5)
+	def(&c.Partitions, 8)
+	if c.Duration <= 0 {
+		c.Duration = 15 * time.Second
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+	return c
+}
+
+// Latency percentiles in milliseconds.
+type Latency struct {
+	P50 float64 `json:"p50"`
+	P90 float64 `json:"p90"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+func latencyOf(d []time.Duration) Latency {
+	if len(d) == 0 {
+		return Latency{}
+	}
+	s := slices.Clone(d)
+	slices.Sort(s)
+	at := func(p float64) float64 {
+		return float64(s[int(float64(len(s)-1)*p)]) / float64(time.Millisecond)
+	}
+	return Latency{P50: at(0.50), P90: at(0.90), P99: at(0.99), Max: at(1)}
+}
+
+// Scenario is what one scenario (or the sum of its rounds) measured.
+type Scenario struct {
+	Name        string `json:"name"`
+	Round       int    `json:"round,omitempty"`
+	Devices     int    `json:"devices,omitempty"`
+	Outstanding int    `json:"outstanding"`
+	// OfferedRate is the open-loop load in requests/s; 0 for a closed loop.
+	OfferedRate float64 `json:"offered_msgs_per_sec,omitempty"`
+	// Messages answered within the measured time, and that time.
+	Messages   int     `json:"messages"`
+	Seconds    float64 `json:"seconds"`
+	Throughput float64 `json:"msgs_per_sec"`
+	Latency    Latency `json:"latency_ms"`
+	// Lost are requests the broker acknowledged that never got a reply.
+	Lost       int `json:"lost"`
+	Duplicates int `json:"duplicate_replies"`
+	// CPU is milliseconds of CPU per 1,000 messages, per process
+	// (bridge, mosquitto, kafka, and "bench": devices, paymentd, baselines).
+	CPU map[string]float64 `json:"cpu_ms_per_1k_msgs,omitempty"`
+	// Bridge figures, for the scenarios that run through it.
+	BridgeRSSMax        int64 `json:"bridge_rss_max_bytes,omitempty"`
+	BridgeGoroutinesMax int   `json:"bridge_goroutines_max,omitempty"`
+
+	lat     []time.Duration
+	cpuUsed map[string]time.Duration
+	replies int // every reply, also those after the measured time
+}
+
+func (s *Scenario) finish() {
+	if s.Seconds > 0 {
+		s.Throughput = float64(s.Messages) / s.Seconds
+	}
+	s.Latency = latencyOf(s.lat)
+	if s.cpuUsed != nil && s.replies > 0 {
+		s.CPU = map[string]float64{}
+		for k, v := range s.cpuUsed {
+			s.CPU[k] = float64(v) / float64(time.Millisecond) / float64(s.replies) * 1000
+		}
+	}
+}
+
+// merge sums the rounds of one scenario.
+func merge(rounds []Scenario) Scenario {
+	m := rounds[0]
+	m.Round, m.Messages, m.Seconds, m.Lost, m.Duplicates, m.replies = 0, 0, 0, 0, 0, 0
+	m.lat, m.cpuUsed = nil, map[string]time.Duration{}
+	for _, r := range rounds {
+		m.Messages += r.Messages
+		m.Seconds += r.Seconds
+		m.Lost += r.Lost
+		m.Duplicates += r.Duplicates
+		m.replies += r.replies
+		m.lat = append(m.lat, r.lat...)
+		m.BridgeRSSMax = max(m.BridgeRSSMax, r.BridgeRSSMax)
+		m.BridgeGoroutinesMax = max(m.BridgeGoroutinesMax, r.BridgeGoroutinesMax)
+		for k, v := range r.cpuUsed {
+			m.cpuUsed[k] += v
+		}
+	}
+	m.finish()
+	return m
+}
+
+// Report is a run's result. Its JSON form is the bench's -json output.
+type Report struct {
+	Throughput       float64    `json:"throughput_msgs_per_sec"`
+	BaselineMQTT     float64    `json:"baseline_mqtt_msgs_per_sec"`
+	BaselineKafka    float64    `json:"baseline_kafka_msgs_per_sec"`
+	BaselineGRPC     float64    `json:"baseline_grpc_msgs_per_sec"`
+	ThroughputVsMQTT float64    `json:"throughput_vs_mqtt_baseline"`
+	Latency          Latency    `json:"latency_ms"`
+	LowLoadLatency   Latency    `json:"low_load_latency_ms"`
+	Lost             int        `json:"lost"`
+	BridgeRSSMax     int64      `json:"bridge_rss_max_bytes"`
+	BridgeCPUPer1k   float64    `json:"bridge_cpu_ms_per_1k_msgs"`
+	BridgeGoroutines int        `json:"bridge_goroutines_max"`
+	Targets          []Target   `json:"targets"`
+	Scenarios        []Scenario `json:"scenarios"`
+	Rounds           []Scenario `json:"rounds"`
+	Curve            []Scenario `json:"load_curve"`
+	Setup            Setup      `json:"setup"`
+	Started          time.Time  `json:"started"`
+	Finished         time.Time  `json:"finished"`
+}
+
+// Target is one of the performance targets and whether this run met it.
+type Target struct {
+	Name string  `json:"name"`
+	Want string  `json:"want"`
+	Got  float64 `json:"got"`
+	Met  bool    `json:"met"`
+}
+
+// Setup records what was measured and where.
+type Setup struct {
+	MQTT        string `json:"mqtt"`
+	Kafka       string `json:"kafka"`
+	Devices     int    `json:"devices"`
+	Outstanding int    `json:"outstanding"`
+	PayloadSize int    `json:"payload_bytes"`
+	Duration    string `json:"duration"`
+	Rounds      int    `json:"rounds"`
+	LowLoad     int    `json:"low_load_devices"`
+	CPUs        int    `json:"cpus"`
+	CPUModel    string `json:"cpu_model"`
+	GoVersion   string `json:"go_version"`
+	OS          string `json:"os"`
+}
+
+// bridgeWindow is backend.window's default: the gRPC echo baseline keeps
+// the same number of deliveries outstanding on its one stream.
+const bridgeWindow = 128
+
+// Run starts everything, runs the scenarios and stops everything. ctx
+// ending stops the run early with its error.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	cfg = cfg.withDefaults()
+	if cfg.Bridge == "" {
+		return nil, fmt.Errorf("bench: no edgebridge binary")
+	}
+	if cfg.Dir == "" {
+		dir, err := os.MkdirTemp("", "edgebridge-bench-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(dir)
+		cfg.Dir = dir
+	}
+	logf := func(format string, a ...any) { fmt.Fprintf(cfg.Log, format+"\n", a...) }
+	rep := &Report{Started: time.Now(), Setup: setupOf(cfg)}
+
+	logf("starting %s, kafka %s, paymentd and edgebridge", cfg.MQTT, cfg.Kafka)
+	e, err := startEnv(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer e.close()
+	refl, err := startReflector(ctx, e.mqttURL)
+	if err != nil {
+		return nil, err
+	}
+	defer refl.close()
+	r := &runner{cfg: cfg, e: e, logf: logf}
+
+	// Warm up both paths (connections, topics, the JIT-less but cold caches).
+	warm := time.Second
+	if _, err := r.devices(ctx, "warm-pipe", cfg.Devices, cfg.Outstanding, warm, 0, false); err != nil {
+		return nil, err
+	}
+	if _, err := r.devices(ctx, "warm-raw", cfg.Devices, cfg.Outstanding, warm, 0, true); err != nil {
+		return nil, err
+	}
+
+	per := cfg.Duration / time.Duration(cfg.Rounds)
+	byName := map[string][]Scenario{}
+	var order []string
+	add := func(s Scenario) {
+		if _, ok := byName[s.Name]; !ok {
+			order = append(order, s.Name)
+		}
+		byName[s.Name] = append(byName[s.Name], s)
+		rep.Rounds = append(rep.Rounds, s)
+	}
+	for round := 1; round <= cfg.Rounds; round++ {
+		steps := []func() (Scenario, error){
+			func() (Scenario, error) {
+				return r.devices(ctx, fmt.Sprintf("raw%d", round), cfg.Devices, cfg.Outstanding, per, 0, true)
+			},
+			func() (Scenario, error) {
+				if round == 1 && cfg.ProfileDir != "" {
+					profiled := make(chan error, 1)
+					go func() { profiled <- e.profile(cfg.ProfileDir, per) }()
+					defer func() {
+						if err := <-profiled; err != nil {
+							logf("  %v", err)
+						}
+					}()
+				}
+				return r.devices(ctx, fmt.Sprintf("pipe%d", round), cfg.Devices, cfg.Outstanding, per, 0, false)
+			},
+			func() (Scenario, error) {
+				return r.measure(ctx, false, func() (Scenario, error) {
+					return runKafka(ctx, e.brokers, fmt.Sprintf("edgebridge.bench.raw.%d.%d", rep.Started.Unix(), round),
+						cfg.Partitions, cfg.Devices, cfg.Outstanding, cfg.PayloadSize, per)
+				})
+			},
+			func() (Scenario, error) {
+				return r.measure(ctx, false, func() (Scenario, error) { return runGRPC(ctx, bridgeWindow, cfg.PayloadSize, per) })
+			},
+		}
+		for _, step := range steps {
+			s, err := step()
+			if err != nil {
+				return nil, err
+			}
+			s.Round = round
+			add(s)
+			logf("  round %d %-10s %8.0f msg/s  p50 %6.2f ms  p99 %6.2f ms  lost %d", round, s.Name, s.Throughput, s.Latency.P50, s.Latency.P99, s.Lost)
+		}
+	}
+	low, err := r.devices(ctx, "low", cfg.LowLoad, 1, max(per, 3*time.Second), 0, false)
+	if err != nil {
+		return nil, err
+	}
+	low.Name = "pipeline low load"
+	add(low)
+	logf("  %s: p50 %.2f ms  p99 %.2f ms", low.Name, low.Latency.P50, low.Latency.P99)
+
+	for _, name := range order {
+		rep.Scenarios = append(rep.Scenarios, merge(byName[name]))
+	}
+	pipe := merge(byName["pipeline"])
+	rep.Throughput = pipe.Throughput
+	rep.Latency = pipe.Latency
+	rep.BaselineMQTT = merge(byName["mqtt raw"]).Throughput
+	rep.BaselineKafka = merge(byName["kafka raw"]).Throughput
+	rep.BaselineGRPC = merge(byName["grpc echo"]).Throughput
+	rep.LowLoadLatency = low.Latency
+	if rep.BaselineMQTT > 0 {
+		rep.ThroughputVsMQTT = rep.Throughput / rep.BaselineMQTT
+	}
+
+	// Latency against load: open loop at fractions of what the closed loop reached.
+	if cfg.Curve > 0 {
+		for i := 1; i <= cfg.Curve; i++ {
+			rate := pipe.Throughput * float64(i) / float64(cfg.Curve+1)
+			s, err := r.devices(ctx, fmt.Sprintf("curve%d", i), cfg.Devices, 64, max(per, 2*time.Second), rate, false)
+			if err != nil {
+				return nil, err
+			}
+			s.Name = "pipeline open loop"
+			rep.Curve = append(rep.Curve, s)
+			logf("  open loop %6.0f msg/s offered: %6.0f msg/s  p50 %6.2f ms  p99 %6.2f ms", rate, s.Throughput, s.Latency.P50, s.Latency.P99)
+		}
+	}
+	if cfg.Rate > 0 {
+		s, err := r.devices(ctx, "rate", cfg.Devices, 64, cfg.Duration, cfg.Rate, false)
+		if err != nil {
+			return nil, err
+		}
+		s.Name = "pipeline at -rate"
+		rep.Scenarios = append(rep.Scenarios, s)
+		logf("  -rate %.0f msg/s: %.0f msg/s  p50 %.2f ms  p99 %.2f ms", cfg.Rate, s.Throughput, s.Latency.P50, s.Latency.P99)
+	}
+
+	for _, s := range append(slices.Clone(rep.Scenarios), rep.Curve...) {
+		rep.Lost += s.Lost
+		rep.BridgeRSSMax = max(rep.BridgeRSSMax, s.BridgeRSSMax)
+		rep.BridgeGoroutines = max(rep.BridgeGoroutines, s.BridgeGoroutinesMax)
+	}
+	rep.BridgeCPUPer1k = pipe.CPU["bridge"]
+	rep.Targets = targets(rep)
+	rep.Finished = time.Now()
+	return rep, nil
+}
+
+func targets(r *Report) []Target {
+	return []Target{
+		{Name: "throughput vs raw MQTT (1 KB QoS 1, 50 devices)", Want: ">= 0.5", Got: r.ThroughputVsMQTT, Met: r.ThroughputVsMQTT >= 0.5},
+		{Name: "p99 latency at low load, ms", Want: "<= 10", Got: r.LowLoadLatency.P99, Met: r.LowLoadLatency.P99 > 0 && r.LowLoadLatency.P99 <= 10},
+		{Name: "bridge peak RSS, MB", Want: "<= 64", Got: float64(r.BridgeRSSMax) / (1 << 20), Met: r.BridgeRSSMax > 0 && r.BridgeRSSMax <= 64<<20},
+		{Name: "lost messages", Want: "0", Got: float64(r.Lost), Met: r.Lost == 0},
+	}
+}
+
+// runner runs scenarios against one env.
+type runner struct {
+	cfg  Config
+	e    *env
+	logf func(string, ...any)
+}
+
+// devices runs simulated devices for d against the pipeline, or with raw
+// against the reflector. rate > 0 makes it an open loop.
+func (r *runner) devices(ctx context.Context, prefix string, devices, outstanding int, d time.Duration, rate float64, raw bool) (Scenario, error) {
+	name, req, rep := "pipeline", "", ""
+	if raw {
+		name, req, rep = "mqtt raw", rawRequestTopic, rawReplyTopic
+	}
+	return r.measure(ctx, !raw, func() (Scenario, error) {
+		res, err := devicesim.Run(ctx, devicesim.Config{
+			Broker: r.e.mqttURL, Devices: devices, Outstanding: outstanding, DevicePrefix: prefix,
+			RequestTopic: req, ReplyTopic: rep, Duration: d, Rate: rate, PayloadSize: r.cfg.PayloadSize,
+		}, nil)
+		if err != nil {
+			return Scenario{}, err
+		}
+		return Scenario{
+			Name: name, Devices: devices, Outstanding: outstanding, OfferedRate: rate,
+			Messages: res.InWindow, Seconds: d.Seconds(), Lost: res.Lost(), Duplicates: res.Duplicates,
+			lat: res.Latencies, replies: res.Replied,
+		}, nil
+	})
+}
+
+// measure runs fn and adds the processes' CPU time, the bridge's peak RSS
+// and its most goroutines seen meanwhile.
+func (r *runner) measure(ctx context.Context, throughBridge bool, fn func() (Scenario, error)) (Scenario, error) {
+	procs := map[string]int{"bench": os.Getpid(), "bridge": r.e.bridge.pid()}
+	if r.e.mosq != nil {
+		procs["mosquitto"] = r.e.mosq.pid()
+	}
+	if r.e.kafka != nil {
+		procs["kafka"] = r.e.kafka.pid()
+	}
+	before := map[string]procStat{}
+	for name, pid := range procs {
+		st, err := readProcStat(pid)
+		if err != nil {
+			return Scenario{}, fmt.Errorf("bench: %s stats: %w", name, err)
+		}
+		before[name] = st
+	}
+	stop := make(chan struct{})
+	var most int
+	var wg sync.WaitGroup
+	if throughBridge {
+		wg.Go(func() {
+			t := time.NewTicker(200 * time.Millisecond)
+			defer t.Stop()
+			for {
+				if n, err := r.e.goroutines(); err == nil {
+					most = max(most, n)
+				}
+				select {
+				case <-t.C:
+				case <-stop:
+					return
+				}
+			}
+		})
+	}
+	s, err := fn()
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		return s, err
+	}
+	if err := r.e.bridge.exited(); err != nil {
+		return s, err
+	}
+	s.cpuUsed = map[string]time.Duration{}
+	for name, pid := range procs {
+		st, err := readProcStat(pid)
+		if err != nil {
+			return s, fmt.Errorf("bench: %s stats: %w", name, err)
+		}
+		s.cpuUsed[name] = st.CPU - before[name].CPU
+		if name == "bridge" && throughBridge {
+			s.BridgeRSSMax = st.PeakRSS
+			s.BridgeGoroutinesMax = most
+		}
+	}
+	s.finish()
+	return s, ctx.Err()
+}
+
+func setupOf(cfg Config) Setup {
+	return Setup{
+		MQTT: cfg.MQTT, Kafka: cfg.Kafka, Devices: cfg.Devices, Outstanding: cfg.Outstanding,
+		PayloadSize: cfg.PayloadSize, Duration: cfg.Duration.String(), Rounds: cfg.Rounds, LowLoad: cfg.LowLoad,
+		CPUs: runtime.NumCPU(), CPUModel: cpuModel(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH,
+	}
+}
+
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown"
+	}
+	for line := range strings.Lines(string(b)) {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown"
+}

@@ -1,0 +1,425 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/edgebridge/edgebridge/backend"
+	mosquittoconf "github.com/edgebridge/edgebridge/deploy/mosquitto"
+	"github.com/edgebridge/edgebridge/embedded"
+	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/payment"
+)
+
+// env is everything a run measures: the brokers, paymentd and the bridge.
+// Processes it starts are stopped by their PIDs in close.
+type env struct {
+	dir      string
+	mqttURL  string
+	brokers  []string
+	admin    string
+	bridge   *proc
+	mosq     *proc // nil unless Mosquitto was started here
+	kafka    *proc // nil unless the embedded broker was started here
+	mqttIn   *embedded.MQTT
+	pay      *grpc.Server
+	ledger   *payment.Ledger
+	closers  []func()
+	payAddr  string
+	mqttKind string
+}
+
+// proc is a child process and what it wrote.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  *tailBuffer
+	done chan struct{}
+	err  error
+}
+
+func startProc(name string, env []string, bin string, args ...string) (*proc, error) {
+	p := &proc{name: name, cmd: exec.Command(bin, args...), out: &tailBuffer{max: 16 << 10}, done: make(chan struct{})}
+	p.cmd.Env = append(os.Environ(), env...)
+	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the bench
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("bench: start %s: %w", name, err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+// stop sends SIGTERM and waits up to limit, then SIGKILL.
+func (p *proc) stop(limit time.Duration) {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(limit):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func (p *proc) exited() error {
+	select {
+	case <-p.done:
+		return fmt.Errorf("bench: %s exited: %v\n%s", p.name, p.err, p.out.String())
+	default:
+		return nil
+	}
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+	max int
+}
+
+func (t *tailBuffer) Write(b []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, b...)
+	if len(t.buf) > t.max {
+		t.buf = t.buf[len(t.buf)-t.max:]
+	}
+	return len(b), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// await polls cond every 20ms until it holds or limit passes.
+func await(ctx context.Context, limit time.Duration, what string, cond func() error) error {
+	deadline := time.Now().Add(limit)
+	t := time.NewTicker(20 * time.Millisecond)
+	defer t.Stop()
+	for {
+		err := cond()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("bench: %s not ready after %s: %w", what, limit, err)
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func dial(addr string) error {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err == nil {
+		c.Close()
+	}
+	return err
+}
+
+// startEnv starts what cfg asks for; on error everything already started
+// is stopped.
+func startEnv(ctx context.Context, cfg Config) (_ *env, err error) {
+	e := &env{dir: cfg.Dir}
+	defer func() {
+		if err != nil {
+			e.close()
+		}
+	}()
+	if err := e.startMQTT(ctx, cfg.MQTT); err != nil {
+		return e, err
+	}
+	if err := e.startKafka(ctx, cfg.Kafka, cfg.Bridge); err != nil {
+		return e, err
+	}
+	if err := e.startPaymentd(); err != nil {
+		return e, err
+	}
+	return e, e.startBridge(ctx, cfg)
+}
+
+func (e *env) startMQTT(ctx context.Context, kind string) error {
+	e.mqttKind = kind
+	switch {
+	case kind == "mosquitto":
+		bin, err := exec.LookPath("mosquitto")
+		if err != nil {
+			return errors.New("bench: mosquitto not on PATH (apt-get install -y mosquitto), or use -mqtt embedded")
+		}
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		dir := filepath.Join(e.dir, "mosquitto")
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		conf := filepath.Join(dir, "mosquitto.conf")
+		if err := os.WriteFile(conf, []byte(mosquittoconf.Local(port, dir)), 0o644); err != nil {
+			return err
+		}
+		if e.mosq, err = startProc("mosquitto", nil, bin, "-c", conf); err != nil {
+			return err
+		}
+		addr := "127.0.0.1:" + strconv.Itoa(port)
+		e.mqttURL = "tcp://" + addr
+		return await(ctx, 10*time.Second, "mosquitto", func() error {
+			if err := e.mosq.exited(); err != nil {
+				return err
+			}
+			return dial(addr)
+		})
+	case kind == "embedded":
+		m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: "127.0.0.1:0", DataDir: filepath.Join(e.dir, "mqtt")})
+		if err != nil {
+			return err
+		}
+		e.mqttIn = m
+		e.mqttURL = "tcp://" + m.Addr()
+		return nil
+	case strings.HasPrefix(kind, "tcp://"):
+		e.mqttURL = kind
+		return dial(strings.TrimPrefix(kind, "tcp://"))
+	default:
+		return fmt.Errorf("bench: -mqtt %q: want mosquitto, embedded or tcp://host:port", kind)
+	}
+}
+
+// startKafka runs the embedded broker as its own process (so the bridge's
+// figures are the bridge's alone), or uses the brokers given.
+func (e *env) startKafka(ctx context.Context, kind, bin string) error {
+	if kind != "embedded" {
+		e.brokers = strings.Split(kind, ",")
+		return await(ctx, 10*time.Second, "kafka "+kind, func() error { return dial(e.brokers[0]) })
+	}
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	addr := "127.0.0.1:" + strconv.Itoa(port)
+	if e.kafka, err = startProc("kafka broker", nil, bin, "broker", "kafka", "-listen", addr, "-data", filepath.Join(e.dir, "kafka")); err != nil {
+		return err
+	}
+	e.brokers = []string{addr}
+	return await(ctx, 30*time.Second, "kafka broker", func() error {
+		if err := e.kafka.exited(); err != nil {
+			return err
+		}
+		return dial(addr)
+	})
+}
+
+// startPaymentd serves the reference backend in this process.
+func (e *env) startPaymentd() error {
+	var err error
+	if e.ledger, err = payment.OpenLedger(filepath.Join(e.dir, "ledger.jsonl")); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	e.pay = grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
+	backend.NewServer(backend.Config{ID: "paymentd-bench"}, payment.Handler(payment.DefaultLimit), e.ledger).Register(e.pay)
+	go func() { _ = e.pay.Serve(ln) }()
+	e.payAddr = ln.Addr().String()
+	return nil
+}
+
+// startBridge runs `edgebridge run` with the product's defaults, pointed at
+// the brokers and paymentd, and waits for /readyz.
+func (e *env) startBridge(ctx context.Context, cfg Config) error {
+	port, err := freePort()
+	if err != nil {
+		return err
+	}
+	e.admin = "127.0.0.1:" + strconv.Itoa(port)
+	doc := fmt.Sprintf(`mqtt:
+  broker: %s
+  client_id: edgebridge-bench
+  subscribe: ["payment/request/+"]
+  reply_topic: "payment/response/{device_id}"
+kafka:
+  brokers: [%s]
+  topic: edgebridge.payment.requests
+  dlq_topic: edgebridge.payment.dlq
+  group_id: edgebridge
+backend:
+  targets: ["%s"]
+admin:
+  listen: %s
+  pprof: %t
+%s`, e.mqttURL, strings.Join(e.brokers, ", "), e.payAddr, e.admin, cfg.ProfileDir != "", cfg.BridgeConfig)
+	path := filepath.Join(e.dir, "edgebridge.yaml")
+	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+		return err
+	}
+	if e.bridge, err = startProc("edgebridge", nil, cfg.Bridge, "run", "-config", path); err != nil {
+		return err
+	}
+	return await(ctx, 60*time.Second, "edgebridge /readyz", func() error {
+		if err := e.bridge.exited(); err != nil {
+			return err
+		}
+		resp, err := http.Get("http://" + e.admin + "/readyz")
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return errors.New(strings.TrimSpace(string(body)))
+		}
+		return nil
+	})
+}
+
+// goroutines reads go_goroutines from the bridge's /metrics.
+func (e *env) goroutines() (int, error) {
+	resp, err := http.Get("http://" + e.admin + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			return int(f), err
+		}
+	}
+	return 0, errors.New("bench: no go_goroutines in the bridge's /metrics")
+}
+
+// profile writes the bridge's CPU profile over the next d, then its
+// allocation profile (since start), as cpu.pprof and allocs.pprof in dir.
+func (e *env) profile(dir string, d time.Duration) error {
+	get := func(path, file string) error {
+		resp, err := http.Get("http://" + e.admin + path)
+		if err != nil {
+			return fmt.Errorf("bench: profile: %w", err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("bench: profile %s: %s", path, resp.Status)
+		}
+		f, err := os.Create(filepath.Join(dir, file))
+		if err != nil {
+			return err
+		}
+		if _, err := io.Copy(f, resp.Body); err != nil {
+			f.Close()
+			return err
+		}
+		return f.Close()
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(int(d.Seconds()), 1)), "cpu.pprof"); err != nil {
+		return err
+	}
+	return get("/debug/pprof/allocs", "allocs.pprof")
+}
+
+func (e *env) close() {
+	if e.bridge != nil {
+		e.bridge.stop(30 * time.Second)
+	}
+	if e.pay != nil {
+		e.pay.Stop()
+	}
+	if e.ledger != nil {
+		e.ledger.Close()
+	}
+	if e.kafka != nil {
+		e.kafka.stop(10 * time.Second)
+	}
+	if e.mosq != nil {
+		e.mosq.stop(10 * time.Second)
+	}
+	if e.mqttIn != nil {
+		e.mqttIn.Close()
+	}
+}
+
+// procStat is a process's CPU time and memory, from /proc.
+type procStat struct {
+	CPU     time.Duration // user + system
+	RSS     int64         // resident now
+	PeakRSS int64         // high-water mark since start
+}
+
+// clockTick is USER_HZ, 100 on every Linux this runs on.
+const clockTick = 10 * time.Millisecond
+
+func readProcStat(pid int) (procStat, error) {
+	var s procStat
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return s, err
+	}
+	// Fields after the command name (which may hold spaces) in parentheses.
+	i := bytes.LastIndexByte(stat, ')')
+	if i < 0 {
+		return s, errors.New("bench: malformed /proc stat")
+	}
+	f := strings.Fields(string(stat[i+1:]))
+	if len(f) < 13 {
+		return s, errors.New("bench: short /proc stat")
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64) // field 14 of stat
+	stime, _ := strconv.ParseInt(f[12], 10, 64) // field 15
+	s.CPU = time.Duration(utime+stime) * clockTick
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return s, err
+	}
+	for line := range strings.Lines(string(status)) {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		kb, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		switch k {
+		case "VmRSS":
+			s.RSS = kb << 10
+		case "VmHWM":
+			s.PeakRSS = kb << 10
+		}
+	}
+	return s, nil
+}

@@ -128,6 +128,9 @@ type Scenario struct {
 	Seconds    float64 `json:"seconds"`
 	Throughput float64 `json:"msgs_per_sec"`
 	Latency    Latency `json:"latency_ms"`
+	// ToBackend is the middle of the pipeline's path: from the bridge's
+	// MQTT receipt to paymentd's handler (MQTT -> Kafka -> gRPC).
+	ToBackend *Latency `json:"mqtt_to_backend_ms,omitempty"`
 	// Lost are requests the broker acknowledged that never got a reply.
 	Lost       int `json:"lost"`
 	Duplicates int `json:"duplicate_replies"`
@@ -139,6 +142,7 @@ type Scenario struct {
 	BridgeGoroutinesMax int   `json:"bridge_goroutines_max,omitempty"`
 
 	lat     []time.Duration
+	hop     []time.Duration
 	cpuUsed map[string]time.Duration
 	replies int // every reply, also those after the measured time
 }
@@ -148,6 +152,10 @@ func (s *Scenario) finish() {
 		s.Throughput = float64(s.Messages) / s.Seconds
 	}
 	s.Latency = latencyOf(s.lat)
+	if len(s.hop) > 0 {
+		l := latencyOf(s.hop)
+		s.ToBackend = &l
+	}
 	if s.cpuUsed != nil && s.replies > 0 {
 		s.CPU = map[string]float64{}
 		for k, v := range s.cpuUsed {
@@ -160,7 +168,7 @@ func (s *Scenario) finish() {
 func merge(rounds []Scenario) Scenario {
 	m := rounds[0]
 	m.Round, m.Messages, m.Seconds, m.Lost, m.Duplicates, m.replies = 0, 0, 0, 0, 0, 0
-	m.lat, m.cpuUsed = nil, map[string]time.Duration{}
+	m.lat, m.hop, m.cpuUsed = nil, nil, map[string]time.Duration{}
 	for _, r := range rounds {
 		m.Messages += r.Messages
 		m.Seconds += r.Seconds
@@ -168,6 +176,7 @@ func merge(rounds []Scenario) Scenario {
 		m.Duplicates += r.Duplicates
 		m.replies += r.replies
 		m.lat = append(m.lat, r.lat...)
+		m.hop = append(m.hop, r.hop...)
 		m.BridgeRSSMax = max(m.BridgeRSSMax, r.BridgeRSSMax)
 		m.BridgeGoroutinesMax = max(m.BridgeGoroutinesMax, r.BridgeGoroutinesMax)
 		for k, v := range r.cpuUsed {
@@ -447,7 +456,9 @@ func (r *runner) measure(ctx context.Context, throughBridge bool, fn func() (Sce
 			}
 		})
 	}
+	r.e.hops.take()
 	s, err := fn()
+	s.hop = r.e.hops.take()
 	close(stop)
 	wg.Wait()
 	if err != nil {

@@ -20,6 +20,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
 	mosquittoconf "github.com/edgebridge/edgebridge/deploy/mosquitto"
 	"github.com/edgebridge/edgebridge/embedded"
@@ -43,6 +44,31 @@ type env struct {
 	closers  []func()
 	payAddr  string
 	mqttKind string
+	hops     hops
+}
+
+// hops records, for each request paymentd handles, the time since the
+// bridge received it over MQTT (the envelope's received_at): the middle
+// of the path, MQTT -> Kafka -> gRPC. Same host, same clock.
+type hops struct {
+	mu  sync.Mutex
+	lat []time.Duration
+}
+
+func (h *hops) add(env *v1.Envelope) {
+	d := time.Since(time.Unix(0, env.GetReceivedAtUnixNano()))
+	h.mu.Lock()
+	h.lat = append(h.lat, d)
+	h.mu.Unlock()
+}
+
+// take returns what was recorded since the last take.
+func (h *hops) take() []time.Duration {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.lat
+	h.lat = nil
+	return l
 }
 
 // proc is a child process and what it wrote.
@@ -252,7 +278,12 @@ func (e *env) startPaymentd() error {
 		return err
 	}
 	e.pay = grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
-	backend.NewServer(backend.Config{ID: "paymentd-bench"}, payment.Handler(payment.DefaultLimit), e.ledger).Register(e.pay)
+	pay := payment.Handler(payment.DefaultLimit)
+	handle := func(ctx context.Context, env *v1.Envelope) backend.Result {
+		e.hops.add(env)
+		return pay(ctx, env)
+	}
+	backend.NewServer(backend.Config{ID: "paymentd-bench"}, handle, e.ledger).Register(e.pay)
 	go func() { _ = e.pay.Serve(ln) }()
 	e.payAddr = ln.Addr().String()
 	return nil

@@ -38,6 +38,24 @@ func (r *Report) WriteTable(w io.Writer) error {
 		return err
 	}
 
+	fmt.Fprintln(w, "\nthe middle of the path, bridge MQTT receipt -> paymentd (MQTT -> Kafka -> gRPC):")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tp50 ms\tp90 ms\tp99 ms\tmax ms\t")
+	for _, sc := range rows {
+		if sc.ToBackend == nil {
+			continue
+		}
+		name := sc.Name
+		if sc.OfferedRate > 0 {
+			name = fmt.Sprintf("%s @%.0f/s", name, sc.OfferedRate)
+		}
+		l := sc.ToBackend
+		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.2f\t\n", name, l.P50, l.P90, l.P99, l.Max)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+
 	fmt.Fprintln(w, "\nCPU ms per 1,000 messages, by process:")
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	procs := []string{"bridge", "mosquitto", "kafka", "bench"}

@@ -1,0 +1,93 @@
+package bench
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLatencyOf(t *testing.T) {
+	var d []time.Duration
+	for i := 100; i >= 1; i-- { // unsorted on purpose
+		d = append(d, time.Duration(i)*time.Millisecond)
+	}
+	got := latencyOf(d)
+	want := Latency{P50: 50, P90: 90, P99: 99, Max: 100}
+	if got != want {
+		t.Fatalf("got %+v, want %+v", got, want)
+	}
+	if d[0] != 100*time.Millisecond {
+		t.Fatal("latencyOf sorted its input")
+	}
+	if (latencyOf(nil) != Latency{}) {
+		t.Fatal("no samples should give zeros")
+	}
+}
+
+func TestMergeSumsRounds(t *testing.T) {
+	r1 := Scenario{Name: "pipeline", Messages: 100, Seconds: 1, Lost: 1, replies: 100, BridgeRSSMax: 10, BridgeGoroutinesMax: 50,
+		lat: []time.Duration{time.Millisecond}, cpuUsed: map[string]time.Duration{"bridge": 50 * time.Millisecond}}
+	r2 := Scenario{Name: "pipeline", Messages: 300, Seconds: 1, replies: 300, BridgeRSSMax: 20, BridgeGoroutinesMax: 40,
+		lat: []time.Duration{3 * time.Millisecond}, cpuUsed: map[string]time.Duration{"bridge": 150 * time.Millisecond}}
+	m := merge([]Scenario{r1, r2})
+	if m.Messages != 400 || m.Seconds != 2 || m.Throughput != 200 || m.Lost != 1 {
+		t.Fatalf("merged %+v", m)
+	}
+	if m.BridgeRSSMax != 20 || m.BridgeGoroutinesMax != 50 || m.Latency.Max != 3 {
+		t.Fatalf("merged maxima %+v", m)
+	}
+	if m.CPU["bridge"] != 500 { // 200 ms of CPU for 400 replies
+		t.Fatalf("cpu per 1k: %v", m.CPU)
+	}
+}
+
+func TestTargets(t *testing.T) {
+	r := &Report{ThroughputVsMQTT: 0.6, LowLoadLatency: Latency{P99: 12}, BridgeRSSMax: 40 << 20}
+	got := targets(r)
+	met := map[string]bool{}
+	for _, tg := range got {
+		met[tg.Name[:8]] = tg.Met
+	}
+	if !met["throughp"] || met["p99 late"] || !met["bridge p"] || !met["lost mes"] {
+		t.Fatalf("targets %+v", got)
+	}
+}
+
+func TestWritePlotAndTable(t *testing.T) {
+	r := &Report{
+		Throughput: 9000, BaselineMQTT: 17000, Latency: Latency{P50: 20, P90: 30, P99: 40},
+		Curve: []Scenario{
+			{Name: "pipeline open loop", OfferedRate: 3000, Throughput: 2990, Latency: Latency{P50: 3, P90: 5, P99: 8}},
+			{Name: "pipeline open loop", OfferedRate: 6000, Throughput: 5990, Latency: Latency{P50: 5, P90: 9, P99: 15}},
+		},
+		Scenarios: []Scenario{{Name: "pipeline", Devices: 50, Outstanding: 4, Messages: 9000, Throughput: 9000, BridgeRSSMax: 30 << 20,
+			CPU: map[string]float64{"bridge": 60}}},
+		Setup: Setup{Devices: 50, PayloadSize: 1024},
+	}
+	r.Targets = targets(r)
+	var svg bytes.Buffer
+	if err := r.WritePlot(&svg); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Count(svg.String(), "<polyline") != 3 || !strings.Contains(svg.String(), "raw MQTT 17000 msg/s") {
+		t.Fatalf("plot:\n%s", svg.String())
+	}
+	var table bytes.Buffer
+	if err := r.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"pipeline open loop @3000/s", "30.0", "NOT MET"} {
+		if !strings.Contains(table.String(), want) {
+			t.Errorf("table lacks %q:\n%s", want, table.String())
+		}
+	}
+}
+
+func TestNiceCeil(t *testing.T) {
+	for in, want := range map[float64]float64{0: 1, 0.7: 1, 3: 5, 12: 20, 47: 50, 51: 100, 18000: 20000} {
+		if got := niceCeil(in); got != want {
+			t.Errorf("niceCeil(%v) = %v, want %v", in, got, want)
+		}
+	}
+}

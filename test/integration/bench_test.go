@@ -1,0 +1,111 @@
+package integration
+
+import (
+	"encoding/json"
+	"encoding/xml"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestBenchCommand runs `edgebridge bench` briefly against a real Mosquitto
+// (from PATH), the embedded Kafka broker as a process and paymentd, and
+// checks what it reports: every scenario measured something, nothing was
+// lost, the bridge's figures come from its process, the JSON has the keys
+// the issue fixes, and the plot is an SVG with a line per percentile.
+// The figures themselves are not asserted: this binary has the race
+// detector on, and speed is the bench's business, not a test's.
+func TestBenchCommand(t *testing.T) {
+	dir := t.TempDir()
+	jsonPath, plotPath := filepath.Join(dir, "bench.json"), filepath.Join(dir, "plot.svg")
+	cmd := exec.Command(bins.edgebridge, "bench", "-duration", "1s", "-rounds", "1", "-devices", "10", "-low-load", "5",
+		"-curve", "2", "-json", jsonPath, "-plot", plotPath, "-q")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	for _, want := range []string{"mqtt raw", "pipeline", "kafka raw", "grpc echo", "pipeline low load", "pipeline open loop", "targets:"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("table lacks %q:\n%s", want, out)
+		}
+	}
+
+	raw, err := os.ReadFile(jsonPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &keys); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"throughput_msgs_per_sec", "baseline_mqtt_msgs_per_sec", "latency_ms", "lost", "bridge_rss_max_bytes"} {
+		if _, ok := keys[k]; !ok {
+			t.Errorf("JSON lacks %q", k)
+		}
+	}
+	var rep struct {
+		Throughput   float64                    `json:"throughput_msgs_per_sec"`
+		BaselineMQTT float64                    `json:"baseline_mqtt_msgs_per_sec"`
+		Latency      struct{ P50, P99 float64 } `json:"latency_ms"`
+		Lost         int                        `json:"lost"`
+		RSS          int64                      `json:"bridge_rss_max_bytes"`
+		CPU          float64                    `json:"bridge_cpu_ms_per_1k_msgs"`
+		Goroutines   int                        `json:"bridge_goroutines_max"`
+		Scenarios    []struct {
+			Name     string `json:"name"`
+			Messages int    `json:"messages"`
+			Lost     int    `json:"lost"`
+		} `json:"scenarios"`
+		Curve []struct {
+			Offered  float64 `json:"offered_msgs_per_sec"`
+			Messages int     `json:"messages"`
+		} `json:"load_curve"`
+	}
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if rep.Lost != 0 {
+		t.Errorf("lost %d", rep.Lost)
+	}
+	if rep.Throughput <= 0 || rep.BaselineMQTT <= 0 || rep.Latency.P50 <= 0 || rep.Latency.P99 < rep.Latency.P50 {
+		t.Errorf("throughput %.0f, baseline %.0f, latency %+v", rep.Throughput, rep.BaselineMQTT, rep.Latency)
+	}
+	if rep.RSS < 1<<20 || rep.CPU <= 0 || rep.Goroutines <= 0 {
+		t.Errorf("bridge figures not measured: rss %d, cpu %.1f ms/1k, goroutines %d", rep.RSS, rep.CPU, rep.Goroutines)
+	}
+	if len(rep.Scenarios) != 5 {
+		t.Errorf("got %d scenarios, want 5", len(rep.Scenarios))
+	}
+	for _, s := range rep.Scenarios {
+		if s.Messages == 0 || s.Lost != 0 {
+			t.Errorf("scenario %s: %d messages, %d lost", s.Name, s.Messages, s.Lost)
+		}
+	}
+	if len(rep.Curve) != 2 || rep.Curve[0].Offered <= 0 || rep.Curve[1].Offered <= rep.Curve[0].Offered || rep.Curve[0].Messages == 0 {
+		t.Errorf("load curve %+v", rep.Curve)
+	}
+
+	svg, err := os.ReadFile(plotPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc struct {
+		XMLName   xml.Name `xml:"svg"`
+		Polylines []struct {
+			Points string `xml:"points,attr"`
+		} `xml:"polyline"`
+	}
+	if err := xml.Unmarshal(svg, &doc); err != nil {
+		t.Fatalf("plot is not well-formed SVG: %v", err)
+	}
+	if len(doc.Polylines) != 3 {
+		t.Fatalf("plot has %d lines, want p50, p90, p99", len(doc.Polylines))
+	}
+	for _, l := range doc.Polylines {
+		if n := len(strings.Fields(l.Points)); n != 3 { // 2 open-loop steps + the full-load point
+			t.Errorf("a line has %d points, want 3", n)
+		}
+	}
+}

@@ -1,5 +1,5 @@
 # Convenience targets; ./scripts/test.sh is what CI runs.
-.PHONY: test chaos chaos-short proto
+.PHONY: test chaos chaos-short proto bench
 
 test:
 	./scripts/test.sh
@@ -16,3 +16,9 @@ chaos-short:
 
 proto:
 	./scripts/genproto.sh
+
+# The performance bench (about 3 minutes); needs mosquitto on PATH. Writes
+# the report and the latency-vs-load plot that docs/PERFORMANCE.md shows.
+bench:
+	command -v mosquitto >/dev/null || apt-get install -y mosquitto
+	go run ./cmd/edgebridge bench -json docs/bench.json -plot docs/latency-vs-load.svg

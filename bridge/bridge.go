@@ -347,49 +347,55 @@ func (b *Bridge) watchKafka(ctx context.Context) {
 // ingestBatch; with kafka.batch_timeout set, ingest also waits that long
 // for more.
 func (b *Bridge) ingest(ctx context.Context) error {
-	msgs := b.mqtt.Messages()
 	batch := make([]mqttin.Message, 0, ingestBatch)
-	var linger *time.Timer
-	if b.cfg.Kafka.BatchTimeout > 0 {
-		linger = time.NewTimer(time.Hour)
-		linger.Stop()
-	}
 	for {
-		batch = batch[:0]
-		select {
-		case m := <-msgs:
-			batch = append(batch, m)
-		case <-ctx.Done():
+		var ok bool
+		batch, ok = collect(ctx, b.mqtt.Messages(), batch[:0], ingestBatch, b.cfg.Kafka.BatchTimeout)
+		if !ok {
 			return nil
-		}
-	fill:
-		for len(batch) < ingestBatch {
-			select {
-			case m := <-msgs:
-				batch = append(batch, m)
-			default:
-				break fill
-			}
-		}
-		if linger != nil && len(batch) < ingestBatch {
-			linger.Reset(b.cfg.Kafka.BatchTimeout)
-		wait:
-			for len(batch) < ingestBatch {
-				select {
-				case m := <-msgs:
-					batch = append(batch, m)
-				case <-linger.C:
-					break wait
-				case <-ctx.Done():
-					break wait
-				}
-			}
-			linger.Stop()
 		}
 		if !b.writeBatch(ctx, batch) {
 			return nil // stopping; the broker redelivers what was not acknowledged
 		}
 	}
+}
+
+// collect waits for a first message, then appends what else msgs holds, up
+// to limit; with linger > 0 it waits that long for more. It returns false if
+// ctx ended before the first message.
+func collect[T any](ctx context.Context, msgs <-chan T, batch []T, limit int, linger time.Duration) ([]T, bool) {
+	select {
+	case m := <-msgs:
+		batch = append(batch, m)
+	case <-ctx.Done():
+		return batch, false
+	}
+	var expired <-chan time.Time
+	if linger > 0 {
+		t := time.NewTimer(linger)
+		defer t.Stop()
+		expired = t.C
+	}
+	for len(batch) < limit {
+		select {
+		case m := <-msgs:
+			batch = append(batch, m)
+			continue
+		default:
+		}
+		if expired == nil {
+			break
+		}
+		select {
+		case m := <-msgs:
+			batch = append(batch, m)
+		case <-expired:
+			return batch, true
+		case <-ctx.Done():
+			return batch, true
+		}
+	}
+	return batch, true
 }
 
 func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {

@@ -180,3 +180,23 @@ func TestShippedK3sConfig(t *testing.T) {
 		return
 	}
 }
+
+// kafka.batch_timeout is the ingest linger: 0 unless set (a config written
+// for the old 1ms producer timeout still loads and keeps its value), and
+// admin.pprof is off unless set.
+func TestBatchTimeoutAndPprof(t *testing.T) {
+	c, err := Parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Kafka.BatchTimeout != 0 || c.Admin.Pprof {
+		t.Fatalf("defaults: batch_timeout %s, pprof %v; want 0, false", c.Kafka.BatchTimeout, c.Admin.Pprof)
+	}
+	c, err = Parse([]byte("kafka:\n  batch_timeout: 1ms\nadmin:\n  pprof: true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Kafka.BatchTimeout != time.Millisecond || !c.Admin.Pprof {
+		t.Fatalf("got batch_timeout %s, pprof %v", c.Kafka.BatchTimeout, c.Admin.Pprof)
+	}
+}

@@ -160,10 +160,15 @@ func (p *Producer) plan(ctx context.Context, recs []Record) ([][]*request, error
 	now := time.Now()
 	chainOf := map[tp]int{}
 	var chains [][]*request
+	idsOf := map[string][]int{} // one metadata lookup per topic per Write
 	for _, r := range recs {
-		ids, err := p.partitionsOf(ctx, r.Topic)
-		if err != nil {
-			return nil, err
+		ids, ok := idsOf[r.Topic]
+		if !ok {
+			var err error
+			if ids, err = p.partitionsOf(ctx, r.Topic); err != nil {
+				return nil, err
+			}
+			idsOf[r.Topic] = ids
 		}
 		k := tp{r.Topic, p.balancer.Balance(kafka.Message{Key: r.Key}, ids...)}
 		size := len(r.Key) + len(r.Value) + 64

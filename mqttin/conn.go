@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"net"
 	"net/url"
-	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"golang.org/x/net/proxy"
@@ -22,19 +21,13 @@ type bufferedConn struct {
 
 func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-// openConn dials tcp:// and mqtt:// brokers, as paho does, with a
-// bufferedConn. Other schemes are left to paho (openConn is only installed
-// for these).
-func openConn(timeout time.Duration) paho.OpenConnectionFunc {
-	return func(uri *url.URL, opts paho.ClientOptions) (net.Conn, error) {
-		d := opts.Dialer
-		if d == nil {
-			d = &net.Dialer{Timeout: timeout}
-		}
-		c, err := proxy.FromEnvironmentUsing(d).Dial("tcp", uri.Host)
-		if err != nil {
-			return nil, err
-		}
-		return &bufferedConn{Conn: c, r: bufio.NewReaderSize(c, 32<<10)}, nil
+// openConn dials tcp:// and mqtt:// brokers as paho does (its Dialer,
+// proxies from the environment), with a bufferedConn. Other schemes are left
+// to paho: openConn is only installed for these.
+func openConn(uri *url.URL, opts paho.ClientOptions) (net.Conn, error) {
+	c, err := proxy.FromEnvironmentUsing(opts.Dialer).Dial("tcp", uri.Host)
+	if err != nil {
+		return nil, err
 	}
+	return &bufferedConn{Conn: c, r: bufio.NewReaderSize(c, 32<<10)}, nil
 }

@@ -31,7 +31,7 @@ func TestBufferedConn(t *testing.T) {
 		got <- b
 	}()
 	u, _ := url.Parse("tcp://" + ln.Addr().String())
-	c, err := openConn(time.Second)(u, *paho.NewClientOptions())
+	c, err := openConn(u, *paho.NewClientOptions())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -131,7 +131,7 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 			c.log.Warn("mqttin: connection lost", "broker", cfg.Broker, "err", err)
 		})
 	if u, err := url.Parse(cfg.Broker); err == nil && (u.Scheme == "tcp" || u.Scheme == "mqtt") {
-		po.SetCustomOpenConnectionFn(openConn(cfg.ConnectTimeout))
+		po.SetCustomOpenConnectionFn(openConn)
 	}
 	c.c = paho.NewClient(po)
 	for _, f := range cfg.Subscribe {

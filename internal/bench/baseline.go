@@ -34,7 +34,7 @@ const (
 // QoS 1, without Kafka or a backend in between.
 type reflector struct{ c paho.Client }
 
-func startReflector(ctx context.Context, broker string) (*reflector, error) {
+func startReflector(broker string) (*reflector, error) {
 	r := &reflector{}
 	handle := func(c paho.Client, m paho.Message) {
 		reply := transcoder.EncodeReply(&v1.PaymentReply{
@@ -54,7 +54,7 @@ func startReflector(ctx context.Context, broker string) (*reflector, error) {
 		r.c.Disconnect(0)
 		return nil, fmt.Errorf("bench: reflector subscribe: %v", tok.Error())
 	}
-	return r, ctx.Err()
+	return r, nil
 }
 
 func (r *reflector) close() { r.c.Disconnect(100) }

@@ -261,14 +261,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	defer e.close()
-	refl, err := startReflector(ctx, e.mqttURL)
+	refl, err := startReflector(e.mqttURL)
 	if err != nil {
 		return nil, err
 	}
 	defer refl.close()
-	r := &runner{cfg: cfg, e: e, logf: logf}
+	r := &runner{cfg: cfg, e: e}
 
-	// Warm up both paths (connections, topics, the JIT-less but cold caches).
+	// Warm up both paths: connections, topics, consumer group, broker sessions.
 	warm := time.Second
 	if _, err := r.devices(ctx, "warm-pipe", cfg.Devices, cfg.Outstanding, warm, 0, false); err != nil {
 		return nil, err
@@ -332,15 +332,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	add(low)
 	logf("  %s: p50 %.2f ms  p99 %.2f ms", low.Name, low.Latency.P50, low.Latency.P99)
 
+	merged := map[string]Scenario{}
 	for _, name := range order {
-		rep.Scenarios = append(rep.Scenarios, merge(byName[name]))
+		merged[name] = merge(byName[name])
+		rep.Scenarios = append(rep.Scenarios, merged[name])
 	}
-	pipe := merge(byName["pipeline"])
+	pipe := merged["pipeline"]
 	rep.Throughput = pipe.Throughput
 	rep.Latency = pipe.Latency
-	rep.BaselineMQTT = merge(byName["mqtt raw"]).Throughput
-	rep.BaselineKafka = merge(byName["kafka raw"]).Throughput
-	rep.BaselineGRPC = merge(byName["grpc echo"]).Throughput
+	rep.BaselineMQTT = merged["mqtt raw"].Throughput
+	rep.BaselineKafka = merged["kafka raw"].Throughput
+	rep.BaselineGRPC = merged["grpc echo"].Throughput
 	rep.LowLoadLatency = low.Latency
 	if rep.BaselineMQTT > 0 {
 		rep.ThroughputVsMQTT = rep.Throughput / rep.BaselineMQTT
@@ -391,9 +393,8 @@ func targets(r *Report) []Target {
 
 // runner runs scenarios against one env.
 type runner struct {
-	cfg  Config
-	e    *env
-	logf func(string, ...any)
+	cfg Config
+	e   *env
 }
 
 // devices runs simulated devices for d against the pipeline, or with raw

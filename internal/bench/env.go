@@ -31,20 +31,18 @@ import (
 // env is everything a run measures: the brokers, paymentd and the bridge.
 // Processes it starts are stopped by their PIDs in close.
 type env struct {
-	dir      string
-	mqttURL  string
-	brokers  []string
-	admin    string
-	bridge   *proc
-	mosq     *proc // nil unless Mosquitto was started here
-	kafka    *proc // nil unless the embedded broker was started here
-	mqttIn   *embedded.MQTT
-	pay      *grpc.Server
-	ledger   *payment.Ledger
-	closers  []func()
-	payAddr  string
-	mqttKind string
-	hops     hops
+	dir     string
+	mqttURL string
+	brokers []string
+	admin   string
+	bridge  *proc
+	mosq    *proc // nil unless Mosquitto was started here
+	kafka   *proc // nil unless the embedded broker was started here
+	mqttIn  *embedded.MQTT
+	pay     *grpc.Server
+	ledger  *payment.Ledger
+	payAddr string
+	hops    hops
 }
 
 // hops records, for each request paymentd handles, the time since the
@@ -197,7 +195,6 @@ func startEnv(ctx context.Context, cfg Config) (_ *env, err error) {
 }
 
 func (e *env) startMQTT(ctx context.Context, kind string) error {
-	e.mqttKind = kind
 	switch {
 	case kind == "mosquitto":
 		bin, err := exec.LookPath("mosquitto")
@@ -324,7 +321,7 @@ admin:
 		if err := e.bridge.exited(); err != nil {
 			return err
 		}
-		resp, err := http.Get("http://" + e.admin + "/readyz")
+		resp, err := adminClient.Get("http://" + e.admin + "/readyz")
 		if err != nil {
 			return err
 		}
@@ -337,9 +334,13 @@ admin:
 	})
 }
 
+// adminClient bounds every request to the bridge's admin server, so a
+// stuck bridge fails the run instead of hanging it.
+var adminClient = &http.Client{Timeout: 5 * time.Second}
+
 // goroutines reads go_goroutines from the bridge's /metrics.
 func (e *env) goroutines() (int, error) {
-	resp, err := http.Get("http://" + e.admin + "/metrics")
+	resp, err := adminClient.Get("http://" + e.admin + "/metrics")
 	if err != nil {
 		return 0, err
 	}
@@ -358,8 +359,9 @@ func (e *env) goroutines() (int, error) {
 // profile writes the bridge's CPU profile over the next d, then its
 // allocation profile (since start), as cpu.pprof and allocs.pprof in dir.
 func (e *env) profile(dir string, d time.Duration) error {
+	client := &http.Client{Timeout: d + 30*time.Second} // the CPU profile takes d
 	get := func(path, file string) error {
-		resp, err := http.Get("http://" + e.admin + path)
+		resp, err := client.Get("http://" + e.admin + path)
 		if err != nil {
 			return fmt.Errorf("bench: profile: %w", err)
 		}

@@ -18,6 +18,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/edgebridge/edgebridge/internal/schedule"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
 
@@ -322,25 +323,9 @@ func (d *device) run(ctx context.Context, cfg Config, start time.Time, i int, se
 		interval = time.Duration(float64(cfg.Devices) / cfg.Rate * float64(time.Second))
 		start = start.Add(interval * time.Duration(i) / time.Duration(cfg.Devices))
 	}
-	var timer *time.Timer
 	for n := range cfg.Requests {
-		at := time.Now()
-		if interval > 0 {
-			at = start.Add(interval * time.Duration(n))
-			if wait := time.Until(at); wait > 0 {
-				if timer == nil {
-					timer = time.NewTimer(wait)
-					defer timer.Stop()
-				} else {
-					timer.Reset(wait)
-				}
-				select {
-				case <-timer.C:
-				case <-sendCtx.Done():
-				}
-			}
-		}
-		if sendCtx.Err() != nil {
+		at := start.Add(interval * time.Duration(n)) // the open loop's schedule
+		if interval > 0 && !schedule.Sleep(sendCtx, time.Until(at)) {
 			break
 		}
 		select {

@@ -14,14 +14,15 @@ import (
 // (from PATH), the embedded Kafka broker as a process and paymentd, and
 // checks what it reports: every scenario measured something, nothing was
 // lost, the bridge's figures come from its process, the JSON has the keys
-// the issue fixes, and the plot is an SVG with a line per percentile.
+// the issue fixes, the plot is an SVG with a line per percentile, and
+// -profile saves the bridge's profiles.
 // The figures themselves are not asserted: this binary has the race
 // detector on, and speed is the bench's business, not a test's.
 func TestBenchCommand(t *testing.T) {
 	dir := t.TempDir()
 	jsonPath, plotPath := filepath.Join(dir, "bench.json"), filepath.Join(dir, "plot.svg")
 	cmd := exec.Command(bins.edgebridge, "bench", "-duration", "1s", "-rounds", "1", "-devices", "10", "-low-load", "5",
-		"-curve", "2", "-json", jsonPath, "-plot", plotPath, "-q")
+		"-curve", "2", "-json", jsonPath, "-plot", plotPath, "-profile", filepath.Join(dir, "prof"), "-q")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, out)
@@ -85,6 +86,14 @@ func TestBenchCommand(t *testing.T) {
 	}
 	if len(rep.Curve) != 2 || rep.Curve[0].Offered <= 0 || rep.Curve[1].Offered <= rep.Curve[0].Offered || rep.Curve[0].Messages == 0 {
 		t.Errorf("load curve %+v", rep.Curve)
+	}
+
+	// -profile: the bridge's CPU and allocation profiles, gzipped pprof.
+	for _, f := range []string{"cpu.pprof", "allocs.pprof"} {
+		b, err := os.ReadFile(filepath.Join(dir, "prof", f))
+		if err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+			t.Errorf("profile %s: %d bytes, %v", f, len(b), err)
+		}
 	}
 
 	svg, err := os.ReadFile(plotPath)

@@ -39,6 +39,12 @@ type KafkaConfig struct {
 	// Advertise is the host:port clients are told to connect to, when it
 	// differs from Listen (a proxy or NAT in front). Default: the listen address.
 	Advertise string
+	// NoSync leaves writes in the page cache instead of fsyncing every
+	// produced batch before it is acknowledged: what Apache Kafka does by
+	// default (it relies on replication), much faster on a single node, but a
+	// machine crash (not a process crash) can lose acknowledged records.
+	// Default: false (fsync).
+	NoSync bool
 }
 
 // Kafka is a running embedded Kafka-protocol broker.
@@ -48,8 +54,9 @@ type Kafka struct {
 	once sync.Once
 }
 
-// ListenKafka starts the broker. Every produce is fsynced before it is
-// acknowledged (SyncWrites), so a record acked to a producer survives kill -9.
+// ListenKafka starts the broker. Unless cfg.NoSync, every produced batch is
+// fsynced before it is acknowledged (SyncWrites), so a record acked to a
+// producer survives kill -9 and a power cut.
 func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:9092"
@@ -72,7 +79,7 @@ func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("embedded: %w", err)
 	}
-	c, err := kfake.NewCluster(
+	opts := []kfake.Opt{
 		kfake.NumBrokers(1),
 		kfake.Ports(port),
 		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
@@ -88,11 +95,14 @@ func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 			return advertised{ln, adv}, nil // kfake advertises its listener's Addr
 		}),
 		kfake.DataDir(dir),
-		kfake.SyncWrites(),
 		kfake.AllowAutoTopicCreation(),
 		kfake.DefaultNumPartitions(cfg.Partitions),
 		kfake.ClusterID("edgebridge"),
-	)
+	}
+	if !cfg.NoSync {
+		opts = append(opts, kfake.SyncWrites())
+	}
+	c, err := kfake.NewCluster(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("embedded: kafka: %w", err)
 	}

@@ -11,10 +11,17 @@ import (
 	"github.com/edgebridge/edgebridge/embedded"
 )
 
-// Records acknowledged by the broker are there after a restart on the same data dir.
+// Records acknowledged by the broker are there after a restart on the same
+// data dir, with or without an fsync per batch (without, Close syncs).
 func TestKafkaDataSurvivesRestart(t *testing.T) {
+	for _, noSync := range []bool{false, true} {
+		t.Run(map[bool]string{false: "fsync", true: "no-fsync"}[noSync], func(t *testing.T) { kafkaRestart(t, noSync) })
+	}
+}
+
+func kafkaRestart(t *testing.T, noSync bool) {
 	dir := t.TempDir()
-	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: dir, Partitions: 1})
+	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: dir, Partitions: 1, NoSync: noSync})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -34,7 +41,7 @@ func TestKafkaDataSurvivesRestart(t *testing.T) {
 	k.Close()
 	k.Close() // idempotent
 
-	k, err = embedded.ListenKafka(embedded.KafkaConfig{Listen: addr, DataDir: dir, Partitions: 1})
+	k, err = embedded.ListenKafka(embedded.KafkaConfig{Listen: addr, DataDir: dir, Partitions: 1, NoSync: noSync})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,8 +15,8 @@ import (
 )
 
 // brokerCmd runs one embedded broker as its own process until SIGINT or
-// SIGTERM: "kafka" (kfake, every produce fsynced) or "mqtt" (mochi with a
-// bbolt store). Data survives restarts and kill -9.
+// SIGTERM: "kafka" (kfake, every produced batch fsynced unless -fsync=false)
+// or "mqtt" (mochi with a bbolt store). Data survives restarts and kill -9.
 func brokerCmd(args []string) error {
 	if len(args) == 0 || (args[0] != "kafka" && args[0] != "mqtt") {
 		return errors.New("broker: want \"broker kafka\" or \"broker mqtt\"")
@@ -28,6 +28,7 @@ func brokerCmd(args []string) error {
 	data := fs.String("data", "./edgebridge-data", "data directory")
 	partitions := fs.Int("partitions", 8, "partitions of auto-created topics (kafka)")
 	advertise := fs.String("advertise", "", "host:port clients are told to use, if not the listen address (kafka)")
+	fsync := fs.Bool("fsync", true, "fsync every produced batch before acknowledging it (kafka); false = page cache only, as Apache Kafka's default")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
@@ -39,7 +40,7 @@ func brokerCmd(args []string) error {
 	var closeFn func()
 	switch kind {
 	case "kafka":
-		k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: *listen, DataDir: *data, Partitions: *partitions, Advertise: *advertise})
+		k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: *listen, DataDir: *data, Partitions: *partitions, Advertise: *advertise, NoSync: !*fsync})
 		if err != nil {
 			return err
 		}

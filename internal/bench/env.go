@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -185,7 +186,7 @@ func startEnv(ctx context.Context, cfg Config) (_ *env, err error) {
 	if err := e.startMQTT(ctx, cfg.MQTT); err != nil {
 		return e, err
 	}
-	if err := e.startKafka(ctx, cfg.Kafka, cfg.Bridge); err != nil {
+	if err := e.startKafka(ctx, cfg.Kafka, cfg.KafkaNoSync, cfg.Bridge); err != nil {
 		return e, err
 	}
 	if err := e.startPaymentd(); err != nil {
@@ -242,7 +243,7 @@ func (e *env) startMQTT(ctx context.Context, kind string) error {
 
 // startKafka runs the embedded broker as its own process (so the bridge's
 // figures are the bridge's alone), or uses the brokers given.
-func (e *env) startKafka(ctx context.Context, kind, bin string) error {
+func (e *env) startKafka(ctx context.Context, kind string, noSync bool, bin string) error {
 	if kind != "embedded" {
 		e.brokers = strings.Split(kind, ",")
 		return await(ctx, 10*time.Second, "kafka "+kind, func() error { return dial(e.brokers[0]) })
@@ -252,7 +253,8 @@ func (e *env) startKafka(ctx context.Context, kind, bin string) error {
 		return err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	if e.kafka, err = startProc("kafka broker", nil, bin, "broker", "kafka", "-listen", addr, "-data", filepath.Join(e.dir, "kafka")); err != nil {
+	args := []string{"broker", "kafka", "-listen", addr, "-data", filepath.Join(e.dir, "kafka"), "-fsync=" + strconv.FormatBool(!noSync)}
+	if e.kafka, err = startProc("kafka broker", nil, bin, args...); err != nil {
 		return err
 	}
 	e.brokers = []string{addr}
@@ -357,7 +359,9 @@ func (e *env) goroutines() (int, error) {
 }
 
 // profile writes the bridge's CPU profile over the next d, then its
-// allocation profile (since start), as cpu.pprof and allocs.pprof in dir.
+// allocation profile (since start), as cpu.pprof and allocs.pprof in dir,
+// and this process's CPU profile over the same time (the simulated devices
+// and paymentd) as bench-cpu.pprof.
 func (e *env) profile(dir string, d time.Duration) error {
 	client := &http.Client{Timeout: d + 30*time.Second} // the CPU profile takes d
 	get := func(path, file string) error {
@@ -382,7 +386,20 @@ func (e *env) profile(dir string, d time.Duration) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	if err := get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(int(d.Seconds()), 1)), "cpu.pprof"); err != nil {
+	own, err := os.Create(filepath.Join(dir, "bench-cpu.pprof"))
+	if err != nil {
+		return err
+	}
+	defer own.Close()
+	if err := pprof.StartCPUProfile(own); err != nil {
+		return fmt.Errorf("bench: profile: %w", err)
+	}
+	err = get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(int(d.Seconds()), 1)), "cpu.pprof")
+	pprof.StopCPUProfile()
+	if err != nil {
+		return err
+	}
+	if err := own.Close(); err != nil {
 		return err
 	}
 	return get("/debug/pprof/allocs", "allocs.pprof")

@@ -54,7 +54,10 @@ func TestBenchCommand(t *testing.T) {
 		RSS          int64                      `json:"bridge_rss_max_bytes"`
 		CPU          float64                    `json:"bridge_cpu_ms_per_1k_msgs"`
 		Goroutines   int                        `json:"bridge_goroutines_max"`
-		Scenarios    []struct {
+		Setup        struct {
+			KafkaDurability string `json:"kafka_durability"`
+		} `json:"setup"`
+		Scenarios []struct {
 			Name     string `json:"name"`
 			Messages int    `json:"messages"`
 			Lost     int    `json:"lost"`
@@ -69,6 +72,9 @@ func TestBenchCommand(t *testing.T) {
 	}
 	if rep.Lost != 0 {
 		t.Errorf("lost %d", rep.Lost)
+	}
+	if rep.Setup.KafkaDurability != "fsync per batch" {
+		t.Errorf("setup.kafka_durability %q, want the shipped broker's \"fsync per batch\"", rep.Setup.KafkaDurability)
 	}
 	if rep.Throughput <= 0 || rep.BaselineMQTT <= 0 || rep.Latency.P50 <= 0 || rep.Latency.P99 < rep.Latency.P50 {
 		t.Errorf("throughput %.0f, baseline %.0f, latency %+v", rep.Throughput, rep.BaselineMQTT, rep.Latency)

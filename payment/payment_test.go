@@ -106,3 +106,31 @@ func TestLedgerRejectsCorruption(t *testing.T) {
 		t.Fatal("got nil error for a corrupt complete line, want an error (never silently drop history)")
 	}
 }
+
+// Without fsync, Sync still writes what was saved to the file: another
+// reader (and a restarted process) sees it before Close.
+func TestLedgerNoFsyncSyncWrites(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ledger.jsonl")
+	l, err := OpenLedger(path, NoFsync())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	e := envelope(t, "d1", "r-1", 50)
+	if err := l.Save(e, Handler(DefaultLimit)(context.Background(), e)); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := ReadLedger(path); len(entries) != 0 {
+		t.Fatalf("saved entry on disk before Sync: %+v", entries)
+	}
+	if err := l.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	entries, err := ReadLedger(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(entries) != 1 || entries[0].MessageID != e.MessageId {
+		t.Fatalf("after Sync got %+v, want the saved entry", entries)
+	}
+}

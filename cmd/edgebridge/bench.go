@@ -18,7 +18,7 @@ func benchCmd(args []string) error {
 	var cfg bench.Config
 	fs.StringVar(&cfg.MQTT, "mqtt", "mosquitto", "mosquitto (from PATH, shipped settings), embedded, or tcp://host:port")
 	fs.StringVar(&cfg.Kafka, "kafka", "embedded", "embedded (its own process) or host:port[,host:port]")
-	kafkaFsync := fs.Bool("kafka-fsync", true, "the embedded Kafka broker fsyncs every produced batch (as shipped); false: page cache only, Apache Kafka's default")
+	fsync := fs.Bool("fsync", true, "the embedded Kafka broker fsyncs every produced batch and paymentd its ledger, as shipped; false: page cache only (Apache Kafka's default)")
 	fs.IntVar(&cfg.Devices, "devices", 50, "simulated devices at full load")
 	fs.IntVar(&cfg.Outstanding, "outstanding", 4, "requests in flight per device at full load")
 	fs.IntVar(&cfg.PayloadSize, "size", 1024, "request payload bytes")
@@ -34,7 +34,7 @@ func benchCmd(args []string) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	cfg.KafkaNoSync = !*kafkaFsync
+	cfg.NoFsync = !*fsync
 	exe, err := os.Executable()
 	if err != nil {
 		return err

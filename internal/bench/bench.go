@@ -37,10 +37,12 @@ type Config struct {
 	MQTT string
 	// Kafka is "embedded" (its own process) or host:port[,host:port]. Default: embedded.
 	Kafka string
-	// KafkaNoSync runs the embedded Kafka broker without an fsync per
-	// produced batch (Apache Kafka's default durability). Default: fsync,
-	// as `edgebridge broker kafka` ships.
-	KafkaNoSync bool
+	// NoFsync runs the stores behind the bridge without fsync: the embedded
+	// Kafka broker keeps produced batches in the page cache (Apache Kafka's
+	// default durability) and paymentd's ledger flushes without fsync.
+	// Mosquitto does not fsync per message either way. Default: fsync, as
+	// `edgebridge broker kafka` and paymentd ship.
+	NoFsync bool
 	// Devices and Outstanding (requests in flight per device) of the
 	// full-load scenarios. Defaults: 50 and 4.
 	Devices, Outstanding int
@@ -225,18 +227,18 @@ type Target struct {
 type Setup struct {
 	MQTT  string `json:"mqtt"`
 	Kafka string `json:"kafka"`
-	// KafkaDurability says whether the embedded broker fsynced each batch.
-	KafkaDurability string `json:"kafka_durability"`
-	Devices         int    `json:"devices"`
-	Outstanding     int    `json:"outstanding"`
-	PayloadSize     int    `json:"payload_bytes"`
-	Duration        string `json:"duration"`
-	Rounds          int    `json:"rounds"`
-	LowLoad         int    `json:"low_load_devices"`
-	CPUs            int    `json:"cpus"`
-	CPUModel        string `json:"cpu_model"`
-	GoVersion       string `json:"go_version"`
-	OS              string `json:"os"`
+	// Durability says whether the embedded Kafka broker and the ledger fsynced.
+	Durability  string `json:"durability"`
+	Devices     int    `json:"devices"`
+	Outstanding int    `json:"outstanding"`
+	PayloadSize int    `json:"payload_bytes"`
+	Duration    string `json:"duration"`
+	Rounds      int    `json:"rounds"`
+	LowLoad     int    `json:"low_load_devices"`
+	CPUs        int    `json:"cpus"`
+	CPUModel    string `json:"cpu_model"`
+	GoVersion   string `json:"go_version"`
+	OS          string `json:"os"`
 }
 
 // bridgeWindow is backend.window's default: the gRPC echo baseline keeps
@@ -491,15 +493,15 @@ func (r *runner) measure(ctx context.Context, throughBridge bool, fn func() (Sce
 }
 
 func setupOf(cfg Config) Setup {
-	durability := "the broker's own settings"
-	if cfg.Kafka == "embedded" {
-		durability = "fsync per batch"
-		if cfg.KafkaNoSync {
-			durability = "page cache, no fsync"
-		}
+	durability := "fsync"
+	if cfg.NoFsync {
+		durability = "no fsync"
+	}
+	if cfg.Kafka != "embedded" {
+		durability = "kafka: the broker's own; ledger: " + durability
 	}
 	return Setup{
-		MQTT: cfg.MQTT, Kafka: cfg.Kafka, KafkaDurability: durability, Devices: cfg.Devices, Outstanding: cfg.Outstanding,
+		MQTT: cfg.MQTT, Kafka: cfg.Kafka, Durability: durability, Devices: cfg.Devices, Outstanding: cfg.Outstanding,
 		PayloadSize: cfg.PayloadSize, Duration: cfg.Duration.String(), Rounds: cfg.Rounds, LowLoad: cfg.LowLoad,
 		CPUs: runtime.NumCPU(), CPUModel: cpuModel(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH,
 	}

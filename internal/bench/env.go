@@ -186,10 +186,10 @@ func startEnv(ctx context.Context, cfg Config) (_ *env, err error) {
 	if err := e.startMQTT(ctx, cfg.MQTT); err != nil {
 		return e, err
 	}
-	if err := e.startKafka(ctx, cfg.Kafka, cfg.KafkaNoSync, cfg.Bridge); err != nil {
+	if err := e.startKafka(ctx, cfg.Kafka, cfg.NoFsync, cfg.Bridge); err != nil {
 		return e, err
 	}
-	if err := e.startPaymentd(); err != nil {
+	if err := e.startPaymentd(cfg.NoFsync); err != nil {
 		return e, err
 	}
 	return e, e.startBridge(ctx, cfg)
@@ -267,9 +267,13 @@ func (e *env) startKafka(ctx context.Context, kind string, noSync bool, bin stri
 }
 
 // startPaymentd serves the reference backend in this process.
-func (e *env) startPaymentd() error {
+func (e *env) startPaymentd(noFsync bool) error {
+	var opts []payment.LedgerOption
+	if noFsync {
+		opts = append(opts, payment.NoFsync())
+	}
 	var err error
-	if e.ledger, err = payment.OpenLedger(filepath.Join(e.dir, "ledger.jsonl")); err != nil {
+	if e.ledger, err = payment.OpenLedger(filepath.Join(e.dir, "ledger.jsonl"), opts...); err != nil {
 		return err
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

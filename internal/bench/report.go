@@ -14,7 +14,7 @@ import (
 func (r *Report) WriteTable(w io.Writer) error {
 	s := r.Setup
 	fmt.Fprintf(w, "edgebridge bench: %s, kafka %s (%s), %d devices x %d outstanding, %d B QoS 1, %s in %d rounds; %d CPUs (%s), %s\n\n",
-		s.MQTT, s.Kafka, s.KafkaDurability, s.Devices, s.Outstanding, s.PayloadSize, s.Duration, s.Rounds, s.CPUs, s.CPUModel, s.GoVersion)
+		s.MQTT, s.Kafka, s.Durability, s.Devices, s.Outstanding, s.PayloadSize, s.Duration, s.Rounds, s.CPUs, s.CPUModel, s.GoVersion)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tdevices\toutstanding\tmsgs\tmsg/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tlost\tbridge CPU ms/1k\tbridge RSS MB\tgoroutines\t")
 	rows := append(append([]Scenario{}, r.Scenarios...), r.Curve...)

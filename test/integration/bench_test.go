@@ -55,7 +55,7 @@ func TestBenchCommand(t *testing.T) {
 		CPU          float64                    `json:"bridge_cpu_ms_per_1k_msgs"`
 		Goroutines   int                        `json:"bridge_goroutines_max"`
 		Setup        struct {
-			KafkaDurability string `json:"kafka_durability"`
+			Durability string `json:"durability"`
 		} `json:"setup"`
 		Scenarios []struct {
 			Name     string `json:"name"`
@@ -73,8 +73,8 @@ func TestBenchCommand(t *testing.T) {
 	if rep.Lost != 0 {
 		t.Errorf("lost %d", rep.Lost)
 	}
-	if rep.Setup.KafkaDurability != "fsync per batch" {
-		t.Errorf("setup.kafka_durability %q, want the shipped broker's \"fsync per batch\"", rep.Setup.KafkaDurability)
+	if rep.Setup.Durability != "fsync" {
+		t.Errorf("setup.durability %q, want the shipped default \"fsync\"", rep.Setup.Durability)
 	}
 	if rep.Throughput <= 0 || rep.BaselineMQTT <= 0 || rep.Latency.P50 <= 0 || rep.Latency.P99 < rep.Latency.P50 {
 		t.Errorf("throughput %.0f, baseline %.0f, latency %+v", rep.Throughput, rep.BaselineMQTT, rep.Latency)

@@ -17,8 +17,10 @@ chaos-short:
 proto:
 	./scripts/genproto.sh
 
-# The performance bench (about 3 minutes); needs mosquitto on PATH. Writes
-# the report and the latency-vs-load plot that docs/PERFORMANCE.md shows.
+# The performance bench (about 5 minutes); needs mosquitto on PATH. Writes
+# the reports and latency-vs-load plots that docs/PERFORMANCE.md shows: with
+# the stores fsyncing as shipped, and with -fsync=false.
 bench:
 	command -v mosquitto >/dev/null || apt-get install -y mosquitto
 	go run ./cmd/edgebridge bench -json docs/bench.json -plot docs/latency-vs-load.svg
+	go run ./cmd/edgebridge bench -fsync=false -json docs/bench-nofsync.json -plot docs/latency-vs-load-nofsync.svg

@@ -3,6 +3,7 @@ package bench
 import (
 	"encoding/json"
 	"fmt"
+	"html"
 	"io"
 	"math"
 	"os"
@@ -125,7 +126,8 @@ func (r *Report) WritePlot(w io.Writer) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" viewBox="0 0 %d %d" font-family="sans-serif" font-size="12">`+"\n", width, height, width, height)
 	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`+"\n")
-	fmt.Fprintf(&b, `<text x="%d" y="22" font-size="14">edgebridge: request -&gt; reply latency vs throughput (%d devices, %d B, QoS 1)</text>`+"\n", left, r.Setup.Devices, r.Setup.PayloadSize)
+	fmt.Fprintf(&b, `<text x="%d" y="22" font-size="14">edgebridge: request -&gt; reply latency vs throughput (%d devices, %d B, QoS 1, %s)</text>`+"\n",
+		left, r.Setup.Devices, r.Setup.PayloadSize, html.EscapeString(r.Setup.Durability))
 	for i := 0; i <= 5; i++ { // grid and ticks
 		x, y := maxX*float64(i)/5, maxY*float64(i)/5
 		fmt.Fprintf(&b, `<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="#eee"/>`+"\n", px(x), top, px(x), height-bott)

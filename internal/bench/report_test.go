@@ -63,21 +63,22 @@ func TestWritePlotAndTable(t *testing.T) {
 		},
 		Scenarios: []Scenario{{Name: "pipeline", Devices: 50, Outstanding: 4, Messages: 9000, Throughput: 9000, BridgeRSSMax: 30 << 20,
 			CPU: map[string]float64{"bridge": 60}}},
-		Setup: Setup{Devices: 50, PayloadSize: 1024},
+		Setup: Setup{Devices: 50, PayloadSize: 1024, Durability: "no fsync"},
 	}
 	r.Targets = targets(r)
 	var svg bytes.Buffer
 	if err := r.WritePlot(&svg); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Count(svg.String(), "<polyline") != 3 || !strings.Contains(svg.String(), "raw MQTT 17000 msg/s") {
+	if strings.Count(svg.String(), "<polyline") != 3 || !strings.Contains(svg.String(), "raw MQTT 17000 msg/s") ||
+		!strings.Contains(svg.String(), "QoS 1, no fsync)") {
 		t.Fatalf("plot:\n%s", svg.String())
 	}
 	var table bytes.Buffer
 	if err := r.WriteTable(&table); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"pipeline open loop @3000/s", "30.0", "NOT MET"} {
+	for _, want := range []string{"pipeline open loop @3000/s", "30.0", "NOT MET", "(no fsync)"} {
 		if !strings.Contains(table.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, table.String())
 		}

@@ -39,12 +39,12 @@ type KafkaConfig struct {
 	// Advertise is the host:port clients are told to connect to, when it
 	// differs from Listen (a proxy or NAT in front). Default: the listen address.
 	Advertise string
-	// NoSync leaves writes in the page cache instead of fsyncing every
+	// NoFsync leaves writes in the page cache instead of fsyncing every
 	// produced batch before it is acknowledged: what Apache Kafka does by
 	// default (it relies on replication), much faster on a single node, but a
 	// machine crash (not a process crash) can lose acknowledged records.
 	// Default: false (fsync).
-	NoSync bool
+	NoFsync bool
 }
 
 // Kafka is a running embedded Kafka-protocol broker.
@@ -54,7 +54,7 @@ type Kafka struct {
 	once sync.Once
 }
 
-// ListenKafka starts the broker. Unless cfg.NoSync, every produced batch is
+// ListenKafka starts the broker. Unless cfg.NoFsync, every produced batch is
 // fsynced before it is acknowledged (SyncWrites), so a record acked to a
 // producer survives kill -9 and a power cut.
 func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
@@ -99,7 +99,7 @@ func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 		kfake.DefaultNumPartitions(cfg.Partitions),
 		kfake.ClusterID("edgebridge"),
 	}
-	if !cfg.NoSync {
+	if !cfg.NoFsync {
 		opts = append(opts, kfake.SyncWrites())
 	}
 	c, err := kfake.NewCluster(opts...)

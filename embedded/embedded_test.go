@@ -14,14 +14,14 @@ import (
 // Records acknowledged by the broker are there after a restart on the same
 // data dir, with or without an fsync per batch (without, Close syncs).
 func TestKafkaDataSurvivesRestart(t *testing.T) {
-	for _, noSync := range []bool{false, true} {
-		t.Run(map[bool]string{false: "fsync", true: "no-fsync"}[noSync], func(t *testing.T) { kafkaRestart(t, noSync) })
+	for _, noFsync := range []bool{false, true} {
+		t.Run(map[bool]string{false: "fsync", true: "no-fsync"}[noFsync], func(t *testing.T) { kafkaRestart(t, noFsync) })
 	}
 }
 
-func kafkaRestart(t *testing.T, noSync bool) {
+func kafkaRestart(t *testing.T, noFsync bool) {
 	dir := t.TempDir()
-	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: dir, Partitions: 1, NoSync: noSync})
+	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: dir, Partitions: 1, NoFsync: noFsync})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +41,7 @@ func kafkaRestart(t *testing.T, noSync bool) {
 	k.Close()
 	k.Close() // idempotent
 
-	k, err = embedded.ListenKafka(embedded.KafkaConfig{Listen: addr, DataDir: dir, Partitions: 1, NoSync: noSync})
+	k, err = embedded.ListenKafka(embedded.KafkaConfig{Listen: addr, DataDir: dir, Partitions: 1, NoFsync: noFsync})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -40,7 +40,7 @@ func brokerCmd(args []string) error {
 	var closeFn func()
 	switch kind {
 	case "kafka":
-		k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: *listen, DataDir: *data, Partitions: *partitions, Advertise: *advertise, NoSync: !*fsync})
+		k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: *listen, DataDir: *data, Partitions: *partitions, Advertise: *advertise, NoFsync: !*fsync})
 		if err != nil {
 			return err
 		}

@@ -243,7 +243,7 @@ func (e *env) startMQTT(ctx context.Context, kind string) error {
 
 // startKafka runs the embedded broker as its own process (so the bridge's
 // figures are the bridge's alone), or uses the brokers given.
-func (e *env) startKafka(ctx context.Context, kind string, noSync bool, bin string) error {
+func (e *env) startKafka(ctx context.Context, kind string, noFsync bool, bin string) error {
 	if kind != "embedded" {
 		e.brokers = strings.Split(kind, ",")
 		return await(ctx, 10*time.Second, "kafka "+kind, func() error { return dial(e.brokers[0]) })
@@ -253,7 +253,7 @@ func (e *env) startKafka(ctx context.Context, kind string, noSync bool, bin stri
 		return err
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	args := []string{"broker", "kafka", "-listen", addr, "-data", filepath.Join(e.dir, "kafka"), "-fsync=" + strconv.FormatBool(!noSync)}
+	args := []string{"broker", "kafka", "-listen", addr, "-data", filepath.Join(e.dir, "kafka"), "-fsync=" + strconv.FormatBool(!noFsync)}
 	if e.kafka, err = startProc("kafka broker", nil, bin, args...); err != nil {
 		return err
 	}

@@ -94,8 +94,8 @@ func TestBenchCommand(t *testing.T) {
 		t.Errorf("load curve %+v", rep.Curve)
 	}
 
-	// -profile: the bridge's CPU and allocation profiles, gzipped pprof.
-	for _, f := range []string{"cpu.pprof", "allocs.pprof"} {
+	// -profile: the bridge's CPU and allocation profiles and the bench's own CPU profile, gzipped pprof.
+	for _, f := range []string{"cpu.pprof", "allocs.pprof", "bench-cpu.pprof"} {
 		b, err := os.ReadFile(filepath.Join(dir, "prof", f))
 		if err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
 			t.Errorf("profile %s: %d bytes, %v", f, len(b), err)

@@ -31,22 +31,10 @@ import (
 //	reject:      REJECT                  -> DLQ record + REJECTED reply
 //	retry-ever:  RETRY on every attempt  -> DLQ record + ERROR reply after max_attempts
 func TestOutcomes(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
-	dir := t.TempDir()
-	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: dir, Partitions: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer k.Close()
-	m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: "127.0.0.1:0", DataDir: dir + "/mqtt"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-
+	leakCheck(t)
 	var mu sync.Mutex
 	calls := map[string]int{}
-	srv := backend.NewServer(backend.Config{}, func(_ context.Context, env *v1.Envelope) backend.Result {
+	p := newPipeline(t, func(_ context.Context, env *v1.Envelope) backend.Result {
 		mu.Lock()
 		defer mu.Unlock()
 		calls[env.RequestId]++
@@ -56,48 +44,14 @@ func TestOutcomes(t *testing.T) {
 		case env.RequestId == "reject":
 			return backend.Result{Outcome: v1.Outcome_OUTCOME_REJECT, Code: v1.ReasonCode_REASON_CODE_NOT_PERMITTED, Reason: "merchant m-x is not enrolled"}
 		}
-		return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: transcoder.EncodeReply(&v1.PaymentReply{
-			RequestId: env.RequestId, MessageId: env.MessageId, Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED})}
-	}, nil)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
-	srv.Register(gs)
-	go func() { _ = gs.Serve(ln) }()
-	defer gs.Stop()
+		return approve(env)
+	})
+	p.cfg.Backend.MaxAttempts = 3
+	p.cfg.Backend.RetryBackoff = 10 * time.Millisecond
+	p.start(t)
 
-	cfg := config.Default()
-	cfg.MQTT.Broker = "tcp://" + m.Addr()
-	cfg.Kafka.Brokers = []string{k.Addr()}
-	cfg.Kafka.Partitions = 2
-	cfg.Backend.Targets = []string{ln.Addr().String()}
-	cfg.Backend.MaxAttempts = 3
-	cfg.Backend.RetryBackoff = 10 * time.Millisecond
-	b, err := bridge.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- b.Run(ctx) }()
-
-	replies := make(chan transcoder.Reply, 10)
-	dev := paho.NewClient(paho.NewClientOptions().AddBroker(cfg.MQTT.Broker).SetClientID("dev-1"))
-	if tok := dev.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
-	defer dev.Disconnect(0)
-	dev.Subscribe("payment/response/dev-1", 1, func(_ paho.Client, m paho.Message) {
-		var r transcoder.Reply
-		if json.Unmarshal(m.Payload(), &r) == nil {
-			replies <- r
-		}
-	}).Wait()
-	for ready, _ := b.Ready(); !ready; ready, _ = b.Ready() {
-		time.Sleep(10 * time.Millisecond)
-	}
+	replies := make(chan []byte, 10)
+	dev := p.device(t, "dev-1", replies)
 	for _, id := range []string{"retry-twice", "reject", "retry-ever"} {
 		dev.Publish("payment/request/dev-1", 1, false, `{"request_id":"`+id+`","amount_minor":100,"currency":"EUR"}`).Wait()
 	}
@@ -106,8 +60,11 @@ func TestOutcomes(t *testing.T) {
 	defer timeout.Stop()
 	for len(got) < 3 {
 		select {
-		case r := <-replies:
-			got[r.RequestID] = r
+		case payload := <-replies:
+			var r transcoder.Reply
+			if json.Unmarshal(payload, &r) == nil {
+				got[r.RequestID] = r
+			}
 		case <-timeout.C:
 			t.Fatalf("got replies %v, want 3", got)
 		}
@@ -127,14 +84,103 @@ func TestOutcomes(t *testing.T) {
 	}
 	mu.Unlock()
 
-	dlq := readDLQ(t, k.Addr(), cfg.Kafka.DLQTopic, 2)
+	dlq := readDLQ(t, p.kafka.Addr(), p.cfg.Kafka.DLQTopic, 2)
 	if dlq["reject"] != "not_permitted" || dlq["retry-ever"] != "busy" {
 		t.Errorf("got DLQ reasons %v, want reject=not_permitted retry-ever=busy", dlq)
 	}
+}
 
-	cancel()
-	if err := <-runErr; err != nil {
-		t.Fatalf("Run: %v", err)
+// pipeline is the bridge in process on embedded brokers, with one backend.
+type pipeline struct {
+	kafka *embedded.Kafka
+	mqtt  *embedded.MQTT
+	cfg   config.Config // the bridge's, until start
+}
+
+// newPipeline starts the brokers and a backend serving handle; cfg points
+// the bridge at them and may be changed before start.
+func newPipeline(t *testing.T, handle backend.Handler) *pipeline {
+	t.Helper()
+	dir := t.TempDir()
+	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: dir, Partitions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Close)
+	m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: "127.0.0.1:0", DataDir: dir + "/mqtt"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
+	backend.NewServer(backend.Config{}, handle, nil).Register(gs)
+	go func() { _ = gs.Serve(ln) }()
+	t.Cleanup(gs.Stop)
+
+	cfg := config.Default()
+	cfg.MQTT.Broker = "tcp://" + m.Addr()
+	cfg.Kafka.Brokers = []string{k.Addr()}
+	cfg.Kafka.Partitions = 2
+	cfg.Backend.Targets = []string{ln.Addr().String()}
+	return &pipeline{kafka: k, mqtt: m, cfg: cfg}
+}
+
+// start runs the bridge until the end of the test (then stops it and
+// checks Run's error) and waits until it is ready.
+func (p *pipeline) start(t *testing.T) {
+	t.Helper()
+	b, err := bridge.New(p.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-runErr; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	waitUntil(t, "bridge ready", func() bool { ok, _ := b.Ready(); return ok })
+}
+
+// device connects a device straight to the MQTT broker, subscribed to its
+// reply topic; replies receive the payloads.
+func (p *pipeline) device(t *testing.T, id string, replies chan<- []byte) paho.Client {
+	t.Helper()
+	dev := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + p.mqtt.Addr()).SetClientID(id))
+	if tok := dev.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	t.Cleanup(func() { dev.Disconnect(0) })
+	dev.Subscribe("payment/response/"+id, 1, func(_ paho.Client, m paho.Message) { replies <- m.Payload() }).Wait()
+	return dev
+}
+
+func approve(env *v1.Envelope) backend.Result {
+	return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: transcoder.EncodeReply(&v1.PaymentReply{
+		RequestId: env.RequestId, MessageId: env.MessageId, Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED})}
+}
+
+// leakCheck fails the test if goroutines it started outlive its cleanups.
+func leakCheck(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

@@ -11,17 +11,8 @@ import (
 	"testing"
 	"time"
 
-	paho "github.com/eclipse/paho.mqtt.golang"
-	"go.uber.org/goleak"
-	"google.golang.org/grpc"
-
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
-	"github.com/edgebridge/edgebridge/bridge"
-	"github.com/edgebridge/edgebridge/config"
-	"github.com/edgebridge/edgebridge/embedded"
-	"github.com/edgebridge/edgebridge/grpcout"
-	"github.com/edgebridge/edgebridge/transcoder"
 )
 
 // A reply publish waits for the broker's PUBACK before its record is ACKed.
@@ -31,59 +22,18 @@ import (
 // finishers capped the pipeline at ~8k msg/s). Released, every reply
 // completes.
 func TestRepliesInFlightUpToWindow(t *testing.T) {
-	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	leakCheck(t)
 	const requests = 40
-	dir := t.TempDir()
-	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: dir, Partitions: 2})
-	if err != nil {
-		t.Fatal(err)
+	p := newPipeline(t, func(_ context.Context, env *v1.Envelope) backend.Result { return approve(env) })
+	proxy := newPubackGate(t, p.mqtt.Addr())
+	t.Cleanup(proxy.close) // after the bridge stops
+	p.cfg.MQTT.Broker = "tcp://" + proxy.addr()
+	if p.cfg.Backend.Window < requests {
+		t.Fatalf("window %d: the test needs at least %d", p.cfg.Backend.Window, requests)
 	}
-	defer k.Close()
-	m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: "127.0.0.1:0", DataDir: dir + "/mqtt"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	proxy := newPubackGate(t, m.Addr())
-	defer proxy.close()
-
-	srv := backend.NewServer(backend.Config{}, func(_ context.Context, env *v1.Envelope) backend.Result {
-		return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: transcoder.EncodeReply(&v1.PaymentReply{
-			RequestId: env.RequestId, MessageId: env.MessageId, Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED})}
-	}, nil)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
-	srv.Register(gs)
-	go func() { _ = gs.Serve(ln) }()
-	defer gs.Stop()
-
-	cfg := config.Default()
-	cfg.MQTT.Broker = "tcp://" + proxy.addr()
-	cfg.Kafka.Brokers = []string{k.Addr()}
-	cfg.Kafka.Partitions = 2
-	cfg.Backend.Targets = []string{ln.Addr().String()}
-	if cfg.Backend.Window < requests {
-		t.Fatalf("window %d: the test needs at least %d", cfg.Backend.Window, requests)
-	}
-	b, err := bridge.New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- b.Run(ctx) }()
-
-	replies := make(chan string, requests)
-	dev := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + m.Addr()).SetClientID("dev-1"))
-	if tok := dev.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatal(tok.Error())
-	}
-	defer dev.Disconnect(0)
-	dev.Subscribe("payment/response/dev-1", 1, func(_ paho.Client, m paho.Message) { replies <- string(m.Payload()) }).Wait()
-	waitUntil(t, "bridge ready", func() bool { ok, _ := b.Ready(); return ok })
+	p.start(t)
+	replies := make(chan []byte, requests)
+	dev := p.device(t, "dev-1", replies)
 
 	proxy.hold()
 	for i := range requests {
@@ -98,22 +48,6 @@ func TestRepliesInFlightUpToWindow(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Fatal("replies did not all arrive after the PUBACKs were released")
 		}
-	}
-
-	cancel()
-	if err := <-runErr; err != nil {
-		t.Fatalf("Run: %v", err)
-	}
-}
-
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 

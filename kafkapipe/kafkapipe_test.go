@@ -26,15 +26,20 @@ func broker(t *testing.T) string {
 	return k.Addr()
 }
 
-// consume runs a consumer until stop is called and returns the fetched
-// messages; ack decides, per offset, whether to acknowledge it.
-func consume(t *testing.T, addr string, win *ackwindow.Window, ack func(int64) bool) (<-chan kafkapipe.Message, func()) {
+// consume runs a consumer (group "g", topic "t", changed by tweak) until
+// stop is called and returns the fetched messages; ack decides, per
+// offset, whether to acknowledge it.
+func consume(t *testing.T, addr string, win *ackwindow.Window, ack func(int64) bool, tweak ...func(*kafkapipe.ConsumerConfig)) (<-chan kafkapipe.Message, func()) {
 	t.Helper()
 	got := make(chan kafkapipe.Message, 100)
-	c, err := kafkapipe.NewConsumer(kafkapipe.ConsumerConfig{
+	cfg := kafkapipe.ConsumerConfig{
 		Brokers: []string{addr}, GroupID: "g", Topic: "t",
 		CommitInterval: 10 * time.Millisecond, DrainTimeout: 200 * time.Millisecond, MaxWait: 50 * time.Millisecond,
-	}, win, func(_ context.Context, m kafkapipe.Message) error {
+	}
+	for _, fn := range tweak {
+		fn(&cfg)
+	}
+	c, err := kafkapipe.NewConsumer(cfg, win, func(_ context.Context, m kafkapipe.Message) error {
 		got <- m
 		if ack(m.Offset) {
 			win.Ack(m.Partition, m.Offset)
@@ -192,22 +197,10 @@ func TestStartNewest(t *testing.T) {
 		t.Fatal(err)
 	}
 	produce(t, addr, 0, 3)
-	got := make(chan kafkapipe.Message, 100)
-	win := ackwindow.New(100)
-	c, err := kafkapipe.NewConsumer(kafkapipe.ConsumerConfig{Brokers: []string{addr}, GroupID: "newest", Topic: "t",
-		StartNewest: true, DrainTimeout: 200 * time.Millisecond, MaxWait: 50 * time.Millisecond},
-		win, func(_ context.Context, m kafkapipe.Message) error {
-			got <- m
-			win.Ack(m.Partition, m.Offset)
-			return nil
-		})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	got, stop := consume(t, addr, ackwindow.New(100), func(int64) bool { return true }, func(c *kafkapipe.ConsumerConfig) {
+		c.GroupID, c.StartNewest = "newest", true
+	})
+	defer stop()
 	// The group's start is fixed when it joins; keep writing until a record
 	// written after that arrives.
 	deadline := time.Now().Add(30 * time.Second)

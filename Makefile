@@ -17,7 +17,7 @@ chaos-short:
 proto:
 	./scripts/genproto.sh
 
-# The performance bench (about 5 minutes); needs mosquitto on PATH. Writes
+# The performance bench (about 6 minutes); needs mosquitto on PATH. Writes
 # the reports and latency-vs-load plots that docs/PERFORMANCE.md shows: with
 # the stores fsyncing as shipped, and with -fsync=false.
 bench:

@@ -42,7 +42,7 @@ type KafkaConfig struct {
 	// NoFsync leaves writes in the page cache instead of fsyncing every
 	// produced batch before it is acknowledged: what Apache Kafka does by
 	// default (it relies on replication), much faster on a single node, but a
-	// machine crash (not a process crash) can lose acknowledged records.
+	// machine crash can lose acknowledged records.
 	// Default: false (fsync).
 	NoFsync bool
 }

@@ -92,3 +92,22 @@ func TestNiceCeil(t *testing.T) {
 		}
 	}
 }
+
+// The report says how durable the stores were: the embedded broker and the
+// ledger follow -fsync; an external Kafka keeps its own settings.
+func TestSetupDurability(t *testing.T) {
+	for _, c := range []struct {
+		kafka   string
+		noFsync bool
+		want    string
+	}{
+		{"embedded", false, "fsync"},
+		{"embedded", true, "no fsync"},
+		{"10.0.0.1:9092", false, "kafka: the broker's own; ledger: fsync"},
+		{"10.0.0.1:9092", true, "kafka: the broker's own; ledger: no fsync"},
+	} {
+		if got := setupOf(Config{Kafka: c.kafka, NoFsync: c.noFsync}).Durability; got != c.want {
+			t.Errorf("kafka %s, no fsync %v: got %q, want %q", c.kafka, c.noFsync, got, c.want)
+		}
+	}
+}

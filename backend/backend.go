@@ -2,10 +2,19 @@
 // for backend authors: register a Server on a gRPC server, give it a Handler
 // and a Store, and it answers hello, heartbeats (with its load) and drain,
 // grants credits (changeable at runtime with SetCredits), serves
-// grpc.health.v1 for the bridge's pre-reconnect checks, deduplicates
-// redeliveries by message id (a duplicate is ACKed as DUPLICATE with the
-// stored reply, the handler is not called again), and ACKs each delivery
-// only after the Store made its result durable.
+// grpc.health.v1 for the bridge's pre-reconnect checks, refuses envelopes
+// that break the contract (v1.CheckEnvelope: bounded fields, a message id
+// derived from device and request id) without calling the handler or
+// storing anything, deduplicates redeliveries by message id and content
+// fingerprint (a redelivery is ACKed with the stored outcome and reply and
+// the duplicate flag, the handler is not called again; the same id with
+// different content is a REJECT with REASON_CODE_CONFLICT), and ACKs each
+// delivery only after the Store made its result durable.
+//
+// It trusts nothing a bridge sends: the window in Hello is clamped to
+// v1.MaxWindow, a stream that sends more un-ACKed deliveries than its
+// window is ended, and deliveries waiting to be processed are bounded in
+// bytes (Config.MaxQueuedBytes) by not reading more until they drain.
 //
 // Backends behind one bridge must share their Store (a database, in
 // practice): the bridge moves a dead backend's un-ACKed deliveries to the
@@ -13,16 +22,20 @@
 package backend
 
 import (
+	"cmp"
 	"context"
-	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 )
@@ -35,16 +48,27 @@ type Result struct {
 	Reply   []byte        // published to the device as is
 }
 
-// Handler processes one envelope. It is called at most once per message id
-// whose result was saved (OK or REJECT); a RETRY result is not saved, so the
-// redelivery calls it again.
+// Handler processes one envelope that passed v1.CheckEnvelope. It is called
+// at most once per message id whose result was saved (OK or REJECT); a
+// RETRY result is not saved, so the redelivery calls it again. Neither is a
+// REJECT with REASON_CODE_INVALID_REQUEST: the envelope itself is unusable,
+// nothing in it is kept, and a redelivery is judged again.
 type Handler func(ctx context.Context, env *v1.Envelope) Result
+
+// Stored is a saved final result and the fingerprint of the envelope it
+// answered ("" for results saved before envelopes carried one: those match
+// any content).
+type Stored struct {
+	Result
+	Fingerprint string
+}
 
 // Store remembers final results by message id.
 type Store interface {
 	// Lookup returns the saved result of messageID.
-	Lookup(messageID string) (Result, bool)
-	// Save records the final result of env. It may buffer; see Syncer.
+	Lookup(messageID string) (Stored, bool)
+	// Save records the final result of env, with env's fingerprint. It may
+	// buffer; see Syncer.
 	Save(env *v1.Envelope, r Result) error
 }
 
@@ -65,7 +89,16 @@ type Config struct {
 	Credits uint32
 	// HeartbeatInterval suggested to bridges; 0 keeps the bridge's default.
 	HeartbeatInterval time.Duration
+	// MaxQueuedBytes bounds the deliveries of one stream that were received
+	// and not yet processed; past it the stream is not read until they
+	// drain (the bridge is held back by HTTP/2 flow control). A bridge's
+	// full window of payment envelopes (a few hundred bytes each) stays
+	// far below it. Default: 16 MiB.
+	MaxQueuedBytes int64
 }
+
+// defaultMaxQueuedBytes is Config.MaxQueuedBytes' default.
+const defaultMaxQueuedBytes = 16 << 20
 
 // ServiceName is the name under which the Server reports its health in
 // grpc.health.v1 (the empty name reports the same status).
@@ -102,6 +135,9 @@ func WithDedupLock(l sync.Locker) Option { return func(s *Server) { s.serial = l
 func NewServer(cfg Config, h Handler, store Store, opts ...Option) *Server {
 	if cfg.ID == "" {
 		cfg.ID = "backend"
+	}
+	if cfg.MaxQueuedBytes <= 0 {
+		cfg.MaxQueuedBytes = defaultMaxQueuedBytes
 	}
 	if store == nil {
 		store = NewMemoryStore(1024)
@@ -156,7 +192,9 @@ type serverStream struct {
 	out      chan *v1.ServerFrame
 	done     chan struct{}
 	window   uint32
-	inflight atomic.Int64 // received and not yet ACKed
+	inflight atomic.Int64  // received and not yet ACKed
+	queued   atomic.Int64  // bytes received and not yet processed
+	drained  chan struct{} // signalled when queued shrinks
 }
 
 // load is how busy the stream is, 0-100: un-ACKed deliveries against the
@@ -188,12 +226,14 @@ func (s *Server) Stream(stream v1.Delivery_StreamServer) error {
 	}
 	hello := first.GetHello()
 	if hello == nil {
-		return errors.New("backend: first frame must be hello")
+		return status.Error(codes.InvalidArgument, "backend: first frame must be hello")
 	}
-	window := max(hello.GetWindow(), 1)
+	// Channels are sized from the window: never from more than a bridge may ask.
+	window := min(max(hello.GetWindow(), 1), v1.MaxWindow)
 	// The out channel holds an ACK per delivery in the window plus control
 	// frames; push blocks when it is full, which only a stalled sender causes.
-	st := &serverStream{out: make(chan *v1.ServerFrame, 2*window+8), done: make(chan struct{}), window: window}
+	st := &serverStream{out: make(chan *v1.ServerFrame, 2*window+8), done: make(chan struct{}),
+		window: window, drained: make(chan struct{}, 1)}
 	s.mu.Lock()
 	s.streams[st] = struct{}{}
 	s.mu.Unlock()
@@ -217,22 +257,32 @@ func (s *Server) Stream(stream v1.Delivery_StreamServer) error {
 	}
 
 	ctx := stream.Context()
-	work := make(chan *v1.Deliver, window+8)
+	work := make(chan queuedDelivery, window+8)
 	var wg sync.WaitGroup
 	sendErr := make(chan error, 1)
 	wg.Go(func() { sendErr <- s.sendLoop(stream, st) })
 	wg.Go(func() { s.processLoop(ctx, work, st) })
 
-	for {
+	var violation error
+	for violation == nil {
+		if !s.waitQueue(ctx, st) {
+			break
+		}
 		f, err := stream.Recv()
 		if err != nil {
 			break // io.EOF or the stream's context ended
 		}
 		switch fr := f.Frame.(type) {
 		case *v1.ClientFrame_Deliver:
-			st.inflight.Add(1)
+			if st.inflight.Add(1) > int64(window) {
+				violation = status.Errorf(codes.ResourceExhausted, "backend: more than the window of %d un-ACKed deliveries", window)
+				s.log.Warn("backend: bridge broke the protocol; ending the stream", "bridge_id", fmt.Sprintf("%.64q", hello.GetBridgeId()), "err", violation)
+				continue
+			}
+			q := queuedDelivery{d: fr.Deliver, size: int64(proto.Size(fr.Deliver))}
+			st.queued.Add(q.size)
 			select {
-			case work <- fr.Deliver:
+			case work <- q:
 			case <-ctx.Done():
 			}
 		case *v1.ClientFrame_Ping:
@@ -249,12 +299,37 @@ func (s *Server) Stream(stream v1.Delivery_StreamServer) error {
 	close(work)
 	// processLoop finishes what was received; then the sender stops.
 	wg.Wait()
-	return <-sendErr
+	return cmp.Or(violation, <-sendErr)
 }
 
-func (s *Server) processLoop(ctx context.Context, work <-chan *v1.Deliver, st *serverStream) {
+// waitQueue holds the receiver while the stream's unprocessed deliveries
+// exceed MaxQueuedBytes; false if the stream ended meanwhile.
+func (s *Server) waitQueue(ctx context.Context, st *serverStream) bool {
+	for st.queued.Load() > s.cfg.MaxQueuedBytes {
+		select {
+		case <-st.drained:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
+}
+
+// queuedDelivery is a received delivery and its size, until processed.
+type queuedDelivery struct {
+	d    *v1.Deliver
+	size int64
+}
+
+func (s *Server) processLoop(ctx context.Context, work <-chan queuedDelivery, st *serverStream) {
 	defer close(st.done)
-	for d := range work {
+	for q := range work {
+		d := q.d
+		st.queued.Add(-q.size)
+		select {
+		case st.drained <- struct{}{}:
+		default:
+		}
 		if ctx.Err() != nil {
 			continue // stream gone: the bridge resends these
 		}
@@ -264,30 +339,41 @@ func (s *Server) processLoop(ctx context.Context, work <-chan *v1.Deliver, st *s
 	}
 }
 
+// conflictReason is the detail of a REJECT for a reused message id.
+const conflictReason = "message id already used for a request with different content"
+
 func (s *Server) process(ctx context.Context, d *v1.Deliver) *v1.Ack {
 	env := d.GetEnvelope()
 	id := env.GetMessageId()
 	ack := &v1.Ack{Seq: d.GetSeq(), MessageId: id}
-	if id == "" {
-		ack.Outcome, ack.Code, ack.Reason = v1.Outcome_OUTCOME_REJECT, v1.ReasonCode_REASON_CODE_INVALID_REQUEST, "envelope has no message id"
+	if err := v1.CheckEnvelope(env); err != nil {
+		// Nothing of it is trusted: not the handler's business, not stored.
+		ack.Outcome, ack.Code, ack.Reason = v1.Outcome_OUTCOME_REJECT, v1.ReasonCode_REASON_CODE_INVALID_REQUEST, err.Error()
 		return ack
 	}
 	s.serial.Lock()
 	defer s.serial.Unlock()
-	if r, ok := s.store.Lookup(id); ok {
-		ack.Outcome, ack.Code, ack.Reason, ack.Reply = v1.Outcome_OUTCOME_DUPLICATE, r.Code, r.Reason, r.Reply
+	if st, ok := s.store.Lookup(id); ok {
+		if st.Fingerprint != "" && env.GetFingerprint() != "" && st.Fingerprint != env.GetFingerprint() {
+			ack.Outcome, ack.Code, ack.Reason = v1.Outcome_OUTCOME_REJECT, v1.ReasonCode_REASON_CODE_CONFLICT, conflictReason
+			return ack
+		}
+		ack.Outcome, ack.Code, ack.Reason, ack.Reply, ack.Duplicate = st.Outcome, st.Code, st.Reason, st.Reply, true
+		if ack.Outcome != v1.Outcome_OUTCOME_REJECT {
+			ack.Outcome = v1.Outcome_OUTCOME_OK
+		}
 		return ack
 	}
 	r := s.handle(ctx, env)
 	ack.Outcome, ack.Code, ack.Reason, ack.Reply = r.Outcome, r.Code, r.Reason, r.Reply
-	switch r.Outcome {
-	case v1.Outcome_OUTCOME_OK, v1.Outcome_OUTCOME_REJECT:
+	switch {
+	case r.Outcome == v1.Outcome_OUTCOME_REJECT && r.Code == v1.ReasonCode_REASON_CODE_INVALID_REQUEST:
+	case r.Outcome == v1.Outcome_OUTCOME_OK || r.Outcome == v1.Outcome_OUTCOME_REJECT:
 		if err := s.store.Save(env, r); err != nil {
 			s.log.Error("backend: save result", "message_id", id, "err", err)
 			ack.Outcome, ack.Code, ack.Reason, ack.Reply = v1.Outcome_OUTCOME_RETRY, v1.ReasonCode_REASON_CODE_UNAVAILABLE, "store: "+err.Error(), nil
 		}
-	case v1.Outcome_OUTCOME_RETRY:
-	default:
+	default: // RETRY, or an outcome the helper does not know
 		ack.Outcome = v1.Outcome_OUTCOME_RETRY
 	}
 	return ack

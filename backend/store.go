@@ -19,7 +19,7 @@ type MemoryStore struct {
 
 type memItem struct {
 	id string
-	r  Result
+	st Stored
 }
 
 // NewMemoryStore returns a store holding at most n results (n < 1 means 1024).
@@ -31,15 +31,15 @@ func NewMemoryStore(n int) *MemoryStore {
 }
 
 // Lookup implements Store.
-func (m *MemoryStore) Lookup(id string) (Result, bool) {
+func (m *MemoryStore) Lookup(id string) (Stored, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	e, ok := m.items[id]
 	if !ok {
-		return Result{}, false
+		return Stored{}, false
 	}
 	m.order.MoveToFront(e)
-	return e.Value.(*memItem).r, true
+	return e.Value.(*memItem).st, true
 }
 
 // Save implements Store.
@@ -47,12 +47,13 @@ func (m *MemoryStore) Save(env *v1.Envelope, r Result) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	id := env.GetMessageId()
+	st := Stored{Result: r, Fingerprint: env.GetFingerprint()}
 	if e, ok := m.items[id]; ok {
-		e.Value.(*memItem).r = r
+		e.Value.(*memItem).st = st
 		m.order.MoveToFront(e)
 		return nil
 	}
-	m.items[id] = m.order.PushFront(&memItem{id: id, r: r})
+	m.items[id] = m.order.PushFront(&memItem{id: id, st: st})
 	if m.order.Len() > m.max {
 		last := m.order.Back()
 		m.order.Remove(last)

@@ -20,9 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/segmentio/kafka-go"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/edgebridge/edgebridge/ackwindow"
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
@@ -34,19 +32,13 @@ import (
 	"github.com/edgebridge/edgebridge/transcoder"
 )
 
-// ingestBatch is the most MQTT messages written to Kafka in one produce.
-const ingestBatch = 512
-
-// envelopeContentType is the content-type header of request records.
-var envelopeContentType = []byte(kafkapipe.ContentTypeEnvelope)
-
 // Bridge is the running pipeline. Create it with New and run it with Run.
 type Bridge struct {
 	cfg     config.Config
 	log     *slog.Logger
 	metrics *Metrics
 
-	dec      *transcoder.Decoder
+	rules    ingestRules
 	mqtt     *mqttin.Client
 	producer *kafkapipe.Producer
 	win      *ackwindow.Window
@@ -65,7 +57,7 @@ type Bridge struct {
 // publish the reply (if any), then call done. Each record in the window has
 // at most one job queued, so the channel (sized to the window) never blocks.
 type finishJob struct {
-	dlq        *kafkapipe.Record
+	dlq        *kafkapipe.DeadLetter
 	replyTopic string
 	reply      []byte
 	done       func()
@@ -107,7 +99,8 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	b.win = ackwindow.New(capacity)
 	b.finish = make(chan finishJob, capacity)
 	b.retries = make(chan retryJob, capacity)
-	b.dec = transcoder.New(cfg.MQTT.MaxPayload)
+	b.rules = ingestRules{dec: transcoder.New(cfg.MQTT.MaxPayload), maxPayload: cfg.MQTT.MaxPayload, maxRecord: cfg.Kafka.MaxMessageBytes,
+		topic: cfg.Kafka.Topic, dlqTopic: cfg.Kafka.DLQTopic, replyTopic: cfg.MQTT.ReplyTopic}
 
 	var err error
 	b.mqtt, err = mqttin.New(mqttin.Config{
@@ -118,7 +111,7 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.producer, err = kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: cfg.Kafka.Brokers})
+	b.producer, err = kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: cfg.Kafka.Brokers, MaxRequestBytes: cfg.Kafka.MaxMessageBytes})
 	if err != nil {
 		return nil, err
 	}
@@ -196,6 +189,7 @@ func (b *Bridge) newDapr() (*daprcomp.Server, error) {
 		Source:           "edgebridge/" + cfg.MQTT.ClientID,
 		Window:           cfg.Dapr.Window,
 		MaxAttempts:      cfg.Dapr.MaxAttempts,
+		MaxMessageBytes:  cfg.Kafka.MaxMessageBytes,
 		RetryBackoff:     cfg.Dapr.RetryBackoff,
 		CommitInterval:   cfg.Kafka.CommitInterval,
 		DrainTimeout:     cfg.Shutdown.DrainTimeout,
@@ -211,7 +205,7 @@ func (b *Bridge) brokerProblems() []string {
 		why = append(why, "mqtt not subscribed")
 	}
 	if !b.kafkaOK.Load() {
-		why = append(why, "kafka unreachable")
+		why = append(why, "kafka unreachable or refusing writes")
 	}
 	return why
 }
@@ -322,7 +316,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 
 func (b *Bridge) ensureTopics(ctx context.Context) error {
 	ok := b.retry(ctx, "create topics", func() error {
-		return kafkapipe.EnsureTopics(ctx, b.cfg.Kafka.Brokers, b.cfg.Kafka.Partitions, b.cfg.Kafka.Topic, b.cfg.Kafka.DLQTopic)
+		return b.producer.EnsureTopics(ctx, b.cfg.Kafka.Partitions, b.cfg.Kafka.Topic, b.cfg.Kafka.DLQTopic)
 	})
 	if !ok {
 		return fmt.Errorf("bridge: kafka never became ready: %w", ctx.Err())
@@ -343,140 +337,4 @@ func (b *Bridge) watchKafka(ctx context.Context) {
 			cancel()
 		}
 	}
-}
-
-// ingest takes MQTT messages in arrival order, writes them to Kafka in
-// batches and PUBACKs each only after its write was acknowledged (and, for
-// a rejected message, after its DLQ record and its REJECTED reply). A batch
-// is what arrived while the previous write was in flight, up to
-// ingestBatch; with kafka.batch_timeout set, ingest also waits that long
-// for more.
-func (b *Bridge) ingest(ctx context.Context) error {
-	batch := make([]mqttin.Message, 0, ingestBatch)
-	for {
-		var ok bool
-		batch, ok = collect(ctx, b.mqtt.Messages(), batch[:0], ingestBatch, b.cfg.Kafka.BatchTimeout)
-		if !ok {
-			return nil
-		}
-		if !b.writeBatch(ctx, batch) {
-			return nil // stopping; the broker redelivers what was not acknowledged
-		}
-	}
-}
-
-// collect waits for a first message, then appends what else msgs holds, up
-// to limit; with linger > 0 it waits that long for more. It returns false if
-// ctx ended before the first message.
-func collect[T any](ctx context.Context, msgs <-chan T, batch []T, limit int, linger time.Duration) ([]T, bool) {
-	select {
-	case m := <-msgs:
-		batch = append(batch, m)
-	case <-ctx.Done():
-		return batch, false
-	}
-	var expired <-chan time.Time
-	if linger > 0 {
-		t := time.NewTimer(linger)
-		defer t.Stop()
-		expired = t.C
-	}
-	for len(batch) < limit {
-		select {
-		case m := <-msgs:
-			batch = append(batch, m)
-			continue
-		default:
-		}
-		if expired == nil {
-			break
-		}
-		select {
-		case m := <-msgs:
-			batch = append(batch, m)
-		case <-expired:
-			return batch, true
-		case <-ctx.Done():
-			return batch, true
-		}
-	}
-	return batch, true
-}
-
-func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
-	recs := make([]kafkapipe.Record, 0, len(batch))
-	var rejects []rejection
-	for _, m := range batch {
-		b.metrics.Received.Inc()
-		env, err := b.dec.Decode(transcoder.Input{DeviceID: m.DeviceID, Topic: m.Topic, Payload: m.Payload, ReceivedAt: m.ReceivedAt})
-		var value []byte
-		if err == nil {
-			value, err = proto.Marshal(env)
-		}
-		if err != nil {
-			// Every message in the batch is PUBACKed after the write, so a
-			// message we cannot accept must go to the DLQ, never be skipped.
-			reason := transcoder.ReasonOf(err)
-			if reason == "" {
-				reason = "encode_failed"
-			}
-			b.log.Info("bridge: rejected device message", "device_id", m.DeviceID, "topic", m.Topic, "reason", reason)
-			var detail string
-			var te *transcoder.Error
-			if errors.As(err, &te) {
-				detail = te.Detail
-			}
-			recs = append(recs, kafkapipe.DeadLetter(b.cfg.Kafka.DLQTopic, m.DeviceID, m.Topic, m.Payload, string(reason), err.Error()))
-			rejects = append(rejects, rejection{
-				topic:  mqttin.ReplyTopic(b.cfg.MQTT.ReplyTopic, m.DeviceID),
-				reply:  transcoder.RejectReply(transcoder.RequestIDHint(m.Payload), "", reason, detail),
-				reason: string(reason),
-			})
-			continue
-		}
-		recs = append(recs, kafkapipe.Record{
-			Topic: b.cfg.Kafka.Topic,
-			Key:   []byte(env.DeviceId),
-			Value: value,
-			Headers: []kafka.Header{
-				{Key: kafkapipe.HeaderMessageID, Value: []byte(env.MessageId)},
-				{Key: kafkapipe.HeaderDeviceID, Value: []byte(env.DeviceId)},
-				{Key: kafkapipe.HeaderContentType, Value: envelopeContentType},
-			},
-		})
-	}
-	// The write itself runs under a context that outlives ctx, so a write in
-	// progress at shutdown completes and its messages are acknowledged.
-	write := func() error {
-		err := b.producer.Write(context.WithoutCancel(ctx), recs...)
-		if err != nil {
-			b.metrics.ProduceErrors.Inc()
-			b.kafkaOK.Store(false)
-		}
-		return err
-	}
-	if !b.retry(ctx, "kafka write", write) {
-		return false // stopping: nothing was PUBACKed, the broker redelivers
-	}
-	b.kafkaOK.Store(true)
-	b.metrics.Produced.Add(float64(len(recs)))
-	// The device hears REJECTED before its message is PUBACKed, so a crash
-	// in between redelivers the message and the reply is sent again.
-	for _, r := range rejects {
-		if !b.retry(ctx, "reply", func() error { return b.mqtt.Publish(ctx, r.topic, r.reply) }) {
-			return false
-		}
-		b.metrics.Replies.Inc()
-		b.metrics.DLQ.WithLabelValues(r.reason).Inc()
-	}
-	for _, m := range batch {
-		m.Ack()
-	}
-	return true
-}
-
-// rejection is a device message the bridge refused: its REJECTED reply.
-type rejection struct {
-	topic, reason string
-	reply         []byte
 }

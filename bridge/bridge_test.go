@@ -228,7 +228,7 @@ func TestReadyDaprOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	ok, why := b.Ready()
-	want := []string{"mqtt not subscribed", "kafka unreachable", "dapr component socket not serving"}
+	want := []string{"mqtt not subscribed", "kafka unreachable or refusing writes", "dapr component socket not serving"}
 	if ok || !slices.Equal(why, want) {
 		t.Errorf("got ready %v %q, want false %q", ok, why, want)
 	}

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -21,9 +22,9 @@ func (b *Bridge) handleRecord(ctx context.Context, m kafkapipe.Message) error {
 	if err := proto.Unmarshal(m.Value, env); err != nil || env.GetMessageId() == "" {
 		// Not an envelope (someone else wrote to the topic): dead-letter it
 		// rather than block the partition.
-		dl := kafkapipe.DeadLetter(b.cfg.Kafka.DLQTopic, string(m.Key), m.Topic, m.Value, "corrupt_envelope", "record is not an edgebridge.v1.Envelope")
+		dl := b.deadLetter(string(m.Key), m.Topic, m.Value, "corrupt_envelope", "record is not an edgebridge.v1.Envelope")
 		b.enqueueFinish(ctx, finishJob{
-			dlq:  &dl,
+			dlq:  dl,
 			done: b.windowAck(m.Partition, m.Offset, "corrupt_envelope"),
 		})
 		return nil
@@ -69,7 +70,7 @@ func (b *Bridge) deadLetterJob(part int32, offset int64, env *v1.Envelope, reply
 		code = "backend_" + grpcmetrics.OutcomeLabel(ack.GetOutcome())
 	}
 	payload, _ := proto.Marshal(env)
-	dl := kafkapipe.DeadLetter(b.cfg.Kafka.DLQTopic, env.GetDeviceId(), env.GetSourceTopic(), payload, code, ack.GetReason())
+	dl := b.deadLetter(env.GetDeviceId(), env.GetSourceTopic(), payload, code, ack.GetReason())
 	reply := ack.GetReply()
 	if len(reply) == 0 {
 		reply = transcoder.EncodeReply(&v1.PaymentReply{
@@ -77,7 +78,28 @@ func (b *Bridge) deadLetterJob(part int32, offset int64, env *v1.Envelope, reply
 			Status: status, Code: ack.GetCode(), Reason: ack.GetReason(),
 		})
 	}
-	return finishJob{dlq: &dl, replyTopic: replyTopic, reply: reply, done: b.windowAck(part, offset, code)}
+	return finishJob{dlq: dl, replyTopic: replyTopic, reply: reply, done: b.windowAck(part, offset, code)}
+}
+
+// deadLetter is the dead letter of a record that was delivered (or read
+// from Kafka): it keeps as much of payload as a record can carry.
+func (b *Bridge) deadLetter(deviceID, source string, payload []byte, reason, detail string) *kafkapipe.DeadLetter {
+	return &kafkapipe.DeadLetter{Topic: b.cfg.Kafka.DLQTopic, DeviceID: deviceID, Source: source, Payload: payload,
+		Reason: reason, Detail: detail, Keep: b.cfg.Kafka.MaxMessageBytes - kafkapipe.DeadLetterOverhead}
+}
+
+// writeDeadLetter writes dl, retrying until Kafka acknowledges it or ctx
+// ends (false). If Kafka refuses it for good, only the payload's first
+// bytes are written.
+func (b *Bridge) writeDeadLetter(ctx context.Context, dl *kafkapipe.DeadLetter) bool {
+	return b.retry(ctx, "dead-letter", func() error {
+		err := b.producer.Write(ctx, dl.Record())
+		if err != nil && !kafkapipe.IsRetryable(err) && dl.Keep != deadLetterStub {
+			dl.Keep = deadLetterStub
+			dl.Detail = fmt.Sprintf("%s; kafka refused the whole dead letter: %v", dl.Detail, err)
+		}
+		return err
+	})
 }
 
 func (b *Bridge) windowAck(part int32, offset int64, dlqReason string) func() {
@@ -107,14 +129,11 @@ func (b *Bridge) finisher(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		}
-		if j.dlq != nil && !b.retry(ctx, "dead-letter", func() error { return b.producer.Write(ctx, *j.dlq) }) {
+		if j.dlq != nil && !b.writeDeadLetter(ctx, j.dlq) {
 			return
 		}
-		if len(j.reply) > 0 {
-			if !b.retry(ctx, "reply", func() error { return b.mqtt.Publish(ctx, j.replyTopic, j.reply) }) {
-				return
-			}
-			b.metrics.Replies.Inc()
+		if len(j.reply) > 0 && !b.publish(ctx, "reply", j.replyTopic, func() error { return b.mqtt.Publish(ctx, j.replyTopic, j.reply) }) {
+			return
 		}
 		j.done()
 	}

@@ -17,6 +17,7 @@ import (
 //	edgebridge_kafka_commits_total
 //	edgebridge_dlq_messages_total{reason}
 //	edgebridge_mqtt_replies_published_total
+//	edgebridge_mqtt_invalid_topics_total       publishes refused because no broker accepts the topic
 //	edgebridge_window_in_flight
 //	edgebridge_delivery_latency_seconds        delivery to final ACK, retries included
 //	edgebridge_dapr_events_total{event}        Dapr component: delivered, redelivered, acked, failed,
@@ -32,6 +33,7 @@ type Metrics struct {
 	Commits       prometheus.Counter
 	DLQ           *prometheus.CounterVec
 	Replies       prometheus.Counter
+	InvalidTopics prometheus.Counter
 	Latency       prometheus.Histogram
 	GRPC          *grpcmetrics.Client
 	DaprEvents    *prometheus.CounterVec
@@ -54,6 +56,7 @@ func NewMetrics() *Metrics {
 		ProduceErrors: f("edgebridge_kafka_produce_errors_total", "Failed Kafka produce attempts (retried)."),
 		Commits:       f("edgebridge_kafka_commits_total", "Partition offsets committed."),
 		Replies:       f("edgebridge_mqtt_replies_published_total", "Replies acknowledged by the MQTT broker."),
+		InvalidTopics: f("edgebridge_mqtt_invalid_topics_total", "Publishes not sent because no MQTT broker accepts the topic."),
 		DLQ: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgebridge_dlq_messages_total", Help: "Messages dead-lettered, by reason."}, []string{"reason"}),
 		Latency: prometheus.NewHistogram(prometheus.HistogramOpts{

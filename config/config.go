@@ -47,7 +47,10 @@ type MQTT struct {
 	Subscribe []string `yaml:"subscribe"`
 	// ReplyTopic with {device_id}. Default: payment/response/{device_id}.
 	ReplyTopic string `yaml:"reply_topic"`
-	// MaxPayload in bytes. Default: 16384.
+	// MaxPayload in bytes: a larger request is dead-lettered (its first
+	// 4 KiB) without being read. At most kafka.max_message_bytes minus
+	// 8 KiB, so the dead letter of any payload within the limit carries it
+	// whole. Default: 16384.
 	MaxPayload int `yaml:"max_payload"`
 }
 
@@ -73,7 +76,15 @@ type Kafka struct {
 	BatchTimeout time.Duration `yaml:"batch_timeout"`
 	// CommitInterval of the consumer. Default: 200ms.
 	CommitInterval time.Duration `yaml:"commit_interval"`
+	// MaxMessageBytes is the brokers' message.max.bytes (or the topics'
+	// max.message.bytes, if lower): the largest record batch Kafka
+	// accepts. The bridge never sends a larger one. Default: 1048576
+	// (Apache Kafka's and the embedded broker's default).
+	MaxMessageBytes int `yaml:"max_message_bytes"`
 }
+
+// DefaultMaxMessageBytes is Kafka's default message.max.bytes.
+const DefaultMaxMessageBytes = 1 << 20
 
 // Backend settings: the gRPC hop to the backends.
 type Backend struct {
@@ -250,6 +261,7 @@ func (c *Config) ApplyDefaults() {
 	def(&c.Kafka.GroupID, "edgebridge")
 	defI(&c.Kafka.Partitions, 8)
 	defD(&c.Kafka.CommitInterval, 200*time.Millisecond)
+	defI(&c.Kafka.MaxMessageBytes, DefaultMaxMessageBytes)
 	if c.Backend.Targets == nil && !c.Dapr.Enabled {
 		c.Backend.Targets = []string{"127.0.0.1:7070"}
 	}
@@ -326,8 +338,9 @@ func (c *Config) Validate() error {
 	if strings.ContainsAny(strings.ReplaceAll(c.MQTT.ReplyTopic, "{device_id}", ""), "+#") {
 		bad("mqtt.reply_topic", "%q must not contain wildcards", c.MQTT.ReplyTopic)
 	}
-	if c.MQTT.MaxPayload < 0 || c.MQTT.MaxPayload > 1<<20 {
-		bad("mqtt.max_payload", "%d must be between 1 and 1048576", c.MQTT.MaxPayload)
+	if most := c.Kafka.MaxMessageBytes - kafkapipe.DeadLetterOverhead; c.MQTT.MaxPayload < 1 || c.MQTT.MaxPayload > most {
+		bad("mqtt.max_payload", "%d must be between 1 and %d: kafka.max_message_bytes (%d) less %d bytes of dead-letter headers; raise both together",
+			c.MQTT.MaxPayload, most, c.Kafka.MaxMessageBytes, kafkapipe.DeadLetterOverhead)
 	}
 	if !c.EmbeddedKafka() {
 		for _, b := range c.Kafka.Brokers {
@@ -352,6 +365,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Kafka.BatchTimeout < 0 || c.Kafka.CommitInterval < 0 {
 		bad("kafka", "durations must not be negative")
+	}
+	if m := c.Kafka.MaxMessageBytes; m < 64<<10 || m > 100<<20 {
+		bad("kafka.max_message_bytes", "%d must be between 65536 and 104857600", m)
 	}
 	if len(c.Backend.Targets) == 0 && !c.Dapr.Enabled {
 		bad("backend.targets", "at least one target is needed unless dapr.enabled")

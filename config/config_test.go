@@ -108,6 +108,12 @@ dapr:
 		{name: "dapr socket path too long", doc: "dapr:\n  enabled: true\n  socket_folder: /" + strings.Repeat("x", 120) + "\n",
 			want: []string{"Unix sockets allow 107"}},
 		{name: "subscribe must end in device level", doc: "mqtt:\n  subscribe: [\"payment/#\"]\n", want: []string{"mqtt.subscribe"}},
+		// A dead letter of a payload within max_payload must fit Kafka's limit.
+		{name: "max_payload at the Kafka limit", doc: "mqtt:\n  max_payload: 1048576\n", want: []string{"mqtt.max_payload: 1048576 must be between 1 and 1040384", "raise both together"}},
+		{name: "max_payload over a lowered Kafka limit", doc: "mqtt:\n  max_payload: 100000\nkafka:\n  max_message_bytes: 100000\n",
+			want: []string{"mqtt.max_payload: 100000 must be between 1 and 91808"}},
+		{name: "negative max_payload", doc: "mqtt:\n  max_payload: -1\n", want: []string{"mqtt.max_payload"}},
+		{name: "max_message_bytes too small", doc: "kafka:\n  max_message_bytes: 1000\n", want: []string{"kafka.max_message_bytes"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -121,6 +127,20 @@ dapr:
 				}
 			}
 		})
+	}
+}
+
+// Raising the Kafka limit lets max_payload grow with it.
+func TestMaxPayloadFollowsKafkaLimit(t *testing.T) {
+	c, err := Parse([]byte("mqtt:\n  max_payload: 2000000\nkafka:\n  max_message_bytes: 2097152\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MQTT.MaxPayload != 2000000 || c.Kafka.MaxMessageBytes != 2097152 {
+		t.Fatalf("got max_payload %d, max_message_bytes %d", c.MQTT.MaxPayload, c.Kafka.MaxMessageBytes)
+	}
+	if d := Default(); d.Kafka.MaxMessageBytes != 1<<20 || d.MQTT.MaxPayload != 16<<10 {
+		t.Fatalf("defaults: max_message_bytes %d, max_payload %d", d.Kafka.MaxMessageBytes, d.MQTT.MaxPayload)
 	}
 }
 

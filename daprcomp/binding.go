@@ -9,6 +9,8 @@ import (
 	components "github.com/dapr/dapr/pkg/proto/components/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/edgebridge/edgebridge/mqttin"
 )
 
 // OperationCreate publishes the invocation's data to an MQTT topic.
@@ -72,17 +74,17 @@ func (b *binding) Ping(context.Context, *components.PingRequest) (*components.Pi
 	return &components.PingResponse{}, nil
 }
 
-// checkPublishTopic applies MQTT's rules for a topic one publishes to.
+// checkPublishTopic applies MQTT's rules for a topic one publishes to
+// (mqttin.ValidTopic), and keeps apps off the broker's $ topics.
 func checkPublishTopic(t string) error {
 	switch {
 	case t == "":
 		return fmt.Errorf("missing: name the MQTT topic to publish to")
-	case len(t) > 65535:
-		return fmt.Errorf("longer than 65535 bytes")
-	case strings.ContainsAny(t, "+#\x00"):
-		return fmt.Errorf("%q must not contain wildcards (+ #) or NUL", t)
 	case strings.HasPrefix(t, "$"):
-		return fmt.Errorf("%q: topics starting with $ are reserved for the broker", t)
+		return fmt.Errorf("%.64q: topics starting with $ are reserved for the broker", t)
+	}
+	if err := mqttin.ValidTopic(t); err != nil {
+		return fmt.Errorf("%.64q: %w", t, err)
 	}
 	return nil
 }

@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/daprcomp"
 	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/kafkapipe"
@@ -506,7 +507,7 @@ func TestReplyTopicSendsToDevice(t *testing.T) {
 	if err := json.Unmarshal(r.mqtt("payment/response/term-7"), &rep); err != nil {
 		t.Fatal(err)
 	}
-	if want := (transcoder.Reply{RequestID: "r-1", MessageID: transcoder.MessageID("term-7", "r-1"), Status: "APPROVED", Reason: "ok"}); rep != want {
+	if want := (transcoder.Reply{RequestID: "r-1", MessageID: v1.MessageID("term-7", "r-1"), Status: "APPROVED", Reason: "ok"}); rep != want {
 		t.Errorf("got reply %+v, want %+v", rep, want)
 	}
 	// A per-instance reply topic from Init metadata.
@@ -810,3 +811,41 @@ func TestSocketFile(t *testing.T) {
 type nopMQTT struct{}
 
 func (nopMQTT) Publish(context.Context, string, []byte) error { return nil }
+
+// An app that subscribes to two new topics and publishes to both at once:
+// the subscriptions create the topics while the publishes run, and every
+// publish waits until Kafka serves its topic (it used to fail Unavailable
+// with UNKNOWN_TOPIC_OR_PARTITION), round after round.
+func TestPublishToTopicsBeingCreated(t *testing.T) {
+	r := newRig(t, daprcomp.Config{})
+	pub := r.pubsub("publisher", nil)
+	// The producer's metadata is loaded before the new topics exist.
+	if _, err := pub.Publish(ctx(t), &components.PublishRequest{Topic: "warm-up", Data: []byte("{}")}); err != nil {
+		t.Fatal(err)
+	}
+	const rounds = 10
+	for round := range rounds {
+		topics := []string{fmt.Sprintf("new-%d-a", round), fmt.Sprintf("new-%d-b", round)}
+		subs := make([]components.PubSub_PullMessagesClient, len(topics))
+		var wg sync.WaitGroup
+		errs := make([]error, len(topics))
+		apps := []components.PubSubClient{r.pubsub(fmt.Sprintf("app-%d-a", round), nil), r.pubsub(fmt.Sprintf("app-%d-b", round), nil)}
+		for i, topic := range topics {
+			subs[i], _ = subscribe(t, apps[i], topic) // returns once asked: the topic is created meanwhile
+			wg.Go(func() {
+				_, errs[i] = pub.Publish(ctx(t), &components.PublishRequest{Topic: topic, Data: []byte(topic)})
+			})
+		}
+		wg.Wait()
+		for i, topic := range topics {
+			if errs[i] != nil {
+				t.Fatalf("round %d: publish to %s: %v", round, topic, errs[i])
+			}
+			m := recvN(t, subs[i], 1)[0]
+			if string(m.Data) != topic || m.TopicName != topic {
+				t.Fatalf("round %d: subscription to %s got %q from %s", round, topic, m.Data, m.TopicName)
+			}
+			ack(t, subs[i], m.Id, "")
+		}
+	}
+}

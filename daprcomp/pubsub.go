@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/edgebridge/edgebridge/internal/schedule"
 	"github.com/edgebridge/edgebridge/kafkapipe"
 	"github.com/edgebridge/edgebridge/mqttin"
 	"github.com/edgebridge/edgebridge/transcoder"
@@ -243,11 +244,28 @@ func (s *Server) record(topic string, data []byte, contentType string, md map[st
 	return rec, nil
 }
 
+// publishWait bounds how long a publish retries Kafka's transient errors
+// (a topic being created, a leader moving) before it fails Unavailable.
+const publishWait = 10 * time.Second
+
 func (s *Server) write(ctx context.Context, topic string, recs ...kafkapipe.Record) error {
 	if err := s.ensureTopic(ctx, topic); err != nil {
 		return unavailable("create topic %s: %v", topic, err)
 	}
-	if err := s.deps.Kafka.Write(ctx, recs...); err != nil {
+	wctx, cancel := context.WithTimeout(ctx, publishWait)
+	defer cancel()
+	var err error
+	schedule.Retry(wctx, func() error {
+		if err = s.deps.Kafka.Write(wctx, recs...); err != nil && !kafkapipe.IsRetryable(err) {
+			return nil // Kafka refused the records: retrying cannot help
+		}
+		return err
+	}, nil)
+	switch {
+	case err == nil:
+	case !kafkapipe.IsRetryable(err):
+		return status.Errorf(codes.InvalidArgument, "write to %s: %v", topic, err)
+	default:
 		return unavailable("write to %s: %v", topic, err)
 	}
 	for range recs {
@@ -256,11 +274,14 @@ func (s *Server) write(ctx context.Context, topic string, recs ...kafkapipe.Reco
 	return nil
 }
 
+// ensureTopic creates topic if needed and returns once the producer can
+// write to it. Subscribing creates the topic too, so an app that subscribes
+// to a new topic and publishes to it at once finds it served.
 func (s *Server) ensureTopic(ctx context.Context, topic string) error {
 	if _, ok := s.topics.Load(topic); ok {
 		return nil
 	}
-	if err := kafkapipe.EnsureTopics(ctx, s.cfg.Brokers, s.cfg.Partitions, topic); err != nil {
+	if err := s.deps.Kafka.EnsureTopics(ctx, s.cfg.Partitions, topic); err != nil {
 		return err
 	}
 	s.topics.Store(topic, true)
@@ -275,8 +296,11 @@ func (s *Server) reply(ctx context.Context, data []byte) error {
 		return status.Errorf(codes.InvalidArgument, "reply: %v", err)
 	}
 	topic := mqttin.ReplyTopic(s.cfg.DeviceReplyTopic, device)
+	if err := mqttin.ValidTopic(topic); err != nil {
+		return status.Errorf(codes.InvalidArgument, "reply: device %.64q has no valid reply topic: %v", device, err)
+	}
 	if err := s.deps.MQTT.Publish(ctx, topic, payload); err != nil {
-		return unavailable("reply to %s: %v", topic, err)
+		return unavailable("reply to %.200s: %v", topic, err)
 	}
 	s.event(EventReplied, "")
 	return nil

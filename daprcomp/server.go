@@ -73,6 +73,9 @@ type Config struct {
 	DrainTimeout time.Duration
 	// SessionTimeout of subscription consumer group members. Default: 10s.
 	SessionTimeout time.Duration
+	// MaxMessageBytes is Kafka's message.max.bytes: a dead letter keeps
+	// only as much of its record as fits. Default: 1 MiB.
+	MaxMessageBytes int
 }
 
 func (c Config) withDefaults() Config {
@@ -100,6 +103,9 @@ func (c Config) withDefaults() Config {
 	if c.SessionTimeout <= 0 {
 		c.SessionTimeout = 10 * time.Second
 	}
+	if c.MaxMessageBytes <= kafkapipe.DeadLetterOverhead {
+		c.MaxMessageBytes = 1 << 20
+	}
 	return c
 }
 
@@ -108,9 +114,13 @@ type MQTT interface {
 	Publish(ctx context.Context, topic string, payload []byte) error
 }
 
-// Kafka writes records and returns after Kafka acknowledged all of them.
+// Kafka writes records and returns after Kafka acknowledged all of them
+// (kafkapipe.Producer).
 type Kafka interface {
 	Write(ctx context.Context, recs ...kafkapipe.Record) error
+	// EnsureTopics creates the topics that do not exist and returns once
+	// Write can write to them (bounded).
+	EnsureTopics(ctx context.Context, partitions int, topics ...string) error
 }
 
 // Deps are the pipeline parts the component uses.

@@ -252,7 +252,8 @@ func (sub *subscription) redeliver(ctx context.Context) {
 
 func (sub *subscription) writeDeadLetter(ctx context.Context, d *delivery) bool {
 	s := sub.srv
-	rec := kafkapipe.DeadLetter(s.cfg.DLQTopic, string(d.key), sub.topic, d.data, d.deadLetter, d.detail)
+	rec := kafkapipe.DeadLetter{Topic: s.cfg.DLQTopic, DeviceID: string(d.key), Source: sub.topic, Payload: d.data,
+		Reason: d.deadLetter, Detail: d.detail, Keep: s.cfg.MaxMessageBytes - kafkapipe.DeadLetterOverhead}.Record()
 	write := func() error { return s.deps.Kafka.Write(ctx, rec) }
 	if !schedule.Retry(ctx, write, func(err error) {
 		s.log.Warn("daprcomp: dead-letter failed; retrying", "topic", sub.topic, "partition", d.part, "offset", d.offset, "err", err)

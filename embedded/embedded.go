@@ -136,6 +136,10 @@ type MQTTConfig struct {
 	Logger  *slog.Logger
 }
 
+// MaxPacketSize is the largest MQTT packet the embedded broker accepts,
+// the same as max_packet_size in the shipped mosquitto.conf.
+const MaxPacketSize = 4 << 20
+
 // MQTT is a running embedded MQTT broker.
 type MQTT struct {
 	s    *mqtt.Server
@@ -176,6 +180,9 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 	// Past this mochi drops them, like Mosquitto's max_queued_messages:
 	// take the protocol's maximum.
 	caps.MaximumInflight = 65535
+	// Like the shipped Mosquitto (max_packet_size): a client sending a
+	// larger packet is disconnected before the broker buffers it.
+	caps.MaximumPacketSize = MaxPacketSize
 	s := mqtt.New(&mqtt.Options{Logger: slog.New(quiet{cfg.Logger.Handler()}), Capabilities: caps})
 	var errs []error
 	errs = append(errs, s.AddHook(new(auth.AllowHook), nil))

@@ -104,3 +104,48 @@ func TestMQTTSessionSurvivesRestart(t *testing.T) {
 		t.Fatal("queued message lost across the broker restart")
 	}
 }
+
+// A client that sends a packet over MaxPacketSize is disconnected; the
+// broker keeps serving others, and a packet within the cap goes through.
+func TestMQTTMaxPacketSize(t *testing.T) {
+	m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	got := make(chan int, 4)
+	sub := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + m.Addr()).SetClientID("sub"))
+	if tok := sub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer sub.Disconnect(0)
+	sub.Subscribe("big/+", 1, func(_ paho.Client, msg paho.Message) { got <- len(msg.Payload()) }).Wait()
+
+	lost := make(chan struct{})
+	pub := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + m.Addr()).SetClientID("pub").SetAutoReconnect(false).
+		SetConnectionLostHandler(func(paho.Client, error) { close(lost) }))
+	if tok := pub.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer pub.Disconnect(0)
+	pub.Publish("big/ok", 1, false, make([]byte, 2<<20)).WaitTimeout(10 * time.Second)
+	select {
+	case n := <-got:
+		if n != 2<<20 {
+			t.Fatalf("got %d bytes, want %d", n, 2<<20)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a 2 MiB message within the cap was not delivered")
+	}
+	pub.Publish("big/over", 1, false, make([]byte, embedded.MaxPacketSize))
+	select {
+	case <-lost:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a client sending a packet over the cap stayed connected")
+	}
+	select {
+	case n := <-got:
+		t.Fatalf("a %d-byte message over the cap was delivered", n)
+	default:
+	}
+}

@@ -17,6 +17,8 @@
 //	edgebridge_grpc_stream_heartbeat_rtt_seconds
 //	edgebridge_grpc_stream_heartbeat_interval_seconds{addr}
 //	edgebridge_grpc_stream_partition_moves_total{addr}
+//	edgebridge_grpc_stream_duplicates_total                ACKs of redeliveries (Ack.duplicate or OUTCOME_DUPLICATE)
+//	edgebridge_grpc_stream_protocol_errors_total{error}    unknown_seq | message_id_mismatch | unknown_outcome | unknown_code
 //
 // Backend side (Server):
 //
@@ -24,6 +26,7 @@
 //	edgebridge_backend_deliveries_total
 //	edgebridge_backend_redeliveries_total
 //	edgebridge_backend_acks_total{outcome,code}
+//	edgebridge_backend_duplicates_total                    ACKs of redeliveries (the stored result)
 //	edgebridge_backend_processing_seconds
 //	edgebridge_backend_in_flight
 //	edgebridge_backend_credits
@@ -61,6 +64,8 @@ type Client struct {
 	rtt          prometheus.Histogram
 	interval     *prometheus.GaugeVec
 	moves        *prometheus.CounterVec
+	duplicates   prometheus.Counter
+	protocol     *prometheus.CounterVec
 }
 
 // NewClient registers the bridge-side metrics in r.
@@ -88,8 +93,13 @@ func NewClient(r prometheus.Registerer) *Client {
 			Help: "Current adaptive ping interval."}, []string{"addr"}),
 		moves: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgebridge_grpc_stream_partition_moves_total",
 			Help: "Partitions moved to this backend address from one that was down."}, []string{"addr"}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgebridge_grpc_stream_duplicates_total",
+			Help: "ACKs of redeliveries: the backend had processed the message before (wire duplicates)."}),
+		protocol: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgebridge_grpc_stream_protocol_errors_total",
+			Help: "Backend frames that broke the Delivery protocol, by error."}, []string{"error"}),
 	}
-	r.MustRegister(m.reconnects, m.up, m.deliveries, m.redeliveries, m.acks, m.ackLatency, m.inFlight, m.window, m.rtt, m.interval, m.moves)
+	r.MustRegister(m.reconnects, m.up, m.deliveries, m.redeliveries, m.acks, m.ackLatency, m.inFlight, m.window, m.rtt, m.interval, m.moves,
+		m.duplicates, m.protocol)
 	return m
 }
 
@@ -106,6 +116,8 @@ func (m *Client) Observe(e grpcout.Event) {
 		m.interval.WithLabelValues(e.Addr).Set(e.Interval.Seconds())
 	case grpcout.Moved:
 		m.moves.WithLabelValues(e.Addr).Add(float64(e.Partitions))
+	case grpcout.ProtocolError:
+		m.protocol.WithLabelValues(string(e.Problem)).Inc()
 	}
 }
 
@@ -182,6 +194,9 @@ func (h *clientHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
 		switch fr := f.GetFrame().(type) {
 		case *v1.ServerFrame_Ack:
 			h.m.acks.WithLabelValues(OutcomeLabel(fr.Ack.GetOutcome())).Inc()
+			if IsDuplicate(fr.Ack) {
+				h.m.duplicates.Inc()
+			}
 			st.mu.Lock()
 			sent, ok := st.sent[fr.Ack.GetSeq()]
 			delete(st.sent, fr.Ack.GetSeq())
@@ -222,6 +237,7 @@ type Server struct {
 	deliveries   prometheus.Counter
 	redeliveries prometheus.Counter
 	acks         *prometheus.CounterVec
+	duplicates   prometheus.Counter
 	processing   prometheus.Histogram
 	inFlight     prometheus.Gauge
 	credits      prometheus.Gauge
@@ -238,6 +254,8 @@ func NewServer(r prometheus.Registerer) *Server {
 			Help: "Deliveries the bridge says it sent before."}),
 		acks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "edgebridge_backend_acks_total",
 			Help: "ACKs sent by outcome and reason code."}, []string{"outcome", "code"}),
+		duplicates: prometheus.NewCounter(prometheus.CounterOpts{Name: "edgebridge_backend_duplicates_total",
+			Help: "ACKs of redeliveries, answered with the stored result."}),
 		processing: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "edgebridge_backend_processing_seconds",
 			Help: "Time from receiving a delivery to sending its ACK.", Buckets: latencyBuckets}),
 		inFlight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgebridge_backend_in_flight",
@@ -245,7 +263,7 @@ func NewServer(r prometheus.Registerer) *Server {
 		credits: prometheus.NewGauge(prometheus.GaugeOpts{Name: "edgebridge_backend_credits",
 			Help: "The credit grant last sent to a bridge."}),
 	}
-	r.MustRegister(m.streams, m.deliveries, m.redeliveries, m.acks, m.processing, m.inFlight, m.credits)
+	r.MustRegister(m.streams, m.deliveries, m.redeliveries, m.acks, m.duplicates, m.processing, m.inFlight, m.credits)
 	return m
 }
 
@@ -285,6 +303,9 @@ func (m *Server) HandleRPC(ctx context.Context, s stats.RPCStats) {
 		switch fr := f.GetFrame().(type) {
 		case *v1.ServerFrame_Ack:
 			m.acks.WithLabelValues(OutcomeLabel(fr.Ack.GetOutcome()), transcoder.CodeName(fr.Ack.GetCode())).Inc()
+			if IsDuplicate(fr.Ack) {
+				m.duplicates.Inc()
+			}
 			st.mu.Lock()
 			recv, ok := st.sent[fr.Ack.GetSeq()]
 			delete(st.sent, fr.Ack.GetSeq())
@@ -311,10 +332,19 @@ func (m *Server) TagConn(ctx context.Context, _ *stats.ConnTagInfo) context.Cont
 
 func (m *Server) HandleConn(context.Context, stats.ConnStats) {}
 
-// OutcomeLabel is the metric label of an outcome: ok, duplicate, retry, reject.
+// IsDuplicate reports whether ack answers a redelivery: the duplicate
+// flag, or OUTCOME_DUPLICATE from backends older than the flag.
+func IsDuplicate(ack *v1.Ack) bool {
+	return ack.GetDuplicate() || ack.GetOutcome() == v1.Outcome_OUTCOME_DUPLICATE
+}
+
+// OutcomeLabel is the metric label of an outcome: ok, duplicate, retry,
+// reject, or unknown for unspecified and undefined numbers (labels stay a
+// fixed set whatever a backend sends).
 func OutcomeLabel(o v1.Outcome) string {
-	if o == v1.Outcome_OUTCOME_UNSPECIFIED {
+	name, ok := v1.Outcome_name[int32(o)]
+	if !ok || o == v1.Outcome_OUTCOME_UNSPECIFIED {
 		return "unknown"
 	}
-	return strings.ToLower(strings.TrimPrefix(o.String(), "OUTCOME_"))
+	return strings.ToLower(strings.TrimPrefix(name, "OUTCOME_"))
 }

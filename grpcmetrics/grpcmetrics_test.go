@@ -53,18 +53,18 @@ func TestStreamMetrics(t *testing.T) {
 	go func() { _ = p.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 
-	acked := make(chan struct{}, 50)
-	for i := range 50 {
-		id := fmt.Sprintf("m-%d", i)
-		rid := id
+	acked := make(chan struct{}, 51)
+	for i := range 51 {
+		rid := fmt.Sprintf("r-%d", i%50) // the last is a redelivery of the first
 		if i == 7 {
 			rid = "reject"
 		}
-		if err := p.Deliver(ctx, 0, &v1.Envelope{MessageId: id, RequestId: rid}, func(*v1.Ack) { acked <- struct{}{} }); err != nil {
+		env := &v1.Envelope{MessageId: v1.MessageID("d", rid), DeviceId: "d", RequestId: rid}
+		if err := p.Deliver(ctx, 0, env, func(*v1.Ack) { acked <- struct{}{} }); err != nil {
 			t.Fatal(err)
 		}
 	}
-	for range 50 {
+	for range 51 {
 		select {
 		case <-acked:
 		case <-time.After(20 * time.Second):
@@ -82,8 +82,9 @@ func TestStreamMetrics(t *testing.T) {
 	for value(t, serverReg, "edgebridge_backend_in_flight") != 0 && time.Now().Before(deadline) {
 		time.Sleep(time.Millisecond)
 	}
-	want("client deliveries", value(t, clientReg, "edgebridge_grpc_stream_deliveries_total", "addr", addr), 50)
-	want("client acks ok", value(t, clientReg, "edgebridge_grpc_stream_acks_total", "outcome", "ok"), 49)
+	want("client deliveries", value(t, clientReg, "edgebridge_grpc_stream_deliveries_total", "addr", addr), 51)
+	want("client acks ok", value(t, clientReg, "edgebridge_grpc_stream_acks_total", "outcome", "ok"), 50)
+	want("client duplicates", value(t, clientReg, "edgebridge_grpc_stream_duplicates_total"), 1)
 	want("client acks reject", value(t, clientReg, "edgebridge_grpc_stream_acks_total", "outcome", "reject"), 1)
 	want("client in flight", value(t, clientReg, "edgebridge_grpc_stream_in_flight", "addr", addr), 0)
 	want("client window", value(t, clientReg, "edgebridge_grpc_stream_window_size", "addr", addr), 8)
@@ -92,7 +93,8 @@ func TestStreamMetrics(t *testing.T) {
 		t.Errorf("ack latency histogram: got %d series, want 1", n)
 	}
 	want("server acks reject/not_permitted", value(t, serverReg, "edgebridge_backend_acks_total", "outcome", "reject", "code", "not_permitted"), 1)
-	want("server acks ok", value(t, serverReg, "edgebridge_backend_acks_total", "outcome", "ok", "code", ""), 49)
+	want("server acks ok", value(t, serverReg, "edgebridge_backend_acks_total", "outcome", "ok", "code", ""), 50)
+	want("server duplicates", value(t, serverReg, "edgebridge_backend_duplicates_total"), 1)
 	want("server in flight", value(t, serverReg, "edgebridge_backend_in_flight"), 0)
 	want("server streams", value(t, serverReg, "edgebridge_backend_streams"), 1)
 	want("server credits", value(t, serverReg, "edgebridge_backend_credits"), 8)

@@ -72,7 +72,21 @@ type Event struct {
 	Interval time.Duration
 	// Moved: how many partitions moved to this Addr.
 	Partitions int
+	// ProtocolError: what the backend got wrong (a fixed set, see Problem).
+	Problem Problem
 }
+
+// Problem is a way a backend broke the Delivery protocol without ending the
+// stream; the label of the protocol error metric.
+type Problem string
+
+// Problems.
+const (
+	ProblemUnknownSeq      Problem = "unknown_seq"         // an ACK for no delivery outstanding on the stream (dropped)
+	ProblemMessageMismatch Problem = "message_id_mismatch" // an ACK whose message id is not its delivery's (not applied)
+	ProblemUnknownOutcome  Problem = "unknown_outcome"     // an outcome this bridge does not know (handled as RETRY)
+	ProblemUnknownCode     Problem = "unknown_code"        // a reason code this bridge does not know (rendered "unknown")
+)
 
 // EventKind enumerates Events.
 type EventKind int
@@ -84,6 +98,7 @@ const (
 	Pong
 	Credit
 	Moved
+	ProtocolError
 )
 
 // Option configures optional hooks.
@@ -139,6 +154,8 @@ type Pool struct {
 	pending map[uint64]*delivery
 	parts   map[int32]*partition
 	links   map[string]*link // by address
+
+	problems problemLog
 }
 
 // New returns a Pool; it does no I/O.
@@ -289,15 +306,25 @@ func (p *Pool) rebalanceLocked() {
 	}
 }
 
-// ack completes the delivery seq ACKed on st.
+// ack completes the delivery seq ACKed on st. An ACK for no delivery
+// outstanding on st, or whose message id is not its delivery's, is a
+// protocol error: reported and not applied (the delivery stays un-ACKed
+// and is resent when its ACK deadline passes).
 func (p *Pool) ack(l *link, st *stream, a *v1.Ack) {
 	p.mu.Lock()
 	if _, ok := st.sent[a.GetSeq()]; !ok {
 		p.mu.Unlock()
-		return // not sent on this stream, or ACKed already: a duplicate ACK
+		p.protocolError(l, ProblemUnknownSeq, fmt.Sprintf("ACK for seq %d, which is not outstanding on this stream", a.GetSeq()))
+		return
+	}
+	d := p.pending[a.GetSeq()]
+	if d != nil && d.env.GetMessageId() != a.GetMessageId() {
+		p.mu.Unlock()
+		p.protocolError(l, ProblemMessageMismatch, fmt.Sprintf("ACK for seq %d names message %.40q, the delivery is %s",
+			a.GetSeq(), a.GetMessageId(), d.env.GetMessageId()))
+		return
 	}
 	delete(st.sent, a.GetSeq())
-	d := p.pending[a.GetSeq()]
 	if d != nil {
 		delete(p.pending, d.seq)
 		d.finished = true
@@ -308,8 +335,51 @@ func (p *Pool) ack(l *link, st *stream, a *v1.Ack) {
 	if d == nil {
 		return // ACKed earlier on another stream
 	}
+	if _, ok := v1.Outcome_name[int32(a.GetOutcome())]; !ok || a.GetOutcome() == v1.Outcome_OUTCOME_UNSPECIFIED {
+		p.protocolError(l, ProblemUnknownOutcome, fmt.Sprintf("outcome %d for message %s", a.GetOutcome(), d.env.GetMessageId()))
+	}
+	if _, ok := v1.ReasonCode_name[int32(a.GetCode())]; !ok {
+		p.protocolError(l, ProblemUnknownCode, fmt.Sprintf("reason code %d for message %s", a.GetCode(), d.env.GetMessageId()))
+	}
 	<-p.slots
 	d.done(a)
+}
+
+// protocolError reports a backend's protocol error to the event hooks and
+// logs it, at most once per problem every problemLogEvery.
+func (p *Pool) protocolError(l *link, problem Problem, detail string) {
+	p.o.hook(Event{Kind: ProtocolError, Target: l.target, Addr: l.addr, Problem: problem})
+	if n, ok := p.problems.due(problem, time.Now()); ok {
+		p.o.log.Warn("grpcout: backend broke the protocol", "target", l.target, "addr", l.addr,
+			"problem", problem, "detail", detail, "since_last_log", n)
+	}
+}
+
+// problemLogEvery is the least time between two logs of one Problem.
+const problemLogEvery = 10 * time.Second
+
+// problemLog rate-limits protocol error logs per Problem.
+type problemLog struct {
+	mu     sync.Mutex
+	last   map[Problem]time.Time
+	missed map[Problem]int
+}
+
+// due reports whether problem may be logged at now, and how many were not
+// logged since the last time.
+func (l *problemLog) due(problem Problem, now time.Time) (int, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.last == nil {
+		l.last, l.missed = map[Problem]time.Time{}, map[Problem]int{}
+	}
+	if last, ok := l.last[problem]; ok && now.Sub(last) < problemLogEvery {
+		l.missed[problem]++
+		return 0, false
+	}
+	n := l.missed[problem]
+	l.last[problem], l.missed[problem] = now, 0
+	return n, true
 }
 
 // Run keeps streams to every backend address until ctx ends, resolving

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"strings"
 	"sync"
@@ -45,9 +46,11 @@ func run(t *testing.T, c *grpcout.Pool) {
 	t.Cleanup(func() { cancel(); <-done })
 }
 
+// env is request i of device "d": a valid envelope (the backend helper
+// refuses others).
 func env(i int) *v1.Envelope {
-	id := fmt.Sprintf("m-%04d", i)
-	return &v1.Envelope{MessageId: id, DeviceId: "d", RequestId: id}
+	id := fmt.Sprintf("r-%04d", i)
+	return &v1.Envelope{MessageId: v1.MessageID("d", id), DeviceId: "d", RequestId: id}
 }
 
 // acks collects ACKs by message id.
@@ -117,14 +120,16 @@ func TestDeliverWithBackendHelper(t *testing.T) {
 	if calls.Load() != 500 {
 		t.Fatalf("got %d handler calls, want 500", calls.Load())
 	}
-	// A redelivery of a processed message is answered DUPLICATE with the stored reply.
+	// A redelivery of a processed message is answered with the stored
+	// outcome and reply, flagged as a duplicate.
 	dup := newAcks(1)
-	if err := c.Deliver(context.Background(), 0, env(7), dup.fn("m-0007")); err != nil {
+	id := env(7).MessageId
+	if err := c.Deliver(context.Background(), 0, env(7), dup.fn(id)); err != nil {
 		t.Fatal(err)
 	}
 	dup.wait(t)
-	if got := dup.got["m-0007"][0]; got.Outcome != v1.Outcome_OUTCOME_DUPLICATE || string(got.Reply) != "reply-m-0007" {
-		t.Fatalf("got %v, want DUPLICATE with the stored reply", got)
+	if got := dup.got[id][0]; got.Outcome != v1.Outcome_OUTCOME_OK || !got.Duplicate || string(got.Reply) != "reply-"+id {
+		t.Fatalf("got %v, want OK flagged duplicate with the stored reply", got)
 	}
 	if calls.Load() != 500 {
 		t.Fatalf("handler ran again for a duplicate: %d calls", calls.Load())
@@ -185,6 +190,74 @@ func TestOutOfOrderAcks(t *testing.T) {
 		if len(got) != 1 || got[0].MessageId != id {
 			t.Fatalf("message %s: got %v", id, got)
 		}
+	}
+}
+
+// A backend that ACKs seqs it was never sent, names another message in an
+// ACK, or sends outcome and code numbers the bridge does not know: each is
+// reported under a fixed problem; only the ACK that matches its delivery
+// is applied, once.
+func TestProtocolErrorsReportedNotApplied(t *testing.T) {
+	addr := serve(t, func(gs grpc.ServiceRegistrar) {
+		v1.RegisterDeliveryServer(gs, &rawServer{stream: func(s v1.Delivery_StreamServer) error {
+			if err := welcome(s, 0); err != nil {
+				return err
+			}
+			for {
+				f, err := s.Recv()
+				if err != nil {
+					return nil
+				}
+				d := f.GetDeliver()
+				if d == nil {
+					continue
+				}
+				for _, a := range []*v1.Ack{
+					{Seq: d.Seq + 1000, MessageId: d.Envelope.MessageId, Outcome: v1.Outcome_OUTCOME_OK},
+					{Seq: d.Seq, MessageId: "someone-else", Outcome: v1.Outcome_OUTCOME_OK},
+					{Seq: d.Seq, MessageId: d.Envelope.MessageId, Outcome: v1.Outcome(99), Code: v1.ReasonCode(77)},
+					{Seq: d.Seq, MessageId: d.Envelope.MessageId, Outcome: v1.Outcome_OUTCOME_OK}, // ACKed already
+				} {
+					if err := s.Send(&v1.ServerFrame{Frame: &v1.ServerFrame_Ack{Ack: a}}); err != nil {
+						return err
+					}
+				}
+			}
+		}})
+	})
+	var mu sync.Mutex
+	problems := map[grpcout.Problem]int{}
+	c, _ := grpcout.New(grpcout.Config{Targets: []string{addr}, Window: 4}, grpcout.WithEventHook(func(e grpcout.Event) {
+		if e.Kind == grpcout.ProtocolError {
+			mu.Lock()
+			problems[e.Problem]++
+			mu.Unlock()
+		}
+	}))
+	run(t, c)
+	const n = 10
+	a := newAcks(n)
+	deliverAll(t, c, n, a)
+	a.wait(t)
+	for id, got := range a.got {
+		if len(got) != 1 || got[0].Outcome != v1.Outcome(99) {
+			t.Fatalf("message %s: got ACKs %v, want only the one naming it", id, got)
+		}
+	}
+	want := map[grpcout.Problem]int{grpcout.ProblemUnknownSeq: 2 * n, grpcout.ProblemMessageMismatch: n,
+		grpcout.ProblemUnknownOutcome: n, grpcout.ProblemUnknownCode: n}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		mu.Lock()
+		got := maps.Clone(problems)
+		mu.Unlock()
+		if maps.Equal(got, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("got problems %v, want %v", got, want)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

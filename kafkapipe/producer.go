@@ -7,34 +7,23 @@
 package kafkapipe
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 )
 
-// Header names set on every record the bridge writes.
-const (
-	HeaderMessageID   = "edgebridge-message-id"
-	HeaderDeviceID    = "edgebridge-device-id"
-	HeaderContentType = "content-type"
-	HeaderSourceTopic = "edgebridge-source-topic"
-	HeaderReason      = "edgebridge-dlq-reason"
-	HeaderDetail      = "edgebridge-dlq-detail"
-	// HeaderDeadLetteredAt is when a record was dead-lettered, Unix milliseconds.
-	HeaderDeadLetteredAt = "edgebridge-dead-lettered-at"
-)
-
 // ProducerConfig configures a Producer. Zero values mean the default.
 type ProducerConfig struct {
 	// Brokers are the bootstrap addresses. Required.
 	Brokers []string
-	// MaxRequestBytes bounds the records of one produce request; a
+	// MaxRequestBytes bounds the records of one produce request (a record
+	// batch, which Kafka measures against message.max.bytes); a
 	// partition's share of a Write that is larger goes out in several.
 	// Default: 1 MiB (Kafka's default message.max.bytes).
 	MaxRequestBytes int
@@ -50,14 +39,6 @@ func (c ProducerConfig) withDefaults() ProducerConfig {
 		c.WriteTimeout = 10 * time.Second
 	}
 	return c
-}
-
-// Record is one record to produce.
-type Record struct {
-	Topic   string
-	Key     []byte
-	Value   []byte
-	Headers []kafka.Header
 }
 
 // Producer writes records with RequiredAcks=all. It is safe for concurrent use.
@@ -109,97 +90,170 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 type request struct {
 	topic     string
 	partition int
-	records   []kafka.Record
+	index     []int // its records' positions in the Produce call
 	bytes     int
 }
 
-// Write produces recs and returns once Kafka acknowledged all of them (all
-// in-sync replicas), or with an error. On error some records may have been
-// written; callers retry the whole batch and rely on downstream dedup.
-// Records for the same key keep their order within one call.
-func (p *Producer) Write(ctx context.Context, recs ...Record) error {
-	if len(recs) == 0 {
-		return nil
-	}
-	chains, err := p.plan(ctx, recs)
+// settle records err as the result of every record of r.
+func (r *request) settle(errs []error, err error) {
 	if err != nil {
-		return err
+		err = fmt.Errorf("%s[%d]: %w", r.topic, r.partition, err)
 	}
+	for _, i := range r.index {
+		errs[i] = err
+	}
+}
+
+// split returns one request per record of r.
+func (r *request) split() []*request {
+	out := make([]*request, len(r.index))
+	for k := range r.index {
+		out[k] = &request{topic: r.topic, partition: r.partition, index: r.index[k : k+1]}
+	}
+	return out
+}
+
+// Produce writes recs and returns once Kafka answered for every one:
+// errs[i] is nil when recs[i] was acknowledged by all in-sync replicas.
+// Use IsRetryable on a record's error: a retriable one (the broker was
+// unreachable, a leader moved, the topic is still being created) may or may
+// not have been written, and sending the record again is right (downstream
+// deduplicates); any other is Kafka refusing that record for good (too
+// large, invalid, not authorized), and sending it again cannot help.
+//
+// Records of one partition are sent in order: after a retriable failure,
+// the partition's later records are not sent and fail with the same error.
+// A request of several records that Kafka refuses for good is sent again
+// one record per request, so the refusal is pinned on the records that
+// cause it and the others are written. Records that were acknowledged are
+// never sent twice by one call.
+func (p *Producer) Produce(ctx context.Context, recs []Record) []error {
+	errs := make([]error, len(recs))
+	if len(recs) == 0 {
+		return errs
+	}
+	chains := p.plan(ctx, recs, errs)
+	now := time.Now()
 	// Partitions in parallel; the requests of one partition one after the
 	// other, so records keep their order.
-	errs := make([]error, len(chains))
-	run := func(i int) {
-		for _, r := range chains[i] {
-			if errs[i] = p.produce(ctx, r); errs[i] != nil {
+	run := func(chain []*request) {
+		var stop error // a retriable failure: the rest of the partition waits
+		send := func(r *request) {
+			if stop != nil {
+				r.settle(errs, stop)
 				return
 			}
+			err := p.produce(ctx, r, recs, now)
+			r.settle(errs, err)
+			if err != nil && IsRetryable(err) {
+				stop = err
+			}
+		}
+		for _, r := range chain {
+			if stop == nil && len(r.index) > 1 {
+				if err := p.produce(ctx, r, recs, now); err == nil || IsRetryable(err) {
+					r.settle(errs, err)
+					if err != nil {
+						stop = err
+					}
+					continue
+				}
+				for _, one := range r.split() {
+					send(one)
+				}
+				continue
+			}
+			send(r)
 		}
 	}
 	if len(chains) == 1 {
-		run(0)
+		run(chains[0])
 	} else {
 		var wg sync.WaitGroup
-		for i := range chains {
-			wg.Go(func() { run(i) })
+		for _, c := range chains {
+			wg.Go(func() { run(c) })
 		}
 		wg.Wait()
 	}
-	if err := errors.Join(errs...); err != nil {
-		return fmt.Errorf("kafkapipe: write %d records: %w", len(recs), err)
+	return errs
+}
+
+// Write produces recs and returns once Kafka acknowledged all of them (all
+// in-sync replicas), or with the first record's error and how many failed.
+// On error some records may have been written; callers that retry the
+// whole batch rely on downstream dedup. Records for the same key keep their
+// order within one call.
+func (p *Producer) Write(ctx context.Context, recs ...Record) error {
+	var first error
+	failed := 0
+	for _, err := range p.Produce(ctx, recs) {
+		if err != nil {
+			failed++
+			first = cmp.Or(first, err)
+		}
+	}
+	if first != nil {
+		return fmt.Errorf("kafkapipe: write %d records, %d failed: %w", len(recs), failed, first)
 	}
 	return nil
 }
 
 // plan groups recs by partition, in order: one chain of requests per
-// partition, each request at most MaxRequestBytes.
-func (p *Producer) plan(ctx context.Context, recs []Record) ([][]*request, error) {
+// partition, each request at most MaxRequestBytes. A record of a topic
+// whose partitions cannot be looked up gets that error in errs.
+func (p *Producer) plan(ctx context.Context, recs []Record, errs []error) [][]*request {
 	type tp struct {
 		topic string
 		part  int
 	}
-	now := time.Now()
+	type lookup struct {
+		ids []int
+		err error
+	}
 	chainOf := map[tp]int{}
 	var chains [][]*request
-	idsOf := map[string][]int{} // one metadata lookup per topic per Write
-	for _, r := range recs {
-		ids, ok := idsOf[r.Topic]
+	idsOf := map[string]lookup{} // one metadata lookup per topic per Write
+	for i, r := range recs {
+		l, ok := idsOf[r.Topic]
 		if !ok {
-			var err error
-			if ids, err = p.partitionsOf(ctx, r.Topic); err != nil {
-				return nil, err
-			}
-			idsOf[r.Topic] = ids
+			l.ids, l.err = p.partitionsOf(ctx, r.Topic)
+			idsOf[r.Topic] = l
 		}
-		k := tp{r.Topic, p.balancer.Balance(kafka.Message{Key: r.Key}, ids...)}
-		size := len(r.Key) + len(r.Value) + 64
-		for _, h := range r.Headers {
-			size += len(h.Key) + len(h.Value)
+		if l.err != nil {
+			errs[i] = l.err
+			continue
 		}
-		i, ok := chainOf[k]
+		k := tp{r.Topic, p.balancer.Balance(kafka.Message{Key: r.Key}, l.ids...)}
+		size := r.recordBytes()
+		c, ok := chainOf[k]
 		if !ok {
-			i = len(chains)
-			chainOf[k] = i
+			c = len(chains)
+			chainOf[k] = c
 			chains = append(chains, nil)
 		}
 		var req *request
-		if n := len(chains[i]); n > 0 && chains[i][n-1].bytes+size <= p.cfg.MaxRequestBytes {
-			req = chains[i][n-1]
+		if n := len(chains[c]); n > 0 && chains[c][n-1].bytes+size <= p.cfg.MaxRequestBytes {
+			req = chains[c][n-1]
 		} else {
-			req = &request{topic: k.topic, partition: k.part}
-			chains[i] = append(chains[i], req)
+			req = &request{topic: k.topic, partition: k.part, bytes: batchHeaderBytes}
+			chains[c] = append(chains[c], req)
 		}
-		req.records = append(req.records, kafka.Record{
-			Time: now, Key: kafka.NewBytes(r.Key), Value: kafka.NewBytes(r.Value), Headers: r.Headers,
-		})
+		req.index = append(req.index, i)
 		req.bytes += size
 	}
-	return chains, nil
+	return chains
 }
 
-func (p *Producer) produce(ctx context.Context, r *request) error {
+// produce sends r's records (of recs, stamped now). The records are built
+// for each send: kafka-go's record values are readers, spent by a send.
+func (p *Producer) produce(ctx context.Context, r *request, recs []Record, now time.Time) error {
+	records := make([]kafka.Record, len(r.index))
+	for k, i := range r.index {
+		records[k] = kafka.Record{Time: now, Key: kafka.NewBytes(recs[i].Key), Value: kafka.NewBytes(recs[i].Value), Headers: recs[i].Headers}
+	}
 	res, err := p.client.Produce(ctx, &kafka.ProduceRequest{
 		Topic: r.topic, Partition: r.partition, RequiredAcks: kafka.RequireAll,
-		Records: kafka.NewRecordReader(r.records...),
+		Records: kafka.NewRecordReader(records...),
 	})
 	if err == nil {
 		err = res.Error
@@ -207,11 +261,10 @@ func (p *Producer) produce(ctx context.Context, r *request) error {
 			err = errors.Join(err, e)
 		}
 	}
-	if err != nil {
+	if err != nil && IsRetryable(err) {
 		p.forget(r.topic) // the leader or the partitions may have changed
-		return fmt.Errorf("%s[%d]: %w", r.topic, r.partition, err)
 	}
-	return nil
+	return err
 }
 
 // partitionsOf returns the sorted partition ids of topic, from metadata
@@ -227,6 +280,18 @@ func (p *Producer) partitionsOf(ctx context.Context, topic string) ([]int, error
 	if err != nil {
 		return nil, fmt.Errorf("kafkapipe: metadata of %s: %w", topic, err)
 	}
+	ids, err := partitionIDs(md, topic)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	p.partitions[topic] = topicPartitions{ids: ids, fetched: time.Now()}
+	p.mu.Unlock()
+	return ids, nil
+}
+
+// partitionIDs returns topic's sorted partition ids from md.
+func partitionIDs(md *kafka.MetadataResponse, topic string) ([]int, error) {
 	for _, t := range md.Topics {
 		if t.Name != topic {
 			continue
@@ -242,9 +307,6 @@ func (p *Producer) partitionsOf(ctx context.Context, topic string) ([]int, error
 			break
 		}
 		slices.Sort(ids)
-		p.mu.Lock()
-		p.partitions[topic] = topicPartitions{ids: ids, fetched: time.Now()}
-		p.mu.Unlock()
 		return ids, nil
 	}
 	return nil, fmt.Errorf("kafkapipe: topic %s: %w", topic, kafka.UnknownTopicOrPartition)
@@ -260,87 +322,4 @@ func (p *Producer) forget(topic string) {
 func (p *Producer) Close() error {
 	p.tr.CloseIdleConnections()
 	return nil
-}
-
-// EnsureTopics creates the topics with the given partition count if they do
-// not exist. Existing topics are left as they are.
-func EnsureTopics(ctx context.Context, brokers []string, partitions int, topics ...string) error {
-	client, done := adminClient(brokers, 10*time.Second)
-	defer done()
-	req := &kafka.CreateTopicsRequest{}
-	for _, t := range topics {
-		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: -1})
-	}
-	resp, err := client.CreateTopics(ctx, req)
-	if err != nil {
-		return fmt.Errorf("kafkapipe: create topics: %w", err)
-	}
-	var errs []error
-	for t, err := range resp.Errors {
-		if err != nil && !errors.Is(err, kafka.TopicAlreadyExists) {
-			errs = append(errs, fmt.Errorf("kafkapipe: create topic %s: %w", t, err))
-		}
-	}
-	return errors.Join(errs...)
-}
-
-// Ping checks that a broker answers a metadata request.
-func Ping(ctx context.Context, brokers []string) error {
-	client, done := adminClient(brokers, 5*time.Second)
-	defer done()
-	if _, err := client.Metadata(ctx, &kafka.MetadataRequest{}); err != nil {
-		return fmt.Errorf("kafkapipe: metadata: %w", err)
-	}
-	return nil
-}
-
-// adminClient returns a client with its own transport (not kafka-go's
-// global pool), and a func that closes its connections.
-func adminClient(brokers []string, timeout time.Duration) (*kafka.Client, func()) {
-	tr := &kafka.Transport{}
-	return &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: timeout, Transport: tr}, tr.CloseIdleConnections
-}
-
-// ValidTopic reports whether t follows Kafka's topic name rules.
-func ValidTopic(t string) bool {
-	if t == "" || len(t) > 249 || t == "." || t == ".." {
-		return false
-	}
-	for _, r := range t {
-		if !(r == '.' || r == '_' || r == '-' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9')) {
-			return false
-		}
-	}
-	return true
-}
-
-// ContentTypeEnvelope is the content-type header of the bridge's request
-// records: each value is an edgebridge.v1.Envelope.
-const ContentTypeEnvelope = "application/x-protobuf; messageType=edgebridge.v1.Envelope"
-
-// Header returns the value of the first header named key, or nil.
-func Header(hs []kafka.Header, key string) []byte {
-	for _, h := range hs {
-		if h.Key == key {
-			return h.Value
-		}
-	}
-	return nil
-}
-
-// DeadLetter builds the DLQ record of payload: the reason (a stable code)
-// and detail go in headers, with the device and the topic it came from.
-func DeadLetter(topic, deviceID, source string, payload []byte, reason, detail string) Record {
-	return Record{
-		Topic: topic,
-		Key:   []byte(deviceID),
-		Value: payload,
-		Headers: []kafka.Header{
-			{Key: HeaderReason, Value: []byte(reason)},
-			{Key: HeaderDetail, Value: []byte(detail)},
-			{Key: HeaderDeviceID, Value: []byte(deviceID)},
-			{Key: HeaderSourceTopic, Value: []byte(source)},
-			{Key: HeaderDeadLetteredAt, Value: []byte(strconv.FormatInt(time.Now().UnixMilli(), 10))},
-		},
-	}
 }

@@ -129,3 +129,114 @@ func TestProducerUnknownTopic(t *testing.T) {
 		t.Fatalf("got %v, want UnknownTopicOrPartition", err)
 	}
 }
+
+// createTopic creates topic with one partition and the given topic configs.
+func createTopic(t *testing.T, addr, topic string, configs ...kafka.ConfigEntry) {
+	t.Helper()
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	c := &kafka.Client{Addr: kafka.TCP(addr), Transport: tr}
+	res, err := c.CreateTopics(context.Background(), &kafka.CreateTopicsRequest{Topics: []kafka.TopicConfig{
+		{Topic: topic, NumPartitions: 1, ReplicationFactor: 1, ConfigEntries: configs}}})
+	if err != nil || res.Errors[topic] != nil {
+		t.Fatalf("create %s: %v %v", topic, err, res.Errors)
+	}
+}
+
+// A record Kafka refuses for good (here: larger than the topic's
+// max.message.bytes) fails alone and is not retriable; the records around
+// it in the same batch are written once, in order.
+func TestProduceRefusalIsPerRecord(t *testing.T) {
+	addr := broker(t)
+	createTopic(t, addr, "small", kafka.ConfigEntry{ConfigName: "max.message.bytes", ConfigValue: "1000"})
+	p, err := kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	var recs []kafkapipe.Record
+	for i := range 5 {
+		size := 100
+		if i == 2 {
+			size = 2000
+		}
+		recs = append(recs, kafkapipe.Record{Topic: "small", Key: []byte("dev"), Value: fmt.Appendf(nil, "%d/%s", i, bytes.Repeat([]byte("x"), size))})
+	}
+	errs := p.Produce(context.Background(), recs)
+	for i, err := range errs {
+		switch {
+		case i == 2 && (err == nil || kafkapipe.IsRetryable(err) || !errors.Is(err, kafka.MessageSizeTooLarge)):
+			t.Fatalf("record 2: got %v, want MessageSizeTooLarge, not retriable", err)
+		case i == 2:
+			if got := kafkapipe.RefusalReason(err); got != "kafka_record_too_large" {
+				t.Fatalf("got refusal reason %q, want kafka_record_too_large", got)
+			}
+		case err != nil:
+			t.Fatalf("record %d: got %v, want written", i, err)
+		}
+	}
+	got := readAll(t, addr, "small", 1, 4)[0]
+	for k, want := range []string{"0/", "1/", "3/", "4/"} {
+		if !bytes.HasPrefix(got[k].Value, []byte(want)) {
+			t.Fatalf("record %d: got %.3q, want %q (each once, in order)", k, got[k].Value, want)
+		}
+	}
+}
+
+func TestIsRetryable(t *testing.T) {
+	tests := []struct {
+		err  error
+		want bool
+	}{
+		{fmt.Errorf("t[0]: %w", kafka.MessageSizeTooLarge), false},
+		{kafka.TopicAuthorizationFailed, false},
+		{kafka.InvalidRecord, false},
+		{fmt.Errorf("t[0]: %w", kafka.UnknownTopicOrPartition), true},
+		{kafka.NotLeaderForPartition, true},
+		{kafka.RequestTimedOut, true},
+		{errors.New("dial tcp: connection refused"), true},
+		{context.DeadlineExceeded, true},
+	}
+	for _, tc := range tests {
+		if got := kafkapipe.IsRetryable(tc.err); got != tc.want {
+			t.Errorf("IsRetryable(%v) = %v, want %v", tc.err, got, tc.want)
+		}
+	}
+}
+
+// A topic another client just created is not in the producer's cached
+// metadata: a Write fails with UNKNOWN_TOPIC_OR_PARTITION (what a Dapr app
+// publishing to a topic it had just subscribed to got). EnsureTopics
+// returns once the producer serves it.
+func TestEnsureTopicsCreatedElsewhere(t *testing.T) {
+	addr := broker(t)
+	ctx := context.Background()
+	p, err := kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.EnsureTopics(ctx, 2, "first"); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Write(ctx, kafkapipe.Record{Topic: "first", Value: []byte("v")}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		topic := fmt.Sprintf("later-%d", i)
+		if err := kafkapipe.EnsureTopics(ctx, []string{addr}, 2, topic); err != nil { // another client
+			t.Fatal(err)
+		}
+		if i == 0 {
+			if err := p.Write(ctx, kafkapipe.Record{Topic: topic, Value: []byte("v")}); !errors.Is(err, kafka.UnknownTopicOrPartition) {
+				t.Fatalf("write before EnsureTopics: got %v, want UnknownTopicOrPartition from the cached metadata", err)
+			}
+		}
+		if err := p.EnsureTopics(ctx, 2, topic); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Write(ctx, kafkapipe.Record{Topic: topic, Value: []byte("v")}); err != nil {
+			t.Fatalf("write after EnsureTopics: %v", err)
+		}
+	}
+}

@@ -12,14 +12,48 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
 // ErrClosed is returned by Publish after the client stopped.
 var ErrClosed = errors.New("mqttin: client closed")
+
+// ErrInvalidTopic is wrapped by the error of a publish to a topic no MQTT
+// broker accepts; sending it again cannot succeed.
+var ErrInvalidTopic = errors.New("mqttin: invalid topic")
+
+// MaxTopicLen is MQTT's limit on a topic, in bytes.
+const MaxTopicLen = 65535
+
+// ValidTopic reports why topic cannot be published to, wrapping
+// ErrInvalidTopic, or nil. A topic has 1 to 65,535 bytes of UTF-8 and no
+// wildcards; like Mosquitto it must not hold U+0000, control characters
+// (U+0001-U+001F, U+007F-U+009F) or non-characters, which Mosquitto
+// answers by disconnecting the client for a malformed packet.
+func ValidTopic(topic string) error {
+	bad := func(why string) error { return fmt.Errorf("%w: %s", ErrInvalidTopic, why) }
+	switch {
+	case topic == "":
+		return bad("empty")
+	case len(topic) > MaxTopicLen:
+		return bad(fmt.Sprintf("%d bytes, limit %d", len(topic), MaxTopicLen))
+	case !utf8.ValidString(topic):
+		return bad("not valid UTF-8")
+	case strings.ContainsAny(topic, "+#"):
+		return bad("holds a wildcard")
+	}
+	for _, r := range topic {
+		if r <= 0x1f || (r >= 0x7f && r <= 0x9f) || (r >= 0xfdd0 && r <= 0xfdef) || r&0xfffe == 0xfffe {
+			return bad(fmt.Sprintf("holds %U", r))
+		}
+	}
+	return nil
+}
 
 // Config configures a Client. Zero values mean the default.
 type Config struct {
@@ -40,6 +74,9 @@ type Config struct {
 	ConnectTimeout time.Duration
 	// MaxReconnectInterval caps the reconnect backoff. Default: 10s.
 	MaxReconnectInterval time.Duration
+	// ConnectRetryInterval is the wait between attempts of the first
+	// connection. Default: 1s.
+	ConnectRetryInterval time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -55,6 +92,9 @@ func (c Config) withDefaults() Config {
 	if c.MaxReconnectInterval <= 0 {
 		c.MaxReconnectInterval = 10 * time.Second
 	}
+	if c.ConnectRetryInterval <= 0 {
+		c.ConnectRetryInterval = time.Second
+	}
 	return c
 }
 
@@ -67,7 +107,10 @@ type Message struct {
 	Payload    []byte
 	ReceivedAt time.Time
 	Duplicate  bool // the broker marked it as a redelivery
-	m          paho.Message
+	// Retained: the broker delivered it from its retained store (on a
+	// subscribe), not as it was published.
+	Retained bool
+	m        paho.Message
 }
 
 // Ack sends the PUBACK for m.
@@ -87,6 +130,7 @@ type Client struct {
 	closed atomic.Bool
 
 	subscribed atomic.Bool
+	conn       connLog
 }
 
 // Option configures optional hooks.
@@ -105,6 +149,7 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 	for _, o := range opts {
 		o(c)
 	}
+	c.conn.log, c.conn.broker = c.log, redacted(cfg.Broker)
 	po := paho.NewClientOptions().
 		AddBroker(cfg.Broker).
 		SetClientID(cfg.ClientID).
@@ -118,7 +163,7 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		SetConnectTimeout(cfg.ConnectTimeout).
 		SetAutoReconnect(true).
 		SetConnectRetry(true).
-		SetConnectRetryInterval(time.Second).
+		SetConnectRetryInterval(cfg.ConnectRetryInterval).
 		SetMaxReconnectInterval(cfg.MaxReconnectInterval).
 		SetWriteTimeout(cfg.ConnectTimeout).
 		SetResumeSubs(true).
@@ -126,10 +171,8 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		// re-sent; without a default handler paho would drop them un-acked.
 		SetDefaultPublishHandler(c.receive).
 		SetOnConnectHandler(c.connected).
-		SetConnectionLostHandler(func(_ paho.Client, err error) {
-			c.subscribed.Store(false)
-			c.log.Warn("mqttin: connection lost", "broker", cfg.Broker, "err", err)
-		})
+		SetConnectionLostHandler(func(paho.Client, error) { c.subscribed.Store(false) }).
+		SetConnectionNotificationHandler(c.notified)
 	if u, err := url.Parse(cfg.Broker); err == nil && (u.Scheme == "tcp" || u.Scheme == "mqtt") {
 		po.SetCustomOpenConnectionFn(openConn)
 	}
@@ -149,7 +192,7 @@ func (c *Client) Run(ctx context.Context) error {
 	select {
 	case <-tok.Done():
 		if err := tok.Error(); err != nil {
-			return fmt.Errorf("mqttin: connect %s: %w", c.cfg.Broker, err)
+			return fmt.Errorf("mqttin: connect %s: %w", c.conn.broker, err)
 		}
 	case <-ctx.Done():
 	}
@@ -173,16 +216,30 @@ func (c *Client) Messages() <-chan Message { return c.msgs }
 // Subscribed reports whether the client is connected and subscribed.
 func (c *Client) Subscribed() bool { return c.subscribed.Load() }
 
-// Publish sends payload to topic with QoS 1 and waits for the PUBACK.
+// Publish sends payload to topic with QoS 1 and waits for the PUBACK. A
+// topic that fails ValidTopic is refused before anything is sent.
 func (c *Client) Publish(ctx context.Context, topic string, payload []byte) error {
+	return c.publish(ctx, topic, false, payload)
+}
+
+// ClearRetained removes the broker's retained message on topic (an empty
+// retained publish, QoS 1) and waits for the PUBACK.
+func (c *Client) ClearRetained(ctx context.Context, topic string) error {
+	return c.publish(ctx, topic, true, nil)
+}
+
+func (c *Client) publish(ctx context.Context, topic string, retain bool, payload []byte) error {
+	if err := ValidTopic(topic); err != nil {
+		return err
+	}
 	if c.closed.Load() {
 		return ErrClosed
 	}
-	tok := c.c.Publish(topic, 1, false, payload)
+	tok := c.c.Publish(topic, 1, retain, payload)
 	select {
 	case <-tok.Done():
 		if err := tok.Error(); err != nil {
-			return fmt.Errorf("mqttin: publish %s: %w", topic, err)
+			return fmt.Errorf("mqttin: publish %.200s: %w", topic, err)
 		}
 		return nil
 	case <-ctx.Done():
@@ -201,7 +258,7 @@ func (c *Client) connected(pc paho.Client) {
 		tok := pc.SubscribeMultiple(filters, c.receive)
 		if tok.WaitTimeout(c.cfg.ConnectTimeout) && tok.Error() == nil {
 			c.subscribed.Store(true)
-			c.log.Info("mqttin: subscribed", "broker", c.cfg.Broker, "topics", c.cfg.Subscribe)
+			c.log.Info("mqttin: subscribed", "broker", c.conn.broker, "topics", c.cfg.Subscribe)
 		} else {
 			c.log.Error("mqttin: subscribe failed; reconnecting", "err", tok.Error())
 			// Force a reconnect so the subscription is retried.
@@ -220,6 +277,7 @@ func (c *Client) receive(_ paho.Client, m paho.Message) {
 		Payload:    m.Payload(),
 		ReceivedAt: time.Now(),
 		Duplicate:  m.Duplicate(),
+		Retained:   m.Retained(),
 		m:          m,
 	}
 	select {
@@ -227,6 +285,58 @@ func (c *Client) receive(_ paho.Client, m paho.Message) {
 	case <-c.done:
 		// Stopping: leave it un-acknowledged; the broker redelivers it.
 	}
+}
+
+// connLog logs the connection's state changes once each, with the cause:
+// connected, lost, and failing to connect (a wrong port or an untrusted
+// certificate shows as one line, not one per retry).
+type connLog struct {
+	log    *slog.Logger
+	broker string
+
+	mu    sync.Mutex
+	state connState
+}
+
+type connState int
+
+const (
+	connNew connState = iota
+	connUp
+	connLost
+	connFailing
+)
+
+func (c *Client) notified(_ paho.Client, n paho.ConnectionNotification) {
+	l := &c.conn
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch n := n.(type) {
+	case paho.ConnectionNotificationConnected:
+		if l.state != connUp {
+			l.log.Info("mqttin: connected", "broker", l.broker)
+		}
+		l.state = connUp
+	case paho.ConnectionNotificationLost:
+		if l.state != connLost {
+			l.log.Warn("mqttin: connection lost; reconnecting", "broker", l.broker, "err", n.Reason)
+		}
+		l.state = connLost
+	case paho.ConnectionNotificationFailed:
+		if l.state != connFailing {
+			l.log.Warn("mqttin: cannot connect; retrying", "broker", l.broker, "err", n.Reason)
+		}
+		l.state = connFailing
+	}
+}
+
+// redacted is the broker URL without a password, for logs.
+func redacted(broker string) string {
+	u, err := url.Parse(broker)
+	if err != nil {
+		return "(unparsable broker URL)"
+	}
+	return u.Redacted()
 }
 
 // DeviceID returns the last level of topic.

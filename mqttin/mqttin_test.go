@@ -1,8 +1,15 @@
 package mqttin_test
 
 import (
+	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -145,5 +152,193 @@ func TestPublishAndReplyTopic(t *testing.T) {
 	}
 	if mqttin.DeviceID("a/b/c") != "c" {
 		t.Fatal("DeviceID must be the last topic level")
+	}
+	// A topic no broker accepts is refused before anything is sent: the
+	// bridge stays connected.
+	if err := c.Publish(context.Background(), "resp/"+strings.Repeat("x", 65535), []byte("x")); !errors.Is(err, mqttin.ErrInvalidTopic) {
+		t.Fatalf("got %v, want ErrInvalidTopic", err)
+	}
+	if !c.Subscribed() {
+		t.Fatal("refusing a topic disconnected the client")
+	}
+}
+
+func TestValidTopic(t *testing.T) {
+	tests := []struct {
+		topic string
+		ok    bool
+	}{
+		{"payment/response/dev-1", true},
+		{"payment/response/é🙂", true},
+		{strings.Repeat("a", 65535), true},
+		{strings.Repeat("a", 65536), false},
+		{"", false},
+		{"payment/response/+", false},
+		{"payment/#", false},
+		{"bad/\xff", false},
+		{"bad/\xc3", false}, // a character cut in half
+		{"nul/\x00", false},
+		{"ctl/\x1f", false},
+		{"del/\x7f", false},
+		{"c1/\u0085", false},
+		{"nonchar/\ufffe", false},
+		{"nonchar/\ufdd0", false},
+		{"nonchar/\U0001ffff", false},
+	}
+	for _, tc := range tests {
+		err := mqttin.ValidTopic(tc.topic)
+		if (err == nil) != tc.ok || (err != nil && !errors.Is(err, mqttin.ErrInvalidTopic)) {
+			t.Errorf("ValidTopic(%.40q) = %v, want ok %v", tc.topic, err, tc.ok)
+		}
+	}
+}
+
+// A retained message is delivered flagged on a new subscription; after
+// ClearRetained a new subscription gets nothing.
+func TestRetainedFlagAndClear(t *testing.T) {
+	m := broker(t, t.TempDir())
+	url := "tcp://" + m.Addr()
+	dev := publisher(t, url)
+	// mochi PUBACKs before it stores and forwards a message: a probe
+	// subscribed beforehand sees when that is done (it stores first).
+	live := make(chan struct{}, 1)
+	probe := paho.NewClient(paho.NewClientOptions().AddBroker(url).SetClientID("probe"))
+	if tok := probe.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatal(tok.Error())
+	}
+	defer probe.Disconnect(0)
+	probe.Subscribe("req/dev-1", 0, func(paho.Client, paho.Message) { live <- struct{}{} }).Wait()
+	dev.Publish("req/dev-1", 1, true, "old").Wait()
+	select {
+	case <-live:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the retained publish was not forwarded")
+	}
+	c, stop := client(t, url)
+	var msg mqttin.Message
+	select {
+	case msg = <-c.Messages():
+	case <-time.After(10 * time.Second):
+		t.Fatal("retained message not delivered")
+	}
+	if !msg.Retained || string(msg.Payload) != "old" {
+		t.Fatalf("got %q retained %v, want the retained message flagged", msg.Payload, msg.Retained)
+	}
+	msg.Ack()
+	if err := c.ClearRetained(context.Background(), "req/dev-1"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case echo := <-c.Messages(): // the clear itself, delivered live
+		if echo.Retained || len(echo.Payload) != 0 {
+			t.Fatalf("got %q retained %v, want the empty live clear", echo.Payload, echo.Retained)
+		}
+		echo.Ack()
+	case <-time.After(10 * time.Second):
+		t.Fatal("the clear was not delivered")
+	}
+	stop()
+
+	other, err := mqttin.New(mqttin.Config{Broker: url, ClientID: "another", Subscribe: []string{"req/+"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- other.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitUntil(t, other.Subscribed)
+	dev.Publish("req/dev-1", 1, false, "marker").Wait()
+	select {
+	case got := <-other.Messages():
+		if string(got.Payload) != "marker" {
+			t.Fatalf("a new subscription got %q retained %v, want no retained message before the marker", got.Payload, got.Retained)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("marker not delivered")
+	}
+}
+
+// logBuffer is a concurrency-safe log sink.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) count(s string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return strings.Count(l.b.String(), s)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// A broker that cannot be reached is logged with the cause once, not once
+// per retry; connecting and losing the connection are logged once each;
+// the broker URL's password never appears.
+func TestConnectionStateLoggedOnce(t *testing.T) {
+	// A port where every connection is closed at once: the MQTT handshake fails.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	var attempts atomic.Int64
+	accepting := make(chan struct{})
+	go func() {
+		defer close(accepting)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			attempts.Add(1)
+			c.Close()
+		}
+	}()
+	logs := &logBuffer{}
+	c, err := mqttin.New(mqttin.Config{Broker: "tcp://bridge:s3cret@" + addr, ClientID: "bridge-log", Subscribe: []string{"req/+"},
+		ConnectRetryInterval: 10 * time.Millisecond, MaxReconnectInterval: 50 * time.Millisecond},
+		mqttin.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	waitUntil(t, func() bool { return attempts.Load() >= 5 })
+	if n := logs.count("mqttin: cannot connect"); n != 1 {
+		t.Fatalf("after %d failed attempts: %d 'cannot connect' lines, want 1:\n%s", attempts.Load(), n, logs)
+	}
+	if !strings.Contains(logs.String(), "err=") {
+		t.Fatalf("the failure is logged without its cause:\n%s", logs)
+	}
+
+	ln.Close()
+	<-accepting
+	m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: addr, DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, c.Subscribed)
+	m.Close()
+	waitUntil(t, func() bool { return logs.count("mqttin: connection lost") == 1 })
+	if n := logs.count("mqttin: connected"); n != 1 {
+		t.Errorf("got %d 'connected' lines, want 1", n)
+	}
+	if strings.Contains(logs.String(), "s3cret") {
+		t.Errorf("the broker password is in the logs:\n%s", logs)
 	}
 }

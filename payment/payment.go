@@ -51,6 +51,13 @@ type Entry struct {
 	AmountMinor int64  `json:"amount_minor"`
 	Currency    string `json:"currency"`
 	Status      string `json:"status"`
+	// Code and Reason of a REJECTED request (a redelivery is answered with
+	// them); empty otherwise.
+	Code   string `json:"code,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	// Fingerprint of the request's content (v1.Fingerprint); absent in
+	// lines written before envelopes carried one.
+	Fingerprint string `json:"fingerprint,omitempty"`
 }
 
 // Ledger is a backend.Store and backend.Syncer over a JSON-lines file. Save
@@ -120,35 +127,39 @@ func load(r io.Reader) (map[string]Entry, int64, error) {
 }
 
 // Lookup implements backend.Store.
-func (l *Ledger) Lookup(id string) (backend.Result, bool) {
+func (l *Ledger) Lookup(id string) (backend.Stored, bool) {
 	l.mu.Lock()
 	e, ok := l.seen[id]
 	l.mu.Unlock()
 	if !ok {
-		return backend.Result{}, false
+		return backend.Stored{}, false
+	}
+	st := backend.Stored{Fingerprint: e.Fingerprint}
+	if e.Status == transcoder.StatusRejected {
+		// The bridge renders the device's REJECTED reply from the code.
+		st.Outcome, st.Code, st.Reason = v1.Outcome_OUTCOME_REJECT, transcoder.ParseCode(e.Code), e.Reason
+		return st, true
 	}
 	reply := transcoder.Reply{RequestID: e.RequestID, MessageID: e.MessageID, Status: e.Status}
 	if e.Status == transcoder.StatusDeclined {
 		reply.Code, reply.Reason = transcoder.CodeName(v1.ReasonCode_REASON_CODE_LIMIT_EXCEEDED), declineReason
 	}
-	b, _ := json.Marshal(reply)
-	outcome := v1.Outcome_OUTCOME_OK
-	if e.Status == transcoder.StatusRejected {
-		outcome = v1.Outcome_OUTCOME_REJECT
-	}
-	return backend.Result{Outcome: outcome, Reply: b}, true
+	st.Outcome = v1.Outcome_OUTCOME_OK
+	st.Reply, _ = json.Marshal(reply) // a struct of strings always marshals
+	return st, true
 }
 
-// Save implements backend.Store: it buffers one ledger line.
+// Save implements backend.Store: it buffers one ledger line. The backend
+// helper saves only envelopes that passed v1.CheckEnvelope.
 func (l *Ledger) Save(env *v1.Envelope, r backend.Result) error {
-	e := Entry{MessageID: env.GetMessageId(), DeviceID: env.GetDeviceId(), RequestID: env.GetRequestId()}
+	e := Entry{MessageID: env.GetMessageId(), DeviceID: env.GetDeviceId(), RequestID: env.GetRequestId(), Fingerprint: env.GetFingerprint()}
 	if req, err := transcoder.PaymentRequest(env); err == nil {
 		e.AmountMinor, e.Currency = req.GetAmountMinor(), req.GetCurrency()
 	}
-	if rep, err := transcoder.DecodeReply(r.Reply); err == nil {
+	if rep, err := transcoder.DecodeReply(r.Reply); err == nil && r.Outcome != v1.Outcome_OUTCOME_REJECT {
 		e.Status = rep.Status
 	} else {
-		e.Status = transcoder.StatusRejected
+		e.Status, e.Code, e.Reason = transcoder.StatusRejected, transcoder.CodeName(r.Code), r.Reason
 	}
 	line, err := json.Marshal(e)
 	if err != nil {

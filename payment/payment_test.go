@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
 
@@ -89,13 +90,46 @@ func TestLedgerSurvivesRestart(t *testing.T) {
 	if rep.Status != transcoder.StatusDeclined || rep.RequestID != "r-2" || rep.MessageID != e2.MessageId {
 		t.Fatalf("got stored reply %+v", rep)
 	}
+	if r.Fingerprint != e2.Fingerprint || r.Fingerprint == "" {
+		t.Fatalf("got stored fingerprint %q, want the envelope's %q", r.Fingerprint, e2.Fingerprint)
+	}
 	entries, err := ReadLedger(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Entry{MessageID: e1.MessageId, DeviceID: "d1", RequestID: "r-1", AmountMinor: 50, Currency: "EUR", Status: "APPROVED"}
+	want := Entry{MessageID: e1.MessageId, DeviceID: "d1", RequestID: "r-1", AmountMinor: 50, Currency: "EUR", Status: "APPROVED",
+		Fingerprint: e1.Fingerprint}
 	if len(entries) != 2 || entries[0] != want {
 		t.Fatalf("got entries %+v, want first %+v", entries, want)
+	}
+}
+
+// A REJECT is stored with its code and reason, and looked up as a REJECT
+// (a lost REJECT's redelivery must be dead-lettered again, not answered
+// like an approval); ledger lines from before fingerprints load with none.
+func TestLedgerRejectAndOldLines(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "ledger.jsonl")
+	old := `{"message_id":"` + v1.MessageID("d0", "r-0") + `","device_id":"d0","request_id":"r-0","amount_minor":5,"currency":"EUR","status":"APPROVED"}` + "\n"
+	if err := os.WriteFile(path, []byte(old), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	l, err := OpenLedger(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	e := envelope(t, "d1", "r-1", 50)
+	rej := backend.Result{Outcome: v1.Outcome_OUTCOME_REJECT, Code: v1.ReasonCode_REASON_CODE_NOT_PERMITTED, Reason: "merchant blocked"}
+	if err := l.Save(e, rej); err != nil {
+		t.Fatal(err)
+	}
+	got, ok := l.Lookup(e.MessageId)
+	if !ok || got.Outcome != v1.Outcome_OUTCOME_REJECT || got.Code != rej.Code || got.Reason != rej.Reason || got.Fingerprint != e.Fingerprint {
+		t.Fatalf("got %+v, want the REJECT with its code, reason and fingerprint", got)
+	}
+	prev, ok := l.Lookup(v1.MessageID("d0", "r-0"))
+	if !ok || prev.Outcome != v1.Outcome_OUTCOME_OK || prev.Fingerprint != "" {
+		t.Fatalf("old line: got %+v, want OK without a fingerprint", prev)
 	}
 }
 

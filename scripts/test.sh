@@ -53,8 +53,9 @@ go test -race -shuffle=on -count=1 -timeout 20m ./...
 step "benchmarks run (one iteration each; figures come from -benchtime runs and edgebridge bench)"
 go test -run '^$' -bench . -benchtime 1x ./transcoder ./ackwindow ./grpcout ./kafkapipe >/dev/null
 
-step "fuzz the transcoder (short)"
+step "fuzz the transcoder and the whole ingest decision (short)"
 go test -run '^$' -fuzz FuzzDecode -fuzztime 15s -fuzzminimizetime 100x ./transcoder
+go test -run '^$' -fuzz FuzzAdmit -fuzztime 15s -fuzzminimizetime 100x ./bridge
 
 step "demo (small)"
 go run ./cmd/edgebridge demo -devices 10 -requests 20 -timeout 2m

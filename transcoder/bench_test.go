@@ -27,7 +27,7 @@ func BenchmarkDecode(b *testing.B) {
 
 // BenchmarkEncodeReply: a backend's answer into the device's JSON reply.
 func BenchmarkEncodeReply(b *testing.B) {
-	r := &v1.PaymentReply{RequestId: "r-000042", MessageId: MessageID("dev-0001", "r-000042"), Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED}
+	r := &v1.PaymentReply{RequestId: "r-000042", MessageId: v1.MessageID("dev-0001", "r-000042"), Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED}
 	b.ReportAllocs()
 	for b.Loop() {
 		_ = EncodeReply(r)

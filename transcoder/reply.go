@@ -40,12 +40,33 @@ func EncodeReply(r *v1.PaymentReply) []byte {
 }
 
 // CodeName renders a ReasonCode as devices, DLQ headers and metric labels
-// see it: REASON_CODE_LIMIT_EXCEEDED -> "limit_exceeded"; "" for unspecified.
+// see it: REASON_CODE_LIMIT_EXCEEDED -> "limit_exceeded"; "" for
+// unspecified; "unknown" for a number this version does not define, so
+// what a backend sends cannot make labels or device codes up.
 func CodeName(c v1.ReasonCode) string {
-	if c == v1.ReasonCode_REASON_CODE_UNSPECIFIED {
+	name, ok := v1.ReasonCode_name[int32(c)]
+	switch {
+	case c == v1.ReasonCode_REASON_CODE_UNSPECIFIED:
 		return ""
+	case !ok:
+		return CodeUnknown
 	}
-	return strings.ToLower(strings.TrimPrefix(c.String(), "REASON_CODE_"))
+	return strings.ToLower(strings.TrimPrefix(name, "REASON_CODE_"))
+}
+
+// CodeUnknown is CodeName's rendering of an undefined ReasonCode.
+const CodeUnknown = "unknown"
+
+// ParseCode is the inverse of CodeName: REASON_CODE_UNSPECIFIED for "" and
+// for names it does not know.
+func ParseCode(name string) v1.ReasonCode {
+	return v1.ReasonCode(v1.ReasonCode_value["REASON_CODE_"+strings.ToUpper(name)])
+}
+
+// KnownCode reports whether c is defined in this version of the protocol.
+func KnownCode(c v1.ReasonCode) bool {
+	_, ok := v1.ReasonCode_name[int32(c)]
+	return ok
 }
 
 // DecodeReply parses a device reply; devices and tests use it.
@@ -81,18 +102,6 @@ func RejectReply(requestID, messageID string, reason Reason, detail string) []by
 	})
 }
 
-// RequestIDHint extracts a request_id from a payload that failed validation,
-// so the device can match the REJECTED reply. It returns "" if there is none.
-func RequestIDHint(payload []byte) string {
-	var probe struct {
-		RequestID string `json:"request_id"`
-	}
-	if json.Unmarshal(payload, &probe) != nil || len(probe.RequestID) > maxFieldLen {
-		return ""
-	}
-	return probe.RequestID
-}
-
 // AppReply is a reply as a Dapr app publishes it to the reply topic: the
 // device's reply plus the device it goes to.
 type AppReply struct {
@@ -119,7 +128,7 @@ func DecodeAppReply(b []byte) (deviceID string, reply []byte, err error) {
 	switch r.Status = strings.ToUpper(r.Status); r.Status {
 	case StatusApproved, StatusDeclined, StatusRejected, StatusError:
 	default:
-		problems = append(problems, fmt.Sprintf("status %q is not one of APPROVED, DECLINED, REJECTED, ERROR", truncate(r.Status, 16)))
+		problems = append(problems, fmt.Sprintf("status %q is not one of APPROVED, DECLINED, REJECTED, ERROR", Clip(r.Status, 16)))
 	}
 	if len(r.Reason) > 1024 || len(r.Code) > maxFieldLen || len(r.MessageID) > maxFieldLen {
 		problems = append(problems, "code, message_id or reason too long")
@@ -128,7 +137,7 @@ func DecodeAppReply(b []byte) (deviceID string, reply []byte, err error) {
 		return "", nil, &Error{Reason: ReasonMalformed, Detail: strings.Join(problems, "; ")}
 	}
 	if r.MessageID == "" {
-		r.MessageID = MessageID(r.DeviceID, r.RequestID)
+		r.MessageID = v1.MessageID(r.DeviceID, r.RequestID)
 	}
 	reply, _ = json.Marshal(r.Reply) // a struct of strings always marshals
 	return r.DeviceID, reply, nil

@@ -9,13 +9,13 @@ package transcoder
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 
@@ -42,13 +42,22 @@ const (
 	ReasonBadCurrency      Reason = "invalid_currency"
 	ReasonBadDeviceID      Reason = "invalid_device_id"
 	ReasonFieldTooLong     Reason = "field_too_long"
+	// ReasonInvalidUTF8: a string is not valid UTF-8 (or, in JSON, holds an
+	// unpaired surrogate escape). Decoding such a string would replace the
+	// bad bytes with U+FFFD, and two different request ids could collide on
+	// one message id.
+	ReasonInvalidUTF8 Reason = "invalid_utf8"
 )
 
 // Error is returned for every payload the transcoder refuses.
 type Error struct {
 	Reason Reason
 	Detail string
-	Err    error // underlying parse error, if any
+	// RequestID is the request id the payload carried, when it was read
+	// before the payload was refused (so the device can match the
+	// REJECTED reply); "" otherwise.
+	RequestID string
+	Err       error // underlying parse error, if any
 }
 
 func (e *Error) Error() string {
@@ -71,7 +80,7 @@ func ReasonOf(err error) Reason {
 
 // maxFieldLen bounds free-text identifiers so a device cannot make the
 // envelope arbitrarily large inside the payload limit.
-const maxFieldLen = 128
+const maxFieldLen = v1.MaxIDLen
 
 // Decoder validates device payloads. The zero value is not usable; use New.
 // A Decoder is safe for concurrent use.
@@ -108,6 +117,7 @@ type jsonRequest struct {
 
 // Decode validates in and returns the Envelope to write to Kafka. The
 // payload may be JSON (first non-space byte '{') or a binary PaymentRequest.
+// A payload over the limit is refused without being read.
 func (d *Decoder) Decode(in Input) (*v1.Envelope, error) {
 	if err := validateDeviceID(in.DeviceID); err != nil {
 		return nil, err
@@ -120,6 +130,10 @@ func (d *Decoder) Decode(in Input) (*v1.Envelope, error) {
 		return nil, err
 	}
 	if err := Validate(req); err != nil {
+		var te *Error
+		if errors.As(err, &te) && len(req.GetRequestId()) <= maxFieldLen && utf8.ValidString(req.GetRequestId()) {
+			te.RequestID = req.GetRequestId()
+		}
 		return nil, err
 	}
 	payload, err := proto.Marshal(req)
@@ -127,7 +141,7 @@ func (d *Decoder) Decode(in Input) (*v1.Envelope, error) {
 		return nil, &Error{Reason: ReasonMalformed, Detail: "re-encode", Err: err}
 	}
 	return &v1.Envelope{
-		MessageId:          MessageID(in.DeviceID, req.RequestId),
+		MessageId:          v1.MessageID(in.DeviceID, req.RequestId),
 		DeviceId:           in.DeviceID,
 		RequestId:          req.RequestId,
 		SourceTopic:        in.Topic,
@@ -135,8 +149,13 @@ func (d *Decoder) Decode(in Input) (*v1.Envelope, error) {
 		ContentType:        ContentTypePaymentRequest,
 		Payload:            payload,
 		TraceContext:       trace,
+		Fingerprint:        v1.Fingerprint(req),
 	}, nil
 }
+
+// protoOpts drops fields the device added that PaymentRequest does not
+// have: they are not part of the request's content and must not reach Kafka.
+var protoOpts = proto.UnmarshalOptions{DiscardUnknown: true}
 
 func parse(b []byte) (*v1.PaymentRequest, map[string]string, error) {
 	trimmed := bytes.TrimLeft(b, " \t\r\n")
@@ -145,10 +164,13 @@ func parse(b []byte) (*v1.PaymentRequest, map[string]string, error) {
 	}
 	if trimmed[0] != '{' {
 		req := &v1.PaymentRequest{}
-		if err := proto.Unmarshal(b, req); err != nil {
+		if err := protoOpts.Unmarshal(b, req); err != nil {
 			return nil, nil, &Error{Reason: ReasonMalformed, Detail: "neither JSON nor protobuf", Err: err}
 		}
 		return req, nil, nil
+	}
+	if err := checkJSONText(trimmed); err != nil {
+		return nil, nil, err
 	}
 	var jr jsonRequest
 	// Unmarshal, not a Decoder: no copy of the payload, and data after the
@@ -163,7 +185,8 @@ func parse(b []byte) (*v1.PaymentRequest, map[string]string, error) {
 	if jr.AmountMinor != nil {
 		n, err := jr.AmountMinor.Int64()
 		if err != nil {
-			return nil, nil, &Error{Reason: ReasonBadAmount, Detail: "amount_minor must be an integer number of minor units", Err: err}
+			return nil, nil, &Error{Reason: ReasonBadAmount, Detail: "amount_minor must be an integer number of minor units", Err: err,
+				RequestID: hint(req.RequestId)}
 		}
 		req.AmountMinor = n
 	}
@@ -176,15 +199,81 @@ func parse(b []byte) (*v1.PaymentRequest, map[string]string, error) {
 	var trace map[string]string
 	if jr.TraceParent != "" && len(jr.TraceParent) <= maxFieldLen {
 		trace = map[string]string{"traceparent": jr.TraceParent}
-		if jr.TraceState != "" && len(jr.TraceState) <= 512 {
+		if jr.TraceState != "" && len(jr.TraceState) <= v1.MaxTraceLen {
 			trace["tracestate"] = jr.TraceState
 		}
 	}
 	return req, trace, nil
 }
 
+// hint is id if it can be echoed to the device, else "".
+func hint(id string) string {
+	if len(id) > maxFieldLen || !utf8.ValidString(id) {
+		return ""
+	}
+	return id
+}
+
+// checkJSONText refuses JSON whose strings could not be decoded exactly:
+// bytes that are not UTF-8 (RFC 8259 requires it) and \u escapes of
+// unpaired UTF-16 surrogates. encoding/json turns both into U+FFFD, which
+// would make different request ids equal.
+func checkJSONText(b []byte) error {
+	if !utf8.Valid(b) {
+		return &Error{Reason: ReasonInvalidUTF8, Detail: "JSON text is not valid UTF-8"}
+	}
+	if bytes.Contains(b, []byte(`\u`)) && unpairedSurrogate(b) {
+		return &Error{Reason: ReasonInvalidUTF8, Detail: "unpaired UTF-16 surrogate escape"}
+	}
+	return nil
+}
+
+// unpairedSurrogate reports whether b holds a \uD800-\uDFFF escape that is
+// not a high surrogate followed at once by a low one. Escapes are only
+// meaningful inside strings, and outside strings a backslash is invalid
+// JSON anyway, so b is scanned as a whole.
+func unpairedSurrogate(b []byte) bool {
+	hex4 := func(i int) (rune, bool) { // the escape \uXXXX starting at b[i]
+		if i+6 > len(b) || b[i] != '\\' || b[i+1] != 'u' {
+			return 0, false
+		}
+		n, err := strconv.ParseUint(string(b[i+2:i+6]), 16, 16)
+		return rune(n), err == nil
+	}
+	for i := 0; i < len(b); i++ {
+		if b[i] != '\\' {
+			continue
+		}
+		r, ok := hex4(i)
+		if !ok {
+			i++ // another escape: skip its character
+			continue
+		}
+		switch {
+		case r >= 0xDC00 && r <= 0xDFFF:
+			return true // a low surrogate first
+		case r >= 0xD800 && r <= 0xDBFF:
+			low, ok := hex4(i + 6)
+			if !ok || low < 0xDC00 || low > 0xDFFF {
+				return true
+			}
+			i += 11
+		default:
+			i += 5
+		}
+	}
+	return false
+}
+
 // Validate checks the business rules of a PaymentRequest.
 func Validate(req *v1.PaymentRequest) error {
+	for _, f := range []struct{ name, v string }{
+		{"request_id", req.GetRequestId()}, {"currency", req.GetCurrency()}, {"merchant_id", req.GetMerchantId()},
+	} {
+		if !utf8.ValidString(f.v) {
+			return &Error{Reason: ReasonInvalidUTF8, Detail: f.name}
+		}
+	}
 	switch {
 	case strings.TrimSpace(req.GetRequestId()) == "":
 		return &Error{Reason: ReasonMissingRequestID}
@@ -195,34 +284,36 @@ func Validate(req *v1.PaymentRequest) error {
 	case req.GetAmountMinor() <= 0:
 		return &Error{Reason: ReasonBadAmount, Detail: fmt.Sprintf("amount_minor %d must be > 0", req.GetAmountMinor())}
 	case !IsCurrency(req.GetCurrency()):
-		return &Error{Reason: ReasonBadCurrency, Detail: fmt.Sprintf("%q is not an ISO 4217 code", truncate(req.GetCurrency(), 16))}
+		return &Error{Reason: ReasonBadCurrency, Detail: fmt.Sprintf("%q is not an ISO 4217 code", Clip(req.GetCurrency(), 16))}
 	}
 	return nil
 }
+
+// ValidDeviceID reports why id cannot be a device id, or nil: it must have
+// 1 to 128 bytes of UTF-8 without MQTT wildcards, '/' or NUL, so that it
+// forms a valid reply topic.
+func ValidDeviceID(id string) error { return validateDeviceID(id) }
 
 func validateDeviceID(id string) error {
-	if id == "" || len(id) > maxFieldLen || strings.ContainsAny(id, "+#/\x00") {
-		return &Error{Reason: ReasonBadDeviceID, Detail: fmt.Sprintf("%q", truncate(id, 32))}
+	if id == "" || len(id) > maxFieldLen || strings.ContainsAny(id, "+#/\x00") || !utf8.ValidString(id) {
+		return &Error{Reason: ReasonBadDeviceID, Detail: fmt.Sprintf("%q (%d bytes)", Clip(id, 32), len(id))}
 	}
 	return nil
 }
 
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n] + "…"
+// Clip returns s cut to at most n bytes on a UTF-8 boundary, marked with
+// "…" when cut, with invalid bytes replaced: for logs and error details,
+// which must stay small and readable whatever a device sent.
+func Clip(s string, n int) string {
+	s = strings.ToValidUTF8(s[:min(len(s), n+utf8.UTFMax)], "\uFFFD")
+	if len(s) <= n {
+		return s
 	}
-	return s
-}
-
-// MessageID derives the deterministic message id of a request: the same
-// device and request id always give the same id, so a redelivered request is
-// recognised as a duplicate by backends.
-func MessageID(deviceID, requestID string) string {
-	h := sha256.New()
-	h.Write([]byte(deviceID))
-	h.Write([]byte{0})
-	h.Write([]byte(requestID))
-	return hex.EncodeToString(h.Sum(nil)[:16])
+	cut := n
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
 }
 
 // PaymentRequest decodes the payload of an Envelope written by Decode.

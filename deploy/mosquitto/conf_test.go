@@ -1,13 +1,17 @@
 package mosquitto
 
 import (
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/edgebridge/edgebridge/embedded"
 )
 
 func TestLocalRewritesListenerAndPersistence(t *testing.T) {
 	conf := Local(18830, "/tmp/x")
-	for _, want := range []string{"listener 18830 127.0.0.1\n", "persistence_location /tmp/x/\n", "set_tcp_nodelay true\n", "max_queued_messages 0\n"} {
+	for _, want := range []string{"listener 18830 127.0.0.1\n", "persistence_location /tmp/x/\n", "set_tcp_nodelay true\n", "max_queued_messages 0\n",
+		"max_packet_size " + strconv.Itoa(embedded.MaxPacketSize) + "\n"} {
 		if !strings.Contains(conf, want) {
 			t.Errorf("config lacks %q:\n%s", want, conf)
 		}

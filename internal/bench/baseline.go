@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -37,8 +38,12 @@ type reflector struct{ c paho.Client }
 func startReflector(broker string) (*reflector, error) {
 	r := &reflector{}
 	handle := func(c paho.Client, m paho.Message) {
+		var req struct {
+			RequestID string `json:"request_id"`
+		}
+		_ = json.Unmarshal(m.Payload(), &req) // the devices' own requests
 		reply := transcoder.EncodeReply(&v1.PaymentReply{
-			RequestId: transcoder.RequestIDHint(m.Payload()), Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED,
+			RequestId: req.RequestID, Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED,
 		})
 		topic := mqttin.ReplyTopic(rawReplyTopic, mqttin.DeviceID(m.Topic()))
 		c.Publish(topic, 1, false, reply) // the broker's PUBACK is not waited for

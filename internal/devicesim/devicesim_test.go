@@ -11,7 +11,6 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgebridge/edgebridge/embedded"
-	"github.com/edgebridge/edgebridge/transcoder"
 )
 
 func TestAppendRequest(t *testing.T) {
@@ -50,7 +49,11 @@ func echo(t *testing.T) (broker string) {
 	t.Cleanup(func() { c.Disconnect(0) })
 	tok := c.Subscribe("payment/request/+", 1, func(c paho.Client, m paho.Message) {
 		dev := strings.TrimPrefix(m.Topic(), "payment/request/")
-		c.Publish("payment/response/"+dev, 1, false, fmt.Sprintf(`{"request_id":%q,"status":"APPROVED"}`, transcoder.RequestIDHint(m.Payload())))
+		var req struct {
+			RequestID string `json:"request_id"`
+		}
+		_ = json.Unmarshal(m.Payload(), &req)
+		c.Publish("payment/response/"+dev, 1, false, fmt.Sprintf(`{"request_id":%q,"status":"APPROVED"}`, req.RequestID))
 	})
 	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatal(tok.Error())

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
@@ -523,4 +524,91 @@ func TestTargetResolvingToSeveralAddresses(t *testing.T) {
 		}
 	})
 	r.check(res, true)
+}
+
+// A REJECT whose ACK never reaches the bridge: the bridge resends the
+// delivery after the ACK deadline, the backend answers with the stored
+// REJECT (flagged duplicate, not re-run), and the bridge dead-letters it
+// then. Each is in the DLQ once and its device got REJECTED; before the
+// duplicate flag, the stored REJECT came back as DUPLICATE, was taken for
+// an approval, and was neither dead-lettered nor answered.
+func TestLostRejectAck(t *testing.T) {
+	leakCheck(t)
+	var mu sync.Mutex
+	calls, dropped := map[string]int{}, map[string]bool{}
+	rejects := func(env *v1.Envelope) bool {
+		return requestNumber(env) == 3 && env.GetDeviceId() <= "dev-0005"
+	}
+	// Drops the first ACK of each REJECT, as a connection failing between
+	// the backend's save and its ACK would.
+	drop := func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		return h(srv, &ackDropper{ServerStream: ss, drop: func(a *v1.Ack) bool {
+			mu.Lock()
+			defer mu.Unlock()
+			if a.GetOutcome() != v1.Outcome_OUTCOME_REJECT || dropped[a.GetMessageId()] {
+				return false
+			}
+			dropped[a.GetMessageId()] = true
+			return true
+		}})
+	}
+	r := newRig(t, rigOpts{
+		wrap: func(next backend.Handler) backend.Handler {
+			return func(ctx context.Context, env *v1.Envelope) backend.Result {
+				mu.Lock()
+				calls[env.MessageId]++
+				mu.Unlock()
+				if rejects(env) {
+					return backend.Result{Outcome: v1.Outcome_OUTCOME_REJECT, Code: v1.ReasonCode_REASON_CODE_NOT_PERMITTED, Reason: "card blocked"}
+				}
+				return next(ctx, env)
+			}
+		},
+		serverOpts: []grpc.ServerOption{grpc.ChainStreamInterceptor(drop)},
+		tweak:      func(c *config.Config) { c.Backend.AckTimeout = time.Second },
+	})
+	r.startBridge()
+	res := r.run(0, nil)
+	r.check(res, false)
+	const want = 5
+	if got := res.ByStatus["REJECTED"]; got != want {
+		t.Errorf("got %d REJECTED replies, want %d", got, want)
+	}
+	mu.Lock()
+	if len(dropped) != want {
+		t.Errorf("dropped %d REJECT ACKs, want %d", len(dropped), want)
+	}
+	for id := range dropped {
+		if calls[id] != 1 {
+			t.Errorf("message %s handled %d times, want once (the redelivery is answered from the store)", id, calls[id])
+		}
+	}
+	mu.Unlock()
+	if got := testutil.ToFloat64(r.bridge.Metrics().DLQ.WithLabelValues("not_permitted")); got != want {
+		t.Errorf("dead-lettered %v times, want %d (once each)", got, want)
+	}
+	seen := map[string]bool{}
+	for _, rec := range r.records(r.cfg.Kafka.DLQTopic, want) {
+		env := &v1.Envelope{}
+		if err := proto.Unmarshal(rec.Value, env); err != nil || header(rec, "edgebridge-dlq-reason") != "not_permitted" {
+			t.Fatalf("DLQ record %v: %v", rec.Headers, err)
+		}
+		if seen[env.MessageId] || !dropped[env.MessageId] {
+			t.Errorf("DLQ record for %s: twice, or not one whose ACK was lost", env.MessageId)
+		}
+		seen[env.MessageId] = true
+	}
+}
+
+// ackDropper swallows the ACKs drop picks: the backend believes it sent them.
+type ackDropper struct {
+	grpc.ServerStream
+	drop func(*v1.Ack) bool
+}
+
+func (s *ackDropper) SendMsg(m any) error {
+	if f, ok := m.(*v1.ServerFrame); ok && f.GetAck() != nil && s.drop(f.GetAck()) {
+		return nil
+	}
+	return s.ServerStream.SendMsg(m)
 }

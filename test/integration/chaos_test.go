@@ -273,7 +273,8 @@ func (c *chaosRig) drive(sc scenario) report {
 	return r
 }
 
-// backendDuplicates is how many deliveries paymentd answered DUPLICATE.
+// backendDuplicates is how many redeliveries paymentd answered with the
+// stored result (edgebridge_backend_duplicates_total).
 func (c *chaosRig) backendDuplicates() float64 {
 	resp, err := http.Get("http://" + c.payMetrics + "/metrics")
 	if err != nil {
@@ -285,15 +286,15 @@ func (c *chaosRig) backendDuplicates() float64 {
 	if err != nil {
 		c.t.Errorf("scrape paymentd: %v", err)
 	}
-	var total float64
 	for _, line := range strings.Split(string(body), "\n") {
-		if strings.HasPrefix(line, "edgebridge_backend_acks_total{") && strings.Contains(line, `outcome="duplicate"`) {
-			var v float64
-			fmt.Sscanf(line[strings.LastIndex(line, " ")+1:], "%g", &v)
-			total += v
+		if v, ok := strings.CutPrefix(line, "edgebridge_backend_duplicates_total "); ok {
+			var n float64
+			fmt.Sscanf(v, "%g", &n)
+			return n
 		}
 	}
-	return total
+	c.t.Error("paymentd does not serve edgebridge_backend_duplicates_total")
+	return 0
 }
 
 func scenarios() []scenario {

@@ -22,6 +22,7 @@ import (
 
 	runtimev1 "github.com/dapr/dapr/pkg/proto/runtime/v1"
 
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/daprcomp"
 	"github.com/edgebridge/edgebridge/internal/devicesim"
 	"github.com/edgebridge/edgebridge/transcoder"
@@ -287,7 +288,7 @@ func TestDaprPubSubEndToEnd(t *testing.T) {
 	for i := 1; i <= cfg.Devices; i++ {
 		for n := range cfg.Requests {
 			req := devicesim.RequestID(n)
-			id := transcoder.MessageID(cfg.DeviceID(i), req)
+			id := v1.MessageID(cfg.DeviceID(i), req)
 			switch got := attempts[id]; {
 			case retryFirst(req) && got < 3:
 				t.Errorf("%s/%s: %d deliveries, want 3 (RETRY twice, then OK)", cfg.DeviceID(i), req, got)

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -28,6 +29,8 @@ import (
 
 var bins struct {
 	edgebridge, paymentd string
+	// Built without -race: for memory figures.
+	edgebridgeNoRace, paymentdNoRace string
 }
 
 func TestMain(m *testing.M) {
@@ -46,11 +49,25 @@ func TestMain(m *testing.M) {
 	}
 	bins.edgebridge = filepath.Join(dir, "edgebridge")
 	bins.paymentd = filepath.Join(dir, "paymentd")
-	for out, pkg := range map[string]string{bins.edgebridge: "../../cmd/edgebridge", bins.paymentd: "../../cmd/paymentd"} {
-		cmd := exec.Command("go", "build", "-race", "-o", out, pkg)
+	bins.edgebridgeNoRace = filepath.Join(dir, "edgebridge-norace")
+	bins.paymentdNoRace = filepath.Join(dir, "paymentd-norace")
+	for _, b := range []struct {
+		out, pkg string
+		race     bool
+	}{
+		{bins.edgebridge, "../../cmd/edgebridge", true},
+		{bins.paymentd, "../../cmd/paymentd", true},
+		{bins.edgebridgeNoRace, "../../cmd/edgebridge", false},
+		{bins.paymentdNoRace, "../../cmd/paymentd", false},
+	} {
+		args := []string{"build", "-o", b.out, b.pkg}
+		if b.race {
+			args = slices.Insert(args, 1, "-race")
+		}
+		cmd := exec.Command("go", args...)
 		cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 		if err := cmd.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "integration: build", pkg, err)
+			fmt.Fprintln(os.Stderr, "integration: build", b.pkg, err)
 			os.Exit(1)
 		}
 	}
@@ -58,6 +75,8 @@ func TestMain(m *testing.M) {
 	os.RemoveAll(dir)
 	os.Exit(code)
 }
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -255,7 +274,12 @@ type paymentd struct {
 
 func startPaymentd(t *testing.T, addr, ledger string, extra ...string) *paymentd {
 	t.Helper()
-	p := start(t, bins.paymentd, append([]string{"-listen", addr, "-ledger", ledger}, extra...)...)
+	return startPaymentdBin(t, bins.paymentd, addr, ledger, extra...)
+}
+
+func startPaymentdBin(t *testing.T, bin, addr, ledger string, extra ...string) *paymentd {
+	t.Helper()
+	p := start(t, bin, append([]string{"-listen", addr, "-ledger", ledger}, extra...)...)
 	waitFor(t, 20*time.Second, "paymentd to listen", func() bool { return dialable(addr) })
 	return &paymentd{proc: p, addr: addr, ledger: ledger}
 }
@@ -319,7 +343,13 @@ shutdown:
 
 func startBridge(t *testing.T, cfgPath, admin string) *bridgeProc {
 	t.Helper()
-	p := start(t, bins.edgebridge, "run", "-config", cfgPath)
+	return startBridgeBin(t, bins.edgebridge, cfgPath, admin)
+}
+
+// startBridgeBin runs "bin run -config cfgPath" and waits until it is ready.
+func startBridgeBin(t *testing.T, bin, cfgPath, admin string) *bridgeProc {
+	t.Helper()
+	p := start(t, bin, "run", "-config", cfgPath)
 	b := &bridgeProc{proc: p, admin: admin}
 	t.Cleanup(func() { // runs before the process is killed
 		if t.Failed() {

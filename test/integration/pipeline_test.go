@@ -12,6 +12,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/twmb/franz-go/pkg/kgo"
 
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/internal/devicesim"
 	"github.com/edgebridge/edgebridge/payment"
 	"github.com/edgebridge/edgebridge/transcoder"
@@ -61,7 +62,7 @@ func checkLedger(t *testing.T, path string, cfgs ...devicesim.Config) {
 		want += cfg.Devices * cfg.Requests
 	}
 	for _, e := range entries {
-		if e.MessageID != transcoder.MessageID(e.DeviceID, e.RequestID) {
+		if e.MessageID != v1.MessageID(e.DeviceID, e.RequestID) {
 			t.Errorf("ledger entry %+v: message id not derived from device and request id", e)
 		}
 	}

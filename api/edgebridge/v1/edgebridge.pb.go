@@ -86,7 +86,9 @@ const (
 	Outcome_OUTCOME_UNSPECIFIED Outcome = 0
 	// Processed; reply (if any) goes to the device.
 	Outcome_OUTCOME_OK Outcome = 1
-	// Already processed earlier; reply is the stored one.
+	// Already processed earlier; reply is the stored one. Superseded by
+	// Ack.duplicate with the original outcome (a stored REJECT must stay a
+	// REJECT); still accepted from older backends and treated like OK.
 	Outcome_OUTCOME_DUPLICATE Outcome = 2
 	// Temporary failure: redeliver later.
 	Outcome_OUTCOME_RETRY Outcome = 3
@@ -237,7 +239,15 @@ type Envelope struct {
 	// Delivery attempt, 1 for the first delivery to a backend.
 	Attempt uint32 `protobuf:"varint,8,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	// W3C trace context (traceparent, tracestate) when the device sent one.
-	TraceContext  map[string]string `protobuf:"bytes,9,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	TraceContext map[string]string `protobuf:"bytes,9,rep,name=trace_context,json=traceContext,proto3" json:"trace_context,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// SHA-256 (hex) of the request's business content (for a PaymentRequest:
+	// request_id, amount_minor, currency, merchant_id; see Fingerprint in
+	// contract.go), independent of the device's encoding and of trace
+	// context. A backend stores it with the result: a redelivery with the
+	// same message_id and the same fingerprint gets the stored result; a
+	// different fingerprint is a conflict (REJECT, REASON_CODE_CONFLICT).
+	// Empty from bridges older than this field: it then matches any content.
+	Fingerprint   string `protobuf:"bytes,10,opt,name=fingerprint,proto3" json:"fingerprint,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -333,6 +343,13 @@ func (x *Envelope) GetTraceContext() map[string]string {
 		return x.TraceContext
 	}
 	return nil
+}
+
+func (x *Envelope) GetFingerprint() string {
+	if x != nil {
+		return x.Fingerprint
+	}
+	return ""
 }
 
 // PaymentRequest is the validated form of a device's payment request.
@@ -717,6 +734,7 @@ type Hello struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	BridgeId string                 `protobuf:"bytes,1,opt,name=bridge_id,json=bridgeId,proto3" json:"bridge_id,omitempty"`
 	// The most un-ACKed deliveries the bridge will keep on this stream.
+	// Backends clamp it to MaxWindow (65536), the largest a bridge sends.
 	Window        uint32 `protobuf:"varint,2,opt,name=window,proto3" json:"window,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -904,7 +922,11 @@ type Ack struct {
 	// Human-readable detail; never shown to the device as a code.
 	Reason string `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
 	// Reply to publish to the device, already in the device's format.
-	Reply         []byte `protobuf:"bytes,6,opt,name=reply,proto3" json:"reply,omitempty"`
+	Reply []byte `protobuf:"bytes,6,opt,name=reply,proto3" json:"reply,omitempty"`
+	// Set when this message id was processed before and the outcome, code,
+	// reason and reply are the stored ones (a redelivery): the bridge acts on
+	// the outcome as usual and counts a wire duplicate.
+	Duplicate     bool `protobuf:"varint,8,opt,name=duplicate,proto3" json:"duplicate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -979,6 +1001,13 @@ func (x *Ack) GetReply() []byte {
 		return x.Reply
 	}
 	return nil
+}
+
+func (x *Ack) GetDuplicate() bool {
+	if x != nil {
+		return x.Duplicate
+	}
+	return false
 }
 
 // Credit sets the backend's current grant of un-ACKed deliveries (absolute, not a delta).
@@ -1191,7 +1220,7 @@ var File_edgebridge_v1_edgebridge_proto protoreflect.FileDescriptor
 
 const file_edgebridge_v1_edgebridge_proto_rawDesc = "" +
 	"\n" +
-	"\x1eedgebridge/v1/edgebridge.proto\x12\redgebridge.v1\"\xa3\x03\n" +
+	"\x1eedgebridge/v1/edgebridge.proto\x12\redgebridge.v1\"\xc5\x03\n" +
 	"\bEnvelope\x12\x1d\n" +
 	"\n" +
 	"message_id\x18\x01 \x01(\tR\tmessageId\x12\x1b\n" +
@@ -1203,7 +1232,9 @@ const file_edgebridge_v1_edgebridge_proto_rawDesc = "" +
 	"\fcontent_type\x18\x06 \x01(\tR\vcontentType\x12\x18\n" +
 	"\apayload\x18\a \x01(\fR\apayload\x12\x18\n" +
 	"\aattempt\x18\b \x01(\rR\aattempt\x12N\n" +
-	"\rtrace_context\x18\t \x03(\v2).edgebridge.v1.Envelope.TraceContextEntryR\ftraceContext\x1a?\n" +
+	"\rtrace_context\x18\t \x03(\v2).edgebridge.v1.Envelope.TraceContextEntryR\ftraceContext\x12 \n" +
+	"\vfingerprint\x18\n" +
+	" \x01(\tR\vfingerprint\x1a?\n" +
 	"\x11TraceContextEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x8f\x01\n" +
@@ -1245,7 +1276,7 @@ const file_edgebridge_v1_edgebridge_proto_rawDesc = "" +
 	"\aDeliver\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x123\n" +
 	"\benvelope\x18\x02 \x01(\v2\x17.edgebridge.v1.EnvelopeR\benvelope\x12\x18\n" +
-	"\aresends\x18\x03 \x01(\rR\aresends\"\xd8\x01\n" +
+	"\aresends\x18\x03 \x01(\rR\aresends\"\xf6\x01\n" +
 	"\x03Ack\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x1d\n" +
 	"\n" +
@@ -1253,7 +1284,8 @@ const file_edgebridge_v1_edgebridge_proto_rawDesc = "" +
 	"\aoutcome\x18\x03 \x01(\x0e2\x16.edgebridge.v1.OutcomeR\aoutcome\x12-\n" +
 	"\x04code\x18\a \x01(\x0e2\x19.edgebridge.v1.ReasonCodeR\x04code\x12\x16\n" +
 	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x14\n" +
-	"\x05reply\x18\x06 \x01(\fR\x05replyJ\x04\b\x04\x10\x05R\vreason_code\"\"\n" +
+	"\x05reply\x18\x06 \x01(\fR\x05reply\x12\x1c\n" +
+	"\tduplicate\x18\b \x01(\bR\tduplicateJ\x04\b\x04\x10\x05R\vreason_code\"\"\n" +
 	"\x06Credit\x12\x18\n" +
 	"\acredits\x18\x01 \x01(\rR\acredits\">\n" +
 	"\x04Ping\x12\x10\n" +

@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -55,20 +58,7 @@ func TestOutcomes(t *testing.T) {
 	for _, id := range []string{"retry-twice", "reject", "retry-ever"} {
 		dev.Publish("payment/request/dev-1", 1, false, `{"request_id":"`+id+`","amount_minor":100,"currency":"EUR"}`).Wait()
 	}
-	got := map[string]transcoder.Reply{}
-	timeout := time.NewTimer(30 * time.Second)
-	defer timeout.Stop()
-	for len(got) < 3 {
-		select {
-		case payload := <-replies:
-			var r transcoder.Reply
-			if json.Unmarshal(payload, &r) == nil {
-				got[r.RequestID] = r
-			}
-		case <-timeout.C:
-			t.Fatalf("got replies %v, want 3", got)
-		}
-	}
+	got := awaitReplies(t, replies, 3)
 	want := map[string]string{"retry-twice": "APPROVED", "reject": "REJECTED", "retry-ever": "ERROR"}
 	for id, status := range want {
 		if got[id].Status != status {
@@ -131,7 +121,7 @@ func newPipeline(t *testing.T, handle backend.Handler) *pipeline {
 
 // start runs the bridge until the end of the test (then stops it and
 // checks Run's error) and waits until it is ready.
-func (p *pipeline) start(t *testing.T) {
+func (p *pipeline) start(t *testing.T) *bridge.Bridge {
 	t.Helper()
 	b, err := bridge.New(p.cfg)
 	if err != nil {
@@ -147,6 +137,7 @@ func (p *pipeline) start(t *testing.T) {
 		}
 	})
 	waitUntil(t, "bridge ready", func() bool { ok, _ := b.Ready(); return ok })
+	return b
 }
 
 // device connects a device straight to the MQTT broker, subscribed to its
@@ -160,6 +151,26 @@ func (p *pipeline) device(t *testing.T, id string, replies chan<- []byte) paho.C
 	t.Cleanup(func() { dev.Disconnect(0) })
 	dev.Subscribe("payment/response/"+id, 1, func(_ paho.Client, m paho.Message) { replies <- m.Payload() }).Wait()
 	return dev
+}
+
+// awaitReplies collects n replies, by request id.
+func awaitReplies(t *testing.T, replies <-chan []byte, n int) map[string]transcoder.Reply {
+	t.Helper()
+	got := map[string]transcoder.Reply{}
+	timeout := time.NewTimer(30 * time.Second)
+	defer timeout.Stop()
+	for len(got) < n {
+		select {
+		case payload := <-replies:
+			var r transcoder.Reply
+			if json.Unmarshal(payload, &r) == nil {
+				got[r.RequestID] = r
+			}
+		case <-timeout.C:
+			t.Fatalf("got replies %v, want %d", got, n)
+		}
+	}
+	return got
 }
 
 func approve(env *v1.Envelope) backend.Result {
@@ -231,5 +242,47 @@ func TestReadyDaprOnly(t *testing.T) {
 	want := []string{"mqtt not subscribed", "kafka unreachable or refusing writes", "dapr component socket not serving"}
 	if ok || !slices.Equal(why, want) {
 		t.Errorf("got ready %v %q, want false %q", ok, why, want)
+	}
+}
+
+// Kafka refuses a request record for good (the request topic's
+// max.message.bytes is lower than the bridge was told): that record alone
+// is dead-lettered as a stub and answered REJECTED; the requests around it
+// in the same batch are written once and answered; the bridge stays ready.
+func TestKafkaRefusalIsFinalForThatRecordOnly(t *testing.T) {
+	leakCheck(t)
+	p := newPipeline(t, func(_ context.Context, env *v1.Envelope) backend.Result { return approve(env) })
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	res, err := (&kafka.Client{Addr: kafka.TCP(p.kafka.Addr()), Transport: tr}).CreateTopics(context.Background(), &kafka.CreateTopicsRequest{
+		Topics: []kafka.TopicConfig{{Topic: p.cfg.Kafka.Topic, NumPartitions: 2, ReplicationFactor: 1,
+			ConfigEntries: []kafka.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: "600"}}}}})
+	if err != nil || res.Errors[p.cfg.Kafka.Topic] != nil {
+		t.Fatalf("create topic: %v %v", err, res.Errors)
+	}
+	b := p.start(t)
+	replies := make(chan []byte, 10)
+	dev := p.device(t, "dev-1", replies)
+	// A long tracestate makes the one envelope larger than the topic allows.
+	big := `{"request_id":"r-big","amount_minor":100,"currency":"EUR","traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01","tracestate":"` +
+		strings.Repeat("s", 500) + `"}`
+	for _, body := range []string{`{"request_id":"r-1","amount_minor":100,"currency":"EUR"}`, big, `{"request_id":"r-2","amount_minor":100,"currency":"EUR"}`} {
+		dev.Publish("payment/request/dev-1", 1, false, body) // one batch, if they arrive together
+	}
+	got := awaitReplies(t, replies, 3)
+	if r := got["r-big"]; r.Status != transcoder.StatusRejected || r.Code != "internal" || !strings.HasPrefix(r.Reason, "kafka_record_too_large") {
+		t.Errorf("refused request: got %+v, want REJECTED internal kafka_record_too_large", r)
+	}
+	if got["r-1"].Status != transcoder.StatusApproved || got["r-2"].Status != transcoder.StatusApproved {
+		t.Errorf("requests around the refused one: got %+v", got)
+	}
+	if ok, why := b.Ready(); !ok {
+		t.Errorf("bridge not ready after a refusal: %v", why)
+	}
+	if n := testutil.ToFloat64(b.Metrics().Produced); n != 3 { // two requests, one dead letter
+		t.Errorf("got %v records produced, want 3 (none written twice)", n)
+	}
+	if n := testutil.ToFloat64(b.Metrics().DLQ.WithLabelValues("kafka_record_too_large")); n != 1 {
+		t.Errorf("got %v dead letters kafka_record_too_large, want 1", n)
 	}
 }

@@ -238,6 +238,7 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 		}
 		errs := b.producer.Produce(context.WithoutCancel(ctx), recs)
 		var first error
+		unreachable := false
 		left := pending[:0]
 		for k, i := range pending {
 			err := errs[k]
@@ -246,6 +247,12 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 				continue
 			}
 			first = cmp.Or(first, err)
+			// A dead letter refused even as a stub (a DLQ topic the bridge
+			// may not write) stalls intake until an operator fixes it.
+			stub := adms[i].dead != nil && adms[i].dead.Keep == deadLetterStub
+			if kafkapipe.IsRetryable(err) || stub {
+				unreachable = true
+			}
 			if !kafkapipe.IsRetryable(err) {
 				b.log.Warn("bridge: kafka refused a record; dead-lettering it", "device_id", transcoder.Clip(batch[i].DeviceID, 64),
 					"topic", recs[k].Topic, "err", err)
@@ -256,7 +263,9 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 		pending = left
 		if first != nil {
 			b.metrics.ProduceErrors.Inc()
-			b.kafkaOK.Store(false)
+			// A refusal is Kafka answering: the records become dead
+			// letters at once, the bridge stays ready.
+			b.kafkaOK.Store(!unreachable)
 			return fmt.Errorf("%d of %d records: %w", len(pending), len(recs), first)
 		}
 		return nil

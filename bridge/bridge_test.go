@@ -24,6 +24,7 @@ import (
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/kafkapipe"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
 
@@ -285,4 +286,37 @@ func TestKafkaRefusalIsFinalForThatRecordOnly(t *testing.T) {
 	if n := testutil.ToFloat64(b.Metrics().DLQ.WithLabelValues("kafka_record_too_large")); n != 1 {
 		t.Errorf("got %v dead letters kafka_record_too_large, want 1", n)
 	}
+}
+
+// A request record whose device id forms no valid reply topic (written to
+// Kafka by something other than this bridge's intake): the backend's reply
+// is not published — publishing it would get the bridge disconnected by
+// Mosquitto, again after every reconnect — but counted and logged, and the
+// record is finished, so nothing behind it waits.
+func TestReplyToInvalidTopicIsNotPublished(t *testing.T) {
+	leakCheck(t)
+	p := newPipeline(t, func(_ context.Context, env *v1.Envelope) backend.Result { return approve(env) })
+	b := p.start(t)
+	replies := make(chan []byte, 1)
+	p.device(t, "dev-2", replies)
+	for _, device := range []string{"dev\x01bad", "dev-2"} {
+		env, err := transcoder.New(0).Decode(transcoder.Input{DeviceID: device, Topic: "payment/request/" + device,
+			Payload: []byte(`{"request_id":"r-1","amount_minor":100,"currency":"EUR"}`)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		value, _ := proto.Marshal(env)
+		prod, err := kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: []string{p.kafka.Addr()}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := prod.Write(context.Background(), kafkapipe.Record{Topic: p.cfg.Kafka.Topic, Key: []byte("same-partition"), Value: value}); err != nil {
+			t.Fatal(err)
+		}
+		prod.Close()
+	}
+	if got := awaitReplies(t, replies, 1); got["r-1"].Status != transcoder.StatusApproved {
+		t.Fatalf("the request behind it: got %+v, want APPROVED", got)
+	}
+	waitUntil(t, "the invalid topic counted", func() bool { return testutil.ToFloat64(b.Metrics().InvalidTopics) == 1 })
 }

@@ -38,11 +38,10 @@ const (
 // device and request id always give the same id, so a redelivery is
 // recognised as one.
 func MessageID(deviceID, requestID string) string {
-	h := sha256.New()
-	h.Write([]byte(deviceID))
-	h.Write([]byte{0})
-	h.Write([]byte(requestID))
-	return hex.EncodeToString(h.Sum(nil)[:16])
+	var buf [2*MaxIDLen + 1]byte // on the stack for ids within the limits
+	b := append(append(append(buf[:0], deviceID...), 0), requestID...)
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:16])
 }
 
 // Fingerprint is the SHA-256 (hex) of a payment request's business content:
@@ -52,19 +51,20 @@ func MessageID(deviceID, requestID string) string {
 // protobuf) or on trace context, so a redelivery has the same fingerprint,
 // and a request id reused for another amount, currency or merchant does not.
 func Fingerprint(req *PaymentRequest) string {
-	h := sha256.New()
-	field := func(name, value string) {
-		h.Write([]byte(name))
-		h.Write([]byte{0})
-		h.Write([]byte(strconv.Itoa(len(value))))
-		h.Write([]byte{0})
-		h.Write([]byte(value))
-	}
-	field("request_id", req.GetRequestId())
-	field("amount_minor", strconv.FormatInt(req.GetAmountMinor(), 10))
-	field("currency", req.GetCurrency())
-	field("merchant_id", req.GetMerchantId())
-	return hex.EncodeToString(h.Sum(nil))
+	var buf [512]byte
+	var amount [20]byte
+	b := appendField(buf[:0], "request_id", req.GetRequestId())
+	b = appendField(b, "amount_minor", string(strconv.AppendInt(amount[:0], req.GetAmountMinor(), 10)))
+	b = appendField(b, "currency", req.GetCurrency())
+	b = appendField(b, "merchant_id", req.GetMerchantId())
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
+}
+
+func appendField(b []byte, name, value string) []byte {
+	b = append(append(b, name...), 0)
+	b = append(strconv.AppendInt(b, int64(len(value)), 10), 0)
+	return append(b, value...)
 }
 
 // ErrInvalidEnvelope is wrapped by every error of CheckEnvelope.

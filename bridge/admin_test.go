@@ -21,7 +21,7 @@ func serveAdmin(t *testing.T, pprof bool) func(path string) (int, string) {
 	cfg.MQTT.Broker = "tcp://127.0.0.1:1"
 	cfg.Kafka.Brokers = []string{"127.0.0.1:1"}
 	cfg.Admin.Pprof = pprof
-	b, err := bridge.New(cfg)
+	b, err := bridge.New(cfg, bridge.WithBuildInfo(bridge.BuildInfo{Version: "v9.9.9", Revision: "abc123", GoVersion: "go1.26"}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,8 @@ func serveAdmin(t *testing.T, pprof bool) func(path string) (int, string) {
 func TestAdminMetricsAndPprof(t *testing.T) {
 	get := serveAdmin(t, false)
 	code, body := get("/metrics")
-	for _, want := range []string{"\ngo_goroutines ", "\nprocess_resident_memory_bytes ", "\nedgebridge_mqtt_messages_received_total "} {
+	for _, want := range []string{"\ngo_goroutines ", "\nprocess_resident_memory_bytes ", "\nedgebridge_mqtt_messages_received_total ",
+		"\nedgebridge_build_info{goversion=\"go1.26\",revision=\"abc123\",version=\"v9.9.9\"} 1\n"} {
 		if code != http.StatusOK || !strings.Contains(body, want) {
 			t.Errorf("/metrics (%d) lacks %q", code, strings.TrimSpace(want))
 		}

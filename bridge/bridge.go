@@ -51,6 +51,7 @@ type Bridge struct {
 
 	kafkaOK  atomic.Bool
 	poolOpts []grpcout.Option
+	build    *BuildInfo
 }
 
 // finishJob completes one fetched record: dead-letter it (if dlq is set),
@@ -76,6 +77,9 @@ type Option func(*Bridge)
 
 // WithLogger sets the logger. Default: slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(b *Bridge) { b.log = l } }
+
+// WithBuildInfo publishes the binary's build as edgebridge_build_info.
+func WithBuildInfo(bi BuildInfo) Option { return func(b *Bridge) { b.build = &bi } }
 
 // WithPoolOptions passes options to the backend pool (a dialer, a resolver).
 func WithPoolOptions(opts ...grpcout.Option) Option {
@@ -121,6 +125,9 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 		}
 	}
 	b.metrics.observeWindow(b.win)
+	if b.build != nil {
+		b.metrics.observeBuild(*b.build)
+	}
 	if cfg.Dapr.Enabled {
 		if b.dapr, err = b.newDapr(); err != nil {
 			return nil, err

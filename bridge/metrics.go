@@ -23,6 +23,7 @@ import (
 //	edgebridge_dapr_events_total{event}        Dapr component: delivered, redelivered, acked, failed,
 //	                                           dead_lettered, published, replied, commanded
 //	edgebridge_dapr_subscriptions              Dapr subscription streams open
+//	edgebridge_build_info{version,revision,goversion}  1 (with WithBuildInfo)
 //
 // and the gRPC stream metrics of package grpcmetrics (edgebridge_grpc_stream_*).
 type Metrics struct {
@@ -82,6 +83,19 @@ func (m *Metrics) observeDapr(e daprcomp.Event) {
 	default:
 		m.DaprEvents.WithLabelValues(string(e.Kind)).Inc()
 	}
+}
+
+// BuildInfo describes the running binary.
+type BuildInfo struct {
+	Version, Revision, Time, GoVersion string
+}
+
+// observeBuild registers edgebridge_build_info.
+func (m *Metrics) observeBuild(bi BuildInfo) {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "edgebridge_build_info",
+		Help: "Always 1; the labels say which build is running."}, []string{"version", "revision", "goversion"})
+	g.WithLabelValues(bi.Version, bi.Revision, bi.GoVersion).Set(1)
+	m.Registry.MustRegister(g)
 }
 
 func (m *Metrics) observeWindow(w *ackwindow.Window) {

@@ -3,16 +3,15 @@
 package config
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"time"
 
@@ -32,6 +31,15 @@ type Config struct {
 	Dapr     Dapr     `yaml:"dapr"`
 	Admin    Admin    `yaml:"admin"`
 	Shutdown Shutdown `yaml:"shutdown"`
+	Log      Log      `yaml:"log"`
+}
+
+// Log settings.
+type Log struct {
+	// Format of the lines on stderr: text (key=value) or json. Default: text.
+	Format string `yaml:"format"`
+	// Level: debug, info, warn or error. Default: info.
+	Level string `yaml:"level"`
 }
 
 // MQTT settings.
@@ -295,6 +303,8 @@ func (c *Config) ApplyDefaults() {
 	defI(&c.Dapr.MaxAttempts, 5)
 	defD(&c.Dapr.RetryBackoff, time.Second)
 	def(&c.Admin.Listen, "127.0.0.1:9464")
+	def(&c.Log.Format, "text")
+	def(&c.Log.Level, "info")
 	defD(&c.Shutdown.DrainTimeout, 30*time.Second)
 }
 
@@ -306,11 +316,18 @@ func (c *Config) EmbeddedKafka() bool {
 	return len(c.Kafka.Brokers) == 1 && c.Kafka.Brokers[0] == Embedded
 }
 
-// Validate returns every problem in c, joined; nil if there is none.
+// Validate returns every problem in c as Problems; nil if there is none.
 func (c *Config) Validate() error {
-	var errs []error
+	if ps := c.problems(); len(ps) > 0 {
+		return ps
+	}
+	return nil
+}
+
+func (c *Config) problems() Problems {
+	var ps Problems
 	bad := func(key, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: %s", key, fmt.Sprintf(format, args...)))
+		ps = append(ps, Problem{Key: key, Msg: fmt.Sprintf(format, args...)})
 	}
 	addr := func(key, v string) {
 		if _, _, err := net.SplitHostPort(v); err != nil {
@@ -363,8 +380,11 @@ func (c *Config) Validate() error {
 	if c.Kafka.Partitions < 1 || c.Kafka.Partitions > 1024 {
 		bad("kafka.partitions", "%d must be between 1 and 1024", c.Kafka.Partitions)
 	}
-	if c.Kafka.BatchTimeout < 0 || c.Kafka.CommitInterval < 0 {
-		bad("kafka", "durations must not be negative")
+	if c.Kafka.BatchTimeout < 0 {
+		bad("kafka.batch_timeout", "must not be negative")
+	}
+	if c.Kafka.CommitInterval < 0 {
+		bad("kafka.commit_interval", "must not be negative")
 	}
 	if m := c.Kafka.MaxMessageBytes; m < 64<<10 || m > 100<<20 {
 		bad("kafka.max_message_bytes", "%d must be between 65536 and 104857600", m)
@@ -437,7 +457,13 @@ func (c *Config) Validate() error {
 	if c.Shutdown.DrainTimeout < 0 {
 		bad("shutdown.drain_timeout", "must not be negative")
 	}
-	return errors.Join(errs...)
+	if f := c.Log.Format; f != "text" && f != "json" {
+		bad("log.format", "%q must be text or json", f)
+	}
+	if l := c.Log.Level; l != "debug" && l != "info" && l != "warn" && l != "error" {
+		bad("log.level", "%q must be debug, info, warn or error", l)
+	}
+	return ps
 }
 
 // maxSocketPath is the longest path a Unix socket can have on Linux
@@ -514,18 +540,35 @@ func (b Backend) Token() (string, error) {
 	return tok, nil
 }
 
-// Parse decodes YAML, rejecting unknown keys, then applies defaults and
-// validates. The error lists every problem.
+// Parse decodes YAML, expands ${VAR} and ${VAR:-default} in values,
+// applies defaults and validates. Unknown keys (with a guess at the key
+// meant), values of the wrong type and invalid settings are all reported
+// together, as Problems with their lines; only a YAML syntax error stops
+// the reading early.
 func Parse(b []byte) (Config, error) {
-	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) { // empty file: all defaults
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
+	var c Config
+	ps := expandEnv(&doc)
+	if len(doc.Content) > 0 { // an empty file: all defaults
+		ps = append(ps, unknownKeys(doc.Content[0], reflect.TypeFor[Config](), "")...)
+		if err := doc.Decode(&c); err != nil {
+			var te *yaml.TypeError
+			if !errors.As(err, &te) {
+				return Config{}, fmt.Errorf("config: %w", err)
+			}
+			ps = append(ps, typeProblems(&doc, te)...)
+		}
+	}
 	c.ApplyDefaults()
-	if err := c.Validate(); err != nil {
-		return Config{}, fmt.Errorf("config: invalid:\n%w", err)
+	for _, p := range c.problems() {
+		p.Line = lineOf(&doc, p.Key)
+		ps = append(ps, p)
+	}
+	if len(ps) > 0 {
+		return Config{}, fmt.Errorf("config: invalid, %d problem(s):\n%w", len(ps), ps.sorted())
 	}
 	return c, nil
 }

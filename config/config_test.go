@@ -2,6 +2,7 @@ package config
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"strings"
 	"testing"
@@ -218,5 +219,75 @@ func TestBatchTimeoutAndPprof(t *testing.T) {
 	}
 	if c.Kafka.BatchTimeout != time.Millisecond || !c.Admin.Pprof {
 		t.Fatalf("got batch_timeout %s, pprof %v", c.Kafka.BatchTimeout, c.Admin.Pprof)
+	}
+}
+
+// One typo and six bad values: seven findings, each with its line, the
+// typo with the key meant, type errors and semantic problems together.
+func TestParseReportsEveryProblemWithItsLine(t *testing.T) {
+	doc := `mqtt:
+  brokr: tcp://127.0.0.1:1883
+  max_payload: 2000000
+kafka:
+  partitions: -3
+  commit_interval: -1s
+backend:
+  window: lots
+  max_attempts: -2
+admin:
+  listen: nowhere
+`
+	_, err := Parse([]byte(doc))
+	var ps Problems
+	if !errors.As(err, &ps) {
+		t.Fatalf("got %v, want Problems", err)
+	}
+	want := []string{
+		`line 2: mqtt.brokr: unknown key; did you mean "broker"?`,
+		"line 3: mqtt.max_payload: 2000000 must be between 1 and 1040384",
+		"line 5: kafka.partitions: -3 must be between 1 and 1024",
+		"line 6: kafka.commit_interval: must not be negative",
+		"line 8: backend.window: cannot unmarshal !!str `lots` into int",
+		"line 9: backend.max_attempts: -2 must be at least 1",
+		`line 11: admin.listen: "nowhere" is not host:port`,
+	}
+	if len(ps) != len(want) {
+		t.Fatalf("got %d findings, want %d:\n%v", len(ps), len(want), err)
+	}
+	for i, w := range want {
+		if got := ps[i].String(); !strings.HasPrefix(got, w) {
+			t.Errorf("finding %d: got %q, want %q…", i+1, got, w)
+		}
+	}
+}
+
+// ${VAR} and ${VAR:-default} in values come from the environment, typed
+// by what they expand to; an unset variable without default is a problem
+// that names it; keys, quoted values and $${…} stay as written.
+func TestParseExpandsEnvironment(t *testing.T) {
+	t.Setenv("EB_MQTT", "tcp://10.0.0.9:1883")
+	t.Setenv("EB_WINDOW", "64")
+	t.Setenv("EB_EMPTY", "")
+	c, err := Parse([]byte(`# comments may say ${ANYTHING}
+mqtt:
+  broker: ${EB_MQTT}
+  client_id: "${EB_CLIENT:-bridge-7}"
+  reply_topic: "payment/$${x}/{device_id}"
+kafka:
+  brokers: ["${EB_KAFKA:-10.0.0.8:9092}"]
+  group_id: ${EB_EMPTY:-edge}
+backend:
+  window: ${EB_WINDOW}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MQTT.Broker != "tcp://10.0.0.9:1883" || c.MQTT.ClientID != "bridge-7" || c.Kafka.Brokers[0] != "10.0.0.8:9092" ||
+		c.Kafka.GroupID != "edge" || c.Backend.Window != 64 || c.MQTT.ReplyTopic != "payment/${x}/{device_id}" {
+		t.Fatalf("got mqtt %+v, kafka %v/%s, window %d", c.MQTT, c.Kafka.Brokers, c.Kafka.GroupID, c.Backend.Window)
+	}
+	_, err = Parse([]byte("mqtt:\n  client_id: bridge\n  broker: ${EB_UNSET_BROKER}\n"))
+	if err == nil || !strings.Contains(err.Error(), "line 3: environment variable EB_UNSET_BROKER is not set") {
+		t.Fatalf("got %v, want the unset variable named with its line", err)
 	}
 }

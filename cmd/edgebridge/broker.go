@@ -18,19 +18,27 @@ import (
 // SIGTERM: "kafka" (kfake, every produced batch fsynced unless -fsync=false)
 // or "mqtt" (mochi with a bbolt store). Data survives restarts and kill -9.
 func brokerCmd(args []string) error {
-	if len(args) == 0 || (args[0] != "kafka" && args[0] != "mqtt") {
-		return errors.New("broker: want \"broker kafka\" or \"broker mqtt\"")
+	kind := "kafka|mqtt"
+	if len(args) > 0 && (args[0] == "kafka" || args[0] == "mqtt") {
+		kind, args = args[0], args[1:]
 	}
-	kind := args[0]
 	fs := flag.NewFlagSet("broker "+kind, flag.ContinueOnError)
 	defListen := map[string]string{"kafka": "127.0.0.1:9092", "mqtt": "127.0.0.1:1883"}[kind]
-	listen := fs.String("listen", defListen, "listen address (port 0 picks a free one)")
+	listen := fs.String("listen", defListen, "listen address (port 0 picks a free one; default 127.0.0.1:9092 for kafka, 127.0.0.1:1883 for mqtt)")
 	data := fs.String("data", "./edgebridge-data", "data directory")
 	partitions := fs.Int("partitions", 8, "partitions of auto-created topics (kafka)")
 	advertise := fs.String("advertise", "", "host:port clients are told to use, if not the listen address (kafka)")
 	fsync := fs.Bool("fsync", true, "fsync every produced batch before acknowledging it (kafka); false = page cache only, as Apache Kafka's default")
-	if err := fs.Parse(args[1:]); err != nil {
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: edgebridge broker kafka|mqtt [flags]\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if kind == "kafka|mqtt" {
+		fs.Usage()
+		return errors.New("broker: want \"broker kafka\" or \"broker mqtt\"")
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -6,16 +6,16 @@
 //	edgebridge bench [flags]          measure the pipeline against raw MQTT, Kafka and gRPC
 //	edgebridge broker kafka|mqtt      run an embedded broker as its own process
 //	edgebridge validate -config FILE  check a config file, listing every problem
+//	edgebridge probe [-url URL]       exit 0 when the bridge's admin endpoint says ready
 //	edgebridge version
 package main
 
 import (
+	"errors"
+	"flag"
 	"fmt"
 	"os"
 )
-
-// version is set at build time with -ldflags "-X main.version=…".
-var version = "dev"
 
 func main() {
 	if len(os.Args) < 2 {
@@ -34,8 +34,10 @@ func main() {
 		err = brokerCmd(args)
 	case "validate":
 		err = validateCmd(args)
-	case "version":
-		fmt.Println("edgebridge", version)
+	case "probe":
+		err = probeCmd(args)
+	case "version", "--version", "-version":
+		printVersion()
 	case "help", "-h", "--help":
 		usage()
 	default:
@@ -43,7 +45,10 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
-	if err != nil {
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		// -h: the command printed its flags; asking is not a failure.
+	case err != nil:
 		fmt.Fprintln(os.Stderr, "edgebridge:", err)
 		os.Exit(1)
 	}
@@ -58,7 +63,10 @@ func usage() {
                                      the pipeline measured against raw MQTT, Kafka and gRPC
   edgebridge broker kafka|mqtt [-listen ADDR] [-data DIR] [-partitions N]
                                      an embedded broker as its own process; data survives restarts
-  edgebridge validate -config FILE   exit 0 if valid, else list every problem
-  edgebridge version
+  edgebridge validate -config FILE   exit 0 if valid, else list every problem with its line
+  edgebridge probe [-url URL]        exit 0 when the admin endpoint says ready (container health checks)
+  edgebridge version                 version, commit, build time and Go version (also --version)
+
+Every command lists its flags with -h.
 `)
 }

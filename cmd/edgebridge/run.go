@@ -51,9 +51,20 @@ func runCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	log := newLogger(cfg.Log)
 	ctx := shutdownContext(log)
 	return runBridge(ctx, cfg, log, nil)
+}
+
+// newLogger writes to stderr as log.format and log.level say.
+func newLogger(c config.Log) *slog.Logger {
+	var level slog.Level
+	_ = level.UnmarshalText([]byte(c.Level)) // validated: debug, info, warn, error
+	opts := &slog.HandlerOptions{Level: level}
+	if c.Format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts))
 }
 
 // shutdownContext ends on the first SIGINT/SIGTERM (graceful drain); a
@@ -96,7 +107,7 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 		cfg.MQTT.Broker = "tcp://" + m.Addr()
 		log.Info("edgebridge: embedded mqtt", "addr", m.Addr())
 	}
-	b, err := bridge.New(cfg, bridge.WithLogger(log))
+	b, err := bridge.New(cfg, bridge.WithLogger(log), bridge.WithBuildInfo(buildInfo()))
 	if err != nil {
 		return err
 	}

@@ -32,10 +32,62 @@ func TestValidateCommand(t *testing.T) {
 			t.Errorf("output does not list %s:\n%s", want, out)
 		}
 	}
-	out, _ = exec.Command(bins.edgebridge, "version").CombinedOutput()
-	if !strings.HasPrefix(string(out), "edgebridge ") {
-		t.Errorf("version printed %q", out)
+	// One typo and a bad value: both reported, each with its line.
+	typo := filepath.Join(dir, "typo.yaml")
+	os.WriteFile(typo, []byte("mqtt:\n  brokr: tcp://127.0.0.1:1883\nbackend:\n  window: -1\n"), 0o644)
+	out, _ = exec.Command(bins.edgebridge, "validate", "-config", typo).CombinedOutput()
+	for _, want := range []string{`line 2: mqtt.brokr: unknown key; did you mean "broker"?`, "line 4: backend.window"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("validate output lacks %q:\n%s", want, out)
+		}
 	}
+}
+
+// Every command answers -h with its flags and exit 0; version and
+// --version print the version, commit, build time and Go version.
+func TestHelpAndVersion(t *testing.T) {
+	for _, args := range [][]string{{"-h"}, {"run", "-h"}, {"demo", "-h"}, {"bench", "-h"}, {"broker", "-h"},
+		{"broker", "kafka", "-h"}, {"validate", "-h"}, {"probe", "-h"}} {
+		out, err := exec.Command(bins.edgebridge, args...).CombinedOutput()
+		if err != nil {
+			t.Errorf("%v: got %v, want exit 0\n%s", args, err, out)
+		}
+		if args[0] != "-h" && !strings.Contains(string(out), "  -") {
+			t.Errorf("%v lists no flags:\n%s", args, out)
+		}
+	}
+	for _, arg := range []string{"version", "--version"} {
+		out, err := exec.Command(bins.edgebridge, arg).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v", arg, err)
+		}
+		for _, want := range []string{"edgebridge ", "commit ", "built ", "go      go1."} {
+			if !strings.Contains(string(out), want) {
+				t.Errorf("%s printed %q, lacks %q", arg, out, want)
+			}
+		}
+		if rev := gitRevision(); rev != "" && !strings.Contains(string(out), "commit  "+rev) {
+			t.Errorf("%s: want commit %s (stamped at build):\n%s", arg, rev, out)
+		}
+	}
+}
+
+// probe exits 0 while the bridge is ready and 1 with the reasons when it
+// is not; /metrics names the build.
+func TestProbe(t *testing.T) {
+	s := newStack(t)
+	url := "http://" + s.bridge.admin + "/readyz"
+	if out, err := exec.Command(bins.edgebridge, "probe", "-url", url).CombinedOutput(); err != nil {
+		t.Fatalf("probe of a ready bridge: %v\n%s", err, out)
+	}
+	if !strings.Contains(s.bridge.metricsText(), "edgebridge_build_info{") {
+		t.Error("/metrics lacks edgebridge_build_info")
+	}
+	s.pay.kill()
+	waitFor(t, 30*time.Second, "probe to fail without a backend", func() bool {
+		out, err := exec.Command(bins.edgebridge, "probe", "-url", url).CombinedOutput()
+		return err != nil && strings.Contains(string(out), "no backend stream up")
+	})
 }
 
 // With the backend gone the window cannot drain: the first SIGTERM starts a

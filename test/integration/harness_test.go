@@ -60,7 +60,9 @@ func TestMain(m *testing.M) {
 		{bins.edgebridgeNoRace, "../../cmd/edgebridge", false},
 		{bins.paymentdNoRace, "../../cmd/paymentd", false},
 	} {
-		args := []string{"build", "-o", b.out, b.pkg}
+		// The revision as make image stamps it (GOFLAGS may turn the go
+		// command's own VCS stamp off).
+		args := []string{"build", "-ldflags", "-X main.revision=" + gitRevision(), "-o", b.out, b.pkg}
 		if b.race {
 			args = slices.Insert(args, 1, "-race")
 		}
@@ -77,6 +79,15 @@ func TestMain(m *testing.M) {
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// gitRevision is the commit checked out, or "" outside a git checkout.
+func gitRevision() string {
+	out, err := exec.Command("git", "rev-parse", "HEAD").Output()
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(out))
+}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()

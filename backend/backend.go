@@ -13,7 +13,8 @@
 //
 // It trusts nothing a bridge sends: the window in Hello is clamped to
 // v1.MaxWindow, a stream that sends more un-ACKed deliveries than its
-// window is ended, and deliveries waiting to be processed are bounded in
+// window is ended (what it queued is not processed), and deliveries
+// waiting to be processed are bounded in
 // bytes (Config.MaxQueuedBytes) by not reading more until they drain.
 //
 // Backends behind one bridge must share their Store (a database, in
@@ -257,11 +258,14 @@ func (s *Server) Stream(stream v1.Delivery_StreamServer) error {
 	}
 
 	ctx := stream.Context()
+	// A bridge that breaks the protocol gets nothing more processed.
+	pctx, stopProcessing := context.WithCancel(ctx)
+	defer stopProcessing()
 	work := make(chan queuedDelivery, window+8)
 	var wg sync.WaitGroup
 	sendErr := make(chan error, 1)
 	wg.Go(func() { sendErr <- s.sendLoop(stream, st) })
-	wg.Go(func() { s.processLoop(ctx, work, st) })
+	wg.Go(func() { s.processLoop(pctx, work, st) })
 
 	var violation error
 	for violation == nil {
@@ -277,6 +281,7 @@ func (s *Server) Stream(stream v1.Delivery_StreamServer) error {
 			if st.inflight.Add(1) > int64(window) {
 				violation = status.Errorf(codes.ResourceExhausted, "backend: more than the window of %d un-ACKed deliveries", window)
 				s.log.Warn("backend: bridge broke the protocol; ending the stream", "bridge_id", fmt.Sprintf("%.64q", hello.GetBridgeId()), "err", violation)
+				stopProcessing()
 				continue
 			}
 			q := queuedDelivery{d: fr.Deliver, size: int64(proto.Size(fr.Deliver))}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -253,14 +254,7 @@ func TestReadyDaprOnly(t *testing.T) {
 func TestKafkaRefusalIsFinalForThatRecordOnly(t *testing.T) {
 	leakCheck(t)
 	p := newPipeline(t, func(_ context.Context, env *v1.Envelope) backend.Result { return approve(env) })
-	tr := &kafka.Transport{}
-	defer tr.CloseIdleConnections()
-	res, err := (&kafka.Client{Addr: kafka.TCP(p.kafka.Addr()), Transport: tr}).CreateTopics(context.Background(), &kafka.CreateTopicsRequest{
-		Topics: []kafka.TopicConfig{{Topic: p.cfg.Kafka.Topic, NumPartitions: 2, ReplicationFactor: 1,
-			ConfigEntries: []kafka.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: "600"}}}}})
-	if err != nil || res.Errors[p.cfg.Kafka.Topic] != nil {
-		t.Fatalf("create topic: %v %v", err, res.Errors)
-	}
+	p.createTopic(t, p.cfg.Kafka.Topic, 600)
 	b := p.start(t)
 	replies := make(chan []byte, 10)
 	dev := p.device(t, "dev-1", replies)
@@ -319,4 +313,37 @@ func TestReplyToInvalidTopicIsNotPublished(t *testing.T) {
 		t.Fatalf("the request behind it: got %+v, want APPROVED", got)
 	}
 	waitUntil(t, "the invalid topic counted", func() bool { return testutil.ToFloat64(b.Metrics().InvalidTopics) == 1 })
+}
+
+// createTopic creates topic (2 partitions) with max.message.bytes before
+// the bridge does.
+func (p *pipeline) createTopic(t *testing.T, topic string, maxMessageBytes int) {
+	t.Helper()
+	tr := &kafka.Transport{}
+	defer tr.CloseIdleConnections()
+	res, err := (&kafka.Client{Addr: kafka.TCP(p.kafka.Addr()), Transport: tr}).CreateTopics(context.Background(), &kafka.CreateTopicsRequest{
+		Topics: []kafka.TopicConfig{{Topic: topic, NumPartitions: 2, ReplicationFactor: 1,
+			ConfigEntries: []kafka.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(maxMessageBytes)}}}}})
+	if err != nil || res.Errors[topic] != nil {
+		t.Fatalf("create topic %s: %v %v", topic, err, res.Errors)
+	}
+}
+
+// A DLQ topic that refuses even the 4 KiB stub of a dead letter stalls
+// intake until an operator fixes it: the bridge keeps the message
+// un-PUBACKed (never drops it) and says so in its readiness.
+func TestDeadLetterRefusedEvenAsStubMakesBridgeUnready(t *testing.T) {
+	leakCheck(t)
+	p := newPipeline(t, func(_ context.Context, env *v1.Envelope) backend.Result { return approve(env) })
+	p.createTopic(t, p.cfg.Kafka.DLQTopic, 200)
+	b := p.start(t)
+	dev := p.device(t, "dev-1", make(chan []byte, 1))
+	dev.Publish("payment/request/dev-1", 1, false, `{"request_id":"r-1","amount_minor":-1,"currency":"EUR"}`)
+	waitUntil(t, "the bridge unready", func() bool {
+		ok, why := b.Ready()
+		return !ok && slices.Contains(why, "kafka unreachable or refusing writes")
+	})
+	if n := testutil.ToFloat64(b.Metrics().DLQ.WithLabelValues("invalid_amount")); n != 0 {
+		t.Fatalf("counted %v dead letters that Kafka refused", n)
+	}
 }

@@ -2,7 +2,6 @@ package bridge
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -94,9 +93,8 @@ func (b *Bridge) deadLetter(deviceID, source string, payload []byte, reason, det
 func (b *Bridge) writeDeadLetter(ctx context.Context, dl *kafkapipe.DeadLetter) bool {
 	return b.retry(ctx, "dead-letter", func() error {
 		err := b.producer.Write(ctx, dl.Record())
-		if err != nil && !kafkapipe.IsRetryable(err) && dl.Keep != deadLetterStub {
-			dl.Keep = deadLetterStub
-			dl.Detail = fmt.Sprintf("%s; kafka refused the whole dead letter: %v", dl.Detail, err)
+		if err != nil && !kafkapipe.IsRetryable(err) {
+			dl = cutToStub(dl, err)
 		}
 		return err
 	})
@@ -132,7 +130,7 @@ func (b *Bridge) finisher(ctx context.Context) {
 		if j.dlq != nil && !b.writeDeadLetter(ctx, j.dlq) {
 			return
 		}
-		if len(j.reply) > 0 && !b.publish(ctx, "reply", j.replyTopic, func() error { return b.mqtt.Publish(ctx, j.replyTopic, j.reply) }) {
+		if len(j.reply) > 0 && !b.reply(ctx, j.replyTopic, j.reply) {
 			return
 		}
 		j.done()

@@ -137,10 +137,8 @@ func (r ingestRules) admit(m mqttin.Message) admission {
 func (a *admission) refused(r ingestRules, m mqttin.Message, err error) {
 	reason := kafkapipe.RefusalReason(err)
 	if a.dead != nil {
-		dl := *a.dead
-		dl.Keep = deadLetterStub
-		dl.Detail = fmt.Sprintf("%s; kafka refused the whole dead letter: %v", dl.Detail, err)
-		a.dead, a.rec = &dl, dl.Record()
+		a.dead = cutToStub(a.dead, err)
+		a.rec = a.dead.Record()
 		return
 	}
 	dl := &kafkapipe.DeadLetter{Topic: r.dlqTopic, DeviceID: m.DeviceID, Source: m.Topic, Payload: m.Payload,
@@ -151,6 +149,19 @@ func (a *admission) refused(r ingestRules, m mqttin.Message, err error) {
 		Status: v1.PaymentStatus_PAYMENT_STATUS_REJECTED, Code: v1.ReasonCode_REASON_CODE_INTERNAL,
 		Reason: reason + ": the bridge could not store the request",
 	})
+}
+
+// cutToStub is dl keeping only the payload's first bytes, after Kafka
+// refused the whole dead letter with err: the ingest's dead letters and the
+// finisher's share it.
+func cutToStub(dl *kafkapipe.DeadLetter, err error) *kafkapipe.DeadLetter {
+	if dl.Keep == deadLetterStub {
+		return dl
+	}
+	cut := *dl
+	cut.Keep = deadLetterStub
+	cut.Detail = fmt.Sprintf("%s; kafka refused the whole dead letter: %v", dl.Detail, err)
+	return &cut
 }
 
 // ingest takes MQTT messages in arrival order, writes them to Kafka in
@@ -280,7 +291,7 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 		if a.dead != nil {
 			b.metrics.DLQ.WithLabelValues(a.dead.Reason).Inc()
 		}
-		if len(a.reply) > 0 && !b.publish(ctx, "reply", a.replyTopic, func() error { return b.mqtt.Publish(ctx, a.replyTopic, a.reply) }) {
+		if len(a.reply) > 0 && !b.reply(ctx, a.replyTopic, a.reply) {
 			return false
 		}
 		if a.clear != "" && !b.publish(ctx, "clear retained", a.clear, func() error { return b.mqtt.ClearRetained(ctx, a.clear) }) {
@@ -293,19 +304,27 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 	return true
 }
 
+// reply publishes a reply to a device; see publish.
+func (b *Bridge) reply(ctx context.Context, topic string, payload []byte) bool {
+	return b.publish(ctx, "reply", topic, func() error {
+		err := b.mqtt.Publish(ctx, topic, payload)
+		if err == nil {
+			b.metrics.Replies.Inc()
+		}
+		return err
+	})
+}
+
 // publish retries an MQTT publish until it succeeds or ctx ends (false). A
 // topic no broker accepts is given up at once: sending it again would only
 // get the bridge disconnected.
 func (b *Bridge) publish(ctx context.Context, what, topic string, fn func() error) bool {
 	return b.retry(ctx, what, func() error {
 		err := fn()
-		switch {
-		case errors.Is(err, mqttin.ErrInvalidTopic):
+		if errors.Is(err, mqttin.ErrInvalidTopic) {
 			b.metrics.InvalidTopics.Inc()
 			b.log.Error("bridge: not publishing to an invalid topic", "what", what, "topic", transcoder.Clip(topic, 128), "err", err)
 			return nil
-		case err == nil && what == "reply":
-			b.metrics.Replies.Inc()
 		}
 		return err
 	})

@@ -82,7 +82,7 @@ func message(topic string, payload []byte, retained bool) mqttin.Message {
 func TestAdmit(t *testing.T) {
 	r := testRules()
 	valid := []byte(`{"request_id":"r-1","amount_minor":100,"currency":"EUR"}`)
-	longID := strings.Repeat("d", mqttin.MaxTopicLen-len("payment/request/"))
+	longID := strings.Repeat("d", v1.MaxTopicLen-len("payment/request/"))
 	tests := []struct {
 		name     string
 		msg      mqttin.Message

@@ -115,6 +115,8 @@ dapr:
 			want: []string{"mqtt.max_payload: 100000 must be between 1 and 91808"}},
 		{name: "negative max_payload", doc: "mqtt:\n  max_payload: -1\n", want: []string{"mqtt.max_payload"}},
 		{name: "max_message_bytes too small", doc: "kafka:\n  max_message_bytes: 1000\n", want: []string{"kafka.max_message_bytes"}},
+		{name: "log settings", doc: "log:\n  format: xml\n  level: loud\n", want: []string{
+			`line 2: log.format: "xml" must be text or json`, `line 3: log.level: "loud" must be debug, info, warn or error`}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -139,6 +141,9 @@ func TestMaxPayloadFollowsKafkaLimit(t *testing.T) {
 	}
 	if c.MQTT.MaxPayload != 2000000 || c.Kafka.MaxMessageBytes != 2097152 {
 		t.Fatalf("got max_payload %d, max_message_bytes %d", c.MQTT.MaxPayload, c.Kafka.MaxMessageBytes)
+	}
+	if d := Default(); d.Log.Format != "text" || d.Log.Level != "info" {
+		t.Fatalf("log defaults: %+v, want text, info", d.Log)
 	}
 	if d := Default(); d.Kafka.MaxMessageBytes != 1<<20 || d.MQTT.MaxPayload != 16<<10 {
 		t.Fatalf("defaults: max_message_bytes %d, max_payload %d", d.Kafka.MaxMessageBytes, d.MQTT.MaxPayload)

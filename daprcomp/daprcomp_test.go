@@ -519,12 +519,15 @@ func TestReplyTopicSendsToDevice(t *testing.T) {
 		t.Errorf("raw reply: %+v %v", rep, err)
 	}
 	for name, bad := range map[string]string{
-		"not json":    `nope`,
-		"no device":   `{"request_id":"r","status":"APPROVED"}`,
-		"wildcard":    `{"device_id":"a/#","request_id":"r","status":"APPROVED"}`,
-		"bad status":  `{"device_id":"d","request_id":"r","status":"MAYBE"}`,
-		"no request":  `{"device_id":"d","status":"APPROVED"}`,
-		"ce bad data": `{"specversion":"1.0","id":"x","data":{"device_id":"d"}}`,
+		"not json":  `nope`,
+		"no device": `{"request_id":"r","status":"APPROVED"}`,
+		"wildcard":  `{"device_id":"a/#","request_id":"r","status":"APPROVED"}`,
+		// A valid device id by the reply's rules, but no valid MQTT topic:
+		// refused by the publisher, never sent (Mosquitto would disconnect).
+		"control char": `{"device_id":"d\u0001","request_id":"r","status":"APPROVED"}`,
+		"bad status":   `{"device_id":"d","request_id":"r","status":"MAYBE"}`,
+		"no request":   `{"device_id":"d","status":"APPROVED"}`,
+		"ce bad data":  `{"specversion":"1.0","id":"x","data":{"device_id":"d"}}`,
 	} {
 		_, err := ps.Publish(ctx(t), &components.PublishRequest{Topic: replyTopic, Data: []byte(bad)})
 		if code(err) != codes.InvalidArgument {

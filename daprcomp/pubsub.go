@@ -296,11 +296,8 @@ func (s *Server) reply(ctx context.Context, data []byte) error {
 		return status.Errorf(codes.InvalidArgument, "reply: %v", err)
 	}
 	topic := mqttin.ReplyTopic(s.cfg.DeviceReplyTopic, device)
-	if err := mqttin.ValidTopic(topic); err != nil {
-		return status.Errorf(codes.InvalidArgument, "reply: device %.64q has no valid reply topic: %v", device, err)
-	}
 	if err := s.deps.MQTT.Publish(ctx, topic, payload); err != nil {
-		return unavailable("reply to %.200s: %v", topic, err)
+		return publishError("reply to "+topic, err)
 	}
 	s.event(EventReplied, "")
 	return nil
@@ -327,6 +324,16 @@ func eventData(b []byte) []byte {
 		return []byte(text) // data published as a string holding JSON
 	}
 	return ce.Data
+}
+
+// publishError maps an MQTT publish failure to a gRPC status: a topic no
+// broker accepts (mqttin.ErrInvalidTopic) is the caller's mistake, anything
+// else is worth a retry.
+func publishError(what string, err error) error {
+	if errors.Is(err, mqttin.ErrInvalidTopic) {
+		return status.Errorf(codes.InvalidArgument, "%.200s: %v", what, err)
+	}
+	return unavailable("%.200s: %v", what, err)
 }
 
 func unavailable(format string, args ...any) error {

@@ -18,6 +18,8 @@ import (
 	"unicode/utf8"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 )
 
 // ErrClosed is returned by Publish after the client stopped.
@@ -26,9 +28,6 @@ var ErrClosed = errors.New("mqttin: client closed")
 // ErrInvalidTopic is wrapped by the error of a publish to a topic no MQTT
 // broker accepts; sending it again cannot succeed.
 var ErrInvalidTopic = errors.New("mqttin: invalid topic")
-
-// MaxTopicLen is MQTT's limit on a topic, in bytes.
-const MaxTopicLen = 65535
 
 // ValidTopic reports why topic cannot be published to, wrapping
 // ErrInvalidTopic, or nil. A topic has 1 to 65,535 bytes of UTF-8 and no
@@ -40,8 +39,8 @@ func ValidTopic(topic string) error {
 	switch {
 	case topic == "":
 		return bad("empty")
-	case len(topic) > MaxTopicLen:
-		return bad(fmt.Sprintf("%d bytes, limit %d", len(topic), MaxTopicLen))
+	case len(topic) > v1.MaxTopicLen:
+		return bad(fmt.Sprintf("%d bytes, limit %d", len(topic), v1.MaxTopicLen))
 	case !utf8.ValidString(topic):
 		return bad("not valid UTF-8")
 	case strings.ContainsAny(topic, "+#"):

@@ -63,12 +63,6 @@ func ParseCode(name string) v1.ReasonCode {
 	return v1.ReasonCode(v1.ReasonCode_value["REASON_CODE_"+strings.ToUpper(name)])
 }
 
-// KnownCode reports whether c is defined in this version of the protocol.
-func KnownCode(c v1.ReasonCode) bool {
-	_, ok := v1.ReasonCode_name[int32(c)]
-	return ok
-}
-
 // DecodeReply parses a device reply; devices and tests use it.
 func DecodeReply(b []byte) (Reply, error) {
 	var r Reply

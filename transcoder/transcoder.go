@@ -131,8 +131,8 @@ func (d *Decoder) Decode(in Input) (*v1.Envelope, error) {
 	}
 	if err := Validate(req); err != nil {
 		var te *Error
-		if errors.As(err, &te) && len(req.GetRequestId()) <= maxFieldLen && utf8.ValidString(req.GetRequestId()) {
-			te.RequestID = req.GetRequestId()
+		if errors.As(err, &te) {
+			te.RequestID = hint(req.GetRequestId())
 		}
 		return nil, err
 	}
@@ -288,11 +288,6 @@ func Validate(req *v1.PaymentRequest) error {
 	}
 	return nil
 }
-
-// ValidDeviceID reports why id cannot be a device id, or nil: it must have
-// 1 to 128 bytes of UTF-8 without MQTT wildcards, '/' or NUL, so that it
-// forms a valid reply topic.
-func ValidDeviceID(id string) error { return validateDeviceID(id) }
 
 func validateDeviceID(id string) error {
 	if id == "" || len(id) > maxFieldLen || strings.ContainsAny(id, "+#/\x00") || !utf8.ValidString(id) {

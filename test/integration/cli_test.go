@@ -73,9 +73,17 @@ func TestHelpAndVersion(t *testing.T) {
 }
 
 // probe exits 0 while the bridge is ready and 1 with the reasons when it
-// is not; /metrics names the build.
+// is not; /metrics names the build; log.format json logs JSON lines.
 func TestProbe(t *testing.T) {
-	s := newStack(t)
+	s := &stack{mqtt: mosquitto(t), kafka: kafkaBroker(t)}
+	s.pay = startPaymentd(t, freeAddr(t), filepath.Join(t.TempDir(), "ledger.jsonl"))
+	cfg, admin := writeBridgeConfig(t, bridgeOpts{mqtt: s.mqtt, kafka: s.kafka, backend: s.pay.addr, top: "log:\n  format: json\n  level: debug\n"})
+	s.bridge = startBridge(t, cfg, admin)
+	for _, line := range strings.Split(strings.TrimSpace(s.bridge.out.String()), "\n") {
+		if !strings.HasPrefix(line, `{"time":`) {
+			t.Errorf("log.format json: got line %q", line)
+		}
+	}
 	url := "http://" + s.bridge.admin + "/readyz"
 	if out, err := exec.Command(bins.edgebridge, "probe", "-url", url).CombinedOutput(); err != nil {
 		t.Fatalf("probe of a ready bridge: %v\n%s", err, out)

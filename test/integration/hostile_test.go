@@ -19,6 +19,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/segmentio/kafka-go"
 
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/internal/devicesim"
 	"github.com/edgebridge/edgebridge/mqttin"
 	"github.com/edgebridge/edgebridge/payment"
@@ -89,7 +90,7 @@ func TestHostileDevices(t *testing.T) {
 		t.Errorf("reused request id: got %+v, want REJECTED with code conflict", r)
 	}
 
-	longID := strings.Repeat("L", mqttin.MaxTopicLen-len("payment/request/"))
+	longID := strings.Repeat("L", v1.MaxTopicLen-len("payment/request/"))
 	long := newDevice(t, mq.url(), "long-1", longID)
 	long.publish(t, []byte(`{"request_id":"r-long","amount_minor":100,"currency":"EUR"}`), false)
 

@@ -1,5 +1,5 @@
 # Convenience targets; ./scripts/test.sh is what CI runs.
-.PHONY: test chaos chaos-short proto bench
+.PHONY: test chaos chaos-short proto bench image
 
 test:
 	./scripts/test.sh
@@ -16,6 +16,11 @@ chaos-short:
 
 proto:
 	./scripts/genproto.sh
+
+# The container image (root Dockerfile) with podman or docker, whichever is
+# installed: IMAGE=localhost/edgebridge:dev unless given, VERSION from git.
+image:
+	./scripts/image.sh
 
 # The performance bench (about 6 minutes); needs mosquitto on PATH. Writes
 # the reports and latency-vs-load plots that docs/PERFORMANCE.md shows: with

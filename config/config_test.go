@@ -1,14 +1,10 @@
 package config
 
 import (
-	"bytes"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
-
-	"gopkg.in/yaml.v3"
 )
 
 func TestParseDefaults(t *testing.T) {
@@ -174,36 +170,6 @@ func TestParseDapr(t *testing.T) {
 	}
 	if c.Dapr.SocketFolder != DefaultDaprSocketFolder || len(c.Backend.Targets) != 1 {
 		t.Errorf("got folder %s targets %v", c.Dapr.SocketFolder, c.Backend.Targets)
-	}
-}
-
-// TestShippedK3sConfig: the edgebridge.yaml in deploy/k3s/dapr-app.yaml is valid.
-func TestShippedK3sConfig(t *testing.T) {
-	raw, err := os.ReadFile("../deploy/k3s/dapr-app.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(raw))
-	for {
-		var doc struct {
-			Kind string            `yaml:"kind"`
-			Data map[string]string `yaml:"data"`
-		}
-		if err := dec.Decode(&doc); err != nil {
-			t.Fatalf("no ConfigMap with edgebridge.yaml: %v", err)
-		}
-		if doc.Kind != "ConfigMap" {
-			continue
-		}
-		t.Setenv(DaprSocketFolderEnv, "/tmp/dapr-components-sockets") // set by Dapr's injector
-		c, err := Parse([]byte(doc.Data["edgebridge.yaml"]))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !c.Dapr.Enabled || len(c.Backend.Targets) != 0 {
-			t.Errorf("got dapr %+v targets %v, want Dapr only", c.Dapr, c.Backend.Targets)
-		}
-		return
 	}
 }
 

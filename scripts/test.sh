@@ -8,7 +8,13 @@ step() { printf '\n==> %s\n' "$*"; }
 
 need_apt=()
 command -v mosquitto >/dev/null || need_apt+=(mosquitto mosquitto-clients)
+command -v mosquitto_pub >/dev/null || need_apt+=(mosquitto-clients)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+# The image, compose and kube play tests (test/deploy).
+command -v podman >/dev/null || need_apt+=(podman)
+command -v runc >/dev/null || need_apt+=(runc)
+command -v podman-compose >/dev/null || need_apt+=(podman-compose)
+[ -r /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -23,6 +29,18 @@ step "daprd (built from github.com/dapr/dapr, cached)"
 EDGEBRIDGE_DAPRD=$(./scripts/daprd.sh)
 export EDGEBRIDGE_DAPRD
 echo "$EDGEBRIDGE_DAPRD"
+
+step "kustomize (go install, cached)"
+KUSTOMIZE_VERSION=v5.8.1 # v5.8.3 needs Go 1.27
+GOBIN_DIR=$(go env GOPATH)/bin
+if ! "$GOBIN_DIR/kustomize" version 2>/dev/null | grep -q "$KUSTOMIZE_VERSION"; then
+  go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+fi
+export PATH="$GOBIN_DIR:$PATH"
+kustomize version
+
+# podman in this VM needs runc and no default ulimits (DESIGN.md).
+export CONTAINERS_CONF=${CONTAINERS_CONF:-$PWD/deploy/podman/containers.conf}
 
 step "gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go'))

@@ -6,7 +6,7 @@
 //	edgebridge bench [flags]          measure the pipeline against raw MQTT, Kafka and gRPC
 //	edgebridge broker kafka|mqtt      run an embedded broker as its own process
 //	edgebridge validate -config FILE  check a config file, listing every problem
-//	edgebridge probe [-url URL]       exit 0 when the bridge's admin endpoint says ready
+//	edgebridge probe [-url URL]       exit 0 when the bridge's admin endpoint says ready (-tcp: a port accepts)
 //	edgebridge version
 package main
 
@@ -64,7 +64,9 @@ func usage() {
   edgebridge broker kafka|mqtt [-listen ADDR] [-data DIR] [-partitions N]
                                      an embedded broker as its own process; data survives restarts
   edgebridge validate -config FILE   exit 0 if valid, else list every problem with its line
-  edgebridge probe [-url URL]        exit 0 when the admin endpoint says ready (container health checks)
+  edgebridge probe [-url URL | -tcp ADDR]
+                                     exit 0 when the admin endpoint says ready, or ADDR accepts
+                                     connections (health checks in an image without a shell)
   edgebridge version                 version, commit, build time and Go version (also --version)
 
 Every command lists its flags with -h.

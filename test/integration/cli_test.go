@@ -73,7 +73,7 @@ func TestHelpAndVersion(t *testing.T) {
 }
 
 // probe exits 0 while the bridge is ready and 1 with the reasons when it
-// is not; /metrics names the build; log.format json logs JSON lines.
+// is not, and -tcp while a port accepts connections; /metrics names the build; log.format json logs JSON lines.
 func TestProbe(t *testing.T) {
 	s := &stack{mqtt: mosquitto(t), kafka: kafkaBroker(t)}
 	s.pay = startPaymentd(t, freeAddr(t), filepath.Join(t.TempDir(), "ledger.jsonl"))
@@ -91,11 +91,18 @@ func TestProbe(t *testing.T) {
 	if !strings.Contains(s.bridge.metricsText(), "edgebridge_build_info{") {
 		t.Error("/metrics lacks edgebridge_build_info")
 	}
+	// -tcp: the brokers' and paymentd's check in the image.
+	if out, err := exec.Command(bins.edgebridge, "probe", "-tcp", s.pay.addr).CombinedOutput(); err != nil {
+		t.Errorf("probe -tcp of a listening paymentd: %v\n%s", err, out)
+	}
 	s.pay.kill()
 	waitFor(t, 30*time.Second, "probe to fail without a backend", func() bool {
 		out, err := exec.Command(bins.edgebridge, "probe", "-url", url).CombinedOutput()
 		return err != nil && strings.Contains(string(out), "no backend stream up")
 	})
+	if out, err := exec.Command(bins.edgebridge, "probe", "-tcp", s.pay.addr).CombinedOutput(); err == nil || !strings.Contains(string(out), "refused") {
+		t.Errorf("probe -tcp of a stopped paymentd: %v\n%s", err, out)
+	}
 }
 
 // With the backend gone the window cannot drain: the first SIGTERM starts a

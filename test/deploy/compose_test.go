@@ -1,0 +1,157 @@
+package deploy
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// composeProject runs podman-compose on the repo's compose files as
+// project name, with the host ports the test picked.
+type composeProject struct {
+	name                string
+	mqttPort, adminPort int
+	files               []string
+	dir                 string
+}
+
+func (p composeProject) run(t *testing.T, args ...string) string {
+	t.Helper()
+	var full []string
+	for _, f := range p.files {
+		full = append(full, "-f", f)
+	}
+	full = append(append(full, "-p", p.name), args...)
+	return run(t, p.dir, containerEnv(
+		"EDGEBRIDGE_IMAGE="+testImage,
+		"EDGEBRIDGE_MQTT_PORT=127.0.0.1:"+strconv.Itoa(p.mqttPort),
+		"EDGEBRIDGE_ADMIN_PORT=127.0.0.1:"+strconv.Itoa(p.adminPort),
+	), "podman-compose", full...)
+}
+
+// remove deletes the project's containers, volumes and network, whatever
+// podman-compose left (1.0.3 never removes the network).
+func (p composeProject) remove() {
+	env := containerEnv()
+	label := "label=io.podman.compose.project=" + p.name
+	if ids, _, _ := tryRun("", env, "podman", "ps", "-aq", "--filter", label); strings.TrimSpace(ids) != "" {
+		tryRun("", env, "podman", append([]string{"rm", "-f", "-t", "5"}, strings.Fields(ids)...)...)
+	}
+	if vols, _, _ := tryRun("", env, "podman", "volume", "ls", "-q", "--filter", label); strings.TrimSpace(vols) != "" {
+		tryRun("", env, "podman", append([]string{"volume", "rm", "-f"}, strings.Fields(vols)...)...)
+	}
+	tryRun("", env, "podman", "network", "rm", "-f", p.name+"_default")
+}
+
+// TestCompose: docker-compose.yml comes up under podman-compose from the
+// image alone; 100 requests from the host get their replies; down and up
+// again keeps Kafka's data and the consumer's offsets (nothing is
+// delivered twice) and the ledger; down -v removes the volumes.
+func TestCompose(t *testing.T) {
+	needContainers(t, "podman-compose", "mosquitto_pub", "mosquitto_sub")
+	image(t)
+	p := composeProject{
+		name:      fmt.Sprintf("ebtest%d", os.Getpid()),
+		mqttPort:  freePort(t),
+		adminPort: freePort(t),
+		files:     []string{repo + "/docker-compose.yml"},
+		dir:       t.TempDir(), // podman-compose reads .env from here: none
+	}
+	t.Cleanup(func() { p.remove() })
+
+	up := time.Now()
+	p.run(t, "up", "-d")
+	waitReady(t, p.adminPort, 2*time.Minute)
+	t.Logf("compose up -d to bridge ready: %s", time.Since(up).Round(time.Millisecond))
+	payFromHost(t, p.mqttPort, 100, "first")
+	t.Logf("bridge RSS in its container after 100 requests: %s", containerRSS(t, p.name+"_edgebridge_1"))
+
+	p.run(t, "down")
+	p.run(t, "up", "-d")
+	waitReady(t, p.adminPort, 2*time.Minute)
+	payFromHost(t, p.mqttPort, 100, "second")
+	// Records are consumed in order per partition: had the restart lost
+	// the committed offsets, the first hundred would have been delivered
+	// again before the second.
+	if got := metric(t, p.adminPort, "edgebridge_grpc_stream_deliveries_total"); got != 100 {
+		t.Errorf("deliveries after the restart: %v, want 100 (the first requests were delivered again?)", got)
+	}
+	ids := ledger(t, p.name+"_paymentd-data")
+	if len(ids) != 200 {
+		t.Errorf("ledger holds %d message ids, want 200", len(ids))
+	}
+	for id, n := range ids {
+		if n != 1 {
+			t.Errorf("message %s processed %d times", id, n)
+		}
+	}
+
+	p.run(t, "down", "-v")
+	if vols := strings.TrimSpace(podman(t, "volume", "ls", "-q", "--filter", "label=io.podman.compose.project="+p.name)); vols != "" {
+		t.Errorf("down -v left volumes: %s", vols)
+	}
+}
+
+// TestComposeUpstream: docker-compose.upstream.yml, laid over the default
+// file, swaps in the official Mosquitto (with the shipped settings) and
+// Apache Kafka (KRaft) images and leaves the bridge and paymentd as they
+// were. Parsed and rendered by podman-compose (--dry-run), not run: those
+// images cannot be pulled here.
+func TestComposeUpstream(t *testing.T) {
+	needContainers(t, "podman-compose")
+	var base, upstream struct {
+		Services map[string]map[string]any `yaml:"services"`
+	}
+	for file, into := range map[string]any{"docker-compose.yml": &base, "docker-compose.upstream.yml": &upstream} {
+		raw, err := os.ReadFile(filepath.Join(repo, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := yaml.Unmarshal(raw, into); err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+	}
+	for name := range upstream.Services {
+		if base.Services[name] == nil {
+			t.Errorf("docker-compose.upstream.yml: service %s is not in docker-compose.yml (it would add one, not swap one)", name)
+		}
+	}
+
+	p := composeProject{name: fmt.Sprintf("ebdry%d", os.Getpid()), mqttPort: 1, adminPort: 2, dir: t.TempDir(),
+		files: []string{repo + "/docker-compose.yml", repo + "/docker-compose.upstream.yml"}}
+	t.Cleanup(func() { p.remove() }) // podman-compose 1.0.3 creates volumes even with --dry-run
+	runs := map[string]string{}
+	for _, line := range strings.Split(p.run(t, "--dry-run", "up", "-d"), "\n") {
+		if rest, ok := strings.CutPrefix(line, "podman run --name="+p.name+"_"); ok {
+			runs[rest[:strings.Index(rest, "_")]] = line
+		}
+	}
+	conf := repo + "/deploy/k3s/site-mosquitto/mosquitto.conf"
+	want := map[string][]string{
+		"mqtt":       {" docker.io/library/eclipse-mosquitto:2", " -v " + conf + ":/mosquitto/config/mosquitto.conf:ro ", p.name + "_mqtt-data:/mosquitto/data", "127.0.0.1:1:1883"},
+		"kafka":      {" docker.io/apache/kafka:3", "KAFKA_ADVERTISED_LISTENERS=PLAINTEXT://kafka:9092", "KAFKA_PROCESS_ROLES=broker,controller", p.name + "_kafka-data:/var/lib/kafka/data"},
+		"paymentd":   {" " + testImage + " ", `--entrypoint ["paymentd"]`},
+		"edgebridge": {" " + testImage, "EDGEBRIDGE_MQTT=tcp://mqtt:1883", "EDGEBRIDGE_KAFKA=kafka:9092", "EDGEBRIDGE_BACKEND=paymentd:7070"},
+	}
+	for svc, parts := range want {
+		line, ok := runs[svc]
+		if !ok {
+			t.Errorf("no container for service %s in:\n%v", svc, runs)
+			continue
+		}
+		for _, part := range parts {
+			if !strings.Contains(line, part) {
+				t.Errorf("service %s: %q missing from\n%s", svc, part, line)
+			}
+		}
+	}
+	if _, err := os.Stat(conf); err != nil {
+		t.Error(err)
+	}
+}

@@ -1,0 +1,281 @@
+// Package deploy tests what ships: the image (built with make image's
+// script, run under podman), docker-compose.yml under podman-compose, and
+// the manifests under deploy/ and components/ (decoded strictly against the
+// Kubernetes and Dapr API types, rendered with kustomize, and the
+// standalone base run with podman kube play).
+//
+// The tests need podman, podman-compose, runc, mosquitto-clients and
+// kustomize (scripts/test.sh installs them). EDGEBRIDGE_SKIP_CONTAINERS=1
+// skips the tests that run containers; CI never sets it.
+package deploy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// repo is the repository root.
+var repo = func() string {
+	abs, err := filepath.Abs("../..")
+	if err != nil {
+		panic(err)
+	}
+	return abs
+}()
+
+// testImage is the tag the tests build; make image builds
+// localhost/edgebridge:dev from the same script.
+const testImage = "localhost/edgebridge:ci"
+
+// needContainers skips t when EDGEBRIDGE_SKIP_CONTAINERS=1 and fails it
+// when a tool is missing.
+func needContainers(t *testing.T, tools ...string) {
+	t.Helper()
+	if os.Getenv("EDGEBRIDGE_SKIP_CONTAINERS") == "1" {
+		t.Skip("EDGEBRIDGE_SKIP_CONTAINERS=1")
+	}
+	for _, tool := range append([]string{"podman"}, tools...) {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is not installed (scripts/test.sh installs it): %v", tool, err)
+		}
+	}
+}
+
+// containerEnv is the environment of podman and podman-compose: the
+// project's containers.conf unless the caller set CONTAINERS_CONF.
+func containerEnv(extra ...string) []string {
+	env := os.Environ()
+	if os.Getenv("CONTAINERS_CONF") == "" {
+		env = append(env, "CONTAINERS_CONF="+filepath.Join(repo, "deploy/podman/containers.conf"))
+	}
+	return append(env, extra...)
+}
+
+// run runs name with args in dir and returns its stdout; it fails t with
+// the output when the command fails.
+func run(t *testing.T, dir string, env []string, name string, args ...string) string {
+	t.Helper()
+	out, errOut, err := tryRun(dir, env, name, args...)
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s%s", name, strings.Join(args, " "), err, out, errOut)
+	}
+	return out
+}
+
+// tryRun runs name with args in dir, with a timeout, and returns its
+// stdout and stderr.
+func tryRun(dir string, env []string, name string, args ...string) (stdout, stderr string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.Dir, cmd.Env = dir, env
+	var out, errOut bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err = cmd.Run()
+	return out.String(), errOut.String(), err
+}
+
+func podman(t *testing.T, args ...string) string {
+	t.Helper()
+	return run(t, repo, containerEnv(), "podman", args...)
+}
+
+var (
+	buildOnce sync.Once
+	buildErr  error
+	buildOut  string // stderr of a failed build
+)
+
+// image builds testImage once per test binary with scripts/image.sh, the
+// script behind make image.
+func image(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		_, buildOut, buildErr = tryRun(repo, containerEnv("IMAGE="+testImage, "ENGINE=podman"), "./scripts/image.sh")
+	})
+	if buildErr != nil {
+		t.Fatalf("scripts/image.sh: %v\n%s", buildErr, buildOut)
+	}
+	return testImage
+}
+
+// freePort returns a port on 127.0.0.1 that was free a moment ago.
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// waitReady polls the bridge's /readyz until it answers 200 and returns
+// how long that took.
+func waitReady(t *testing.T, adminPort int, within time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", adminPort)
+	last := "no answer"
+	for time.Since(start) < within {
+		resp, err := http.Get(url)
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return time.Since(start)
+			}
+			last = resp.Status + ": " + strings.TrimSpace(string(body))
+		} else {
+			last = err.Error()
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("bridge not ready within %s: %s", within, last)
+	return 0
+}
+
+// metric sums the samples of a counter or gauge on the bridge's /metrics.
+func metric(t *testing.T, adminPort int, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/metrics", adminPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var sum float64
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name+" ") && !strings.HasPrefix(line, name+"{") {
+			continue
+		}
+		v, err := strconv.ParseFloat(line[strings.LastIndexByte(line, ' ')+1:], 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		sum += v
+	}
+	return sum
+}
+
+type reply struct {
+	RequestID string `json:"request_id"`
+	MessageID string `json:"message_id"`
+	Status    string `json:"status"`
+}
+
+// payFromHost publishes n payment requests with mosquitto_pub to the
+// MQTT broker on 127.0.0.1:port, each from one of ten devices, and waits
+// (mosquitto_sub) until every one has its reply. Request ids start with
+// prefix.
+func payFromHost(t *testing.T, port, n int, prefix string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p := strconv.Itoa(port)
+	// Line-buffered (stdbuf), mosquitto_sub -d reports its SUBACK as it
+	// comes: publishing starts only after the subscription is in place.
+	sub := exec.CommandContext(ctx, "stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", p, "-q", "1", "-d", "-v",
+		"-i", "replies-"+prefix, "-t", "payment/response/+", "-C", strconv.Itoa(n))
+	stdout, err := sub.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	lines := bufio.NewScanner(stdout)
+	var raw []string
+	for lines.Scan() {
+		raw = append(raw, lines.Text())
+		if strings.HasPrefix(lines.Text(), "Subscribed (mid: 1): ") {
+			break
+		}
+	}
+	if len(raw) == 0 || raw[len(raw)-1] != "Subscribed (mid: 1): 1" {
+		t.Fatalf("mosquitto_sub did not subscribe: %v\n%s", sub.Wait(), strings.Join(raw, "\n"))
+	}
+	for i := range n {
+		device := fmt.Sprintf("term-%d", i%10)
+		body := fmt.Sprintf(`{"request_id":"%s-%d","amount_minor":%d,"currency":"EUR"}`, prefix, i, 100+i)
+		run(t, "", nil, "mosquitto_pub", "-h", "127.0.0.1", "-p", p, "-q", "1", "-i", "pub-"+device,
+			"-t", "payment/request/"+device, "-m", body)
+	}
+	got := map[string]reply{}
+	for lines.Scan() {
+		raw = append(raw, lines.Text())
+		topic, payload, ok := strings.Cut(lines.Text(), " ")
+		if !ok || !strings.HasPrefix(topic, "payment/response/") {
+			continue // -d: mosquitto_sub's protocol log, shown if a reply is missing
+		}
+		var r reply
+		if err := json.Unmarshal([]byte(payload), &r); err != nil {
+			t.Fatalf("reply on %s: %v: %q", topic, err, payload)
+		}
+		got[r.RequestID] = r
+	}
+	if err := sub.Wait(); err != nil {
+		t.Fatalf("mosquitto_sub: %v (%d of %d replies)", err, len(got), n)
+	}
+	for i := range n {
+		id := fmt.Sprintf("%s-%d", prefix, i)
+		if r, ok := got[id]; !ok || r.Status != "APPROVED" {
+			t.Fatalf("request %s: reply %+v (present: %v); %d distinct replies in all; mosquitto_sub printed %d lines, the first:\n%s",
+				id, r, ok, len(got), len(raw), strings.Join(raw[:min(len(raw), 40)], "\n"))
+		}
+	}
+}
+
+// ledger reads paymentd's ledger from the named volume and returns how
+// many entries each message id has.
+func ledger(t *testing.T, volume string) map[string]int {
+	t.Helper()
+	dir := strings.TrimSpace(podman(t, "volume", "inspect", "--format", "{{.Mountpoint}}", volume))
+	raw, err := os.ReadFile(filepath.Join(dir, "ledger.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := map[string]int{}
+	for _, line := range strings.Split(strings.TrimSpace(string(raw)), "\n") {
+		var e struct {
+			MessageID string `json:"message_id"`
+		}
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("ledger line %q: %v", line, err)
+		}
+		ids[e.MessageID]++
+	}
+	return ids
+}
+
+// containerRSS is the resident memory of a running container's main
+// process, from /proc.
+func containerRSS(t *testing.T, name string) string {
+	t.Helper()
+	pid := strings.TrimSpace(podman(t, "inspect", "--format", "{{.State.Pid}}", name))
+	raw, err := os.ReadFile("/proc/" + pid + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(raw), "\n") {
+		if strings.HasPrefix(line, "VmRSS:") {
+			return strings.Join(strings.Fields(line)[1:], " ")
+		}
+	}
+	return "unknown"
+}

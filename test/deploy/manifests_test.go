@@ -1,0 +1,335 @@
+package deploy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	daprcomponents "github.com/dapr/dapr/pkg/apis/components/v1alpha1"
+	daprsubscriptions "github.com/dapr/dapr/pkg/apis/subscriptions/v2alpha1"
+	"gopkg.in/yaml.v3"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/serializer"
+	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
+
+	"github.com/edgebridge/edgebridge/config"
+	"github.com/edgebridge/edgebridge/deploy/mosquitto"
+)
+
+// strict decodes Kubernetes and Dapr documents, refusing unknown and
+// duplicate fields.
+var strict = func() runtime.Decoder {
+	s := runtime.NewScheme()
+	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, appsv1.AddToScheme, policyv1.AddToScheme,
+		networkingv1.AddToScheme, daprcomponents.AddToScheme, daprsubscriptions.AddToScheme} {
+		if err := add(s); err != nil {
+			panic(err)
+		}
+	}
+	return serializer.NewCodecFactory(s, serializer.EnableStrict).UniversalDeserializer()
+}()
+
+// decodeAll splits raw into YAML documents and decodes each strictly,
+// failing t for each that does not decode.
+func decodeAll(t *testing.T, name string, raw []byte) []runtime.Object {
+	t.Helper()
+	objs, errs := decodeDocs(raw)
+	for _, err := range errs {
+		t.Errorf("%s: %v", name, err)
+	}
+	return objs
+}
+
+func decodeDocs(raw []byte) ([]runtime.Object, []error) {
+	var objs []runtime.Object
+	var errs []error
+	r := k8syaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(raw)))
+	for i := 1; ; i++ {
+		doc, err := r.Read()
+		if errors.Is(err, io.EOF) {
+			return objs, errs
+		}
+		if err != nil {
+			return objs, append(errs, fmt.Errorf("document %d: %w", i, err))
+		}
+		if len(bytes.TrimSpace(stripComments(doc))) == 0 {
+			continue
+		}
+		obj, _, err := strict.Decode(doc, nil, nil)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("document %d: %w", i, err))
+			continue
+		}
+		objs = append(objs, obj)
+	}
+}
+
+// TestStrictDecodeRefuses: a misspelt field, a duplicate field and an
+// unknown kind are each an error, in Kubernetes and in Dapr documents.
+func TestStrictDecodeRefuses(t *testing.T) {
+	for name, doc := range map[string]string{
+		"misspelt field":    "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  replica: 1\n",
+		"duplicate field":   "apiVersion: v1\nkind: Service\nmetadata: {name: x}\nspec:\n  type: ClusterIP\n  type: LoadBalancer\n",
+		"unknown kind":      "apiVersion: v1\nkind: Servise\nmetadata: {name: x}\n",
+		"dapr field":        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata: {name: x}\nspec:\n  typ: pubsub.edgebridge\n  version: v1\n",
+		"dapr subscription": "apiVersion: dapr.io/v2alpha1\nkind: Subscription\nmetadata: {name: x}\nspec:\n  pubsubname: p\n  topic: t\n  route: /x\n",
+	} {
+		if _, errs := decodeDocs([]byte(doc)); len(errs) != 1 {
+			t.Errorf("%s: got errors %v, want one", name, errs)
+		}
+	}
+	if objs, errs := decodeDocs([]byte("apiVersion: v1\nkind: Service\nmetadata: {name: x}\n---\n# only a comment\n")); len(errs) != 0 || len(objs) != 1 {
+		t.Errorf("a valid document: %v %v", objs, errs)
+	}
+}
+
+func stripComments(doc []byte) []byte {
+	var out []byte
+	for _, line := range bytes.Split(doc, []byte("\n")) {
+		if !bytes.HasPrefix(bytes.TrimSpace(line), []byte("#")) {
+			out = append(append(out, line...), '\n')
+		}
+	}
+	return out
+}
+
+// kustomizeBuild renders the kustomization in dir.
+func kustomizeBuild(t *testing.T, dir string) []byte {
+	t.Helper()
+	bin, err := exec.LookPath("kustomize")
+	if err != nil {
+		gopath, _ := exec.Command("go", "env", "GOPATH").Output()
+		bin = filepath.Join(strings.TrimSpace(string(gopath)), "bin", "kustomize")
+		if _, err := os.Stat(bin); err != nil {
+			t.Fatalf("kustomize is not installed (scripts/test.sh installs it: go install sigs.k8s.io/kustomize/kustomize/v5@v5.8.1)")
+		}
+	}
+	return []byte(run(t, dir, nil, bin, "build", "."))
+}
+
+// TestManifests: every file under deploy/ and components/ is a
+// Kubernetes or Dapr document that decodes strictly, a kustomization that
+// renders (and whose output decodes strictly and holds together), or an
+// edgebridge config that passes validate.
+func TestManifests(t *testing.T) {
+	var kustomizations []string
+	for _, root := range []string{"deploy", "components"} {
+		err := filepath.WalkDir(filepath.Join(repo, root), func(path string, d fs.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !(strings.HasSuffix(path, ".yaml") || strings.HasSuffix(path, ".yml")) {
+				return err
+			}
+			rel, _ := filepath.Rel(repo, path)
+			if d.Name() == "kustomization.yaml" {
+				kustomizations = append(kustomizations, filepath.Dir(path))
+				return nil
+			}
+			raw, err := os.ReadFile(path)
+			if err != nil {
+				return err
+			}
+			var head struct {
+				Kind string `yaml:"kind"`
+			}
+			if err := yaml.Unmarshal(raw, &head); err != nil {
+				t.Errorf("%s: %v", rel, err)
+				return nil
+			}
+			if head.Kind == "" { // an edgebridge config
+				if _, err := config.Parse(raw); err != nil {
+					t.Errorf("%s: edgebridge validate: %v", rel, err)
+				}
+				return nil
+			}
+			decodeAll(t, rel, raw)
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := []string{"deploy/k3s/dapr", "deploy/k3s/site-mosquitto", "deploy/k3s/standalone"}
+	var got []string
+	for _, k := range kustomizations {
+		rel, _ := filepath.Rel(repo, k)
+		got = append(got, rel)
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("kustomizations %v, want %v", got, want)
+	}
+	for _, dir := range kustomizations {
+		rel, _ := filepath.Rel(repo, dir)
+		t.Run(rel, func(t *testing.T) {
+			checkRendered(t, decodeAll(t, rel+" (rendered)", kustomizeBuild(t, dir)))
+		})
+	}
+}
+
+// checkRendered checks what one kustomization renders: every Deployment
+// runs one replica with Recreate and a hardened pod; the bridge's config
+// (its ConfigMap) passes validate, its grace period exceeds the drain
+// timeout and its probes ask the admin port the config names; every
+// ConfigMap, PVC and Secret a pod mounts is rendered or optional.
+func checkRendered(t *testing.T, objs []runtime.Object) {
+	configMaps := map[string]*corev1.ConfigMap{}
+	claims := map[string]bool{}
+	var deployments []*appsv1.Deployment
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *corev1.ConfigMap:
+			configMaps[o.Name] = o
+		case *corev1.PersistentVolumeClaim:
+			claims[o.Name] = true
+		case *appsv1.Deployment:
+			deployments = append(deployments, o)
+		}
+	}
+	bridges := 0
+	for _, d := range deployments {
+		if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 || d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+			t.Errorf("deployment %s: want one replica with Recreate (singleton session and data)", d.Name)
+		}
+		pod := d.Spec.Template.Spec
+		if pod.SecurityContext == nil || pod.SecurityContext.RunAsNonRoot == nil || !*pod.SecurityContext.RunAsNonRoot ||
+			pod.SecurityContext.SeccompProfile == nil || pod.SecurityContext.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+			t.Errorf("deployment %s: pod must run as non-root with the RuntimeDefault seccomp profile", d.Name)
+		}
+		volumes := map[string]corev1.Volume{}
+		for _, v := range pod.Volumes {
+			volumes[v.Name] = v
+			switch {
+			case v.ConfigMap != nil && configMaps[v.ConfigMap.Name] == nil:
+				t.Errorf("deployment %s: volume %s: ConfigMap %s is not rendered", d.Name, v.Name, v.ConfigMap.Name)
+			case v.PersistentVolumeClaim != nil && !claims[v.PersistentVolumeClaim.ClaimName]:
+				t.Errorf("deployment %s: volume %s: PVC %s is not rendered", d.Name, v.Name, v.PersistentVolumeClaim.ClaimName)
+			case v.Secret != nil && (v.Secret.Optional == nil || !*v.Secret.Optional):
+				t.Errorf("deployment %s: volume %s: a Secret the user creates must be optional", d.Name, v.Name)
+			}
+		}
+		for _, c := range pod.Containers {
+			if d.Name == "payments" && c.Name == "payments" {
+				continue // the user's Dapr app
+			}
+			sc := c.SecurityContext
+			if sc == nil || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem || sc.AllowPrivilegeEscalation == nil ||
+				*sc.AllowPrivilegeEscalation || sc.Capabilities == nil || !reflect.DeepEqual(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+				t.Errorf("deployment %s, container %s: want a read-only root, no privilege escalation, all capabilities dropped", d.Name, c.Name)
+			}
+			if c.Resources.Limits.Memory().IsZero() || c.Resources.Requests.Memory().IsZero() {
+				t.Errorf("deployment %s, container %s: no memory request or limit", d.Name, c.Name)
+			}
+			if len(c.Args) > 0 && c.Args[0] == "run" {
+				bridges++
+				checkBridge(t, d, c, volumes, configMaps)
+			}
+		}
+	}
+	if bridges != 1 {
+		t.Errorf("%d edgebridge containers, want 1", bridges)
+	}
+}
+
+// checkBridge checks the edgebridge container c of d against its config.
+func checkBridge(t *testing.T, d *appsv1.Deployment, c corev1.Container, volumes map[string]corev1.Volume, configMaps map[string]*corev1.ConfigMap) {
+	if len(c.Args) != 3 || c.Args[1] != "-config" {
+		t.Fatalf("deployment %s: edgebridge args %v, want run -config FILE", d.Name, c.Args)
+	}
+	var cm *corev1.ConfigMap
+	for _, m := range c.VolumeMounts {
+		if v := volumes[m.Name]; v.ConfigMap != nil && filepath.Dir(c.Args[2]) == m.MountPath {
+			cm = configMaps[v.ConfigMap.Name]
+		}
+	}
+	if cm == nil {
+		t.Fatalf("deployment %s: no ConfigMap mounted at %s", d.Name, filepath.Dir(c.Args[2]))
+	}
+	raw, ok := cm.Data[filepath.Base(c.Args[2])]
+	if !ok {
+		t.Fatalf("ConfigMap %s has no %s", cm.Name, filepath.Base(c.Args[2]))
+	}
+	cfg, err := config.Parse([]byte(raw))
+	if err != nil {
+		t.Fatalf("ConfigMap %s: edgebridge validate: %v", cm.Name, err)
+	}
+	grace := time.Duration(*d.Spec.Template.Spec.TerminationGracePeriodSeconds) * time.Second
+	if grace < cfg.Shutdown.DrainTimeout+10*time.Second {
+		t.Errorf("deployment %s: terminationGracePeriodSeconds %s, want at least shutdown.drain_timeout (%s) + 10s", d.Name, grace, cfg.Shutdown.DrainTimeout)
+	}
+	_, adminPort, err := net.SplitHostPort(cfg.Admin.Listen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probes := map[string]*corev1.Probe{"startup": c.StartupProbe, "liveness": c.LivenessProbe, "readiness": c.ReadinessProbe}
+	wantPath := map[string]string{"startup": "/healthz", "liveness": "/healthz", "readiness": "/readyz"}
+	for kind, p := range probes {
+		if p == nil || p.HTTPGet == nil {
+			t.Errorf("deployment %s: no %s probe over HTTP", d.Name, kind)
+			continue
+		}
+		if p.HTTPGet.Path != wantPath[kind] {
+			t.Errorf("deployment %s: %s probe asks %s, want %s", d.Name, kind, p.HTTPGet.Path, wantPath[kind])
+		}
+		port := p.HTTPGet.Port.String()
+		for _, cp := range c.Ports {
+			if cp.Name == port {
+				port = strconv.Itoa(int(cp.ContainerPort))
+			}
+		}
+		if port != adminPort {
+			t.Errorf("deployment %s: %s probe on port %s, but admin.listen is %s", d.Name, kind, port, cfg.Admin.Listen)
+		}
+	}
+	if cfg.EmbeddedKafka() || cfg.EmbeddedMQTT() {
+		mounted := false
+		for _, m := range c.VolumeMounts {
+			if v := volumes[m.Name]; v.PersistentVolumeClaim != nil && (m.MountPath == cfg.Kafka.DataDir || m.MountPath+"/" == cfg.Kafka.DataDir) {
+				mounted = true
+			}
+		}
+		if !mounted {
+			t.Errorf("deployment %s: kafka.data_dir %s (embedded brokers) is not a persistent volume", d.Name, cfg.Kafka.DataDir)
+		}
+	}
+}
+
+// TestSiteMosquittoConf: the site broker's mosquitto.conf (k3s and
+// docker-compose.upstream.yml) is the shipped one with only the listener
+// and the persistence folder changed.
+func TestSiteMosquittoConf(t *testing.T) {
+	raw, err := os.ReadFile(filepath.Join(repo, "deploy/k3s/site-mosquitto/mosquitto.conf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := strings.NewReplacer("listener 1883 127.0.0.1\n", "listener 1883\n",
+		"persistence_location /var/lib/mosquitto/\n", "persistence_location /mosquitto/data/\n").Replace(mosquitto.Shipped)
+	if got, want := settings(string(raw)), settings(want); !reflect.DeepEqual(got, want) {
+		t.Errorf("site mosquitto.conf settings:\n%s\nwant (shipped, listening on all interfaces, data in /mosquitto/data):\n%s",
+			strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// settings are the lines of a mosquitto.conf that are not comments.
+func settings(conf string) []string {
+	var out []string
+	for _, line := range strings.Split(conf, "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			out = append(out, line)
+		}
+	}
+	return out
+}

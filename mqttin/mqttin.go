@@ -165,7 +165,10 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		SetConnectRetryInterval(cfg.ConnectRetryInterval).
 		SetMaxReconnectInterval(cfg.MaxReconnectInterval).
 		SetWriteTimeout(cfg.ConnectTimeout).
-		SetResumeSubs(true).
+		// No ResumeSubs: connected subscribes on every connection. With it,
+		// paho also resends that SUBSCRIBE from its store when its resume
+		// runs after the handler, and the broker then sends every retained
+		// message twice.
 		// Messages of a resumed session can arrive before SUBSCRIBE is
 		// re-sent; without a default handler paho would drop them un-acked.
 		SetDefaultPublishHandler(c.receive).
@@ -248,25 +251,54 @@ func (c *Client) publish(ctx context.Context, topic string, retain bool, payload
 	}
 }
 
+// connected subscribes on every (re)connection, retrying with backoff
+// while the connection stays up and the broker refuses or does not answer;
+// a lost connection gets here again when paho reconnects.
 func (c *Client) connected(pc paho.Client) {
-	if len(c.cfg.Subscribe) > 0 {
-		filters := make(map[string]byte, len(c.cfg.Subscribe))
-		for _, f := range c.cfg.Subscribe {
-			filters[f] = 1
-		}
-		tok := pc.SubscribeMultiple(filters, c.receive)
-		if tok.WaitTimeout(c.cfg.ConnectTimeout) && tok.Error() == nil {
+	if len(c.cfg.Subscribe) == 0 {
+		c.subscribed.Store(true)
+		return
+	}
+	filters := make(map[string]byte, len(c.cfg.Subscribe))
+	for _, f := range c.cfg.Subscribe {
+		filters[f] = 1
+	}
+	for wait := time.Second; ; wait = min(2*wait, c.cfg.MaxReconnectInterval) {
+		err := subscribe(pc, filters, c.receive, c.cfg.ConnectTimeout)
+		if err == nil {
 			c.subscribed.Store(true)
 			c.log.Info("mqttin: subscribed", "broker", c.conn.broker, "topics", c.cfg.Subscribe)
-		} else {
-			c.log.Error("mqttin: subscribe failed; reconnecting", "err", tok.Error())
-			// Force a reconnect so the subscription is retried.
-			go pc.Disconnect(0)
 			return
 		}
-	} else {
-		c.subscribed.Store(true)
+		if !pc.IsConnectionOpen() {
+			return
+		}
+		c.log.Error("mqttin: subscribe failed; retrying", "broker", c.conn.broker, "err", err, "in", wait)
+		select {
+		case <-time.After(wait):
+		case <-c.done:
+			return
+		}
 	}
+}
+
+// subscribe sends one SUBSCRIBE and waits for a SUBACK granting every filter.
+func subscribe(pc paho.Client, filters map[string]byte, h paho.MessageHandler, timeout time.Duration) error {
+	tok := pc.SubscribeMultiple(filters, h)
+	if !tok.WaitTimeout(timeout) {
+		return fmt.Errorf("no SUBACK within %s", timeout)
+	}
+	if err := tok.Error(); err != nil {
+		return err
+	}
+	if st, ok := tok.(*paho.SubscribeToken); ok {
+		for f, code := range st.Result() {
+			if code >= 0x80 {
+				return fmt.Errorf("broker refused %q (SUBACK code %#x)", f, code)
+			}
+		}
+	}
+	return nil
 }
 
 func (c *Client) receive(_ paho.Client, m paho.Message) {

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/mqttin"
@@ -340,5 +341,74 @@ func TestConnectionStateLoggedOnce(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "s3cret") {
 		t.Errorf("the broker password is in the logs:\n%s", logs)
+	}
+}
+
+// A broker that refuses the subscription (SUBACK 0x80) leaves the client
+// connected but not subscribed, logging the refusal and retrying on the
+// same connection until the broker grants it.
+func TestSubscribeRefusedIsRetried(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	// A broker that refuses the first two SUBSCRIBEs and grants the third.
+	var connects, subscribes atomic.Int32
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			connects.Add(1)
+			go func() {
+				defer conn.Close()
+				for {
+					pk, err := packets.ReadPacket(conn)
+					if err != nil {
+						return
+					}
+					var reply packets.ControlPacket
+					switch pk := pk.(type) {
+					case *packets.ConnectPacket:
+						reply = packets.NewControlPacket(packets.Connack)
+					case *packets.SubscribePacket:
+						ack := packets.NewControlPacket(packets.Suback).(*packets.SubackPacket)
+						ack.MessageID, ack.ReturnCodes = pk.MessageID, []byte{0x80}
+						if subscribes.Add(1) > 2 {
+							ack.ReturnCodes = []byte{1}
+						}
+						reply = ack
+					case *packets.PingreqPacket:
+						reply = packets.NewControlPacket(packets.Pingresp)
+					case *packets.DisconnectPacket:
+						return
+					}
+					if reply != nil && reply.Write(conn) != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+
+	var logs logBuffer
+	c, err := mqttin.New(mqttin.Config{Broker: "tcp://" + l.Addr().String(), ClientID: "bridge-refused", Subscribe: []string{"req/+"}},
+		mqttin.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitUntil(t, func() bool { return logs.count("subscribe failed; retrying") >= 1 })
+	if c.Subscribed() || !strings.Contains(logs.String(), "SUBACK code 0x80") {
+		t.Fatalf("subscribed %v with a refused subscription; log:\n%s", c.Subscribed(), logs.String())
+	}
+	waitUntil(t, c.Subscribed)
+	if n, s := connects.Load(), subscribes.Load(); n != 1 || s != 3 {
+		t.Errorf("%d connections and %d SUBSCRIBEs, want 1 and 3 (retried on the same connection):\n%s", n, s, logs.String())
 	}
 }

@@ -68,6 +68,11 @@ fi
 step "go test -race -shuffle=on ./..."
 go test -race -shuffle=on -count=1 -timeout 20m ./...
 
+if [ "${EDGEBRIDGE_SKIP_CONTAINERS:-}" != 1 ]; then
+  step "image size (test/deploy built it with scripts/image.sh)"
+  podman image inspect localhost/edgebridge:ci --format '{{.Size}}' | awk '{printf "localhost/edgebridge:ci: %.1f MB\n", $1/1e6}'
+fi
+
 step "benchmarks run (one iteration each; figures come from -benchtime runs and edgebridge bench)"
 go test -run '^$' -bench . -benchtime 1x ./transcoder ./ackwindow ./grpcout ./kafkapipe >/dev/null
 

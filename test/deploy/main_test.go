@@ -128,6 +128,12 @@ func freePort(t *testing.T) int {
 // how long that took.
 func waitReady(t *testing.T, adminPort int, within time.Duration) time.Duration {
 	t.Helper()
+	return waitAnswer(t, adminPort, http.StatusOK, within)
+}
+
+// waitAnswer polls the bridge's /readyz until it answers with status.
+func waitAnswer(t *testing.T, adminPort, status int, within time.Duration) time.Duration {
+	t.Helper()
 	start := time.Now()
 	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", adminPort)
 	last := "no answer"
@@ -136,7 +142,7 @@ func waitReady(t *testing.T, adminPort int, within time.Duration) time.Duration 
 		if err == nil {
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
+			if resp.StatusCode == status {
 				return time.Since(start)
 			}
 			last = resp.Status + ": " + strings.TrimSpace(string(body))
@@ -145,7 +151,7 @@ func waitReady(t *testing.T, adminPort int, within time.Duration) time.Duration 
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	t.Fatalf("bridge not ready within %s: %s", within, last)
+	t.Fatalf("/readyz did not answer %d within %s: %s", status, within, last)
 	return 0
 }
 

@@ -107,10 +107,21 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 		topic: cfg.Kafka.Topic, dlqTopic: cfg.Kafka.DLQTopic, replyTopic: cfg.MQTT.ReplyTopic}
 
 	var err error
+	mqttTLS, err := cfg.MQTT.TLS.Config()
+	if err != nil {
+		return nil, fmt.Errorf("bridge: mqtt.tls: %w", err)
+	}
+	var password func() (string, error)
+	if cfg.MQTT.PasswordFile != "" {
+		password = cfg.MQTT.Password
+	}
 	b.mqtt, err = mqttin.New(mqttin.Config{
 		Broker:    cfg.MQTT.Broker,
 		ClientID:  cfg.MQTT.ClientID,
 		Subscribe: cfg.MQTT.Subscribe,
+		Username:  cfg.MQTT.Username,
+		Password:  password,
+		TLS:       mqttTLS,
 	}, mqttin.WithLogger(b.log))
 	if err != nil {
 		return nil, err

@@ -4,7 +4,6 @@ package config
 
 import (
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -17,6 +16,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/edgebridge/edgebridge/internal/tlsfiles"
 	"github.com/edgebridge/edgebridge/kafkapipe"
 )
 
@@ -55,6 +55,14 @@ type MQTT struct {
 	Subscribe []string `yaml:"subscribe"`
 	// ReplyTopic with {device_id}. Default: payment/response/{device_id}.
 	ReplyTopic string `yaml:"reply_topic"`
+	// Username is the bridge's own MQTT identity. Default: none.
+	Username string `yaml:"username"`
+	// PasswordFile holds the bridge's password (the whole file, less a
+	// trailing newline); read at every connection, so a rotated password
+	// is used from the next reconnect.
+	PasswordFile string `yaml:"password_file"`
+	// TLS to the broker (broker URL ssl:// or tls://); off unless enabled.
+	TLS TLS `yaml:"tls"`
 	// MaxPayload in bytes: a larger request is dead-lettered (its first
 	// 4 KiB) without being read. At most kafka.max_message_bytes minus
 	// 8 KiB, so the dead letter of any payload within the limit carries it
@@ -341,6 +349,25 @@ func (c *Config) problems() Problems {
 		}
 	}
 	addr("mqtt.embedded_listen", c.MQTT.EmbeddedListen)
+	checkTLS(bad, "mqtt.tls", c.MQTT.TLS)
+	if c.MQTT.TLS.Enabled && c.EmbeddedMQTT() {
+		bad("mqtt.tls", "the bridge reaches its embedded broker in-process; mqtt.embedded_tls is the devices' TLS listener")
+	} else if u, err := url.Parse(c.MQTT.Broker); err == nil && c.MQTT.TLS.Enabled != (u.Scheme == "ssl" || u.Scheme == "tls") && !c.EmbeddedMQTT() {
+		bad("mqtt.tls", "enabled is %v but the broker URL's scheme is %q (TLS needs ssl:// or tls://, and they need TLS enabled)", c.MQTT.TLS.Enabled, u.Scheme)
+	}
+	if c.MQTT.PasswordFile != "" {
+		if c.MQTT.Username == "" {
+			bad("mqtt.password_file", "a password needs mqtt.username")
+		}
+		if _, err := c.MQTT.Password(); err != nil {
+			bad("mqtt.password_file", "%v", err)
+		}
+	}
+	if u, err := url.Parse(c.MQTT.Broker); err == nil && u.User != nil {
+		if _, hasPassword := u.User.Password(); hasPassword {
+			bad("mqtt.broker", "holds a password: use mqtt.username and mqtt.password_file (the URL is logged)")
+		}
+	}
 	if strings.ContainsAny(c.MQTT.ClientID, "+#/") {
 		bad("mqtt.client_id", "%q must not contain + # /", c.MQTT.ClientID)
 	}
@@ -430,20 +457,9 @@ func (c *Config) problems() Problems {
 	if c.Backend.Keepalive.Time < 10*time.Second {
 		bad("backend.keepalive.time", "%s must be at least 10s (gRPC's floor; backends enforce it)", c.Backend.Keepalive.Time)
 	}
-	t := c.Backend.TLS
-	if !t.Enabled && (t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "") {
-		bad("backend.tls", "files or server_name are set but enabled is false")
-	}
-	if (t.CertFile == "") != (t.KeyFile == "") {
-		bad("backend.tls", "cert_file and key_file go together")
-	}
-	if t.Enabled {
-		if _, err := c.Backend.TLS.Config(); err != nil {
-			bad("backend.tls", "%v", err)
-		}
-	}
+	checkTLS(bad, "backend.tls", c.Backend.TLS)
 	if c.Backend.TokenFile != "" {
-		if !t.Enabled {
+		if !c.Backend.TLS.Enabled {
 			bad("backend.token_file", "a token requires backend.tls.enabled")
 		}
 		if _, err := c.Backend.Token(); err != nil {
@@ -498,30 +514,45 @@ func (c *Config) validateDapr(bad func(key, format string, args ...any)) {
 	}
 }
 
-// Config loads the TLS files; nil when TLS is off.
+// Config loads the TLS files; nil when TLS is off. The files are read
+// again when they change (rotation needs no restart).
 func (t TLS) Config() (*tls.Config, error) {
 	if !t.Enabled {
 		return nil, nil
 	}
-	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
-	if t.CAFile != "" {
-		pem, err := os.ReadFile(t.CAFile)
-		if err != nil {
-			return nil, err
-		}
-		tc.RootCAs = x509.NewCertPool()
-		if !tc.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("%s: no PEM certificates", t.CAFile)
+	return tlsfiles.Files{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile, ServerName: t.ServerName}.Client()
+}
+
+// checkTLS reports inconsistent TLS settings under key.
+func checkTLS(bad func(key, format string, args ...any), key string, t TLS) {
+	if !t.Enabled && (t.CAFile != "" || t.CertFile != "" || t.KeyFile != "" || t.ServerName != "") {
+		bad(key, "files or server_name are set but enabled is false")
+	}
+	if (t.CertFile == "") != (t.KeyFile == "") {
+		bad(key, "cert_file and key_file go together")
+	}
+	if t.Enabled {
+		if _, err := t.Config(); err != nil {
+			bad(key, "%v", err)
 		}
 	}
-	if t.CertFile != "" {
-		cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
-		if err != nil {
-			return nil, err
-		}
-		tc.Certificates = []tls.Certificate{cert}
+}
+
+// Password reads mqtt.password_file: the whole file less one trailing
+// newline. "" when there is no password file.
+func (m MQTT) Password() (string, error) {
+	if m.PasswordFile == "" {
+		return "", nil
 	}
-	return tc, nil
+	raw, err := os.ReadFile(m.PasswordFile)
+	if err != nil {
+		return "", err
+	}
+	pw := strings.TrimSuffix(strings.TrimSuffix(string(raw), "\n"), "\r")
+	if pw == "" {
+		return "", fmt.Errorf("%s is empty", m.PasswordFile)
+	}
+	return pw, nil
 }
 
 // Token reads the bearer token; "" when there is no token file.

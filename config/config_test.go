@@ -111,6 +111,14 @@ dapr:
 			want: []string{"mqtt.max_payload: 100000 must be between 1 and 91808"}},
 		{name: "negative max_payload", doc: "mqtt:\n  max_payload: -1\n", want: []string{"mqtt.max_payload"}},
 		{name: "max_message_bytes too small", doc: "kafka:\n  max_message_bytes: 1000\n", want: []string{"kafka.max_message_bytes"}},
+		{name: "mqtt tls needs ssl://", doc: "mqtt:\n  broker: tcp://h:1883\n  tls: {enabled: true}\n", want: []string{`mqtt.tls: enabled is true but the broker URL's scheme is "tcp"`}},
+		{name: "ssl:// needs mqtt tls", doc: "mqtt:\n  broker: ssl://h:8883\n", want: []string{`mqtt.tls: enabled is false but the broker URL's scheme is "ssl"`}},
+		{name: "mqtt tls on the embedded broker", doc: "mqtt:\n  tls: {enabled: true}\n", want: []string{"mqtt.tls: the bridge reaches its embedded broker in-process"}},
+		{name: "mqtt password without username", doc: "mqtt:\n  broker: tcp://h:1883\n  password_file: /nonexistent/pw\n",
+			want: []string{"mqtt.password_file: a password needs mqtt.username", "/nonexistent/pw"}},
+		{name: "password in the broker URL", doc: "mqtt:\n  broker: tcp://u:secret@h:1883\n", want: []string{"mqtt.broker: holds a password"}},
+		{name: "mqtt tls files", doc: "mqtt:\n  broker: ssl://h:8883\n  tls: {enabled: true, ca_file: /nonexistent/ca.pem, cert_file: c.pem}\n",
+			want: []string{"mqtt.tls: cert_file and key_file go together", "/nonexistent/ca.pem"}},
 		{name: "log settings", doc: "log:\n  format: xml\n  level: loud\n", want: []string{
 			`line 2: log.format: "xml" must be text or json`, `line 3: log.level: "loud" must be debug, info, warn or error`}},
 	}

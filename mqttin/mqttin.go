@@ -7,6 +7,7 @@ package mqttin
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -76,6 +77,13 @@ type Config struct {
 	// ConnectRetryInterval is the wait between attempts of the first
 	// connection. Default: 1s.
 	ConnectRetryInterval time.Duration
+	// Username is the client's MQTT identity; none when empty.
+	Username string
+	// Password returns the password for each connection attempt (so a
+	// rotated one is used from the next reconnect). Nil: none.
+	Password func() (string, error)
+	// TLS for ssl:// and tls:// brokers. Nil: Go's defaults (system roots).
+	TLS *tls.Config
 }
 
 func (c Config) withDefaults() Config {
@@ -175,6 +183,12 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		SetOnConnectHandler(c.connected).
 		SetConnectionLostHandler(func(paho.Client, error) { c.subscribed.Store(false) }).
 		SetConnectionNotificationHandler(c.notified)
+	if cfg.Username != "" || cfg.Password != nil {
+		po.SetCredentialsProvider(c.credentials)
+	}
+	if cfg.TLS != nil {
+		po.SetTLSConfig(cfg.TLS)
+	}
 	if u, err := url.Parse(cfg.Broker); err == nil && (u.Scheme == "tcp" || u.Scheme == "mqtt") {
 		po.SetCustomOpenConnectionFn(openConn)
 	}
@@ -249,6 +263,18 @@ func (c *Client) publish(ctx context.Context, topic string, retain bool, payload
 	case <-c.done:
 		return ErrClosed
 	}
+}
+
+// credentials are the username and the password as it is now; a password
+// that cannot be read is logged (once per change of cause) and sent empty,
+// so the broker refuses the connection and paho retries.
+func (c *Client) credentials() (string, string) {
+	if c.cfg.Password == nil {
+		return c.cfg.Username, ""
+	}
+	pw, err := c.cfg.Password()
+	c.conn.passwordProblem(err)
+	return c.cfg.Username, pw
 }
 
 // connected subscribes on every (re)connection, retrying with backoff
@@ -327,6 +353,21 @@ type connLog struct {
 
 	mu    sync.Mutex
 	state connState
+	pwErr string // the last password-file problem logged
+}
+
+// passwordProblem logs a password that cannot be read, once per cause.
+func (l *connLog) passwordProblem(err error) {
+	msg := ""
+	if err != nil {
+		msg = err.Error()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if msg != l.pwErr && msg != "" {
+		l.log.Error("mqttin: cannot read the password; connecting without it", "broker", l.broker, "err", msg)
+	}
+	l.pwErr = msg
 }
 
 type connState int

@@ -28,3 +28,39 @@ func Local(port int, dir string) string {
 	}
 	return conf
 }
+
+// ShippedProduction is mosquitto-production.conf as shipped, and ShippedACL
+// its acl_file.
+//
+//go:embed mosquitto-production.conf
+var ShippedProduction string
+
+//go:embed acl
+var ShippedACL string
+
+// Production returns the shipped production settings for a broker on
+// 127.0.0.1: the password listener on passwordPort, the certificate
+// listener on certPort, and every file (certs/server.pem, server.key,
+// device-ca.pem; passwd; acl; the persistence file) in dir. It panics if
+// the shipped file no longer has a line it rewrites.
+func Production(passwordPort, certPort int, dir string) string {
+	dir = strings.TrimSuffix(dir, "/")
+	conf := ShippedProduction
+	for _, r := range [][2]string{
+		{"listener 8883\n", "listener " + strconv.Itoa(passwordPort) + " 127.0.0.1\n"},
+		{"listener 8884\n", "listener " + strconv.Itoa(certPort) + " 127.0.0.1\n"},
+		{"/mosquitto/certs/", dir + "/"},
+		{"/mosquitto/config/", dir + "/"},
+		{"/mosquitto/data/", dir + "/"},
+	} {
+		if !strings.Contains(conf, r[0]) {
+			panic("mosquitto-production.conf lacks " + r[0])
+		}
+		conf = strings.ReplaceAll(conf, r[0], r[1])
+	}
+	conf += "\n# local run: log to stderr\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
+	if os.Geteuid() == 0 {
+		conf += "user root\n"
+	}
+	return conf
+}

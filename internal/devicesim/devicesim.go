@@ -6,6 +6,7 @@ package devicesim
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -50,6 +51,16 @@ type Config struct {
 	// PayloadSize pads each request's JSON with a "memo" field to this many
 	// bytes. Default: no padding (about 90 bytes).
 	PayloadSize int
+	// Connect, if set, gives each device (by id) its own broker URL,
+	// credentials or TLS settings: authenticated devices.
+	Connect func(deviceID string) Conn
+}
+
+// Conn is how one device connects; zero fields take Config's values.
+type Conn struct {
+	Broker             string
+	Username, Password string
+	TLS                *tls.Config
 }
 
 // Counters are a run's running totals; safe to read while it runs.
@@ -281,7 +292,14 @@ func connect(ctx context.Context, cfg Config, id string, replied *atomic.Int64) 
 		}
 		d.checkAll()
 	}
-	opts := paho.NewClientOptions().AddBroker(cfg.Broker).SetClientID(id).
+	conn := Conn{Broker: cfg.Broker}
+	if cfg.Connect != nil {
+		if conn = cfg.Connect(id); conn.Broker == "" {
+			conn.Broker = cfg.Broker
+		}
+	}
+	opts := paho.NewClientOptions().AddBroker(conn.Broker).SetClientID(id).
+		SetUsername(conn.Username).SetPassword(conn.Password).SetTLSConfig(conn.TLS).
 		SetCleanSession(false). // replies published while we reconnect are kept
 		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(200 * time.Millisecond).
 		SetMaxReconnectInterval(time.Second).

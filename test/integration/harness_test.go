@@ -304,6 +304,7 @@ type bridgeOpts struct {
 	mqtt, kafka, backend string // backend "": no targets (Dapr only)
 	extra                string // more YAML, appended under backend:
 	top                  string // more top-level YAML (e.g. a dapr: section)
+	mqttExtra            string // more YAML under mqtt: (indented two spaces)
 	clientID             string // default: bridge-<test name>
 	subscribe            string // default: payment/request/+
 }
@@ -326,7 +327,7 @@ func writeBridgeConfig(t *testing.T, o bridgeOpts) (path, admin string) {
   client_id: %s
   subscribe: ["%s"]
   reply_topic: "payment/response/{device_id}"
-kafka:
+%skafka:
   brokers: ["%s"]
   topic: edgebridge.payment.requests
   dlq_topic: edgebridge.payment.dlq
@@ -344,7 +345,7 @@ backend:
   listen: %s
 shutdown:
   drain_timeout: 20s
-%s`, o.mqtt, o.clientID, o.subscribe, o.kafka, targets, o.extra, admin, o.top)
+%s`, o.mqtt, o.clientID, o.subscribe, o.mqttExtra, o.kafka, targets, o.extra, admin, o.top)
 	path = filepath.Join(t.TempDir(), "edgebridge.yaml")
 	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
 		t.Fatal(err)

@@ -358,22 +358,28 @@ func peakRSS(t *testing.T, p *proc) int {
 // dlqRecords reads the DLQ topic to its end.
 func dlqRecords(t *testing.T, broker string) []kafka.Message {
 	t.Helper()
+	return topicRecords(t, broker, "edgebridge.payment.dlq")
+}
+
+// topicRecords reads every record of the bridge's 8-partition topic.
+func topicRecords(t *testing.T, broker, topic string) []kafka.Message {
+	t.Helper()
 	var out []kafka.Message
 	for p := range 8 {
-		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, Topic: "edgebridge.payment.dlq", Partition: p,
+		r := kafka.NewReader(kafka.ReaderConfig{Brokers: []string{broker}, Topic: topic, Partition: p,
 			MaxWait: 50 * time.Millisecond, MaxBytes: 8 << 20})
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		for {
 			lag, err := r.ReadLag(ctx)
 			if err != nil {
-				t.Fatalf("DLQ partition %d: %v", p, err)
+				t.Fatalf("%s partition %d: %v", topic, p, err)
 			}
 			if lag == 0 {
 				break
 			}
 			m, err := r.ReadMessage(ctx)
 			if err != nil {
-				t.Fatalf("DLQ partition %d: %v", p, err)
+				t.Fatalf("%s partition %d: %v", topic, p, err)
 			}
 			out = append(out, m)
 		}

@@ -38,6 +38,9 @@ type Bridge struct {
 	log     *slog.Logger
 	metrics *Metrics
 
+	mqttUser     string                 // WithMQTTCredentials
+	mqttPassword func() (string, error) // WithMQTTCredentials
+
 	rules    ingestRules
 	mqtt     *mqttin.Client
 	producer *kafkapipe.Producer
@@ -78,6 +81,13 @@ type Option func(*Bridge)
 // WithLogger sets the logger. Default: slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(b *Bridge) { b.log = l } }
 
+// WithMQTTCredentials sets the bridge's MQTT username and password source
+// instead of mqtt.username and mqtt.password_file: the account generated
+// for the embedded broker, which never touches the disk.
+func WithMQTTCredentials(user string, password func() (string, error)) Option {
+	return func(b *Bridge) { b.mqttUser, b.mqttPassword = user, password }
+}
+
 // WithBuildInfo publishes the binary's build as edgebridge_build_info.
 func WithBuildInfo(bi BuildInfo) Option { return func(b *Bridge) { b.build = &bi } }
 
@@ -111,15 +121,18 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bridge: mqtt.tls: %w", err)
 	}
-	var password func() (string, error)
-	if cfg.MQTT.PasswordFile != "" {
+	user, password := cfg.MQTT.Username, b.mqttPassword
+	if password == nil && cfg.MQTT.PasswordFile != "" {
 		password = cfg.MQTT.Password
+	}
+	if b.mqttUser != "" {
+		user = b.mqttUser
 	}
 	b.mqtt, err = mqttin.New(mqttin.Config{
 		Broker:    cfg.MQTT.Broker,
 		ClientID:  cfg.MQTT.ClientID,
 		Subscribe: cfg.MQTT.Subscribe,
-		Username:  cfg.MQTT.Username,
+		Username:  user,
 		Password:  password,
 		TLS:       mqttTLS,
 	}, mqttin.WithLogger(b.log))

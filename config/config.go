@@ -63,11 +63,41 @@ type MQTT struct {
 	PasswordFile string `yaml:"password_file"`
 	// TLS to the broker (broker URL ssl:// or tls://); off unless enabled.
 	TLS TLS `yaml:"tls"`
+	// EmbeddedAuth makes the embedded broker authenticate every client
+	// and limit each device to its own topics (see README "Security").
+	EmbeddedAuth EmbeddedAuth `yaml:"embedded_auth"`
+	// EmbeddedTLS adds a TLS listener to the embedded broker.
+	EmbeddedTLS EmbeddedTLS `yaml:"embedded_tls"`
 	// MaxPayload in bytes: a larger request is dead-lettered (its first
 	// 4 KiB) without being read. At most kafka.max_message_bytes minus
 	// 8 KiB, so the dead letter of any payload within the limit carries it
 	// whole. Default: 16384.
 	MaxPayload int `yaml:"max_payload"`
+}
+
+// EmbeddedAuth settings of the embedded MQTT broker.
+type EmbeddedAuth struct {
+	// PasswordFile in Mosquitto's format (mosquitto_passwd); read again
+	// when it changes. Setting it (or embedded_tls.client_ca_file) turns
+	// authentication on.
+	PasswordFile string `yaml:"password_file"`
+}
+
+// EmbeddedTLS is the embedded MQTT broker's TLS listener for devices.
+type EmbeddedTLS struct {
+	// Listen address, e.g. 0.0.0.0:8883. Empty: no TLS listener.
+	Listen string `yaml:"listen"`
+	// CertFile and KeyFile: the broker's certificate; re-read when they change.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ClientCAFile: require client certificates signed by these CAs; the
+	// certificate's CN is then the device's identity.
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+// AuthEnabled reports whether the embedded broker authenticates clients.
+func (m MQTT) AuthEnabled() bool {
+	return m.EmbeddedAuth.PasswordFile != "" || m.EmbeddedTLS.ClientCAFile != ""
 }
 
 // Kafka settings.
@@ -350,6 +380,25 @@ func (c *Config) problems() Problems {
 	}
 	addr("mqtt.embedded_listen", c.MQTT.EmbeddedListen)
 	checkTLS(bad, "mqtt.tls", c.MQTT.TLS)
+	if e := c.MQTT.EmbeddedTLS; e != (EmbeddedTLS{}) || c.MQTT.EmbeddedAuth.PasswordFile != "" {
+		if !c.EmbeddedMQTT() {
+			bad("mqtt.embedded_tls", "embedded_auth and embedded_tls configure the embedded broker, but mqtt.broker is not \"embedded\"")
+		}
+		if e.ClientCAFile != "" && e.Listen == "" {
+			bad("mqtt.embedded_tls.client_ca_file", "client certificates need embedded_tls.listen")
+		}
+		if e.Listen != "" {
+			addr("mqtt.embedded_tls.listen", e.Listen)
+			if _, err := (tlsfiles.Files{CAFile: e.ClientCAFile, CertFile: e.CertFile, KeyFile: e.KeyFile}).Server(); err != nil {
+				bad("mqtt.embedded_tls", "%v", err)
+			}
+		}
+	}
+	if f := c.MQTT.EmbeddedAuth.PasswordFile; f != "" {
+		if _, err := os.Stat(f); err != nil {
+			bad("mqtt.embedded_auth.password_file", "%v", err)
+		}
+	}
 	if c.MQTT.TLS.Enabled && c.EmbeddedMQTT() {
 		bad("mqtt.tls", "the bridge reaches its embedded broker in-process; mqtt.embedded_tls is the devices' TLS listener")
 	} else if u, err := url.Parse(c.MQTT.Broker); err == nil && c.MQTT.TLS.Enabled != (u.Scheme == "ssl" || u.Scheme == "tls") && !c.EmbeddedMQTT() {

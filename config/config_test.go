@@ -119,6 +119,12 @@ dapr:
 		{name: "password in the broker URL", doc: "mqtt:\n  broker: tcp://u:secret@h:1883\n", want: []string{"mqtt.broker: holds a password"}},
 		{name: "mqtt tls files", doc: "mqtt:\n  broker: ssl://h:8883\n  tls: {enabled: true, ca_file: /nonexistent/ca.pem, cert_file: c.pem}\n",
 			want: []string{"mqtt.tls: cert_file and key_file go together", "/nonexistent/ca.pem"}},
+		{name: "embedded security on an external broker", doc: "mqtt:\n  broker: tcp://h:1883\n  embedded_auth: {password_file: /etc/hostname}\n",
+			want: []string{`mqtt.embedded_tls: embedded_auth and embedded_tls configure the embedded broker`}},
+		{name: "embedded security files", doc: "mqtt:\n  embedded_auth: {password_file: /nonexistent/passwd}\n  embedded_tls: {client_ca_file: /nonexistent/ca.pem}\n",
+			want: []string{"mqtt.embedded_auth.password_file", "/nonexistent/passwd", "client certificates need embedded_tls.listen"}},
+		{name: "embedded tls without a certificate", doc: "mqtt:\n  embedded_tls: {listen: 127.0.0.1:8883}\n",
+			want: []string{"mqtt.embedded_tls: tlsfiles: a server needs a certificate and its key"}},
 		{name: "log settings", doc: "log:\n  format: xml\n  level: loud\n", want: []string{
 			`line 2: log.format: "xml" must be text or json`, `line 3: log.level: "loud" must be debug, info, warn or error`}},
 	}

@@ -8,6 +8,7 @@ package embedded
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -134,6 +135,17 @@ type MQTTConfig struct {
 	// DataDir holds persisted sessions, subscriptions and in-flight messages. Required.
 	DataDir string
 	Logger  *slog.Logger
+	// Auth, if set, requires every client to authenticate and limits each
+	// device to its own topics; nil lets anyone do anything.
+	Auth *Auth
+	// TLSListen adds a TLS listener with TLS (its certificate; with
+	// ClientCAs and RequireAndVerifyClientCert, or GetConfigForClient
+	// returning such, set ClientCertIdentity too).
+	TLSListen string
+	TLS       *tls.Config
+	// ClientCertIdentity: on the TLS listener a client's certificate CN is
+	// its identity (Mosquitto's use_identity_as_username), not a password.
+	ClientCertIdentity bool
 }
 
 // MaxPacketSize is the largest MQTT packet the embedded broker accepts,
@@ -142,9 +154,9 @@ const MaxPacketSize = 4 << 20
 
 // MQTT is a running embedded MQTT broker.
 type MQTT struct {
-	s    *mqtt.Server
-	addr string
-	once sync.Once
+	s             *mqtt.Server
+	addr, tlsAddr string
+	once          sync.Once
 }
 
 // ListenMQTT starts the broker. Sessions (clean session off), subscriptions
@@ -185,12 +197,31 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 	caps.MaximumPacketSize = MaxPacketSize
 	s := mqtt.New(&mqtt.Options{Logger: slog.New(quiet{cfg.Logger.Handler()}), Capabilities: caps})
 	var errs []error
-	errs = append(errs, s.AddHook(new(auth.AllowHook), nil))
+	if cfg.Auth != nil {
+		errs = append(errs, s.AddHook(&authHook{auth: *cfg.Auth, pw: passwordFile{path: cfg.Auth.PasswordFile}}, nil))
+	} else {
+		errs = append(errs, s.AddHook(new(auth.AllowHook), nil))
+	}
 	errs = append(errs, s.AddHook(&boltStore{Hook: new(bolt.Hook)}, &bolt.Options{
 		Path:    filepath.Join(cfg.DataDir, "mqtt.bolt"),
 		Options: &bbolt.Options{Timeout: time.Second, NoSync: true},
 	}))
 	errs = append(errs, s.AddListener(listeners.NewTCP(listeners.Config{ID: "tcp", Address: addr})))
+	tlsAddr := ""
+	if cfg.TLSListen != "" {
+		tln, err := net.Listen("tcp", cfg.TLSListen)
+		if err != nil {
+			_ = s.Close()
+			return nil, fmt.Errorf("embedded: mqtt tls listen: %w", err)
+		}
+		tlsAddr = tln.Addr().String()
+		_ = tln.Close()
+		id := "tls"
+		if cfg.ClientCertIdentity {
+			id = certListener
+		}
+		errs = append(errs, s.AddListener(listeners.NewTCP(listeners.Config{ID: id, Address: tlsAddr, TLSConfig: cfg.TLS})))
+	}
 	if err := errors.Join(errs...); err != nil {
 		_ = s.Close()
 		return nil, fmt.Errorf("embedded: mqtt: %w", err)
@@ -199,11 +230,14 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 		_ = s.Close()
 		return nil, fmt.Errorf("embedded: mqtt serve: %w", err)
 	}
-	return &MQTT{s: s, addr: addr}, nil
+	return &MQTT{s: s, addr: addr, tlsAddr: tlsAddr}, nil
 }
 
 // Addr returns the broker's host:port.
 func (m *MQTT) Addr() string { return m.addr }
+
+// TLSAddr is the TLS listener's address; "" without one.
+func (m *MQTT) TLSAddr() string { return m.tlsAddr }
 
 // Inflight returns how many QoS 1/2 messages the broker holds un-acknowledged
 // for clientID (0 for an unknown client).

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,6 +18,7 @@ import (
 	"github.com/edgebridge/edgebridge/bridge"
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/embedded"
+	"github.com/edgebridge/edgebridge/internal/tlsfiles"
 )
 
 func loadConfig(path string) (config.Config, error) {
@@ -98,16 +101,26 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 		cfg.Kafka.Brokers = []string{k.Addr()}
 		log.Info("edgebridge: embedded kafka", "addr", k.Addr(), "data_dir", cfg.Kafka.DataDir)
 	}
+	opts := []bridge.Option{bridge.WithLogger(log), bridge.WithBuildInfo(buildInfo())}
 	if cfg.EmbeddedMQTT() {
-		m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: cfg.MQTT.EmbeddedListen, DataDir: cfg.Kafka.DataDir + "/mqtt", Logger: log})
+		mc, creds, err := embeddedMQTTConfig(cfg, log)
+		if err != nil {
+			return err
+		}
+		m, err := embedded.ListenMQTT(mc)
 		if err != nil {
 			return err
 		}
 		defer m.Close()
+		// The bridge is now a client of that broker; its embedded settings are spent.
 		cfg.MQTT.Broker = "tcp://" + m.Addr()
-		log.Info("edgebridge: embedded mqtt", "addr", m.Addr())
+		cfg.MQTT.EmbeddedAuth, cfg.MQTT.EmbeddedTLS = config.EmbeddedAuth{}, config.EmbeddedTLS{}
+		if creds != nil {
+			opts = append(opts, creds)
+		}
+		log.Info("edgebridge: embedded mqtt", "addr", m.Addr(), "tls_addr", m.TLSAddr(), "auth", mc.Auth != nil)
 	}
-	b, err := bridge.New(cfg, bridge.WithLogger(log), bridge.WithBuildInfo(buildInfo()))
+	b, err := bridge.New(cfg, opts...)
 	if err != nil {
 		return err
 	}
@@ -126,4 +139,32 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 	err = b.Run(ctx)
 	stopAdmin()
 	return errors.Join(err, g.Wait())
+}
+
+// embeddedMQTTConfig is the embedded broker's configuration and, when it
+// authenticates clients, the bridge's own account on it: a password
+// generated now, held in memory only.
+func embeddedMQTTConfig(cfg config.Config, log *slog.Logger) (embedded.MQTTConfig, bridge.Option, error) {
+	mc := embedded.MQTTConfig{Listen: cfg.MQTT.EmbeddedListen, DataDir: cfg.Kafka.DataDir + "/mqtt", Logger: log}
+	var creds bridge.Option
+	if cfg.MQTT.AuthEnabled() {
+		secret := make([]byte, 32)
+		if _, err := rand.Read(secret); err != nil {
+			return mc, nil, err
+		}
+		user, password := cfg.MQTT.Username, hex.EncodeToString(secret)
+		if user == "" {
+			user = "edgebridge"
+		}
+		mc.Auth = &embedded.Auth{PasswordFile: cfg.MQTT.EmbeddedAuth.PasswordFile, BridgeUser: user, BridgePassword: password}
+		creds = bridge.WithMQTTCredentials(user, func() (string, error) { return password, nil })
+	}
+	if t := cfg.MQTT.EmbeddedTLS; t.Listen != "" {
+		tc, err := tlsfiles.Files{CAFile: t.ClientCAFile, CertFile: t.CertFile, KeyFile: t.KeyFile}.Server()
+		if err != nil {
+			return mc, nil, fmt.Errorf("mqtt.embedded_tls: %w", err)
+		}
+		mc.TLSListen, mc.TLS, mc.ClientCertIdentity = t.Listen, tc, t.ClientCAFile != ""
+	}
+	return mc, creds, nil
 }

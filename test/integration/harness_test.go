@@ -305,6 +305,7 @@ type bridgeOpts struct {
 	extra                string // more YAML, appended under backend:
 	top                  string // more top-level YAML (e.g. a dapr: section)
 	mqttExtra            string // more YAML under mqtt: (indented two spaces)
+	kafkaExtra           string // more YAML under kafka: (indented two spaces)
 	clientID             string // default: bridge-<test name>
 	subscribe            string // default: payment/request/+
 }
@@ -332,7 +333,7 @@ func writeBridgeConfig(t *testing.T, o bridgeOpts) (path, admin string) {
   topic: edgebridge.payment.requests
   dlq_topic: edgebridge.payment.dlq
   group_id: edgebridge
-backend:
+%sbackend:
   targets: [%s]
   window: 128
   reconnect:
@@ -345,7 +346,7 @@ backend:
   listen: %s
 shutdown:
   drain_timeout: 20s
-%s`, o.mqtt, o.clientID, o.subscribe, o.mqttExtra, o.kafka, targets, o.extra, admin, o.top)
+%s`, o.mqtt, o.clientID, o.subscribe, o.mqttExtra, o.kafka, o.kafkaExtra, targets, o.extra, admin, o.top)
 	path = filepath.Join(t.TempDir(), "edgebridge.yaml")
 	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
 		t.Fatal(err)

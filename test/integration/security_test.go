@@ -181,63 +181,10 @@ func TestDeviceIdentityOnMosquitto(t *testing.T) {
 	// A (password) and a stranger (a certificate from the device CA whose
 	// CN is no provisioned device) try to read B's replies while B pays,
 	// then to pay as B and to forge B's replies.
-	victim := newAuthedDevice(t, s.passwordURL, "dev-0002", "dev-0002", passwords["dev-0002"], s.tlsFor(t, nil, ""))
-	attacker := newAuthedDevice(t, s.passwordURL, "dev-0001", "dev-0001", passwords["dev-0001"], s.tlsFor(t, nil, ""))
-	stranger := newAuthedDevice(t, s.certURL, "stranger", "stranger", "", s.tlsFor(t, s.deviceCA, "stranger"))
-	eavesdropped := make(chan string, 16)
-	for _, spy := range []*authedDevice{attacker, stranger} {
-		for _, filter := range []string{"payment/response/dev-0002", "payment/response/+", "payment/#", "#"} {
-			spy.c.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) { eavesdropped <- m.Topic() }).WaitTimeout(5 * time.Second)
-		}
-	}
-	victim.publish(t, "payment/request/dev-0002", `{"request_id":"b-1","amount_minor":100,"currency":"EUR"}`)
-	if r := victim.await(t, "b-1"); r.Status != transcoder.StatusApproved {
-		t.Errorf("B's own request: %+v", r)
-	}
-	// A's own reply comes after B's on the same bridge: had a spy been
-	// sent B's reply, it would be here by now.
-	attacker.publish(t, "payment/request/dev-0001", `{"request_id":"a-1","amount_minor":100,"currency":"EUR"}`)
-	attacker.await(t, "a-1")
-	for len(eavesdropped) > 0 {
-		if topic := <-eavesdropped; topic != "payment/response/dev-0001" {
-			t.Errorf("a device read %s", topic)
-		}
-	}
-
-	// Mosquitto 2.0 closes the connection of a client whose publish the
-	// ACL denies; either way the token completes once the broker decided.
-	for _, who := range []struct {
-		id, user, pw, url string
-		tc                *tls.Config
-	}{
-		{"dev-0001", "dev-0001", passwords["dev-0001"], s.passwordURL, s.tlsFor(t, nil, "")},
-		{"stranger", "", "", s.certURL, s.tlsFor(t, s.deviceCA, "stranger")},
-	} {
-		for _, forged := range [][2]string{
-			{"payment/request/dev-0002", `{"request_id":"forged-` + who.id + `","amount_minor":99999,"currency":"EUR"}`},
-			{"payment/response/dev-0002", `{"request_id":"b-2","message_id":"forged","status":"APPROVED"}`},
-		} {
-			c, err := connect(who.url, who.id+"-forger", who.user, who.pw, who.tc)
-			if err != nil {
-				t.Fatalf("%s: %v", who.id, err)
-			}
-			c.Publish(forged[0], 1, false, forged[1]).WaitTimeout(10 * time.Second)
-			c.Disconnect(0)
-		}
-	}
-	// B pays b-2: its only reply is the bridge's, not the forged APPROVED.
-	victim.publish(t, "payment/request/dev-0002", `{"request_id":"b-2","amount_minor":100,"currency":"EUR"}`)
-	if r := victim.await(t, "b-2"); r.MessageID == "forged" {
-		t.Errorf("B received a forged reply: %+v", r)
-	}
-	for _, m := range topicRecords(t, kafkaAddr, "edgebridge.payment.requests") {
-		if bytes.Contains(m.Value, []byte("forged")) {
-			t.Errorf("a forged request reached Kafka: key %s", m.Key)
-		}
-	}
-	if raw, err := os.ReadFile(ledger); err != nil || bytes.Contains(raw, []byte("forged")) {
-		t.Errorf("ledger: %v; forged entry present: %v", err, bytes.Contains(raw, []byte("forged")))
-	}
+	checkIsolation(t, kafkaAddr, ledger,
+		identity{"dev-0002", s.passwordURL, "dev-0002", passwords["dev-0002"], s.tlsFor(t, nil, "")},
+		identity{"dev-0001", s.passwordURL, "dev-0001", passwords["dev-0001"], s.tlsFor(t, nil, "")},
+		identity{"stranger", s.certURL, "", "", s.tlsFor(t, s.deviceCA, "stranger")})
 
 	if err := b.stop(t, 30*time.Second); err != nil {
 		t.Error(err)
@@ -281,22 +228,20 @@ type authedDevice struct {
 	replies chan transcoder.Reply
 }
 
-func newAuthedDevice(t *testing.T, broker, clientID, user, password string, tc *tls.Config) *authedDevice {
+func newAuthedDevice(t *testing.T, who identity, clientID string) *authedDevice {
 	t.Helper()
-	c, err := connect(broker, clientID, user, password, tc)
+	c, err := who.connect(clientID)
 	if err != nil {
-		t.Fatalf("device %s: %v", clientID, err)
+		t.Fatalf("device %s: %v", who.id, err)
 	}
 	t.Cleanup(func() { c.Disconnect(0) })
-	d := &authedDevice{id: clientID, c: c, replies: make(chan transcoder.Reply, 16)}
-	if user != "" {
-		c.Subscribe("payment/response/"+user, 1, func(_ paho.Client, m paho.Message) {
-			var r transcoder.Reply
-			if json.Unmarshal(m.Payload(), &r) == nil {
-				d.replies <- r
-			}
-		}).WaitTimeout(5 * time.Second)
-	}
+	d := &authedDevice{id: who.id, c: c, replies: make(chan transcoder.Reply, 16)}
+	c.Subscribe("payment/response/"+who.id, 1, func(_ paho.Client, m paho.Message) {
+		var r transcoder.Reply
+		if json.Unmarshal(m.Payload(), &r) == nil {
+			d.replies <- r
+		}
+	}).WaitTimeout(5 * time.Second)
 	return d
 }
 
@@ -323,4 +268,187 @@ func (d *authedDevice) await(t *testing.T, requestID string) transcoder.Reply {
 			return transcoder.Reply{}
 		}
 	}
+}
+
+// identity is how one device connects: its id, broker URL, credentials.
+type identity struct {
+	id, url, user, password string
+	tc                      *tls.Config
+}
+
+func (i identity) connect(clientID string) (paho.Client, error) {
+	return connect(i.url, clientID, i.user, i.password, i.tc)
+}
+
+// checkIsolation: while the victim pays and is answered, the spies
+// (devices with identities of their own; the first one also pays as
+// itself) subscribed to the victim's replies and to wildcards read
+// nothing; a request a spy publishes on the victim's request topic never
+// reaches Kafka or the ledger, and a reply it forges on the victim's reply
+// topic never reaches the victim.
+func checkIsolation(t *testing.T, kafkaAddr, ledger string, victim identity, spies ...identity) {
+	t.Helper()
+	v := newAuthedDevice(t, victim, victim.id)
+	eavesdropped := make(chan string, 64)
+	var first *authedDevice
+	for _, spy := range spies {
+		d := newAuthedDevice(t, spy, spy.id)
+		if first == nil {
+			first = d
+		}
+		for _, filter := range []string{"payment/response/" + victim.id, "payment/response/+", "payment/#", "#"} {
+			d.c.Subscribe(filter, 1, func(_ paho.Client, m paho.Message) {
+				if m.Topic() != "payment/response/"+spy.id {
+					eavesdropped <- m.Topic()
+				}
+			}).WaitTimeout(5 * time.Second)
+		}
+	}
+	v.publish(t, "payment/request/"+victim.id, `{"request_id":"v-1","amount_minor":100,"currency":"EUR"}`)
+	if r := v.await(t, "v-1"); r.Status != transcoder.StatusApproved {
+		t.Errorf("the victim's own request: %+v", r)
+	}
+	// The spy's own reply comes after the victim's on the same bridge:
+	// had a spy been sent the victim's reply, it would be here by now.
+	first.publish(t, "payment/request/"+first.id, `{"request_id":"s-1","amount_minor":100,"currency":"EUR"}`)
+	first.await(t, "s-1")
+	for len(eavesdropped) > 0 {
+		t.Errorf("a device read %s", <-eavesdropped)
+	}
+
+	// Brokers close the connection of a client whose publish is denied (or
+	// drop the message); either way the token completes once the broker
+	// decided.
+	for _, spy := range spies {
+		for _, forged := range [][2]string{
+			{"payment/request/" + victim.id, `{"request_id":"forged-` + spy.id + `","amount_minor":99999,"currency":"EUR"}`},
+			{"payment/response/" + victim.id, `{"request_id":"v-2","message_id":"forged","status":"APPROVED"}`},
+		} {
+			c, err := spy.connect(spy.id + "-forger")
+			if err != nil {
+				t.Fatalf("%s: %v", spy.id, err)
+			}
+			c.Publish(forged[0], 1, false, forged[1]).WaitTimeout(10 * time.Second)
+			c.Disconnect(0)
+		}
+	}
+	// The victim pays v-2: its only reply is the bridge's, not the forged one.
+	v.publish(t, "payment/request/"+victim.id, `{"request_id":"v-2","amount_minor":100,"currency":"EUR"}`)
+	if r := v.await(t, "v-2"); r.MessageID == "forged" {
+		t.Errorf("the victim received a forged reply: %+v", r)
+	}
+	for _, m := range topicRecords(t, kafkaAddr, "edgebridge.payment.requests") {
+		if bytes.Contains(m.Value, []byte("forged")) {
+			t.Errorf("a forged request reached Kafka: key %s", m.Key)
+		}
+	}
+	if raw, err := os.ReadFile(ledger); err != nil || bytes.Contains(raw, []byte("forged")) {
+		t.Errorf("ledger: %v; forged entry present: %v", err, bytes.Contains(raw, []byte("forged")))
+	}
+}
+
+// TestDeviceIdentityOnEmbedded: the embedded broker enforces the same
+// rules. With a Mosquitto password file (mosquitto_passwd) and a TLS
+// listener, then with a listener that requires client certificates (CN =
+// device id): authenticated devices are all answered over TLS; a wrong
+// password, no credentials, an untrusted server CA, a client certificate
+// from another CA and plain TCP to the TLS port are refused; and no device
+// reads another's replies, pays as another or forges another's replies.
+// The bridge's own account is generated at start and never written.
+func TestDeviceIdentityOnEmbedded(t *testing.T) {
+	passwords := map[string]string{}
+	for i := 1; i <= 5; i++ {
+		passwords[fmt.Sprintf("dev-%04d", i)] = fmt.Sprintf("device-secret-%d", i)
+	}
+	s := startSite(t, passwords) // only for its CAs, certificates and password file
+	kafkaAddr := kafkaBroker(t)
+	ledger := filepath.Join(t.TempDir(), "ledger.jsonl")
+	pay := startPaymentd(t, freeAddr(t), ledger)
+	dataDir := t.TempDir()
+	plainAddr, tlsAddr := freeAddr(t), freeAddr(t)
+	tlsURL := "ssl://" + tlsAddr
+	run := func(extra string) *bridgeProc {
+		cfg, admin := writeBridgeConfig(t, bridgeOpts{mqtt: "embedded", kafka: kafkaAddr, backend: pay.addr,
+			kafkaExtra: "  data_dir: " + dataDir + "\n",
+			mqttExtra: fmt.Sprintf("  embedded_listen: %s\n  embedded_auth: {password_file: %s}\n  embedded_tls: {listen: %s, cert_file: %s, key_file: %s%s}\n",
+				plainAddr, filepath.Join(s.dir, "passwd"), tlsAddr, filepath.Join(s.dir, "server.pem"), filepath.Join(s.dir, "server.key"), extra)})
+		return startBridge(t, cfg, admin)
+	}
+	ctx := withTimeout(t, 3*time.Minute)
+
+	// Passwords over TLS.
+	b := run("")
+	res := <-runDevices(ctx, devicesim.Config{Broker: tlsURL, Devices: 5, Requests: 50, Outstanding: 2,
+		Connect: func(id string) devicesim.Conn {
+			return devicesim.Conn{Username: id, Password: passwords[id], TLS: s.tlsFor(t, nil, "")}
+		}})
+	if res.Replied != 250 || len(res.Missing) > 0 {
+		t.Fatalf("devices with passwords: %d of 250 replied, missing %.300v", res.Replied, res.Missing)
+	}
+	refused := map[string]identity{
+		"a wrong password":          {"dev-0001", tlsURL, "dev-0001", "not-the-password", s.tlsFor(t, nil, "")},
+		"no credentials (plain)":    {"anon", "tcp://" + plainAddr, "", "", nil},
+		"the bridge's name guessed": {"edgebridge", "tcp://" + plainAddr, "edgebridge", "edgebridge", nil},
+		"plain TCP to the TLS port": {"dev-0001", "tcp://" + tlsAddr, "dev-0001", passwords["dev-0001"], nil},
+		"an untrusted server CA":    {"dev-0001", tlsURL, "dev-0001", passwords["dev-0001"], untrusting(t)},
+	}
+	for what, who := range refused {
+		if c, err := who.connect("refused-" + who.id); err == nil {
+			c.Disconnect(0)
+			t.Errorf("%s connected", what)
+		}
+	}
+	checkIsolation(t, kafkaAddr, ledger,
+		identity{"dev-0002", tlsURL, "dev-0002", passwords["dev-0002"], s.tlsFor(t, nil, "")},
+		identity{"dev-0001", tlsURL, "dev-0001", passwords["dev-0001"], s.tlsFor(t, nil, "")})
+	if err := b.stop(t, 30*time.Second); err != nil {
+		t.Error(err)
+	}
+	logs := b.out.String()
+
+	// Client certificates: the CN is the device id.
+	b = run(", client_ca_file: " + filepath.Join(s.dir, "device-ca.pem"))
+	res = <-runDevices(ctx, devicesim.Config{Broker: tlsURL, Devices: 5, Requests: 50, Outstanding: 2, DevicePrefix: "cert",
+		Connect: func(id string) devicesim.Conn { return devicesim.Conn{TLS: s.tlsFor(t, s.deviceCA, id)} }})
+	if res.Replied != 250 || len(res.Missing) > 0 {
+		t.Fatalf("devices with certificates: %d of 250 replied, missing %.300v", res.Replied, res.Missing)
+	}
+	otherCA, err := testpki.NewCA("somebody else's CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, who := range map[string]identity{
+		"a certificate from another CA":   {"cert-0001", tlsURL, "", "", s.tlsFor(t, otherCA, "cert-0001")},
+		"no certificate":                  {"cert-0001", tlsURL, "cert-0001", "", s.tlsFor(t, nil, "")},
+		"a certificate naming the bridge": {"edgebridge", tlsURL, "", "", s.tlsFor(t, s.deviceCA, "edgebridge")},
+	} {
+		if c, err := who.connect("refused-" + who.id); err == nil {
+			c.Disconnect(0)
+			t.Errorf("%s connected", what)
+		}
+	}
+	checkIsolation(t, kafkaAddr, ledger,
+		identity{"cert-0002", tlsURL, "", "", s.tlsFor(t, s.deviceCA, "cert-0002")},
+		identity{"cert-0001", tlsURL, "", "", s.tlsFor(t, s.deviceCA, "cert-0001")},
+		identity{"stranger", tlsURL, "", "", s.tlsFor(t, s.deviceCA, "stranger")})
+	if err := b.stop(t, 30*time.Second); err != nil {
+		t.Error(err)
+	}
+	for _, secret := range passwords {
+		if strings.Contains(logs+b.out.String(), secret) {
+			t.Errorf("the bridge's log holds a password")
+		}
+	}
+}
+
+// untrusting is a client TLS configuration that trusts only a CA nobody used.
+func untrusting(t *testing.T) *tls.Config {
+	t.Helper()
+	ca, err := testpki.NewCA("unrelated CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc := &tls.Config{RootCAs: x509.NewCertPool(), MinVersion: tls.VersionTLS12}
+	tc.RootCAs.AppendCertsFromPEM(ca.PEM)
+	return tc
 }

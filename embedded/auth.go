@@ -1,0 +1,196 @@
+package embedded
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/pbkdf2"
+	"crypto/sha512"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// Auth is who may connect to the embedded MQTT broker and what each may
+// do: the rule of the shipped Mosquitto ACL. A device's identity is its
+// username (checked against a Mosquitto password file) or, on a listener
+// that requires client certificates, its certificate's CN; it may publish
+// only payment/request/<id> and read only payment/response/<id> and
+// device/<id>/command. The bridge's own account may do everything.
+type Auth struct {
+	// PasswordFile is in Mosquitto's format (mosquitto_passwd: $7$ PBKDF2
+	// or $6$ salted SHA-512); read again when it changes.
+	PasswordFile string
+	// BridgeUser and BridgePassword are the bridge's account, kept in
+	// memory only.
+	BridgeUser, BridgePassword string
+}
+
+// certListener is the id of the listener whose clients are identified by
+// their client certificates.
+const certListener = "tls-cert"
+
+// authHook enforces Auth in mochi.
+type authHook struct {
+	mqtt.HookBase
+	auth Auth
+	pw   passwordFile
+}
+
+func (h *authHook) ID() string { return "edgebridge-device-auth" }
+
+func (h *authHook) Provides(b byte) bool {
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+}
+
+func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	if cl.Net.Listener == certListener {
+		tc, ok := cl.Net.Conn.(*tls.Conn)
+		if !ok {
+			return false
+		}
+		certs := tc.ConnectionState().PeerCertificates
+		if len(certs) == 0 {
+			return false
+		}
+		id := certs[0].Subject.CommonName
+		if id == "" || id == h.auth.BridgeUser || strings.ContainsAny(id, "+#/") {
+			return false
+		}
+		cl.Properties.Username = []byte(id) // Mosquitto's use_identity_as_username
+		return true
+	}
+	user, pass := string(pk.Connect.Username), pk.Connect.Password
+	if user == "" {
+		return false
+	}
+	if user == h.auth.BridgeUser {
+		return h.auth.BridgePassword != "" && subtle.ConstantTimeCompare(pass, []byte(h.auth.BridgePassword)) == 1
+	}
+	if strings.ContainsAny(user, "+#/") {
+		return false
+	}
+	return h.pw.check(user, pass)
+}
+
+func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	id := string(cl.Properties.Username)
+	if id == "" {
+		return false
+	}
+	if id == h.auth.BridgeUser {
+		return true // a certificate naming the bridge is refused at connect
+	}
+	if write {
+		return topic == "payment/request/"+id
+	}
+	return topic == "payment/response/"+id || topic == "device/"+id+"/command"
+}
+
+// passwordFile is a Mosquitto password file, read again when its size or
+// modification time changes.
+type passwordFile struct {
+	path  string
+	mu    sync.Mutex
+	stamp string
+	users map[string]string // user -> the hash field
+}
+
+func (p *passwordFile) check(user string, password []byte) bool {
+	if p.path == "" {
+		return false
+	}
+	if err := p.load(); err != nil && p.users == nil {
+		return false
+	}
+	p.mu.Lock()
+	hash, ok := p.users[user]
+	p.mu.Unlock()
+	return ok && verifyPassword(hash, password)
+}
+
+func (p *passwordFile) load() error {
+	st, err := os.Stat(p.path)
+	if err != nil {
+		return err
+	}
+	stamp := fmt.Sprintf("%d:%d", st.ModTime().UnixNano(), st.Size())
+	p.mu.Lock()
+	same := stamp == p.stamp
+	p.mu.Unlock()
+	if same {
+		return nil
+	}
+	users, err := readPasswordFile(p.path)
+	if err != nil {
+		return err // keep the last good file
+	}
+	p.mu.Lock()
+	p.stamp, p.users = stamp, users
+	p.mu.Unlock()
+	return nil
+}
+
+// readPasswordFile parses user:hash lines; blank lines and # comments are
+// skipped.
+func readPasswordFile(path string) (map[string]string, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	users := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(raw))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		user, hash, ok := strings.Cut(line, ":")
+		if !ok || user == "" || !strings.HasPrefix(hash, "$") {
+			return nil, fmt.Errorf("embedded: %s line %d: want user:$hash (mosquitto_passwd)", path, n)
+		}
+		users[user] = hash
+	}
+	return users, sc.Err()
+}
+
+// verifyPassword checks password against a mosquitto_passwd hash:
+// $7$<iterations>$<salt>$<PBKDF2-SHA512> or $6$<salt>$<SHA-512(password salt)>,
+// salt and hash in base64.
+func verifyPassword(hash string, password []byte) bool {
+	f := strings.Split(hash, "$")
+	var want, got []byte
+	switch {
+	case len(f) == 5 && f[1] == "7":
+		iter, err1 := strconv.Atoi(f[2])
+		salt, err2 := base64.StdEncoding.DecodeString(f[3])
+		w, err3 := base64.StdEncoding.DecodeString(f[4])
+		if errors.Join(err1, err2, err3) != nil || iter < 1 || len(w) == 0 {
+			return false
+		}
+		k, err := pbkdf2.Key(sha512.New, string(password), salt, iter, len(w))
+		if err != nil {
+			return false
+		}
+		want, got = w, k
+	case len(f) == 4 && f[1] == "6":
+		salt, err1 := base64.StdEncoding.DecodeString(f[2])
+		w, err2 := base64.StdEncoding.DecodeString(f[3])
+		if errors.Join(err1, err2) != nil {
+			return false
+		}
+		sum := sha512.Sum512(append(append([]byte{}, password...), salt...))
+		want, got = w, sum[:]
+	default:
+		return false
+	}
+	return subtle.ConstantTimeCompare(want, got) == 1
+}

@@ -93,11 +93,34 @@ type handshakes struct {
 func (h *handshakes) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
 	c, info, err := h.TransportCredentials.ClientHandshake(ctx, authority, raw)
 	if err != nil && ctx.Err() == nil {
-		h.mu.Lock()
-		h.err, h.failed = err, time.Now()
-		h.mu.Unlock()
+		h.record(err)
 	}
-	return c, info, err
+	if err != nil {
+		return c, info, err
+	}
+	return alertConn{Conn: c, h: h}, info, nil
+}
+
+func (h *handshakes) record(err error) {
+	h.mu.Lock()
+	h.err, h.failed = err, time.Now()
+	h.mu.Unlock()
+}
+
+// alertConn records a TLS alert the backend sends after the handshake: in
+// TLS 1.3 a server that refuses our client certificate says so only then,
+// on the first read.
+type alertConn struct {
+	net.Conn
+	h *handshakes
+}
+
+func (c alertConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil && strings.Contains(err.Error(), "remote error: tls:") {
+		c.h.record(err)
+	}
+	return n, err
 }
 
 func (h *handshakes) Clone() credentials.TransportCredentials {

@@ -6,7 +6,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,7 +21,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
@@ -38,6 +36,7 @@ type flags struct {
 	credits                    uint
 	maxConnAge, delay          time.Duration
 	tlsCert, tlsKey, tokenFile string
+	tlsClientCA                string
 }
 
 func main() {
@@ -51,6 +50,7 @@ func main() {
 	flag.DurationVar(&f.delay, "delay", 0, "spend this long on every payment (simulates a slow backend)")
 	flag.StringVar(&f.tlsCert, "tls-cert", "", "serve TLS with this certificate (PEM)")
 	flag.StringVar(&f.tlsKey, "tls-key", "", "private key of -tls-cert (PEM)")
+	flag.StringVar(&f.tlsClientCA, "tls-client-ca", "", "require bridges to present a client certificate these CAs (PEM) signed: mutual TLS")
 	flag.StringVar(&f.tokenFile, "token-file", "", "require this bearer token from bridges (needs TLS)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -68,12 +68,15 @@ func serverOptions(f flags, m *grpcmetrics.Server) ([]grpc.ServerOption, error) 
 	if (f.tlsCert == "") != (f.tlsKey == "") {
 		return nil, errors.New("-tls-cert and -tls-key go together")
 	}
+	if f.tlsClientCA != "" && f.tlsCert == "" {
+		return nil, errors.New("-tls-client-ca needs -tls-cert and -tls-key")
+	}
 	if f.tlsCert != "" {
-		cert, err := tls.LoadX509KeyPair(f.tlsCert, f.tlsKey)
+		creds, err := backend.ServerTLS(f.tlsCert, f.tlsKey, f.tlsClientCA)
 		if err != nil {
 			return nil, err
 		}
-		opts = append(opts, grpc.Creds(credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})))
+		opts = append(opts, creds)
 	}
 	if f.tokenFile != "" {
 		if f.tlsCert == "" {

@@ -56,6 +56,7 @@ func (f Files) Client() (*tls.Config, error) {
 
 // Server returns a server configuration (TLS 1.2 or later) presenting
 // CertFile; with a CAFile it requires a client certificate that CA signed.
+// The returned configuration can be cloned (gRPC does) and keeps working.
 func (f Files) Server() (*tls.Config, error) {
 	if f.CertFile == "" || f.KeyFile == "" {
 		return nil, errors.New("tlsfiles: a server needs a certificate and its key")
@@ -64,17 +65,24 @@ func (f Files) Server() (*tls.Config, error) {
 	if err := w.load(); err != nil {
 		return nil, err
 	}
-	return &tls.Config{MinVersion: tls.VersionTLS12, GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-		cert, err := w.cert()
-		if err != nil {
-			return nil, err
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return w.cert() }}
+	if f.CAFile != "" {
+		// As for the client: the chain is verified against the pool as it
+		// is now, not as it was when the configuration was built.
+		tc.ClientAuth = tls.RequireAnyClientCert
+		tc.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+			chain := make([]*x509.Certificate, 0, len(raw))
+			for _, der := range raw {
+				c, err := x509.ParseCertificate(der)
+				if err != nil {
+					return err
+				}
+				chain = append(chain, c)
+			}
+			return verify(chain, w.pool(), "", x509.ExtKeyUsageClientAuth)
 		}
-		tc := &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{*cert}}
-		if f.CAFile != "" {
-			tc.ClientAuth, tc.ClientCAs = tls.RequireAndVerifyClientCert, w.pool()
-		}
-		return tc, nil
-	}}, nil
+	}
+	return tc, nil
 }
 
 func verify(chain []*x509.Certificate, roots *x509.CertPool, name string, usage x509.ExtKeyUsage) error {

@@ -217,6 +217,7 @@ func (b *Bridge) newDapr() (*daprcomp.Server, error) {
 		BackendGroup:     cfg.Kafka.GroupID,
 		ReplyTopic:       cfg.Dapr.ReplyTopic,
 		DeviceReplyTopic: cfg.MQTT.ReplyTopic,
+		BindingTopics:    cfg.Dapr.BindingTopics,
 		Source:           "edgebridge/" + cfg.MQTT.ClientID,
 		Window:           cfg.Dapr.Window,
 		MaxAttempts:      cfg.Dapr.MaxAttempts,

@@ -233,6 +233,10 @@ type Dapr struct {
 	// ReplyTopic: what a Dapr app publishes here goes to the device over
 	// MQTT instead of to Kafka. Default: payment.replies.
 	ReplyTopic string `yaml:"reply_topic"`
+	// BindingTopics: the MQTT topic filters the output binding may publish
+	// to. Default: device/+/command and mqtt.reply_topic's topics. A
+	// device request topic is never allowed.
+	BindingTopics []string `yaml:"binding_topics"`
 	// Window is the most un-ACKed messages per subscription. Default: 128.
 	Window int `yaml:"window"`
 	// MaxAttempts for a message a Dapr app answers with an error before it
@@ -552,6 +556,16 @@ func (c *Config) validateDapr(bad func(key, format string, args ...any)) {
 	if d.ReplyTopic == c.Kafka.Topic || d.ReplyTopic == c.Kafka.DLQTopic {
 		bad("dapr.reply_topic", "%q must differ from kafka.topic and kafka.dlq_topic", d.ReplyTopic)
 	}
+	for _, f := range d.BindingTopics {
+		if f == "" || strings.HasPrefix(f, "$") || strings.Contains(f, "{") {
+			bad("dapr.binding_topics", "%q is not an MQTT topic filter", f)
+		}
+		for _, sub := range c.MQTT.Subscribe {
+			if device := strings.TrimSuffix(sub, "+") + "any-device"; filterMatches(f, device) {
+				bad("dapr.binding_topics", "%q covers the device request topic %s: Dapr apps could pay as any device", f, device)
+			}
+		}
+	}
 	if d.Window < 1 || d.Window > 65536 {
 		bad("dapr.window", "%d must be between 1 and 65536", d.Window)
 	}
@@ -570,6 +584,20 @@ func (t TLS) Config() (*tls.Config, error) {
 		return nil, nil
 	}
 	return tlsfiles.Files{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile, ServerName: t.ServerName}.Client()
+}
+
+// filterMatches reports whether an MQTT topic filter matches topic.
+func filterMatches(filter, topic string) bool {
+	f, t := strings.Split(filter, "/"), strings.Split(topic, "/")
+	for i, level := range f {
+		switch {
+		case level == "#":
+			return true
+		case i >= len(t) || (level != "+" && level != t[i]):
+			return false
+		}
+	}
+	return len(f) == len(t)
 }
 
 // checkTLS reports inconsistent TLS settings under key.

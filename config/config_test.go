@@ -125,6 +125,8 @@ dapr:
 			want: []string{"mqtt.embedded_auth.password_file", "/nonexistent/passwd", "client certificates need embedded_tls.listen"}},
 		{name: "embedded tls without a certificate", doc: "mqtt:\n  embedded_tls: {listen: 127.0.0.1:8883}\n",
 			want: []string{"mqtt.embedded_tls: tlsfiles: a server needs a certificate and its key"}},
+		{name: "binding topics covering requests", doc: "dapr:\n  enabled: true\n  binding_topics: [\"#\", \"payment/+/+\", \"device/+/command\", \"$SYS/x\"]\n",
+			want: []string{`dapr.binding_topics: "#" covers the device request topic payment/request/any-device`, `"payment/+/+" covers`, `"$SYS/x" is not an MQTT topic filter`}},
 		{name: "log settings", doc: "log:\n  format: xml\n  level: loud\n", want: []string{
 			`line 2: log.format: "xml" must be text or json`, `line 3: log.level: "loud" must be debug, info, warn or error`}},
 	}

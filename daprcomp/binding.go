@@ -3,6 +3,7 @@ package daprcomp
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -52,6 +53,11 @@ func (b *binding) Invoke(ctx context.Context, req *components.InvokeRequest) (*c
 	if err := checkPublishTopic(topic); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "binding: metadata %q: %v", MetaTopic, err)
 	}
+	if !slices.ContainsFunc(b.srv.cfg.BindingTopics, func(f string) bool { return topicMatches(f, topic) }) {
+		b.srv.event(EventRefused, "")
+		return nil, status.Errorf(codes.PermissionDenied, "binding: the binding may not publish to %.128q (allowed: %s; dapr.binding_topics)",
+			topic, strings.Join(b.srv.cfg.BindingTopics, ", "))
+	}
 	if err := b.srv.deps.MQTT.Publish(ctx, topic, req.GetData()); err != nil {
 		return nil, publishError("binding: publish to "+topic, err)
 	}
@@ -82,4 +88,21 @@ func checkPublishTopic(t string) error {
 		return fmt.Errorf("%.64q: topics starting with $ are reserved for the broker", t)
 	}
 	return nil
+}
+
+// topicMatches reports whether an MQTT topic filter (+ one level, # the
+// rest) matches topic.
+func topicMatches(filter, topic string) bool {
+	f, t := strings.Split(filter, "/"), strings.Split(topic, "/")
+	for i, level := range f {
+		switch {
+		case level == "#":
+			return true
+		case i >= len(t):
+			return false
+		case level != "+" && level != t[i]:
+			return false
+		}
+	}
+	return len(f) == len(t)
 }

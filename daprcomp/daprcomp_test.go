@@ -703,6 +703,16 @@ func TestOutputBinding(t *testing.T) {
 			t.Errorf("%s: got %v, want InvalidArgument", name, err)
 		}
 	}
+	// Only device commands and reply topics: never a request topic.
+	for _, topic := range []string{"payment/request/term-3", "payment/request/term-3/x", "device/term-3", "device/term-3/command/x", "other"} {
+		_, err := b.Invoke(ctx(t), &components.InvokeRequest{Operation: "create", Data: []byte("x"), Metadata: map[string]string{"topic": topic}})
+		if code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "dapr.binding_topics") {
+			t.Errorf("topic %s: got %v, want PermissionDenied naming dapr.binding_topics", topic, err)
+		}
+	}
+	if _, err := b.Invoke(ctx(t), &components.InvokeRequest{Operation: "create", Data: []byte(`{}`), Metadata: map[string]string{"topic": "payment/response/term-3"}}); err != nil {
+		t.Errorf("a device reply topic: %v", err)
+	}
 	if _, err := b.Ping(ctx(t), &components.PingRequest{}); err != nil {
 		t.Errorf("ping: %v", err)
 	}

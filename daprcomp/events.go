@@ -22,6 +22,7 @@ const (
 	EventPublished    EventKind = "published"     // a record written to Kafka for an app
 	EventReplied      EventKind = "replied"       // a reply sent to a device
 	EventCommanded    EventKind = "commanded"     // an output binding "create" sent to a device
+	EventRefused      EventKind = "refused"       // ... refused: a topic outside dapr.binding_topics
 )
 
 // WithEventHook calls fn for every event. fn is called from many

@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -76,9 +77,16 @@ type Config struct {
 	// MaxMessageBytes is Kafka's message.max.bytes: a dead letter keeps
 	// only as much of its record as fits. Default: 1 MiB.
 	MaxMessageBytes int
+	// BindingTopics are the MQTT topic filters the output binding may
+	// publish to; anything else (a device's request topic above all) is
+	// refused. Default: device/+/command and DeviceReplyTopic.
+	BindingTopics []string
 }
 
 func (c Config) withDefaults() Config {
+	if len(c.BindingTopics) == 0 {
+		c.BindingTopics = DefaultBindingTopics(c.DeviceReplyTopic)
+	}
 	if c.Partitions <= 0 {
 		c.Partitions = 8
 	}
@@ -121,6 +129,15 @@ type Kafka interface {
 	// EnsureTopics creates the topics that do not exist and returns once
 	// Write can write to them (bounded).
 	EnsureTopics(ctx context.Context, partitions int, topics ...string) error
+}
+
+// DefaultBindingTopics: device commands and the devices' reply topics.
+func DefaultBindingTopics(deviceReplyTopic string) []string {
+	out := []string{"device/+/command"}
+	if deviceReplyTopic != "" {
+		out = append(out, strings.ReplaceAll(deviceReplyTopic, "{device_id}", "+"))
+	}
+	return out
 }
 
 // Deps are the pipeline parts the component uses.

@@ -346,6 +346,13 @@ func TestDaprPubSubEndToEnd(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "topic") {
 		t.Errorf("invoke without topic: got %v, want an error naming the topic", err)
 	}
+	// A device's request topic is not the binding's to publish to: an app
+	// could otherwise pay as any device.
+	err = s.app.client.InvokeOutputBinding(ctx, &dapr.InvokeBindingRequest{Name: bindingName, Operation: "create",
+		Data: []byte(`{"request_id":"via-dapr","amount_minor":1,"currency":"EUR"}`), Metadata: map[string]string{"topic": "payment/request/term-9"}})
+	if err == nil || !strings.Contains(err.Error(), "may not publish") {
+		t.Errorf("invoke on a request topic: got %v, want a refusal", err)
+	}
 
 	// The bridge's metrics saw it all.
 	for name, min := range map[string]float64{

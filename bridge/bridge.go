@@ -27,6 +27,8 @@ import (
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/daprcomp"
 	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/segmentio/kafka-go"
+
 	"github.com/edgebridge/edgebridge/kafkapipe"
 	"github.com/edgebridge/edgebridge/mqttin"
 	"github.com/edgebridge/edgebridge/transcoder"
@@ -53,6 +55,8 @@ type Bridge struct {
 	retries chan retryJob
 
 	kafkaOK  atomic.Bool
+	kafkaWhy atomic.Pointer[string] // why kafkaOK is false, for /readyz
+	kafkaSec kafkapipe.Security
 	poolOpts []grpcout.Option
 	build    *BuildInfo
 }
@@ -139,7 +143,10 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	if err != nil {
 		return nil, err
 	}
-	b.producer, err = kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: cfg.Kafka.Brokers, MaxRequestBytes: cfg.Kafka.MaxMessageBytes})
+	if b.kafkaSec, err = cfg.Kafka.Security(); err != nil {
+		return nil, fmt.Errorf("bridge: kafka security: %w", err)
+	}
+	b.producer, err = kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: cfg.Kafka.Brokers, MaxRequestBytes: cfg.Kafka.MaxMessageBytes, Security: b.kafkaSec})
 	if err != nil {
 		return nil, err
 	}
@@ -166,6 +173,7 @@ func (b *Bridge) newBackends(capacity int) error {
 	var err error
 	b.consumer, err = kafkapipe.NewConsumer(kafkapipe.ConsumerConfig{
 		Brokers:        b.cfg.Kafka.Brokers,
+		Security:       b.kafkaSec,
 		GroupID:        b.cfg.Kafka.GroupID,
 		Topic:          b.cfg.Kafka.Topic,
 		CommitInterval: b.cfg.Kafka.CommitInterval,
@@ -211,6 +219,7 @@ func (b *Bridge) newDapr() (*daprcomp.Server, error) {
 	return daprcomp.New(daprcomp.Config{
 		SocketPath:       cfg.Dapr.SocketPath(),
 		Brokers:          cfg.Kafka.Brokers,
+		Security:         b.kafkaSec,
 		Partitions:       cfg.Kafka.Partitions,
 		RequestTopic:     cfg.Kafka.Topic,
 		DLQTopic:         cfg.Kafka.DLQTopic,
@@ -237,7 +246,11 @@ func (b *Bridge) brokerProblems() []string {
 		why = append(why, "mqtt not subscribed")
 	}
 	if !b.kafkaOK.Load() {
-		why = append(why, "kafka unreachable or refusing writes")
+		if w := b.kafkaWhy.Load(); w != nil {
+			why = append(why, *w)
+		} else {
+			why = append(why, "kafka unreachable or refusing writes")
+		}
 	}
 	return why
 }
@@ -348,12 +361,54 @@ func (b *Bridge) Run(ctx context.Context) error {
 
 func (b *Bridge) ensureTopics(ctx context.Context) error {
 	ok := b.retry(ctx, "create topics", func() error {
-		return b.producer.EnsureTopics(ctx, b.cfg.Kafka.Partitions, b.cfg.Kafka.Topic, b.cfg.Kafka.DLQTopic)
+		err := b.producer.EnsureTopics(ctx, b.cfg.Kafka.Partitions, b.cfg.Kafka.Topic, b.cfg.Kafka.DLQTopic)
+		if err != nil {
+			if cause := kafkapipe.Diagnose(ctx, b.cfg.Kafka.Brokers, b.kafkaSec); cause != nil {
+				err = cause
+			}
+		}
+		b.noteKafka(err)
+		return err
 	})
 	if !ok {
 		return fmt.Errorf("bridge: kafka never became ready: %w", ctx.Err())
 	}
 	return nil
+}
+
+// noteKafka records the outcome of talking to Kafka: for /readyz and the
+// edgebridge_broker_problem metric, the cause of a failure (a refused
+// login or certificate is a configuration problem, not an outage).
+func (b *Bridge) noteKafka(err error) {
+	if err == nil {
+		b.kafkaOK.Store(true)
+		b.metrics.brokerProblem("kafka", "")
+		return
+	}
+	reason, why := kafkaProblem(err)
+	b.kafkaWhy.Store(&why)
+	b.kafkaOK.Store(false)
+	b.metrics.brokerProblem("kafka", reason)
+}
+
+// kafkaProblem classifies a Kafka failure: auth, tls or unreachable.
+func kafkaProblem(err error) (reason, why string) {
+	msg := err.Error()
+	switch {
+	case errors.Is(err, kafka.SASLAuthenticationFailed) || errors.Is(err, kafka.IllegalSASLState) || errors.Is(err, kafka.UnsupportedSASLMechanism) ||
+		strings.Contains(msg, "SASL"):
+		return "auth", "kafka: SASL login refused (kafka.sasl): " + clipErr(msg)
+	case strings.Contains(msg, "tls:") || strings.Contains(msg, "x509:") || strings.Contains(msg, "certificate"):
+		return "tls", "kafka: TLS failed (kafka.tls): " + clipErr(msg)
+	}
+	return "unreachable", "kafka unreachable or refusing writes: " + clipErr(msg)
+}
+
+func clipErr(s string) string {
+	if len(s) > 300 {
+		return s[:300] + "…"
+	}
+	return s
 }
 
 func (b *Bridge) watchKafka(ctx context.Context) {
@@ -365,7 +420,7 @@ func (b *Bridge) watchKafka(ctx context.Context) {
 			return
 		case <-t.C:
 			pctx, cancel := context.WithTimeout(ctx, 4*time.Second)
-			b.kafkaOK.Store(kafkapipe.Ping(pctx, b.cfg.Kafka.Brokers) == nil)
+			b.noteKafka(kafkapipe.Ping(pctx, b.cfg.Kafka.Brokers, b.kafkaSec))
 			cancel()
 		}
 	}

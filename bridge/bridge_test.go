@@ -341,7 +341,7 @@ func TestDeadLetterRefusedEvenAsStubMakesBridgeUnready(t *testing.T) {
 	dev.Publish("payment/request/dev-1", 1, false, `{"request_id":"r-1","amount_minor":-1,"currency":"EUR"}`)
 	waitUntil(t, "the bridge unready", func() bool {
 		ok, why := b.Ready()
-		return !ok && slices.Contains(why, "kafka unreachable or refusing writes")
+		return !ok && slices.ContainsFunc(why, func(w string) bool { return strings.HasPrefix(w, "kafka unreachable or refusing writes: ") })
 	})
 	if n := testutil.ToFloat64(b.Metrics().DLQ.WithLabelValues("invalid_amount")); n != 0 {
 		t.Fatalf("counted %v dead letters that Kafka refused", n)

@@ -276,7 +276,11 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 			b.metrics.ProduceErrors.Inc()
 			// A refusal is Kafka answering: the records become dead
 			// letters at once, the bridge stays ready.
-			b.kafkaOK.Store(!unreachable)
+			if unreachable {
+				b.noteKafka(first)
+			} else {
+				b.kafkaOK.Store(true)
+			}
 			return fmt.Errorf("%d of %d records: %w", len(pending), len(recs), first)
 		}
 		return nil
@@ -284,7 +288,7 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 	if !b.retry(ctx, "kafka write", write) {
 		return false // stopping: nothing was PUBACKed, the broker redelivers
 	}
-	b.kafkaOK.Store(true)
+	b.noteKafka(nil)
 	// The device hears REJECTED before its message is PUBACKed, so a crash
 	// in between redelivers the message and the reply is sent again.
 	for _, a := range adms {

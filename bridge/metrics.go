@@ -39,6 +39,9 @@ type Metrics struct {
 	GRPC          *grpcmetrics.Client
 	DaprEvents    *prometheus.CounterVec
 	DaprSubs      prometheus.Gauge
+	// BrokerProblem is 1 for the reason a broker connection is failing
+	// (auth, tls, unreachable), by broker (kafka, mqtt); 0 otherwise.
+	BrokerProblem *prometheus.GaugeVec
 }
 
 // NewMetrics registers the bridge's metrics in a new registry.
@@ -68,9 +71,30 @@ func NewMetrics() *Metrics {
 			Name: "edgebridge_dapr_events_total", Help: "What the Dapr component did, by event."}, []string{"event"}),
 		DaprSubs: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "edgebridge_dapr_subscriptions", Help: "Dapr subscription streams open."}),
+		BrokerProblem: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "edgebridge_broker_problem", Help: "1 while the connection to a broker fails for this reason (auth, tls, unreachable)."},
+			[]string{"broker", "reason"}),
 	}
-	r.MustRegister(m.DLQ, m.Latency, m.DaprEvents, m.DaprSubs)
+	for _, broker := range []string{"kafka", "mqtt"} {
+		for _, reason := range brokerProblemReasons {
+			m.BrokerProblem.WithLabelValues(broker, reason)
+		}
+	}
+	r.MustRegister(m.DLQ, m.Latency, m.DaprEvents, m.DaprSubs, m.BrokerProblem)
 	return m
+}
+
+var brokerProblemReasons = []string{"auth", "tls", "unreachable"}
+
+// brokerProblem sets broker's problem to reason ("" for none).
+func (m *Metrics) brokerProblem(broker, reason string) {
+	for _, r := range brokerProblemReasons {
+		v := 0.0
+		if r == reason {
+			v = 1
+		}
+		m.BrokerProblem.WithLabelValues(broker, r).Set(v)
+	}
 }
 
 // observeDapr is the Dapr component's event hook.

@@ -127,6 +127,47 @@ type Kafka struct {
 	// accepts. The bridge never sends a larger one. Default: 1048576
 	// (Apache Kafka's and the embedded broker's default).
 	MaxMessageBytes int `yaml:"max_message_bytes"`
+	// TLS to the brokers; off unless enabled. With the embedded broker,
+	// ca_file trusts embedded_tls's certificate.
+	TLS TLS `yaml:"tls"`
+	// SASL login to the brokers; off unless a mechanism is set. With the
+	// embedded broker, it is the one account the broker accepts.
+	SASL SASL `yaml:"sasl"`
+	// EmbeddedTLS makes the embedded broker serve TLS only.
+	EmbeddedTLS EmbeddedKafkaTLS `yaml:"embedded_tls"`
+}
+
+// SASL settings of the Kafka connections.
+type SASL struct {
+	// Mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512. Empty: no SASL.
+	Mechanism string `yaml:"mechanism"`
+	// Username to log in as.
+	Username string `yaml:"username"`
+	// PasswordFile holds the password (the whole file, less a trailing
+	// newline); read at every new connection.
+	PasswordFile string `yaml:"password_file"`
+}
+
+// Password reads the SASL password file.
+func (s SASL) Password() (string, error) { return readSecret(s.PasswordFile) }
+
+// EmbeddedKafkaTLS is the embedded Kafka broker's certificate.
+type EmbeddedKafkaTLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Security returns the TLS and SASL settings of every Kafka connection.
+func (k Kafka) Security() (kafkapipe.Security, error) {
+	var sec kafkapipe.Security
+	var err error
+	if sec.TLS, err = k.TLS.Config(); err != nil {
+		return sec, err
+	}
+	if k.SASL.Mechanism != "" {
+		sec.SASL, err = kafkapipe.NewSASL(k.SASL.Mechanism, k.SASL.Username, k.SASL.Password)
+	}
+	return sec, err
 }
 
 // DefaultMaxMessageBytes is Kafka's default message.max.bytes.
@@ -384,6 +425,30 @@ func (c *Config) problems() Problems {
 	}
 	addr("mqtt.embedded_listen", c.MQTT.EmbeddedListen)
 	checkTLS(bad, "mqtt.tls", c.MQTT.TLS)
+	checkTLS(bad, "kafka.tls", c.Kafka.TLS)
+	if sa := c.Kafka.SASL; sa != (SASL{}) {
+		if _, err := kafkapipe.NewSASL(sa.Mechanism, sa.Username, sa.Password); err != nil {
+			bad("kafka.sasl.mechanism", "%q: want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", sa.Mechanism)
+		}
+		if sa.Username == "" {
+			bad("kafka.sasl.username", "required with kafka.sasl")
+		}
+		if sa.PasswordFile == "" {
+			bad("kafka.sasl.password_file", "required with kafka.sasl")
+		} else if _, err := sa.Password(); err != nil {
+			bad("kafka.sasl.password_file", "%v", err)
+		}
+	}
+	if e := c.Kafka.EmbeddedTLS; e != (EmbeddedKafkaTLS{}) {
+		if !c.EmbeddedKafka() {
+			bad("kafka.embedded_tls", "configures the embedded broker, but kafka.brokers is not [\"embedded\"]")
+		} else if _, err := (tlsfiles.Files{CertFile: e.CertFile, KeyFile: e.KeyFile}).Server(); err != nil {
+			bad("kafka.embedded_tls", "%v", err)
+		}
+		if !c.Kafka.TLS.Enabled {
+			bad("kafka.tls", "the embedded broker serves TLS only: enable kafka.tls (ca_file: the CA of embedded_tls's certificate)")
+		}
+	}
 	if e := c.MQTT.EmbeddedTLS; e != (EmbeddedTLS{}) || c.MQTT.EmbeddedAuth.PasswordFile != "" {
 		if !c.EmbeddedMQTT() {
 			bad("mqtt.embedded_tls", "embedded_auth and embedded_tls configure the embedded broker, but mqtt.broker is not \"embedded\"")
@@ -617,17 +682,21 @@ func checkTLS(bad func(key, format string, args ...any), key string, t TLS) {
 
 // Password reads mqtt.password_file: the whole file less one trailing
 // newline. "" when there is no password file.
-func (m MQTT) Password() (string, error) {
-	if m.PasswordFile == "" {
+func (m MQTT) Password() (string, error) { return readSecret(m.PasswordFile) }
+
+// readSecret reads a secret file: all of it less one trailing newline.
+// "" when path is "".
+func readSecret(path string) (string, error) {
+	if path == "" {
 		return "", nil
 	}
-	raw, err := os.ReadFile(m.PasswordFile)
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		return "", err
 	}
 	pw := strings.TrimSuffix(strings.TrimSuffix(string(raw), "\n"), "\r")
 	if pw == "" {
-		return "", fmt.Errorf("%s is empty", m.PasswordFile)
+		return "", fmt.Errorf("%s is empty", path)
 	}
 	return pw, nil
 }

@@ -127,6 +127,10 @@ dapr:
 			want: []string{"mqtt.embedded_tls: tlsfiles: a server needs a certificate and its key"}},
 		{name: "binding topics covering requests", doc: "dapr:\n  enabled: true\n  binding_topics: [\"#\", \"payment/+/+\", \"device/+/command\", \"$SYS/x\"]\n",
 			want: []string{`dapr.binding_topics: "#" covers the device request topic payment/request/any-device`, `"payment/+/+" covers`, `"$SYS/x" is not an MQTT topic filter`}},
+		{name: "kafka sasl", doc: "kafka:\n  brokers: [\"h:9092\"]\n  sasl: {mechanism: SCRAM-SHA-1}\n",
+			want: []string{`kafka.sasl.mechanism: "SCRAM-SHA-1": want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512`, "kafka.sasl.username: required", "kafka.sasl.password_file: required"}},
+		{name: "kafka embedded tls", doc: "kafka:\n  brokers: [\"h:9092\"]\n  embedded_tls: {cert_file: /nonexistent/c.pem, key_file: /nonexistent/k.pem}\n",
+			want: []string{"kafka.embedded_tls: configures the embedded broker", "kafka.tls: the embedded broker serves TLS only"}},
 		{name: "log settings", doc: "log:\n  format: xml\n  level: loud\n", want: []string{
 			`line 2: log.format: "xml" must be text or json`, `line 3: log.level: "loud" must be debug, info, warn or error`}},
 	}

@@ -101,7 +101,7 @@ func newRig(t *testing.T, cfg daprcomp.Config) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := kafkapipe.EnsureTopics(context.Background(), []string{k.Addr()}, 2, requestTopic, dlqTopic); err != nil {
+	if err := kafkapipe.EnsureTopics(context.Background(), []string{k.Addr()}, kafkapipe.Security{}, 2, requestTopic, dlqTopic); err != nil {
 		t.Fatal(err)
 	}
 	cfg.SocketPath = r.socket

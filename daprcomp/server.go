@@ -46,6 +46,8 @@ type Config struct {
 	SocketPath string
 	// Brokers are the Kafka bootstrap addresses. Required.
 	Brokers []string
+	// Security: TLS and SASL to the brokers.
+	Security kafkapipe.Security
 	// Partitions of topics the component creates. Default: 8.
 	Partitions int
 	// RequestTopic holds the bridge's device requests (protobuf envelopes);

@@ -106,6 +106,7 @@ func (sub *subscription) run(stream components.PubSub_PullMessagesServer) error 
 
 	consumer, err := kafkapipe.NewConsumer(kafkapipe.ConsumerConfig{
 		Brokers:        s.cfg.Brokers,
+		Security:       s.cfg.Security,
 		GroupID:        sub.set.consumerID,
 		Topic:          sub.topic,
 		CommitInterval: s.cfg.CommitInterval,

@@ -46,6 +46,15 @@ type KafkaConfig struct {
 	// machine crash can lose acknowledged records.
 	// Default: false (fsync).
 	NoFsync bool
+	// TLS, if set, makes the broker serve TLS only.
+	TLS *tls.Config
+	// SASL, if set, makes the broker accept only this account.
+	SASL *KafkaUser
+}
+
+// KafkaUser is a SASL account: mechanism PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+type KafkaUser struct {
+	Mechanism, User, Password string
 }
 
 // Kafka is a running embedded Kafka-protocol broker.
@@ -102,6 +111,20 @@ func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 	}
 	if !cfg.NoFsync {
 		opts = append(opts, kfake.SyncWrites())
+	}
+	if cfg.TLS != nil {
+		opts = append(opts, kfake.TLS(cfg.TLS))
+	}
+	if u := cfg.SASL; u != nil {
+		switch u.Mechanism {
+		case "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512":
+		default:
+			return nil, fmt.Errorf("embedded: kafka SASL mechanism %q: want PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512", u.Mechanism)
+		}
+		if u.User == "" || u.Password == "" {
+			return nil, errors.New("embedded: kafka SASL needs a user and a password")
+		}
+		opts = append(opts, kfake.EnableSASL(), kfake.Superuser(u.Mechanism, u.User, u.Password))
 	}
 	c, err := kfake.NewCluster(opts...)
 	if err != nil {

@@ -31,6 +31,8 @@ type ConsumerConfig struct {
 	// of each partition instead of the beginning. Default: false (oldest:
 	// records written before the group first joined are delivered too).
 	StartNewest bool
+	// Security: TLS and SASL to the brokers.
+	Security Security
 }
 
 func (c ConsumerConfig) withDefaults() ConsumerConfig {
@@ -137,6 +139,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 	group, err := kafka.NewConsumerGroup(kafka.ConsumerGroupConfig{
 		ID:                    c.cfg.GroupID,
 		Brokers:               c.cfg.Brokers,
+		Dialer:                c.cfg.Security.dialer(),
 		Topics:                []string{c.cfg.Topic},
 		StartOffset:           start,
 		SessionTimeout:        c.cfg.SessionTimeout,
@@ -266,6 +269,7 @@ func (c *Consumer) commit(gen *kafka.Generation) {
 func (c *Consumer) fetch(ctx context.Context, part int32, offset int64) {
 	cfg := kafka.ReaderConfig{
 		Brokers:         c.cfg.Brokers,
+		Dialer:          c.cfg.Security.dialer(),
 		Topic:           c.cfg.Topic,
 		Partition:       int(part),
 		MinBytes:        1,

@@ -77,7 +77,7 @@ func next(t *testing.T, ch <-chan kafkapipe.Message) kafkapipe.Message {
 func TestCommitOnlyContiguousFloor(t *testing.T) {
 	addr := broker(t)
 	ctx := context.Background()
-	if err := kafkapipe.EnsureTopics(ctx, []string{addr}, 1, "t"); err != nil {
+	if err := kafkapipe.EnsureTopics(ctx, []string{addr}, kafkapipe.Security{}, 1, "t"); err != nil {
 		t.Fatal(err)
 	}
 	p, err := kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: []string{addr}})
@@ -151,7 +151,7 @@ func produce(t *testing.T, addr string, from, n int) {
 // un-ACKed record.
 func TestAbandonSkipsTheDrain(t *testing.T) {
 	addr := broker(t)
-	if err := kafkapipe.EnsureTopics(context.Background(), []string{addr}, 1, "t"); err != nil {
+	if err := kafkapipe.EnsureTopics(context.Background(), []string{addr}, kafkapipe.Security{}, 1, "t"); err != nil {
 		t.Fatal(err)
 	}
 	produce(t, addr, 0, 3)
@@ -193,7 +193,7 @@ func TestAbandonSkipsTheDrain(t *testing.T) {
 // before it joined.
 func TestStartNewest(t *testing.T) {
 	addr := broker(t)
-	if err := kafkapipe.EnsureTopics(context.Background(), []string{addr}, 1, "t"); err != nil {
+	if err := kafkapipe.EnsureTopics(context.Background(), []string{addr}, kafkapipe.Security{}, 1, "t"); err != nil {
 		t.Fatal(err)
 	}
 	produce(t, addr, 0, 3)

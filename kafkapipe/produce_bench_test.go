@@ -21,7 +21,7 @@ func BenchmarkProduceBatch(b *testing.B) {
 			}
 			defer k.Close()
 			ctx := context.Background()
-			if err := kafkapipe.EnsureTopics(ctx, []string{k.Addr()}, 8, "bench"); err != nil {
+			if err := kafkapipe.EnsureTopics(ctx, []string{k.Addr()}, kafkapipe.Security{}, 8, "bench"); err != nil {
 				b.Fatal(err)
 			}
 			p, err := kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: []string{k.Addr()}})

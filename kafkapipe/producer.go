@@ -29,6 +29,8 @@ type ProducerConfig struct {
 	MaxRequestBytes int
 	// WriteTimeout bounds one produce request. Default: 10s.
 	WriteTimeout time.Duration
+	// Security: TLS and SASL to the brokers.
+	Security Security
 }
 
 func (c ProducerConfig) withDefaults() ProducerConfig {
@@ -79,7 +81,7 @@ func NewProducer(cfg ProducerConfig) (*Producer, error) {
 		return nil, errors.New("kafkapipe: no brokers")
 	}
 	cfg = cfg.withDefaults()
-	tr := &kafka.Transport{}
+	tr := cfg.Security.transport()
 	return &Producer{
 		cfg: cfg, tr: tr, partitions: map[string]topicPartitions{},
 		client: &kafka.Client{Addr: kafka.TCP(cfg.Brokers...), Timeout: cfg.WriteTimeout, Transport: tr},

@@ -58,7 +58,7 @@ func TestProducerPlacesLikeKafkaGoAndKeepsOrder(t *testing.T) {
 	defer k.Close()
 	addr := k.Addr()
 	ctx := context.Background()
-	if err := kafkapipe.EnsureTopics(ctx, []string{addr}, 4, "ours", "writer"); err != nil {
+	if err := kafkapipe.EnsureTopics(ctx, []string{addr}, kafkapipe.Security{}, 4, "ours", "writer"); err != nil {
 		t.Fatal(err)
 	}
 	// 2 KB requests: ~40 records per device, so every partition's share
@@ -224,7 +224,7 @@ func TestEnsureTopicsCreatedElsewhere(t *testing.T) {
 	}
 	for i := range 5 {
 		topic := fmt.Sprintf("later-%d", i)
-		if err := kafkapipe.EnsureTopics(ctx, []string{addr}, 2, topic); err != nil { // another client
+		if err := kafkapipe.EnsureTopics(ctx, []string{addr}, kafkapipe.Security{}, 2, topic); err != nil { // another client
 			t.Fatal(err)
 		}
 		if i == 0 {

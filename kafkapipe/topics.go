@@ -14,8 +14,8 @@ import (
 
 // EnsureTopics creates the topics with the given partition count if they do
 // not exist. Existing topics are left as they are.
-func EnsureTopics(ctx context.Context, brokers []string, partitions int, topics ...string) error {
-	client, done := adminClient(brokers, 10*time.Second)
+func EnsureTopics(ctx context.Context, brokers []string, sec Security, partitions int, topics ...string) error {
+	client, done := adminClient(brokers, sec, 10*time.Second)
 	defer done()
 	return createTopics(ctx, client, partitions, topics)
 }
@@ -103,19 +103,39 @@ func (p *Producer) ensureTopics(ctx context.Context, partitions int, topics []st
 }
 
 // Ping checks that a broker answers a metadata request.
-func Ping(ctx context.Context, brokers []string) error {
-	client, done := adminClient(brokers, 5*time.Second)
+func Ping(ctx context.Context, brokers []string, sec Security) error {
+	client, done := adminClient(brokers, sec, 5*time.Second)
 	defer done()
 	if _, err := client.Metadata(ctx, &kafka.MetadataRequest{}); err != nil {
+		if cause := Diagnose(ctx, brokers, sec); cause != nil {
+			return cause
+		}
 		return fmt.Errorf("kafkapipe: metadata: %w", err)
 	}
 	return nil
 }
 
+// Diagnose connects to each broker in turn, with TLS and SASL as
+// configured, and returns the first failure: kafka-go's client reports a
+// refused login or certificate only as "Broker Not Available". Nil when a
+// broker accepts the connection.
+func Diagnose(ctx context.Context, brokers []string, sec Security) error {
+	var errs []error
+	for _, b := range brokers {
+		conn, err := sec.dialer().DialContext(ctx, "tcp", b)
+		if err == nil {
+			conn.Close()
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("kafkapipe: connect %s: %w", b, err))
+	}
+	return errors.Join(errs...)
+}
+
 // adminClient returns a client with its own transport (not kafka-go's
 // global pool), and a func that closes its connections.
-func adminClient(brokers []string, timeout time.Duration) (*kafka.Client, func()) {
-	tr := &kafka.Transport{}
+func adminClient(brokers []string, sec Security, timeout time.Duration) (*kafka.Client, func()) {
+	tr := sec.transport()
 	return &kafka.Client{Addr: kafka.TCP(brokers...), Timeout: timeout, Transport: tr}, tr.CloseIdleConnections
 }
 

@@ -11,7 +11,9 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/embedded"
+	"github.com/edgebridge/edgebridge/internal/tlsfiles"
 )
 
 // brokerCmd runs one embedded broker as its own process until SIGINT or
@@ -29,6 +31,11 @@ func brokerCmd(args []string) error {
 	partitions := fs.Int("partitions", 8, "partitions of auto-created topics (kafka)")
 	advertise := fs.String("advertise", "", "host:port clients are told to use, if not the listen address (kafka)")
 	fsync := fs.Bool("fsync", true, "fsync every produced batch before acknowledging it (kafka); false = page cache only, as Apache Kafka's default")
+	tlsCert := fs.String("tls-cert", "", "serve TLS only, with this certificate (PEM; re-read when it changes)")
+	tlsKey := fs.String("tls-key", "", "the key of -tls-cert")
+	saslMech := fs.String("sasl-mechanism", "", "require SASL logins with this mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (kafka)")
+	saslUser := fs.String("sasl-user", "", "the one account -sasl-mechanism accepts (kafka)")
+	saslPassword := fs.String("sasl-password-file", "", "that account's password (the file's content, read at start) (kafka)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: edgebridge broker kafka|mqtt [flags]\n")
 		fs.PrintDefaults()
@@ -48,7 +55,22 @@ func brokerCmd(args []string) error {
 	var closeFn func()
 	switch kind {
 	case "kafka":
-		k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: *listen, DataDir: *data, Partitions: *partitions, Advertise: *advertise, NoFsync: !*fsync})
+		kc := embedded.KafkaConfig{Listen: *listen, DataDir: *data, Partitions: *partitions, Advertise: *advertise, NoFsync: !*fsync}
+		if *tlsCert != "" || *tlsKey != "" {
+			tc, err := tlsfiles.Files{CertFile: *tlsCert, KeyFile: *tlsKey}.Server()
+			if err != nil {
+				return err
+			}
+			kc.TLS = tc
+		}
+		if *saslMech != "" {
+			pw, err := config.SASL{PasswordFile: *saslPassword}.Password()
+			if err != nil || pw == "" {
+				return fmt.Errorf("broker kafka: -sasl-password-file: %v", errors.Join(err, errors.New("a password is required")))
+			}
+			kc.SASL = &embedded.KafkaUser{Mechanism: *saslMech, User: *saslUser, Password: pw}
+		}
+		k, err := embedded.ListenKafka(kc)
 		if err != nil {
 			return err
 		}

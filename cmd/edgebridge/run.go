@@ -93,12 +93,17 @@ func shutdownContext(log *slog.Logger) context.Context {
 // is constructed.
 func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(*bridge.Bridge, config.Config)) error {
 	if cfg.EmbeddedKafka() {
-		k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: cfg.Kafka.EmbeddedListen, DataDir: cfg.Kafka.DataDir, Partitions: cfg.Kafka.Partitions})
+		kc, err := embeddedKafkaConfig(cfg)
+		if err != nil {
+			return err
+		}
+		k, err := embedded.ListenKafka(kc)
 		if err != nil {
 			return err
 		}
 		defer k.Close()
 		cfg.Kafka.Brokers = []string{k.Addr()}
+		cfg.Kafka.EmbeddedTLS = config.EmbeddedKafkaTLS{}
 		log.Info("edgebridge: embedded kafka", "addr", k.Addr(), "data_dir", cfg.Kafka.DataDir)
 	}
 	opts := []bridge.Option{bridge.WithLogger(log), bridge.WithBuildInfo(buildInfo())}
@@ -167,4 +172,25 @@ func embeddedMQTTConfig(cfg config.Config, log *slog.Logger) (embedded.MQTTConfi
 		mc.TLSListen, mc.TLS, mc.ClientCertIdentity = t.Listen, tc, t.ClientCAFile != ""
 	}
 	return mc, creds, nil
+}
+
+// embeddedKafkaConfig is the in-process Kafka broker's configuration: TLS
+// with kafka.embedded_tls, and kafka.sasl as its one account.
+func embeddedKafkaConfig(cfg config.Config) (embedded.KafkaConfig, error) {
+	kc := embedded.KafkaConfig{Listen: cfg.Kafka.EmbeddedListen, DataDir: cfg.Kafka.DataDir, Partitions: cfg.Kafka.Partitions}
+	if t := cfg.Kafka.EmbeddedTLS; t.CertFile != "" {
+		tc, err := tlsfiles.Files{CertFile: t.CertFile, KeyFile: t.KeyFile}.Server()
+		if err != nil {
+			return kc, fmt.Errorf("kafka.embedded_tls: %w", err)
+		}
+		kc.TLS = tc
+	}
+	if s := cfg.Kafka.SASL; s.Mechanism != "" {
+		pw, err := s.Password()
+		if err != nil {
+			return kc, fmt.Errorf("kafka.sasl.password_file: %w", err)
+		}
+		kc.SASL = &embedded.KafkaUser{Mechanism: s.Mechanism, User: s.Username, Password: pw}
+	}
+	return kc, nil
 }

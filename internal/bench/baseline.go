@@ -142,7 +142,7 @@ func (w *window) result(name string, d time.Duration, window int) Scenario {
 // (acks=all, 1ms batch timeout, keyed), into a fresh topic read back by
 // one reader per partition. A record's round trip is write -> read.
 func runKafka(ctx context.Context, brokers []string, topic string, partitions, devices, outstanding, size int, d time.Duration) (Scenario, error) {
-	if err := kafkapipe.EnsureTopics(ctx, brokers, partitions, topic); err != nil {
+	if err := kafkapipe.EnsureTopics(ctx, brokers, kafkapipe.Security{}, partitions, topic); err != nil {
 		return Scenario{}, err
 	}
 	tr := &kafka.Transport{}

@@ -243,7 +243,18 @@ func (b *Bridge) newDapr() (*daprcomp.Server, error) {
 func (b *Bridge) brokerProblems() []string {
 	var why []string
 	if !b.mqtt.Subscribed() {
-		why = append(why, "mqtt not subscribed")
+		reason, detail := b.mqtt.Problem()
+		b.metrics.brokerProblem("mqtt", reason)
+		switch reason {
+		case "auth":
+			why = append(why, "mqtt: login refused (mqtt.username, mqtt.password_file): "+clipErr(detail))
+		case "tls":
+			why = append(why, "mqtt: TLS failed (mqtt.tls): "+clipErr(detail))
+		default:
+			why = append(why, "mqtt not subscribed")
+		}
+	} else {
+		b.metrics.brokerProblem("mqtt", "")
 	}
 	if !b.kafkaOK.Load() {
 		if w := b.kafkaWhy.Load(); w != nil {
@@ -421,6 +432,7 @@ func (b *Bridge) watchKafka(ctx context.Context) {
 		case <-t.C:
 			pctx, cancel := context.WithTimeout(ctx, 4*time.Second)
 			b.noteKafka(kafkapipe.Ping(pctx, b.cfg.Kafka.Brokers, b.kafkaSec))
+			b.brokerProblems() // refreshes edgebridge_broker_problem for MQTT
 			cancel()
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"unicode/utf8"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 )
@@ -354,6 +355,8 @@ type connLog struct {
 	mu    sync.Mutex
 	state connState
 	pwErr string // the last password-file problem logged
+
+	reason, detail string // why the last connection attempt failed (Problem)
 }
 
 // passwordProblem logs a password that cannot be read, once per cause.
@@ -395,11 +398,40 @@ func (c *Client) notified(_ paho.Client, n paho.ConnectionNotification) {
 		}
 		l.state = connLost
 	case paho.ConnectionNotificationFailed:
-		if l.state != connFailing {
-			l.log.Warn("mqttin: cannot connect; retrying", "broker", l.broker, "err", n.Reason)
+		reason := problemOf(n.Reason)
+		if l.state != connFailing || reason != l.reason {
+			l.log.Warn("mqttin: cannot connect; retrying", "broker", l.broker, "reason", reason, "err", n.Reason)
 		}
 		l.state = connFailing
+		l.reason, l.detail = reason, fmt.Sprint(n.Reason)
+		return
 	}
+	l.reason, l.detail = "", ""
+	if l.state == connLost {
+		l.reason = "unreachable"
+	}
+}
+
+// problemOf classifies why a connection attempt failed: auth (the broker
+// refused the login), tls (a certificate or handshake) or unreachable.
+func problemOf(err error) string {
+	switch {
+	case errors.Is(err, packets.ErrorRefusedBadUsernameOrPassword) || errors.Is(err, packets.ErrorRefusedNotAuthorised) ||
+		errors.Is(err, packets.ErrorRefusedIDRejected):
+		return "auth"
+	case err != nil && (strings.Contains(err.Error(), "tls:") || strings.Contains(err.Error(), "x509:") || strings.Contains(err.Error(), "certificate")):
+		return "tls"
+	}
+	return "unreachable"
+}
+
+// Problem says why the client is not connected: a reason (auth, tls,
+// unreachable) and the broker's or the handshake's error; "" while
+// connected. No secret is in either.
+func (c *Client) Problem() (reason, detail string) {
+	c.conn.mu.Lock()
+	defer c.conn.mu.Unlock()
+	return c.conn.reason, c.conn.detail
 }
 
 // redacted is the broker URL without a password, for logs.

@@ -452,3 +452,63 @@ func untrusting(t *testing.T) *tls.Config {
 	tc.RootCAs.AppendCertsFromPEM(ca.PEM)
 	return tc
 }
+
+// TestMQTTLoginRefusedThenFixed: a bridge whose MQTT password Mosquitto
+// refuses, or that does not trust Mosquitto's certificate, is unready and
+// says which (in /readyz and edgebridge_broker_problem); fixing the
+// password file is picked up at the next connection attempt, no restart.
+func TestMQTTLoginRefusedThenFixed(t *testing.T) {
+	passwords := map[string]string{"edgebridge": "bridge-secret-2c81", "dev-0001": "device-secret-1"}
+	s := startSite(t, passwords)
+	kafkaAddr := kafkaBroker(t)
+	pay := startPaymentd(t, freeAddr(t), filepath.Join(t.TempDir(), "ledger.jsonl"))
+	pwFile := filepath.Join(t.TempDir(), "mqtt-password")
+	if err := os.WriteFile(pwFile, []byte("wrong-bridge-password\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	otherCA, err := testpki.NewCA("not the broker's CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherCAFile, err := otherCA.WriteCA(t.TempDir(), "other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ name, caFile, want, reason string }{
+		{"untrusted broker certificate", otherCAFile, "mqtt: TLS failed (mqtt.tls)", "tls"},
+		{"wrong password", s.serverCAFile, "mqtt: login refused", "auth"},
+	} {
+		cfg, admin := writeBridgeConfig(t, bridgeOpts{mqtt: s.passwordURL, kafka: kafkaAddr, backend: pay.addr,
+			mqttExtra: fmt.Sprintf("  username: edgebridge\n  password_file: %s\n  tls: {enabled: true, ca_file: %s}\n", pwFile, c.caFile)})
+		b := &bridgeProc{proc: start(t, bins.edgebridge, "run", "-config", cfg), admin: admin}
+		waitFor(t, 30*time.Second, c.name+" named by /readyz", func() bool {
+			code, body := b.readyz()
+			return code == 503 && strings.Contains(body, c.want)
+		})
+		_, body := b.readyz()
+		t.Logf("%s: /readyz: %s", c.name, strings.TrimSpace(body))
+		if v, err := b.metric(`edgebridge_broker_problem{broker="mqtt",reason="` + c.reason + `"}`); err != nil || v != 1 {
+			t.Errorf("%s: edgebridge_broker_problem{broker=mqtt,reason=%s} = %v (%v), want 1", c.name, c.reason, v, err)
+		}
+		if c.reason == "tls" {
+			if err := b.stop(t, 30*time.Second); err != nil {
+				t.Error(err)
+			}
+			continue
+		}
+		// The operator fixes the password file; the next attempt logs in.
+		if err := os.WriteFile(pwFile, []byte(passwords["edgebridge"]+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, time.Minute, "ready after the password was fixed", b.ready)
+		dev := newAuthedDevice(t, identity{"dev-0001", s.passwordURL, "dev-0001", passwords["dev-0001"], s.tlsFor(t, nil, "")}, "dev-0001")
+		dev.publish(t, "payment/request/dev-0001", `{"request_id":"r-1","amount_minor":100,"currency":"EUR"}`)
+		dev.await(t, "r-1")
+		if err := b.stop(t, 30*time.Second); err != nil {
+			t.Error(err)
+		}
+		if out := b.out.String(); strings.Contains(out, passwords["edgebridge"]) || strings.Contains(out, "wrong-bridge-password") {
+			t.Error("the bridge logged its MQTT password")
+		}
+	}
+}

@@ -392,11 +392,13 @@ func (c *Client) notified(_ paho.Client, n paho.ConnectionNotification) {
 			l.log.Info("mqttin: connected", "broker", l.broker)
 		}
 		l.state = connUp
+		l.reason, l.detail = "", ""
 	case paho.ConnectionNotificationLost:
 		if l.state != connLost {
 			l.log.Warn("mqttin: connection lost; reconnecting", "broker", l.broker, "err", n.Reason)
 		}
 		l.state = connLost
+		l.reason, l.detail = "unreachable", fmt.Sprint(n.Reason)
 	case paho.ConnectionNotificationFailed:
 		reason := problemOf(n.Reason)
 		if l.state != connFailing || reason != l.reason {
@@ -404,11 +406,6 @@ func (c *Client) notified(_ paho.Client, n paho.ConnectionNotification) {
 		}
 		l.state = connFailing
 		l.reason, l.detail = reason, fmt.Sprint(n.Reason)
-		return
-	}
-	l.reason, l.detail = "", ""
-	if l.state == connLost {
-		l.reason = "unreachable"
 	}
 }
 

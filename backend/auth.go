@@ -3,6 +3,9 @@ package backend
 import (
 	"context"
 	"crypto/subtle"
+	"errors"
+	"os"
+	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -17,8 +20,33 @@ import (
 // stream and health checks alike) without "authorization: Bearer <token>",
 // with codes.Unauthenticated. Use it together with TLS.
 func TokenAuth(token string) []grpc.ServerOption {
-	want := []byte("Bearer " + token)
+	return tokenAuth(func() (string, error) { return token, nil })
+}
+
+// TokenFileAuth is TokenAuth with the token read from path (trimmed) at
+// every call, so a rotated token file needs no restart. A file that cannot
+// be read refuses every call.
+func TokenFileAuth(path string) []grpc.ServerOption {
+	return tokenAuth(func() (string, error) {
+		raw, err := os.ReadFile(path)
+		if err != nil {
+			return "", err
+		}
+		tok := strings.TrimSpace(string(raw))
+		if tok == "" {
+			return "", errors.New("empty token file")
+		}
+		return tok, nil
+	})
+}
+
+func tokenAuth(token func() (string, error)) []grpc.ServerOption {
 	check := func(ctx context.Context) error {
+		tok, err := token()
+		if err != nil {
+			return status.Error(codes.Unavailable, "backend: cannot read its bearer token")
+		}
+		want := []byte("Bearer " + tok)
 		md, _ := metadata.FromIncomingContext(ctx)
 		for _, got := range md.Get("authorization") {
 			if subtle.ConstantTimeCompare([]byte(got), want) == 1 {

@@ -188,9 +188,12 @@ func (b *Bridge) newBackends(capacity int) error {
 	if err != nil {
 		return fmt.Errorf("bridge: backend tls: %w", err)
 	}
-	token, err := b.cfg.Backend.Token()
-	if err != nil {
+	if _, err := b.cfg.Backend.Token(); err != nil {
 		return fmt.Errorf("bridge: backend token: %w", err)
+	}
+	var token func() (string, error)
+	if b.cfg.Backend.TokenFile != "" {
+		token = b.cfg.Backend.Token // read at every call: a rotated token needs no restart
 	}
 	be := b.cfg.Backend
 	b.pool, err = grpcout.New(grpcout.Config{
@@ -206,9 +209,9 @@ func (b *Bridge) newBackends(capacity int) error {
 			Jitter: be.Reconnect.Jitter, ResetAfter: be.Reconnect.ResetAfter},
 		Heartbeat: grpcout.Heartbeat{Interval: be.Heartbeat.Interval, MinInterval: be.Heartbeat.MinInterval,
 			MaxInterval: be.Heartbeat.MaxInterval, Timeout: be.Heartbeat.Timeout, SlowRTT: be.Heartbeat.SlowRTT},
-		Keepalive: grpcout.Keepalive{Time: be.Keepalive.Time, Timeout: be.Keepalive.Timeout},
-		TLS:       tlsConfig,
-		Token:     token,
+		Keepalive:   grpcout.Keepalive{Time: be.Keepalive.Time, Timeout: be.Keepalive.Timeout},
+		TLS:         tlsConfig,
+		TokenSource: token,
 	}, append([]grpcout.Option{grpcout.WithLogger(b.log), grpcout.WithEventHook(b.metrics.GRPC.Observe),
 		grpcout.WithStatsHandler(b.metrics.GRPC.Handler)}, b.poolOpts...)...)
 	return err

@@ -3,6 +3,7 @@ package grpcout
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -141,10 +142,14 @@ func (h *handshakes) since(t time.Time) error {
 }
 
 // bearer sends a token with every call.
-type bearer string
+type bearer func() (string, error)
 
 func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+	token, err := b()
+	if err != nil {
+		return nil, fmt.Errorf("grpcout: bearer token: %w", err)
+	}
+	return map[string]string{"authorization": "Bearer " + token}, nil
 }
 
 func (bearer) RequireTransportSecurity() bool { return true }

@@ -46,6 +46,9 @@ type Config struct {
 	// Token, if set, is sent as "authorization: Bearer <token>" on every
 	// call. It requires TLS.
 	Token string
+	// TokenSource, if set, is asked for the token at every call instead
+	// (a token file re-read, so a rotated token needs no restart).
+	TokenSource func() (string, error)
 }
 
 // Backoff is exponential backoff with jitter.
@@ -143,7 +146,7 @@ func (c Config) Validate() error {
 	if h.MaxInterval >= h.Timeout {
 		bad("heartbeat max interval %s must be below the timeout %s", h.MaxInterval, h.Timeout)
 	}
-	if c.Token != "" && c.TLS == nil {
+	if (c.Token != "" || c.TokenSource != nil) && c.TLS == nil {
 		bad("a token requires TLS")
 	}
 	return errors.Join(errs...)

@@ -104,8 +104,12 @@ func (l *link) dialOptions() []grpc.DialOption {
 			Time: cfg.Keepalive.Time, Timeout: cfg.Keepalive.Timeout, PermitWithoutStream: true,
 		}),
 	}
-	if cfg.Token != "" {
-		opts = append(opts, grpc.WithPerRPCCredentials(bearer(cfg.Token)))
+	switch {
+	case cfg.TokenSource != nil:
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(cfg.TokenSource)))
+	case cfg.Token != "":
+		token := cfg.Token
+		opts = append(opts, grpc.WithPerRPCCredentials(bearer(func() (string, error) { return token, nil })))
 	}
 	if l.p.o.dial != nil {
 		opts = append(opts, grpc.WithContextDialer(l.p.o.dial))

@@ -86,7 +86,11 @@ func serverOptions(f flags, m *grpcmetrics.Server) ([]grpc.ServerOption, error) 
 		if err != nil {
 			return nil, err
 		}
-		opts = append(opts, backend.TokenAuth(strings.TrimSpace(string(raw)))...)
+		if strings.TrimSpace(string(raw)) == "" {
+			return nil, fmt.Errorf("%s is empty", f.tokenFile)
+		}
+		// Read again at every call: a rotated token needs no restart.
+		opts = append(opts, backend.TokenFileAuth(f.tokenFile)...)
 	}
 	return opts, nil
 }

@@ -18,8 +18,8 @@ import (
 // without a client certificate (the bridge is unready, reason tls) and
 // serves one with; then, while devices pay, every certificate and CA moves
 // to a new CA (both sides' files rewritten in place, connections recycled
-// by paymentd's -max-connection-age): nothing is lost or processed twice,
-// and neither process restarts.
+// by paymentd's -max-connection-age), then the bearer token: nothing is
+// lost or processed twice, and neither process restarts.
 func TestMutualTLSBackend(t *testing.T) {
 	dir := t.TempDir()
 	ca1, err := testpki.NewCA("backend CA 1")
@@ -60,8 +60,15 @@ func TestMutualTLSBackend(t *testing.T) {
 
 	s := &stack{mqtt: mosquitto(t), kafka: kafkaBroker(t)}
 	ledger := filepath.Join(t.TempDir(), "ledger.jsonl")
+	token := filepath.Join(dir, "token")
+	bridgeToken := filepath.Join(dir, "bridge-token")
+	for _, f := range []string{token, bridgeToken} {
+		if err := os.WriteFile(f, []byte("first-token-5d2e\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s.pay = startPaymentd(t, freeAddr(t), ledger, "-tls-cert", srvCert, "-tls-key", srvKey, "-tls-client-ca", clientCAs,
-		"-max-connection-age", "1s")
+		"-token-file", token, "-max-connection-age", "1s")
 
 	// No client certificate: refused, and /readyz says why.
 	cfg, admin := writeBridgeConfig(t, bridgeOpts{mqtt: s.mqtt, kafka: s.kafka, backend: s.pay.addr,
@@ -80,7 +87,8 @@ func TestMutualTLSBackend(t *testing.T) {
 
 	// With one: devices pay while everything rotates.
 	cfg, admin = writeBridgeConfig(t, bridgeOpts{mqtt: s.mqtt, kafka: s.kafka, backend: s.pay.addr,
-		extra: fmt.Sprintf("  tls: {enabled: true, ca_file: %s, cert_file: %s, key_file: %s, server_name: localhost}\n", serverCAs, cliCert, cliKey)})
+		extra: fmt.Sprintf("  tls: {enabled: true, ca_file: %s, cert_file: %s, key_file: %s, server_name: localhost}\n  token_file: %s\n",
+			serverCAs, cliCert, cliKey, bridgeToken)})
 	s.bridge = startBridge(t, cfg, admin)
 	dcfg := devicesimConfig(s.mqtt, 10, 100)
 	dcfg.Outstanding = 1
@@ -104,6 +112,13 @@ func TestMutualTLSBackend(t *testing.T) {
 	writeCAs("client-ca", ca2)
 	writeCAs("server-ca", ca2)
 	waitReconnects("connections trusting CA 2 only")
+	// And a new bearer token on both sides.
+	for _, f := range []string{token, bridgeToken} {
+		if err := os.WriteFile(f, []byte("second-token-93af\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitReconnects("connections with the new token")
 	res := <-done
 	if res.Replied != 1000 || len(res.Missing) > 0 || res.Lost() > 0 {
 		t.Fatalf("replied %d of 1000, lost %d, missing %.300v", res.Replied, res.Lost(), res.Missing)
@@ -113,6 +128,11 @@ func TestMutualTLSBackend(t *testing.T) {
 		t.Error("paymentd restarted")
 	}
 	t.Logf("stream reconnects during the run: %v", reconnects())
+	for name, out := range map[string]string{"bridge": s.bridge.out.String(), "paymentd": s.pay.out.String(), "metrics": s.bridge.metricsText()} {
+		if strings.Contains(out, "first-token-5d2e") || strings.Contains(out, "second-token-93af") {
+			t.Errorf("the %s output holds the bearer token", name)
+		}
+	}
 }
 
 // sumMetric adds up every sample of a metric family on the bridge's /metrics.

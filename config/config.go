@@ -420,7 +420,7 @@ func (c *Config) problems() Problems {
 	if !c.EmbeddedMQTT() {
 		u, err := url.Parse(c.MQTT.Broker)
 		if err != nil || (u.Scheme != "tcp" && u.Scheme != "mqtt" && u.Scheme != "ssl" && u.Scheme != "tls") || u.Host == "" {
-			bad("mqtt.broker", "%q must be \"embedded\" or a URL like tcp://host:1883", c.MQTT.Broker)
+			bad("mqtt.broker", "%q must be \"embedded\" or a URL like tcp://host:1883", redactedURL(c.MQTT.Broker))
 		}
 	}
 	addr("mqtt.embedded_listen", c.MQTT.EmbeddedListen)
@@ -663,6 +663,17 @@ func filterMatches(filter, topic string) bool {
 		}
 	}
 	return len(f) == len(t)
+}
+
+// redactedURL is u without a password, for messages.
+func redactedURL(u string) string {
+	if p, err := url.Parse(u); err == nil {
+		return p.Redacted()
+	}
+	if at := strings.LastIndexByte(u, '@'); at >= 0 {
+		return "…" + u[at:]
+	}
+	return u
 }
 
 // checkTLS reports inconsistent TLS settings under key.

@@ -116,6 +116,7 @@ dapr:
 		{name: "mqtt tls on the embedded broker", doc: "mqtt:\n  tls: {enabled: true}\n", want: []string{"mqtt.tls: the bridge reaches its embedded broker in-process"}},
 		{name: "mqtt password without username", doc: "mqtt:\n  broker: tcp://h:1883\n  password_file: /nonexistent/pw\n",
 			want: []string{"mqtt.password_file: a password needs mqtt.username", "/nonexistent/pw"}},
+		{name: "a bad broker URL is shown without its password", doc: "mqtt:\n  broker: htp://u:hunter2@h:1883\n", want: []string{`mqtt.broker: "htp://u:xxxxx@h:1883" must be`}},
 		{name: "password in the broker URL", doc: "mqtt:\n  broker: tcp://u:secret@h:1883\n", want: []string{"mqtt.broker: holds a password"}},
 		{name: "mqtt tls files", doc: "mqtt:\n  broker: ssl://h:8883\n  tls: {enabled: true, ca_file: /nonexistent/ca.pem, cert_file: c.pem}\n",
 			want: []string{"mqtt.tls: cert_file and key_file go together", "/nonexistent/ca.pem"}},

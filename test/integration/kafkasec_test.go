@@ -23,22 +23,7 @@ import (
 // restart and the request is answered. No secret is logged.
 func TestKafkaSASLAndTLS(t *testing.T) {
 	dir := t.TempDir()
-	ca, err := testpki.NewCA("kafka CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile, err := ca.WriteCA(dir, "ca")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, k, err := ca.Server("kafka")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, key, err := testpki.WritePair(dir, "kafka", c, k)
-	if err != nil {
-		t.Fatal(err)
-	}
+	_, caFile, cert, key := serverPKI(t, dir, "kafka")
 	const secret, wrong = "kafka-scram-secret-41b9", "not-the-kafka-secret"
 	brokerPW, bridgePW := filepath.Join(dir, "broker-password"), filepath.Join(dir, "bridge-password")
 	os.WriteFile(brokerPW, []byte(secret+"\n"), 0o600)
@@ -114,22 +99,7 @@ func TestKafkaSASLAndTLS(t *testing.T) {
 // one account, and refuses a client without it.
 func TestEmbeddedKafkaSASLAndTLS(t *testing.T) {
 	dir := t.TempDir()
-	ca, err := testpki.NewCA("embedded kafka CA")
-	if err != nil {
-		t.Fatal(err)
-	}
-	caFile, err := ca.WriteCA(dir, "ca")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, k, err := ca.Server("kafka")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, key, err := testpki.WritePair(dir, "kafka", c, k)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca, caFile, cert, key := serverPKI(t, dir, "embedded kafka")
 	pw := filepath.Join(dir, "password")
 	os.WriteFile(pw, []byte("embedded-plain-secret\n"), 0o600)
 	mq := mosquitto(t)
@@ -167,4 +137,25 @@ func trusting(t *testing.T, ca *testpki.CA) *tls.Config {
 	tc := &tls.Config{RootCAs: x509.NewCertPool(), MinVersion: tls.VersionTLS12}
 	tc.RootCAs.AppendCertsFromPEM(ca.PEM)
 	return tc
+}
+
+// serverPKI makes a CA and a server certificate it signed for 127.0.0.1
+// and localhost, written to dir; it returns the CA and the three files.
+func serverPKI(t *testing.T, dir, name string) (ca *testpki.CA, caFile, certFile, keyFile string) {
+	t.Helper()
+	ca, err := testpki.NewCA(name + " CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if caFile, err = ca.WriteCA(dir, "ca"); err != nil {
+		t.Fatal(err)
+	}
+	c, k, err := ca.Server(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if certFile, keyFile, err = testpki.WritePair(dir, "server", c, k); err != nil {
+		t.Fatal(err)
+	}
+	return ca, caFile, certFile, keyFile
 }

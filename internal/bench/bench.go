@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -60,6 +61,10 @@ type Config struct {
 	Curve int
 	// Rate, if set, adds an open-loop pipeline scenario at this many requests/s.
 	Rate float64
+	// TLS adds the "pipeline tls" scenario, interleaved with the others: a
+	// second Mosquitto, Kafka broker and bridge with TLS on MQTT (devices
+	// and bridge) and Kafka. Needs -mqtt mosquitto and -kafka embedded.
+	TLS bool
 	// Partitions of the request topic. Default: 8.
 	Partitions int
 	// BridgeConfig is appended to the bridge's YAML config (top-level sections).
@@ -264,7 +269,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep := &Report{Started: time.Now(), Setup: setupOf(cfg)}
 
 	logf("starting %s, kafka %s, paymentd and edgebridge", cfg.MQTT, cfg.Kafka)
-	e, err := startEnv(ctx, cfg)
+	e, err := startEnv(ctx, cfg, false)
 	if err != nil {
 		return nil, err
 	}
@@ -275,6 +280,24 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	defer refl.close()
 	r := &runner{cfg: cfg, e: e}
+	var rt *runner // the TLS env's, with cfg.TLS
+	if cfg.TLS {
+		if cfg.MQTT != "mosquitto" || cfg.Kafka != "embedded" {
+			return nil, fmt.Errorf("bench: -tls needs -mqtt mosquitto and -kafka embedded")
+		}
+		logf("starting the same with TLS on MQTT and Kafka")
+		tcfg := cfg
+		tcfg.Dir = filepath.Join(cfg.Dir, "tls")
+		et, err := startEnv(ctx, tcfg, true)
+		if err != nil {
+			return nil, err
+		}
+		defer et.close()
+		rt = &runner{cfg: cfg, e: et}
+		if _, err := rt.devices(ctx, "warm-tls", cfg.Devices, cfg.Outstanding, time.Second, 0, false); err != nil {
+			return nil, err
+		}
+	}
 
 	// Warm up both paths: connections, topics, consumer group, broker sessions.
 	warm := time.Second
@@ -321,6 +344,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			func() (Scenario, error) {
 				return r.measure(ctx, false, func() (Scenario, error) { return runGRPC(ctx, bridgeWindow, cfg.PayloadSize, per) })
 			},
+		}
+		if rt != nil {
+			steps = append(steps, func() (Scenario, error) {
+				return rt.devices(ctx, fmt.Sprintf("pipetls%d", round), cfg.Devices, cfg.Outstanding, per, 0, false)
+			})
 		}
 		for _, step := range steps {
 			s, err := step()
@@ -412,10 +440,15 @@ func (r *runner) devices(ctx context.Context, prefix string, devices, outstandin
 	if raw {
 		name, req, rep = "mqtt raw", rawRequestTopic, rawReplyTopic
 	}
+	var connect func(string) devicesim.Conn
+	if r.e.tls != nil {
+		name += " tls"
+		connect = func(string) devicesim.Conn { return devicesim.Conn{TLS: r.e.tls.client} }
+	}
 	return r.measure(ctx, !raw, func() (Scenario, error) {
 		res, err := devicesim.Run(ctx, devicesim.Config{
 			Broker: r.e.mqttURL, Devices: devices, Outstanding: outstanding, DevicePrefix: prefix,
-			RequestTopic: req, ReplyTopic: rep, Duration: d, Rate: rate, PayloadSize: r.cfg.PayloadSize,
+			RequestTopic: req, ReplyTopic: rep, Duration: d, Rate: rate, PayloadSize: r.cfg.PayloadSize, Connect: connect,
 		}, nil)
 		if err != nil {
 			return Scenario{}, err

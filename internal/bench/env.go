@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -26,6 +28,7 @@ import (
 	mosquittoconf "github.com/edgebridge/edgebridge/deploy/mosquitto"
 	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/internal/testpki"
 	"github.com/edgebridge/edgebridge/payment"
 )
 
@@ -44,6 +47,38 @@ type env struct {
 	ledger  *payment.Ledger
 	payAddr string
 	hops    hops
+	tls     *benchTLS // nil: plain TCP
+}
+
+// benchTLS is a throwaway CA and the brokers' certificate it signed.
+type benchTLS struct {
+	caFile, certFile, keyFile string
+	client                    *tls.Config // trusts the CA
+}
+
+func newBenchTLS(dir string) (*benchTLS, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	ca, err := testpki.NewCA("edgebridge bench")
+	if err != nil {
+		return nil, err
+	}
+	caFile, err := ca.WriteCA(dir, "ca")
+	if err != nil {
+		return nil, err
+	}
+	c, k, err := ca.Server("brokers")
+	if err != nil {
+		return nil, err
+	}
+	cert, key, err := testpki.WritePair(dir, "server", c, k)
+	if err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.PEM)
+	return &benchTLS{caFile: caFile, certFile: cert, keyFile: key, client: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}, nil
 }
 
 // hops records, for each request paymentd handles, the time since the
@@ -176,13 +211,18 @@ func dial(addr string) error {
 
 // startEnv starts what cfg asks for; on error everything already started
 // is stopped.
-func startEnv(ctx context.Context, cfg Config) (_ *env, err error) {
+func startEnv(ctx context.Context, cfg Config, withTLS bool) (_ *env, err error) {
 	e := &env{dir: cfg.Dir}
 	defer func() {
 		if err != nil {
 			e.close()
 		}
 	}()
+	if withTLS {
+		if e.tls, err = newBenchTLS(filepath.Join(cfg.Dir, "certs")); err != nil {
+			return e, err
+		}
+	}
 	if err := e.startMQTT(ctx, cfg.MQTT); err != nil {
 		return e, err
 	}
@@ -210,15 +250,21 @@ func (e *env) startMQTT(ctx context.Context, kind string) error {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return err
 		}
+		settings, scheme := mosquittoconf.Local(port, dir), "tcp://"
+		if e.tls != nil {
+			listener := "listener " + strconv.Itoa(port) + " 127.0.0.1\n"
+			settings = strings.Replace(settings, listener, listener+"certfile "+e.tls.certFile+"\nkeyfile "+e.tls.keyFile+"\n", 1)
+			scheme = "ssl://"
+		}
 		conf := filepath.Join(dir, "mosquitto.conf")
-		if err := os.WriteFile(conf, []byte(mosquittoconf.Local(port, dir)), 0o644); err != nil {
+		if err := os.WriteFile(conf, []byte(settings), 0o644); err != nil {
 			return err
 		}
 		if e.mosq, err = startProc("mosquitto", nil, bin, "-c", conf); err != nil {
 			return err
 		}
 		addr := "127.0.0.1:" + strconv.Itoa(port)
-		e.mqttURL = "tcp://" + addr
+		e.mqttURL = scheme + addr
 		return await(ctx, 10*time.Second, "mosquitto", func() error {
 			if err := e.mosq.exited(); err != nil {
 				return err
@@ -254,6 +300,9 @@ func (e *env) startKafka(ctx context.Context, kind string, noFsync bool, bin str
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	args := []string{"broker", "kafka", "-listen", addr, "-data", filepath.Join(e.dir, "kafka"), "-fsync=" + strconv.FormatBool(!noFsync)}
+	if e.tls != nil {
+		args = append(args, "-tls-cert", e.tls.certFile, "-tls-key", e.tls.keyFile)
+	}
 	if e.kafka, err = startProc("kafka broker", nil, bin, args...); err != nil {
 		return err
 	}
@@ -305,17 +354,17 @@ func (e *env) startBridge(ctx context.Context, cfg Config) error {
   client_id: edgebridge-bench
   subscribe: ["payment/request/+"]
   reply_topic: "payment/response/{device_id}"
-kafka:
+%skafka:
   brokers: [%s]
   topic: edgebridge.payment.requests
   dlq_topic: edgebridge.payment.dlq
   group_id: edgebridge
-backend:
+%sbackend:
   targets: ["%s"]
 admin:
   listen: %s
   pprof: %t
-%s`, e.mqttURL, strings.Join(e.brokers, ", "), e.payAddr, e.admin, cfg.ProfileDir != "", cfg.BridgeConfig)
+%s`, e.mqttURL, tlsSection(e.tls), strings.Join(e.brokers, ", "), tlsSection(e.tls), e.payAddr, e.admin, cfg.ProfileDir != "", cfg.BridgeConfig)
 	path := filepath.Join(e.dir, "edgebridge.yaml")
 	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
 		return err
@@ -338,6 +387,14 @@ admin:
 		}
 		return nil
 	})
+}
+
+// tlsSection is the bridge's "tls:" setting trusting the bench's CA.
+func tlsSection(t *benchTLS) string {
+	if t == nil {
+		return ""
+	}
+	return "  tls: {enabled: true, ca_file: " + t.caFile + "}\n"
 }
 
 // adminClient bounds every request to the bridge's admin server, so a

@@ -137,8 +137,21 @@ func (b *Bridge) finisher(ctx context.Context) {
 	}
 }
 
+// A failure is logged when it first happens and when its cause changes,
+// not at every attempt (a refused login fails the same way for hours);
+// recovery after a failure is logged too.
 func (b *Bridge) retry(ctx context.Context, what string, fn func() error) bool {
-	return schedule.Retry(ctx, fn, func(err error) { b.log.Warn("bridge: "+what+" failed; retrying", "err", err) })
+	last := ""
+	ok := schedule.Retry(ctx, fn, func(err error) {
+		if msg := err.Error(); msg != last {
+			last = msg
+			b.log.Warn("bridge: "+what+" failed; retrying", "err", err)
+		}
+	})
+	if ok && last != "" {
+		b.log.Info("bridge: " + what + " succeeded after failures")
+	}
+	return ok
 }
 
 // retrier redelivers RETRY-answered envelopes when their backoff is due.

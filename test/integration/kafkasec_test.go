@@ -87,6 +87,9 @@ func TestKafkaSASLAndTLS(t *testing.T) {
 	if err := b.stop(t, 30*time.Second); err != nil {
 		t.Error(err)
 	}
+	if n := strings.Count(b.out.String(), "create topics failed"); n != 1 {
+		t.Errorf("the refused login was logged %d times, want once:\n%s", n, b.out.String())
+	}
 	for name, out := range map[string]string{"bridge": logs + b.out.String(), "broker": broker.out.String(), "metrics": b.metricsText()} {
 		if strings.Contains(out, secret) || strings.Contains(out, wrong) {
 			t.Errorf("the %s output holds a Kafka password", name)

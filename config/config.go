@@ -18,6 +18,7 @@ import (
 
 	"github.com/edgebridge/edgebridge/internal/tlsfiles"
 	"github.com/edgebridge/edgebridge/kafkapipe"
+	"github.com/edgebridge/edgebridge/mqttin"
 )
 
 // Embedded is the broker value that selects an in-process broker.
@@ -626,7 +627,7 @@ func (c *Config) validateDapr(bad func(key, format string, args ...any)) {
 			bad("dapr.binding_topics", "%q is not an MQTT topic filter", f)
 		}
 		for _, sub := range c.MQTT.Subscribe {
-			if device := strings.TrimSuffix(sub, "+") + "any-device"; filterMatches(f, device) {
+			if device := strings.TrimSuffix(sub, "+") + "any-device"; mqttin.FilterMatches(f, device) {
 				bad("dapr.binding_topics", "%q covers the device request topic %s: Dapr apps could pay as any device", f, device)
 			}
 		}
@@ -649,20 +650,6 @@ func (t TLS) Config() (*tls.Config, error) {
 		return nil, nil
 	}
 	return tlsfiles.Files{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile, ServerName: t.ServerName}.Client()
-}
-
-// filterMatches reports whether an MQTT topic filter matches topic.
-func filterMatches(filter, topic string) bool {
-	f, t := strings.Split(filter, "/"), strings.Split(topic, "/")
-	for i, level := range f {
-		switch {
-		case level == "#":
-			return true
-		case i >= len(t) || (level != "+" && level != t[i]):
-			return false
-		}
-	}
-	return len(f) == len(t)
 }
 
 // redactedURL is u without a password, for messages.

@@ -10,6 +10,8 @@ import (
 	components "github.com/dapr/dapr/pkg/proto/components/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/edgebridge/edgebridge/mqttin"
 )
 
 // OperationCreate publishes the invocation's data to an MQTT topic.
@@ -53,7 +55,7 @@ func (b *binding) Invoke(ctx context.Context, req *components.InvokeRequest) (*c
 	if err := checkPublishTopic(topic); err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "binding: metadata %q: %v", MetaTopic, err)
 	}
-	if !slices.ContainsFunc(b.srv.cfg.BindingTopics, func(f string) bool { return topicMatches(f, topic) }) {
+	if !slices.ContainsFunc(b.srv.cfg.BindingTopics, func(f string) bool { return mqttin.FilterMatches(f, topic) }) {
 		b.srv.event(EventRefused, "")
 		return nil, status.Errorf(codes.PermissionDenied, "binding: the binding may not publish to %.128q (allowed: %s; dapr.binding_topics)",
 			topic, strings.Join(b.srv.cfg.BindingTopics, ", "))
@@ -88,21 +90,4 @@ func checkPublishTopic(t string) error {
 		return fmt.Errorf("%.64q: topics starting with $ are reserved for the broker", t)
 	}
 	return nil
-}
-
-// topicMatches reports whether an MQTT topic filter (+ one level, # the
-// rest) matches topic.
-func topicMatches(filter, topic string) bool {
-	f, t := strings.Split(filter, "/"), strings.Split(topic, "/")
-	for i, level := range f {
-		switch {
-		case level == "#":
-			return true
-		case i >= len(t):
-			return false
-		case level != "+" && level != t[i]:
-			return false
-		}
-	}
-	return len(f) == len(t)
 }

@@ -440,6 +440,21 @@ func redacted(broker string) string {
 	return u.Redacted()
 }
 
+// FilterMatches reports whether the MQTT topic filter (+ one level, # the
+// rest) matches topic.
+func FilterMatches(filter, topic string) bool {
+	f, t := strings.Split(filter, "/"), strings.Split(topic, "/")
+	for i, level := range f {
+		switch {
+		case level == "#":
+			return true
+		case i >= len(t) || (level != "+" && level != t[i]):
+			return false
+		}
+	}
+	return len(f) == len(t)
+}
+
 // DeviceID returns the last level of topic.
 func DeviceID(topic string) string {
 	return topic[strings.LastIndexByte(topic, '/')+1:]

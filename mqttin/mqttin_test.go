@@ -412,3 +412,25 @@ func TestSubscribeRefusedIsRetried(t *testing.T) {
 		t.Errorf("%d connections and %d SUBSCRIBEs, want 1 and 3 (retried on the same connection):\n%s", n, s, logs.String())
 	}
 }
+
+func TestFilterMatches(t *testing.T) {
+	for _, c := range []struct {
+		filter, topic string
+		want          bool
+	}{
+		{"device/+/command", "device/term-1/command", true},
+		{"device/+/command", "device/term-1/command/x", false},
+		{"device/+/command", "device/command", false},
+		{"payment/response/+", "payment/response/t", true},
+		{"payment/#", "payment/request/t", true},
+		{"payment/#", "payment", true}, // # also matches the parent level (MQTT 4.7.1.2)
+		{"#", "anything/at/all", true},
+		{"a/b", "a/b", true},
+		{"a/b", "a/c", false},
+		{"+/+", "a/b", true},
+	} {
+		if got := mqttin.FilterMatches(c.filter, c.topic); got != c.want {
+			t.Errorf("FilterMatches(%q, %q) = %v, want %v", c.filter, c.topic, got, c.want)
+		}
+	}
+}

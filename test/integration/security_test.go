@@ -113,7 +113,7 @@ func (s *site) tlsFor(t *testing.T, ca *testpki.CA, cn string) *tls.Config {
 // connect opens an MQTT session (clean) and returns it or the error.
 func connect(broker, clientID, user, password string, tc *tls.Config) (paho.Client, error) {
 	c := paho.NewClient(paho.NewClientOptions().AddBroker(broker).SetClientID(clientID).SetCleanSession(true).
-		SetUsername(user).SetPassword(password).SetTLSConfig(tc).SetConnectTimeout(5 * time.Second))
+		SetUsername(user).SetPassword(password).SetTLSConfig(tc).SetConnectTimeout(5 * time.Second).SetAutoReconnect(false))
 	tok := c.Connect()
 	if !tok.WaitTimeout(10 * time.Second) {
 		return nil, fmt.Errorf("connect: no answer within 10s")
@@ -288,11 +288,13 @@ func (i identity) connect(clientID string) (paho.Client, error) {
 // topic never reaches the victim.
 func checkIsolation(t *testing.T, kafkaAddr, ledger string, victim identity, spies ...identity) {
 	t.Helper()
-	v := newAuthedDevice(t, victim, victim.id)
+	// Client ids of their own: a device's id is its identity, not its
+	// client id, and devicesim's devices use theirs.
+	v := newAuthedDevice(t, victim, "victim-"+victim.id)
 	eavesdropped := make(chan string, 64)
 	var first *authedDevice
 	for _, spy := range spies {
-		d := newAuthedDevice(t, spy, spy.id)
+		d := newAuthedDevice(t, spy, "spy-"+spy.id)
 		if first == nil {
 			first = d
 		}

@@ -3,7 +3,7 @@ package backend
 import (
 	"context"
 	"crypto/subtle"
-	"errors"
+	"fmt"
 	"os"
 	"strings"
 
@@ -27,17 +27,20 @@ func TokenAuth(token string) []grpc.ServerOption {
 // every call, so a rotated token file needs no restart. A file that cannot
 // be read refuses every call.
 func TokenFileAuth(path string) []grpc.ServerOption {
-	return tokenAuth(func() (string, error) {
-		raw, err := os.ReadFile(path)
-		if err != nil {
-			return "", err
-		}
-		tok := strings.TrimSpace(string(raw))
-		if tok == "" {
-			return "", errors.New("empty token file")
-		}
-		return tok, nil
-	})
+	return tokenAuth(func() (string, error) { return ReadTokenFile(path) })
+}
+
+// ReadTokenFile reads a bearer token: the file's content, trimmed.
+func ReadTokenFile(path string) (string, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	tok := strings.TrimSpace(string(raw))
+	if tok == "" {
+		return "", fmt.Errorf("%s is empty", path)
+	}
+	return tok, nil
 }
 
 func tokenAuth(token func() (string, error)) []grpc.ServerOption {

@@ -376,11 +376,6 @@ func (b *Bridge) Run(ctx context.Context) error {
 func (b *Bridge) ensureTopics(ctx context.Context) error {
 	ok := b.retry(ctx, "create topics", func() error {
 		err := b.producer.EnsureTopics(ctx, b.cfg.Kafka.Partitions, b.cfg.Kafka.Topic, b.cfg.Kafka.DLQTopic)
-		if err != nil {
-			if cause := kafkapipe.Diagnose(ctx, b.cfg.Kafka.Brokers, b.kafkaSec); cause != nil {
-				err = cause
-			}
-		}
 		b.noteKafka(err)
 		return err
 	})

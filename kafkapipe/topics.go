@@ -50,18 +50,26 @@ const DefaultTopicWait = 10 * time.Second
 // answer UNKNOWN_TOPIC_OR_PARTITION until its partitions have leaders:
 // without this wait a Write right after a subscription created the topic
 // failed.
+//
+// When they are not, a refused login or certificate is returned as such
+// (see Diagnose), not as the "Broker Not Available" kafka-go reports.
 func (p *Producer) EnsureTopics(ctx context.Context, partitions int, topics ...string) error {
-	ctx, cancel := context.WithTimeout(ctx, DefaultTopicWait)
+	wait, cancel := context.WithTimeout(ctx, DefaultTopicWait)
 	defer cancel()
 	var last error
-	ok := schedule.Retry(ctx, func() error {
-		last = p.ensureTopics(ctx, partitions, topics)
+	ok := schedule.Retry(wait, func() error {
+		last = p.ensureTopics(wait, partitions, topics)
 		return last
 	}, nil)
-	if !ok {
-		return fmt.Errorf("kafkapipe: topics %v not served within %s: %w", topics, DefaultTopicWait, errors.Join(last, ctx.Err()))
+	if ok {
+		return nil
 	}
-	return nil
+	dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer dcancel()
+	if cause := Diagnose(dctx, p.cfg.Brokers, p.cfg.Security); cause != nil && ctx.Err() == nil {
+		return cause
+	}
+	return fmt.Errorf("kafkapipe: topics %v not served within %s: %w", topics, DefaultTopicWait, errors.Join(last, wait.Err()))
 }
 
 func (p *Producer) ensureTopics(ctx context.Context, partitions int, topics []string) error {

@@ -32,20 +32,32 @@ func broker(t *testing.T, dir string) *embedded.MQTT {
 
 func client(t *testing.T, url string) (*mqttin.Client, func()) {
 	t.Helper()
-	c, err := mqttin.New(mqttin.Config{Broker: url, ClientID: "bridge-test", Subscribe: []string{"req/+"}})
+	c, stop := start(t, mqttin.Config{Broker: url, ClientID: "bridge-test", Subscribe: []string{"req/+"}})
+	waitUntil(t, c.Subscribed)
+	return c, stop
+}
+
+// start runs a client until stop is called or the test ends.
+func start(t *testing.T, cfg mqttin.Config, opts ...mqttin.Option) (*mqttin.Client, func()) {
+	t.Helper()
+	c, err := mqttin.New(cfg, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
-	waitUntil(t, c.Subscribed)
-	return c, func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Error(err)
+			}
+		})
 	}
+	t.Cleanup(stop)
+	return c, stop
 }
 
 func waitUntil(t *testing.T, cond func() bool) {
@@ -240,14 +252,7 @@ func TestRetainedFlagAndClear(t *testing.T) {
 	}
 	stop()
 
-	other, err := mqttin.New(mqttin.Config{Broker: url, ClientID: "another", Subscribe: []string{"req/+"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- other.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	other, _ := start(t, mqttin.Config{Broker: url, ClientID: "another", Subscribe: []string{"req/+"}})
 	waitUntil(t, other.Subscribed)
 	dev.Publish("req/dev-1", 1, false, "marker").Wait()
 	select {
@@ -308,16 +313,10 @@ func TestConnectionStateLoggedOnce(t *testing.T) {
 		}
 	}()
 	logs := &logBuffer{}
-	c, err := mqttin.New(mqttin.Config{Broker: "tcp://bridge:s3cret@" + addr, ClientID: "bridge-log", Subscribe: []string{"req/+"},
+	c, stop := start(t, mqttin.Config{Broker: "tcp://bridge:s3cret@" + addr, ClientID: "bridge-log", Subscribe: []string{"req/+"},
 		ConnectRetryInterval: 10 * time.Millisecond, MaxReconnectInterval: 50 * time.Millisecond},
 		mqttin.WithLogger(slog.New(slog.NewTextHandler(logs, nil))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	defer stop()
 
 	waitUntil(t, func() bool { return attempts.Load() >= 5 })
 	if n := logs.count("mqttin: cannot connect"); n != 1 {
@@ -394,15 +393,8 @@ func TestSubscribeRefusedIsRetried(t *testing.T) {
 	}()
 
 	var logs logBuffer
-	c, err := mqttin.New(mqttin.Config{Broker: "tcp://" + l.Addr().String(), ClientID: "bridge-refused", Subscribe: []string{"req/+"}},
+	c, _ := start(t, mqttin.Config{Broker: "tcp://" + l.Addr().String(), ClientID: "bridge-refused", Subscribe: []string{"req/+"}},
 		mqttin.WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- c.Run(ctx) }()
-	defer func() { cancel(); <-done }()
 	waitUntil(t, func() bool { return logs.count("subscribe failed; retrying") >= 1 })
 	if c.Subscribed() || !strings.Contains(logs.String(), "SUBACK code 0x80") {
 		t.Fatalf("subscribed %v with a refused subscription; log:\n%s", c.Subscribed(), logs.String())

@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -82,12 +81,8 @@ func serverOptions(f flags, m *grpcmetrics.Server) ([]grpc.ServerOption, error) 
 		if f.tlsCert == "" {
 			return nil, errors.New("-token-file needs TLS")
 		}
-		raw, err := os.ReadFile(f.tokenFile)
-		if err != nil {
+		if _, err := backend.ReadTokenFile(f.tokenFile); err != nil {
 			return nil, err
-		}
-		if strings.TrimSpace(string(raw)) == "" {
-			return nil, fmt.Errorf("%s is empty", f.tokenFile)
 		}
 		// Read again at every call: a rotated token needs no restart.
 		opts = append(opts, backend.TokenFileAuth(f.tokenFile)...)

@@ -24,6 +24,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	k8syaml "k8s.io/apimachinery/pkg/util/yaml"
@@ -175,7 +176,10 @@ func TestManifests(t *testing.T) {
 	for _, dir := range kustomizations {
 		rel, _ := filepath.Rel(repo, dir)
 		t.Run(rel, func(t *testing.T) {
-			checkRendered(t, decodeAll(t, rel+" (rendered)", kustomizeBuild(t, dir)))
+			objs := decodeAll(t, rel+" (rendered)", kustomizeBuild(t, dir))
+			checkRendered(t, objs)
+			// The Dapr pod's sidecar needs ports of its own: no policy there.
+			checkAround(t, objs, filepath.Base(dir) != "dapr")
 		})
 	}
 }
@@ -241,6 +245,51 @@ func checkRendered(t *testing.T, objs []runtime.Object) {
 	}
 	if bridges != 1 {
 		t.Errorf("%d edgebridge containers, want 1", bridges)
+	}
+}
+
+// checkAround: the bridge's pod has a PodDisruptionBudget, a Service on
+// its admin port (metrics) and, with netpol, a NetworkPolicy — what README
+// "Deploy" promises.
+func checkAround(t *testing.T, objs []runtime.Object, netpol bool) {
+	var bridge *appsv1.Deployment
+	for _, o := range objs {
+		if d, ok := o.(*appsv1.Deployment); ok {
+			for _, c := range d.Spec.Template.Spec.Containers {
+				if len(c.Args) > 0 && c.Args[0] == "run" {
+					bridge = d
+				}
+			}
+		}
+	}
+	if bridge == nil {
+		t.Fatal("no edgebridge deployment")
+	}
+	podLabels := labels.Set(bridge.Spec.Template.Labels)
+	selects := func(sel map[string]string) bool {
+		return len(sel) > 0 && labels.SelectorFromSet(sel).Matches(podLabels)
+	}
+	var pdb, metrics, policy bool
+	for _, o := range objs {
+		switch o := o.(type) {
+		case *policyv1.PodDisruptionBudget:
+			pdb = pdb || (o.Spec.Selector != nil && selects(o.Spec.Selector.MatchLabels))
+		case *corev1.Service:
+			for _, p := range o.Spec.Ports {
+				metrics = metrics || (selects(o.Spec.Selector) && p.TargetPort.String() == "admin")
+			}
+		case *networkingv1.NetworkPolicy:
+			policy = policy || selects(o.Spec.PodSelector.MatchLabels)
+		}
+	}
+	if !pdb {
+		t.Errorf("no PodDisruptionBudget selects the bridge's pod")
+	}
+	if !metrics {
+		t.Errorf("no Service exposes the bridge's admin port (metrics)")
+	}
+	if netpol && !policy {
+		t.Errorf("no NetworkPolicy selects the bridge's pod")
 	}
 }
 

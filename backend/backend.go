@@ -46,7 +46,11 @@ type Result struct {
 	Outcome v1.Outcome    // OK, RETRY or REJECT (DUPLICATE is set by the Server)
 	Code    v1.ReasonCode // why, for RETRY and REJECT: the device and the DLQ see it
 	Reason  string        // human-readable detail
-	Reply   []byte        // published to the device as is
+	// Reply is the device's reply; the bridge fills in request and message
+	// id and renders it. nil: none (the bridge builds one for REJECT).
+	Reply *v1.PaymentReply
+	// RawReply, if set, is published to the device as is instead.
+	RawReply []byte
 }
 
 // Handler processes one envelope that passed v1.CheckEnvelope. It is called
@@ -243,15 +247,12 @@ func (s *Server) Stream(stream v1.Delivery_StreamServer) error {
 		delete(s.streams, st)
 		s.mu.Unlock()
 	}()
-	if err := stream.Send(&v1.ServerFrame{Frame: &v1.ServerFrame_Welcome{Welcome: &v1.Welcome{
-		BackendId:           s.cfg.ID,
-		Credits:             uint32(max(s.credits.Load(), 0)),
-		HeartbeatIntervalMs: uint32(s.cfg.HeartbeatInterval / time.Millisecond),
-	}}}); err != nil {
-		return err
+	welcome := &v1.Welcome{BackendId: s.cfg.ID, HeartbeatIntervalMs: uint32(s.cfg.HeartbeatInterval / time.Millisecond)}
+	if c := s.credits.Load(); c >= 0 { // absent: the bridge's window
+		welcome.Credits = proto.Uint32(uint32(c))
 	}
-	if s.credits.Load() == 0 { // Welcome's 0 means "your window": say paused
-		st.push(&v1.ServerFrame{Frame: &v1.ServerFrame_Credit{Credit: &v1.Credit{}}})
+	if err := stream.Send(&v1.ServerFrame{Frame: &v1.ServerFrame_Welcome{Welcome: welcome}}); err != nil {
+		return err
 	}
 	if s.drained.Load() {
 		st.push(&v1.ServerFrame{Frame: &v1.ServerFrame_Drain{Drain: &v1.Drain{Reason: "server draining"}}})
@@ -363,20 +364,20 @@ func (s *Server) process(ctx context.Context, d *v1.Deliver) *v1.Ack {
 			ack.Outcome, ack.Code, ack.Reason = v1.Outcome_OUTCOME_REJECT, v1.ReasonCode_REASON_CODE_CONFLICT, conflictReason
 			return ack
 		}
-		ack.Outcome, ack.Code, ack.Reason, ack.Reply, ack.Duplicate = st.Outcome, st.Code, st.Reason, st.Reply, true
+		ack.Outcome, ack.Code, ack.Reason, ack.Reply, ack.RawReply, ack.Duplicate = st.Outcome, st.Code, st.Reason, st.Reply, st.RawReply, true
 		if ack.Outcome != v1.Outcome_OUTCOME_REJECT {
 			ack.Outcome = v1.Outcome_OUTCOME_OK
 		}
 		return ack
 	}
 	r := s.handle(ctx, env)
-	ack.Outcome, ack.Code, ack.Reason, ack.Reply = r.Outcome, r.Code, r.Reason, r.Reply
+	ack.Outcome, ack.Code, ack.Reason, ack.Reply, ack.RawReply = r.Outcome, r.Code, r.Reason, r.Reply, r.RawReply
 	switch {
 	case r.Outcome == v1.Outcome_OUTCOME_REJECT && r.Code == v1.ReasonCode_REASON_CODE_INVALID_REQUEST:
 	case r.Outcome == v1.Outcome_OUTCOME_OK || r.Outcome == v1.Outcome_OUTCOME_REJECT:
 		if err := s.store.Save(env, r); err != nil {
 			s.log.Error("backend: save result", "message_id", id, "err", err)
-			ack.Outcome, ack.Code, ack.Reason, ack.Reply = v1.Outcome_OUTCOME_RETRY, v1.ReasonCode_REASON_CODE_UNAVAILABLE, "store: "+err.Error(), nil
+			ack.Outcome, ack.Code, ack.Reason, ack.Reply, ack.RawReply = v1.Outcome_OUTCOME_RETRY, v1.ReasonCode_REASON_CODE_UNAVAILABLE, "store: "+err.Error(), nil, nil
 		}
 	default: // RETRY, or an outcome the helper does not know
 		ack.Outcome = v1.Outcome_OUTCOME_RETRY

@@ -23,12 +23,12 @@ import (
 func TestMemoryStoreEvictsOldest(t *testing.T) {
 	s := NewMemoryStore(2)
 	for _, id := range []string{"a", "b", "c"} {
-		_ = s.Save(&v1.Envelope{MessageId: id}, Result{Reply: []byte(id)})
+		_ = s.Save(&v1.Envelope{MessageId: id}, Result{RawReply: []byte(id)})
 	}
 	if _, ok := s.Lookup("a"); ok {
 		t.Fatal("oldest entry survived past capacity")
 	}
-	if r, ok := s.Lookup("c"); !ok || string(r.Reply) != "c" {
+	if r, ok := s.Lookup("c"); !ok || string(r.RawReply) != "c" {
 		t.Fatalf("got %v %v, want c", r, ok)
 	}
 	if s.Len() != 2 {
@@ -64,7 +64,7 @@ func TestProcessOutcomes(t *testing.T) {
 		case "newer":
 			return Result{Outcome: v1.Outcome(42)}
 		}
-		return Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: []byte("ok")}
+		return Result{Outcome: v1.Outcome_OUTCOME_OK, RawReply: []byte("ok")}
 	}
 	long := strings.Repeat("x", v1.MaxIDLen+1)
 	type outcomeCase struct {
@@ -145,8 +145,8 @@ func TestProcessOutcomes(t *testing.T) {
 				t.Fatalf("second delivery: got %v %v dup %v (%d calls), want %v %v dup %v (%d calls)",
 					a.Outcome, a.Code, a.Duplicate, calls, tc.againWant, tc.againCode, tc.againDup, tc.againCalls)
 			}
-			if tc.againDup && (!bytes.Equal(a.Reply, ack.Reply) || a.Reason != ack.Reason) {
-				t.Fatalf("duplicate answered %q/%q, want the stored %q/%q", a.Reply, a.Reason, ack.Reply, ack.Reason)
+			if tc.againDup && (!bytes.Equal(a.RawReply, ack.RawReply) || a.Reason != ack.Reason) {
+				t.Fatalf("duplicate answered %q/%q, want the stored %q/%q", a.RawReply, a.Reason, ack.RawReply, ack.Reason)
 			}
 		})
 	}

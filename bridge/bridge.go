@@ -23,7 +23,6 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/edgebridge/edgebridge/ackwindow"
-	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/daprcomp"
 	"github.com/edgebridge/edgebridge/grpcout"
@@ -31,6 +30,7 @@ import (
 
 	"github.com/edgebridge/edgebridge/kafkapipe"
 	"github.com/edgebridge/edgebridge/mqttin"
+	"github.com/edgebridge/edgebridge/settle"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
 
@@ -51,32 +51,13 @@ type Bridge struct {
 	pool     *grpcout.Pool       // nil without backend targets
 	dapr     *daprcomp.Server    // nil unless dapr.enabled
 
-	finish  chan finishJob // replies and dead letters, then the window ACK
-	retries chan retryJob
+	settler *settle.Settler // the outcome of every delivered record
 
 	kafkaOK  atomic.Bool
 	kafkaWhy atomic.Pointer[string] // why kafkaOK is false, for /readyz
 	kafkaSec kafkapipe.Security
 	poolOpts []grpcout.Option
 	build    *BuildInfo
-}
-
-// finishJob completes one fetched record: dead-letter it (if dlq is set),
-// publish the reply (if any), then call done. Each record in the window has
-// at most one job queued, so the channel (sized to the window) never blocks.
-type finishJob struct {
-	dlq        *kafkapipe.DeadLetter
-	replyTopic string
-	reply      []byte
-	done       func()
-}
-
-type retryJob struct {
-	due    time.Time
-	first  time.Time
-	part   int32
-	offset int64
-	env    *v1.Envelope
 }
 
 // Option configures optional hooks.
@@ -115,8 +96,13 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	}
 	capacity := cfg.Backend.Window * len(cfg.Backend.Targets)
 	b.win = ackwindow.New(capacity)
-	b.finish = make(chan finishJob, capacity)
-	b.retries = make(chan retryJob, capacity)
+	b.settler = settle.New(settle.Config{
+		Policy:          settle.Policy{MaxAttempts: cfg.Backend.MaxAttempts, Backoff: cfg.Backend.RetryBackoff},
+		Window:          capacity,
+		DLQTopic:        cfg.Kafka.DLQTopic,
+		MaxMessageBytes: cfg.Kafka.MaxMessageBytes,
+		WantReply:       true,
+	}, sink{b}, settle.WithLogger(b.log))
 	b.rules = ingestRules{dec: transcoder.New(cfg.MQTT.MaxPayload), maxPayload: cfg.MQTT.MaxPayload, maxRecord: cfg.Kafka.MaxMessageBytes,
 		topic: cfg.Kafka.Topic, dlqTopic: cfg.Kafka.DLQTopic, replyTopic: cfg.MQTT.ReplyTopic}
 
@@ -345,15 +331,12 @@ func (b *Bridge) Run(ctx context.Context) error {
 	if b.pool != nil {
 		stage(b.pool.Run)
 	}
-	// One finisher per record the window can hold: a reply publish waits
-	// for Mosquitto's PUBACK before its record is ACKed, so with fewer
-	// finishers the replies in flight, not the CPU, capped throughput
-	// (8 finishers: ~8k msg/s at a 1 ms PUBACK round trip; see
-	// docs/PERFORMANCE.md). Idle finishers cost a few KB each.
-	for range cap(b.finish) {
-		lifeWG.Go(func() { b.finisher(life) })
-	}
-	lifeWG.Go(func() { b.retrier(life) })
+	// The settler runs one finisher per record the window can hold: a
+	// reply publish waits for Mosquitto's PUBACK before its record is
+	// ACKed, so with fewer finishers the replies in flight, not the CPU,
+	// capped throughput (8 finishers: ~8k msg/s at a 1 ms PUBACK round
+	// trip; see docs/PERFORMANCE.md). Idle finishers cost a few KB each.
+	lifeWG.Go(func() { b.settler.Run(life) })
 	lifeWG.Go(func() { b.watchKafka(life) })
 
 	g, gctx := errgroup.WithContext(intake)

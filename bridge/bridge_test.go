@@ -176,8 +176,7 @@ func awaitReplies(t *testing.T, replies <-chan []byte, n int) map[string]transco
 }
 
 func approve(env *v1.Envelope) backend.Result {
-	return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: transcoder.EncodeReply(&v1.PaymentReply{
-		RequestId: env.RequestId, MessageId: env.MessageId, Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED})}
+	return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: &v1.PaymentReply{Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED}}
 }
 
 // leakCheck fails the test if goroutines it started outlive its cleanups.

@@ -310,26 +310,10 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 
 // reply publishes a reply to a device; see publish.
 func (b *Bridge) reply(ctx context.Context, topic string, payload []byte) bool {
-	return b.publish(ctx, "reply", topic, func() error {
-		err := b.mqtt.Publish(ctx, topic, payload)
-		if err == nil {
-			b.metrics.Replies.Inc()
-		}
-		return err
-	})
+	return b.retry(ctx, "reply", func() error { return sink{b}.Reply(ctx, topic, payload) })
 }
 
-// publish retries an MQTT publish until it succeeds or ctx ends (false). A
-// topic no broker accepts is given up at once: sending it again would only
-// get the bridge disconnected.
+// publish retries an MQTT publish until it succeeds or ctx ends (false).
 func (b *Bridge) publish(ctx context.Context, what, topic string, fn func() error) bool {
-	return b.retry(ctx, what, func() error {
-		err := fn()
-		if errors.Is(err, mqttin.ErrInvalidTopic) {
-			b.metrics.InvalidTopics.Inc()
-			b.log.Error("bridge: not publishing to an invalid topic", "what", what, "topic", transcoder.Clip(topic, 128), "err", err)
-			return nil
-		}
-		return err
-	})
+	return b.retry(ctx, what, func() error { return b.publishOnce(ctx, what, topic, fn) })
 }

@@ -2,6 +2,7 @@ package daprcomp
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -11,8 +12,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/edgebridge/edgebridge/ackwindow"
-	"github.com/edgebridge/edgebridge/internal/schedule"
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/kafkapipe"
+	"github.com/edgebridge/edgebridge/settle"
 )
 
 // Metadata keys on every message a subscriber receives.
@@ -61,42 +63,41 @@ func (s *Server) PullMessages(stream components.PubSub_PullMessagesServer) error
 		set:     set,
 		topic:   topic,
 		win:     ackwindow.New(set.window),
-		out:     make(chan *delivery, set.window),
-		later:   make(chan *delivery, set.window),
-		pending: make(map[string]*delivery),
+		out:     make(chan *settle.Record, set.window),
+		pending: make(map[string]*settle.Record),
 	}
+	sub.settler = settle.New(settle.Config{
+		Policy:          settle.Policy{MaxAttempts: set.maxAttempts, Backoff: set.retryBackoff, ExhaustedReason: ReasonAppFailures},
+		Window:          set.window,
+		Finishers:       subscriptionFinishers,
+		DLQTopic:        s.cfg.DLQTopic,
+		MaxMessageBytes: s.cfg.MaxMessageBytes,
+		// No device replies: Dapr apps publish their own to the reply topic.
+	}, subscriptionSink{sub}, settle.WithLogger(s.log))
 	return sub.run(stream)
 }
 
+// subscriptionFinishers write a subscription's dead letters and ACK its
+// settled records; with no replies to wait for, a few keep up.
+const subscriptionFinishers = 4
+
 // subscription moves records from Kafka to one PullMessages stream.
 // A record is in exactly one place at a time: out (to send), pending (sent,
-// waiting for daprd's ACK) or later (redelivery or dead-letter due); each
-// holds at most the window, so handing over never blocks for long.
+// waiting for daprd's ACK) or the settler (redelivery, dead letter or
+// window ACK due); each holds at most the window, so handing over never
+// blocks for long.
 type subscription struct {
-	srv   *Server
-	set   settings
-	topic string
-	win   *ackwindow.Window
+	srv     *Server
+	set     settings
+	topic   string
+	win     *ackwindow.Window
+	settler *settle.Settler
 
-	out   chan *delivery
-	later chan *delivery
+	out chan *settle.Record
 
 	mu      sync.Mutex
 	seq     uint64
-	pending map[string]*delivery // by message id
-}
-
-// delivery is one record on its way to the app.
-type delivery struct {
-	part        int32
-	offset      int64
-	key         []byte
-	data        []byte
-	contentType string
-	attempt     int       // deliveries so far
-	due         time.Time // when it is sent again or dead-lettered (later); zero: at once
-	deadLetter  string    // DLQ reason: write it to the DLQ instead (later)
-	detail      string
+	pending map[string]*settle.Record // by message id
 }
 
 func (sub *subscription) run(stream components.PubSub_PullMessagesServer) error {
@@ -133,7 +134,7 @@ func (sub *subscription) run(stream components.PubSub_PullMessagesServer) error 
 	s.streams.Go(func() { sub.receive(stream, cancel) })
 	var wg sync.WaitGroup
 	wg.Go(func() { sub.send(ctx, stream, cancel) })
-	wg.Go(func() { sub.redeliver(ctx) })
+	wg.Go(func() { sub.settler.Run(ctx) })
 
 	s.log.Info("daprcomp: subscription opened", "topic", sub.topic, "consumer_id", sub.set.consumerID)
 	s.event(EventSubscribed, sub.topic)
@@ -148,17 +149,18 @@ func (sub *subscription) run(stream components.PubSub_PullMessagesServer) error 
 
 // handle is the consumer's Handler: the record is in the window already.
 func (sub *subscription) handle(ctx context.Context, m kafkapipe.Message) error {
-	d := &delivery{part: m.Partition, offset: m.Offset, key: m.Key}
+	r := &settle.Record{Partition: m.Partition, Offset: m.Offset, DeviceID: string(m.Key), Source: sub.topic, First: time.Now()}
 	data, ct, err := sub.srv.toEvent(m)
 	if err != nil {
-		d.deadLetter, d.detail, d.data = ReasonCorrupt, err.Error(), m.Value
-		return put(ctx, sub.later, d)
+		r.Payload = m.Value
+		sub.settler.DeadLetter(ctx, r, ReasonCorrupt, err.Error())
+		return nil
 	}
-	d.data, d.contentType = data, ct
-	return put(ctx, sub.out, d)
+	r.Payload, r.ContentType = data, ct
+	return put(ctx, sub.out, r)
 }
 
-func put(ctx context.Context, ch chan<- *delivery, d *delivery) error {
+func put(ctx context.Context, ch chan<- *settle.Record, d *settle.Record) error {
 	select {
 	case ch <- d:
 		return nil
@@ -170,35 +172,35 @@ func put(ctx context.Context, ch chan<- *delivery, d *delivery) error {
 // send is the stream's only sender.
 func (sub *subscription) send(ctx context.Context, stream components.PubSub_PullMessagesServer, broken context.CancelFunc) {
 	for {
-		var d *delivery
+		var d *settle.Record
 		select {
 		case d = <-sub.out:
 		case <-ctx.Done():
 			return
 		}
-		d.attempt++
+		d.Attempt++
 		sub.mu.Lock()
 		sub.seq++
 		id := strconv.FormatUint(sub.seq, 10)
 		sub.pending[id] = d
 		sub.mu.Unlock()
 		err := stream.Send(&components.PullMessagesResponse{
-			Data:        d.data,
+			Data:        d.Payload,
 			TopicName:   sub.topic,
-			ContentType: d.contentType,
+			ContentType: d.ContentType,
 			Id:          id,
 			Metadata: map[string]string{
-				MetaPartitionKey:   string(d.key),
-				MetaKafkaPartition: strconv.Itoa(int(d.part)),
-				MetaKafkaOffset:    strconv.FormatInt(d.offset, 10),
-				MetaAttempt:        strconv.Itoa(d.attempt),
+				MetaPartitionKey:   d.DeviceID,
+				MetaKafkaPartition: strconv.Itoa(int(d.Partition)),
+				MetaKafkaOffset:    strconv.FormatInt(d.Offset, 10),
+				MetaAttempt:        strconv.Itoa(d.Attempt),
 			},
 		})
 		if err != nil {
 			broken()
 			return
 		}
-		if d.attempt == 1 {
+		if d.Attempt == 1 {
 			sub.srv.event(EventDelivered, sub.topic)
 		} else {
 			sub.srv.event(EventRedelivered, sub.topic)
@@ -221,49 +223,43 @@ func (sub *subscription) receive(stream components.PubSub_PullMessagesServer, br
 		if d == nil {
 			continue // unknown or already ACKed: nothing to do
 		}
-		if req.GetAckError() == nil {
-			sub.srv.event(EventAcked, sub.topic)
-			sub.win.Ack(d.part, d.offset) // false if a rebalance took the partition: fine
-			continue
-		}
-		sub.srv.event(EventFailed, sub.topic)
-		// A redelivery or dead letter is due; later has room for every
-		// record in the window, so this never blocks for long.
-		if d.attempt >= sub.set.maxAttempts {
-			d.deadLetter, d.detail, d.due = ReasonAppFailures, req.GetAckError().GetMessage(), time.Time{}
+		// The settler ACKs it in the window (false there if a rebalance
+		// took the partition: fine), or redelivers or dead-letters it.
+		answer := settle.Answer{Outcome: v1.Outcome_OUTCOME_OK}
+		if e := req.GetAckError(); e != nil {
+			answer = settle.Answer{Outcome: v1.Outcome_OUTCOME_RETRY, Reason: e.GetMessage()}
+			sub.srv.event(EventFailed, sub.topic)
 		} else {
-			d.due = time.Now().Add(sub.set.retryBackoff << min(d.attempt-1, 5))
+			sub.srv.event(EventAcked, sub.topic)
 		}
-		if put(stream.Context(), sub.later, d) != nil {
+		sub.settler.Settle(stream.Context(), d, answer)
+		if stream.Context().Err() != nil {
 			return
 		}
 	}
 }
 
-// redeliver sends failed messages again when their backoff is due and
-// writes dead letters (due at once), then ACKs them in the window.
-func (sub *subscription) redeliver(ctx context.Context) {
-	schedule.Run(ctx, sub.later, func(d *delivery) time.Time { return d.due }, func(d *delivery) bool {
-		if d.deadLetter != "" {
-			return sub.writeDeadLetter(ctx, d)
-		}
-		return put(ctx, sub.out, d) == nil
-	})
+// subscriptionSink is a subscription's side of its Settler.
+type subscriptionSink struct{ sub *subscription }
+
+func (s subscriptionSink) Redeliver(ctx context.Context, r *settle.Record) error {
+	return put(ctx, s.sub.out, r)
 }
 
-func (sub *subscription) writeDeadLetter(ctx context.Context, d *delivery) bool {
-	s := sub.srv
-	rec := kafkapipe.DeadLetter{Topic: s.cfg.DLQTopic, DeviceID: string(d.key), Source: sub.topic, Payload: d.data,
-		Reason: d.deadLetter, Detail: d.detail, Keep: s.cfg.MaxMessageBytes - kafkapipe.DeadLetterOverhead}.Record()
-	write := func() error { return s.deps.Kafka.Write(ctx, rec) }
-	if !schedule.Retry(ctx, write, func(err error) {
-		s.log.Warn("daprcomp: dead-letter failed; retrying", "topic", sub.topic, "partition", d.part, "offset", d.offset, "err", err)
-	}) {
-		return false // stays un-ACKed: redelivered to the next member
+func (s subscriptionSink) WriteDeadLetter(ctx context.Context, dl *kafkapipe.DeadLetter) error {
+	return s.sub.srv.deps.Kafka.Write(ctx, dl.Record())
+}
+
+func (s subscriptionSink) Reply(context.Context, string, []byte) error {
+	return errors.New("daprcomp: Dapr apps publish their own replies") // never called: no reply topic
+}
+
+func (s subscriptionSink) Settled(r *settle.Record, d settle.Decision) {
+	sub := s.sub
+	if d.Action == settle.DeadLetter {
+		sub.srv.log.Info("daprcomp: dead-lettered", "topic", sub.topic, "partition", r.Partition, "offset", r.Offset,
+			"reason", d.Reason, "consumer_id", sub.set.consumerID)
+		sub.srv.event(EventDeadLettered, sub.topic)
 	}
-	s.log.Info("daprcomp: dead-lettered", "topic", sub.topic, "partition", d.part, "offset", d.offset,
-		"reason", d.deadLetter, "consumer_id", sub.set.consumerID)
-	s.event(EventDeadLettered, sub.topic)
-	sub.win.Ack(d.part, d.offset)
-	return true
+	sub.win.Ack(r.Partition, r.Offset)
 }

@@ -209,8 +209,8 @@ func (h *clientHandler) HandleRPC(ctx context.Context, s stats.RPCStats) {
 				h.m.ackLatency.Observe(s.RecvTime.Sub(sent).Seconds())
 			}
 		case *v1.ServerFrame_Welcome:
-			if c := fr.Welcome.GetCredits(); c > 0 {
-				h.window.Set(float64(c))
+			if fr.Welcome.Credits != nil { // absent: the bridge's window
+				h.window.Set(float64(fr.Welcome.GetCredits()))
 			}
 		case *v1.ServerFrame_Credit:
 			h.window.Set(float64(fr.Credit.GetCredits()))

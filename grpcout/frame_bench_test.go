@@ -21,7 +21,7 @@ var (
 	}}}}
 	benchAck = &v1.ServerFrame{Frame: &v1.ServerFrame_Ack{Ack: &v1.Ack{Seq: 42, MessageId: "7afbe77713591fc817a89dbe4ba335a1",
 		Outcome: v1.Outcome_OUTCOME_OK,
-		Reply:   []byte(`{"request_id":"r-000042","message_id":"7afbe77713591fc817a89dbe4ba335a1","status":"APPROVED"}`)}}}
+		Reply:   &v1.PaymentReply{Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED}}}}
 )
 
 func BenchmarkFrameEncode(b *testing.B) {

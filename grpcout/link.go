@@ -240,8 +240,8 @@ func (l *link) runStream(ctx context.Context, client v1.DeliveryClient, conn *gr
 	}
 
 	st := &stream{s: s, sent: make(map[uint64]time.Time), credits: cfg.Window}
-	if c := int(welcome.GetCredits()); c > 0 {
-		st.credits = min(c, cfg.Window)
+	if welcome.Credits != nil { // absent: the window; 0: paused
+		st.credits = min(int(welcome.GetCredits()), cfg.Window)
 	}
 	start := cfg.Heartbeat.Interval
 	if ms := welcome.GetHeartbeatIntervalMs(); ms > 0 {

@@ -34,8 +34,10 @@ import (
 
 // AckFunc receives the backend's ACK for a delivery. It is called exactly
 // once per Deliver, from a stream's receiving goroutine, so it must not
-// block for long.
-type AckFunc func(ack *v1.Ack)
+// block for long. It returns an error when the ACK's reply breaks the
+// contract (the Pool cannot judge a reply without the device's format); the
+// Pool reports that as ProblemInvalidReply.
+type AckFunc func(ack *v1.Ack) error
 
 // delivery is one Deliver call until its ACK. Fields are guarded by Pool.mu.
 type delivery struct {
@@ -86,6 +88,7 @@ const (
 	ProblemMessageMismatch Problem = "message_id_mismatch" // an ACK whose message id is not its delivery's (not applied)
 	ProblemUnknownOutcome  Problem = "unknown_outcome"     // an outcome this bridge does not know (handled as RETRY)
 	ProblemUnknownCode     Problem = "unknown_code"        // a reason code this bridge does not know (rendered "unknown")
+	ProblemInvalidReply    Problem = "invalid_reply"       // a reply the AckFunc refused (handled as RETRY)
 )
 
 // EventKind enumerates Events.
@@ -342,7 +345,9 @@ func (p *Pool) ack(l *link, st *stream, a *v1.Ack) {
 		p.protocolError(l, ProblemUnknownCode, fmt.Sprintf("reason code %d for message %s", a.GetCode(), d.env.GetMessageId()))
 	}
 	<-p.slots
-	d.done(a)
+	if err := d.done(a); err != nil {
+		p.protocolError(l, ProblemInvalidReply, fmt.Sprintf("message %s: %v", d.env.GetMessageId(), err))
+	}
 }
 
 // protocolError reports a backend's protocol error to the event hooks and

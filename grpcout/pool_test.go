@@ -66,13 +66,14 @@ func newAcks(want int) *acks {
 }
 
 func (a *acks) fn(id string) grpcout.AckFunc {
-	return func(ack *v1.Ack) {
+	return func(ack *v1.Ack) error {
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		a.got[id] = append(a.got[id], ack)
 		if len(a.got) == a.want && len(a.got[id]) == 1 {
 			close(a.all)
 		}
+		return nil
 	}
 }
 
@@ -101,7 +102,7 @@ func TestDeliverWithBackendHelper(t *testing.T) {
 	var calls atomic.Int64
 	srv := backend.NewServer(backend.Config{}, func(_ context.Context, e *v1.Envelope) backend.Result {
 		calls.Add(1)
-		return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: []byte("reply-" + e.MessageId)}
+		return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, RawReply: []byte("reply-" + e.MessageId)}
 	}, nil)
 	addr := serve(t, srv.Register)
 	c, err := grpcout.New(grpcout.Config{Targets: []string{addr}, Window: 16})
@@ -113,7 +114,7 @@ func TestDeliverWithBackendHelper(t *testing.T) {
 	deliverAll(t, c, 500, a)
 	a.wait(t)
 	for id, got := range a.got {
-		if len(got) != 1 || got[0].Outcome != v1.Outcome_OUTCOME_OK || string(got[0].Reply) != "reply-"+id {
+		if len(got) != 1 || got[0].Outcome != v1.Outcome_OUTCOME_OK || string(got[0].RawReply) != "reply-"+id {
 			t.Fatalf("message %s: got acks %v", id, got)
 		}
 	}
@@ -128,7 +129,7 @@ func TestDeliverWithBackendHelper(t *testing.T) {
 		t.Fatal(err)
 	}
 	dup.wait(t)
-	if got := dup.got[id][0]; got.Outcome != v1.Outcome_OUTCOME_OK || !got.Duplicate || string(got.Reply) != "reply-"+id {
+	if got := dup.got[id][0]; got.Outcome != v1.Outcome_OUTCOME_OK || !got.Duplicate || string(got.RawReply) != "reply-"+id {
 		t.Fatalf("got %v, want OK flagged duplicate with the stored reply", got)
 	}
 	if calls.Load() != 500 {
@@ -144,11 +145,16 @@ type rawServer struct {
 
 func (r *rawServer) Stream(s v1.Delivery_StreamServer) error { return r.stream(s) }
 
+// welcome answers hello with a grant of credits; 0 grants the bridge's window.
 func welcome(s v1.Delivery_StreamServer, credits uint32) error {
 	if _, err := s.Recv(); err != nil { // hello
 		return err
 	}
-	return s.Send(&v1.ServerFrame{Frame: &v1.ServerFrame_Welcome{Welcome: &v1.Welcome{Credits: credits}}})
+	w := &v1.Welcome{}
+	if credits > 0 {
+		w.Credits = &credits
+	}
+	return s.Send(&v1.ServerFrame{Frame: &v1.ServerFrame_Welcome{Welcome: w}})
 }
 
 func ackFrame(d *v1.Deliver) *v1.ServerFrame {

@@ -288,7 +288,7 @@ func TestAckDeadlineVirtualTime(t *testing.T) {
 		synctest.Wait()
 		sent := time.Now()
 		got := make(chan *v1.Ack, 1)
-		if err := p.Deliver(context.Background(), 0, env(1), func(a *v1.Ack) { got <- a }); err != nil {
+		if err := p.Deliver(context.Background(), 0, env(1), func(a *v1.Ack) error { got <- a; return nil }); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(45 * time.Second)
@@ -452,7 +452,7 @@ func TestTLSAndTokenVirtualTime(t *testing.T) {
 		defer n.serve(tlsBackend(cert, "right", &calls))()
 		p := startPool(t, n, grpcout.Config{TLS: &tls.Config{RootCAs: pool}, Token: "right"}, &events{})
 		got := make(chan *v1.Ack, 1)
-		if err := p.Deliver(context.Background(), 0, env(1), func(a *v1.Ack) { got <- a }); err != nil {
+		if err := p.Deliver(context.Background(), 0, env(1), func(a *v1.Ack) error { got <- a; return nil }); err != nil {
 			t.Fatal(err)
 		}
 		if a := <-got; a.Outcome != v1.Outcome_OUTCOME_OK || calls.Load() != 1 {

@@ -28,20 +28,25 @@ func Handler(limit int64) backend.Handler {
 	return func(_ context.Context, env *v1.Envelope) backend.Result {
 		req, err := transcoder.PaymentRequest(env)
 		if err != nil {
+			// The bridge builds the REJECTED reply from code and reason.
 			return backend.Result{
-				Outcome: v1.Outcome_OUTCOME_REJECT, Code: v1.ReasonCode_REASON_CODE_INVALID_REQUEST, Reason: err.Error(),
-				Reply: transcoder.RejectReply(env.GetRequestId(), env.GetMessageId(), transcoder.ReasonOf(err), ""),
+				Outcome: v1.Outcome_OUTCOME_REJECT, Code: v1.ReasonCode_REASON_CODE_INVALID_REQUEST, Reason: string(transcoder.ReasonOf(err)),
 			}
 		}
-		reply := &v1.PaymentReply{RequestId: req.GetRequestId(), MessageId: env.GetMessageId(), Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED}
-		if req.GetAmountMinor() > limit {
-			reply.Status, reply.Code, reply.Reason = v1.PaymentStatus_PAYMENT_STATUS_DECLINED, v1.ReasonCode_REASON_CODE_LIMIT_EXCEEDED, declineReason
-		}
-		return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: transcoder.EncodeReply(reply)}
+		return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: decide(req, limit)}
 	}
 }
 
 const declineReason = "amount exceeds limit"
+
+// decide is paymentd's business rule: approve up to limit, decline above
+// it (a business answer, OK with a DECLINED reply: not a failure).
+func decide(req *v1.PaymentRequest, limit int64) *v1.PaymentReply {
+	if req.GetAmountMinor() > limit {
+		return &v1.PaymentReply{Status: v1.PaymentStatus_PAYMENT_STATUS_DECLINED, Code: v1.ReasonCode_REASON_CODE_LIMIT_EXCEEDED, Reason: declineReason}
+	}
+	return &v1.PaymentReply{Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED}
+}
 
 // Entry is one ledger line.
 type Entry struct {
@@ -140,12 +145,10 @@ func (l *Ledger) Lookup(id string) (backend.Stored, bool) {
 		st.Outcome, st.Code, st.Reason = v1.Outcome_OUTCOME_REJECT, transcoder.ParseCode(e.Code), e.Reason
 		return st, true
 	}
-	reply := transcoder.Reply{RequestID: e.RequestID, MessageID: e.MessageID, Status: e.Status}
+	st.Outcome, st.Reply = v1.Outcome_OUTCOME_OK, &v1.PaymentReply{Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED}
 	if e.Status == transcoder.StatusDeclined {
-		reply.Code, reply.Reason = transcoder.CodeName(v1.ReasonCode_REASON_CODE_LIMIT_EXCEEDED), declineReason
+		st.Reply = &v1.PaymentReply{Status: v1.PaymentStatus_PAYMENT_STATUS_DECLINED, Code: v1.ReasonCode_REASON_CODE_LIMIT_EXCEEDED, Reason: declineReason}
 	}
-	st.Outcome = v1.Outcome_OUTCOME_OK
-	st.Reply, _ = json.Marshal(reply) // a struct of strings always marshals
 	return st, true
 }
 
@@ -156,8 +159,8 @@ func (l *Ledger) Save(env *v1.Envelope, r backend.Result) error {
 	if req, err := transcoder.PaymentRequest(env); err == nil {
 		e.AmountMinor, e.Currency = req.GetAmountMinor(), req.GetCurrency()
 	}
-	if rep, err := transcoder.DecodeReply(r.Reply); err == nil && r.Outcome != v1.Outcome_OUTCOME_REJECT {
-		e.Status = rep.Status
+	if r.Outcome != v1.Outcome_OUTCOME_REJECT && r.Reply != nil {
+		e.Status = transcoder.StatusName(r.Reply.GetStatus())
 	} else {
 		e.Status, e.Code, e.Reason = transcoder.StatusRejected, transcoder.CodeName(r.Code), r.Reason
 	}

@@ -38,12 +38,8 @@ func TestHandlerLimit(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			r := h(context.Background(), envelope(t, "d1", "r-"+tc.name, tc.amount))
-			rep, err := transcoder.DecodeReply(r.Reply)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if r.Outcome != v1.Outcome_OUTCOME_OK || rep.Status != tc.want {
-				t.Fatalf("got %v %s, want OK %s", r.Outcome, rep.Status, tc.want)
+			if got := transcoder.StatusName(r.Reply.GetStatus()); r.Outcome != v1.Outcome_OUTCOME_OK || got != tc.want {
+				t.Fatalf("got %v %s, want OK %s", r.Outcome, got, tc.want)
 			}
 		})
 	}
@@ -86,9 +82,8 @@ func TestLedgerSurvivesRestart(t *testing.T) {
 	if !ok {
 		t.Fatal("reloaded ledger forgot a message")
 	}
-	rep, _ := transcoder.DecodeReply(r.Reply)
-	if rep.Status != transcoder.StatusDeclined || rep.RequestID != "r-2" || rep.MessageID != e2.MessageId {
-		t.Fatalf("got stored reply %+v", rep)
+	if rep := r.Reply; rep.GetStatus() != v1.PaymentStatus_PAYMENT_STATUS_DECLINED || rep.GetCode() != v1.ReasonCode_REASON_CODE_LIMIT_EXCEEDED {
+		t.Fatalf("got stored reply %v, want DECLINED limit_exceeded", rep)
 	}
 	if r.Fingerprint != e2.Fingerprint || r.Fingerprint == "" {
 		t.Fatalf("got stored fingerprint %q, want the envelope's %q", r.Fingerprint, e2.Fingerprint)

@@ -24,3 +24,14 @@ protoc -I api \
   --plugin=protoc-gen-go="$bin/protoc-gen-go" --go_out=api --go_opt=paths=source_relative \
   --plugin=protoc-gen-go-grpc="$bin/protoc-gen-go-grpc" --go-grpc_out=api --go-grpc_opt=paths=source_relative \
   $(cd api && find . -name '*.proto' | sed 's|^./||' | sort)
+
+# The Python stubs of the example backend (examples/python-backend), from
+# Debian's protobuf-compiler-grpc (grpc_python_plugin 1.51.1).
+if ! command -v grpc_python_plugin >/dev/null; then
+  apt-get install -y -qq protobuf-compiler-grpc >/dev/null || { apt-get update -qq && apt-get install -y -qq protobuf-compiler-grpc >/dev/null; }
+fi
+mkdir -p examples/python-backend/gen
+protoc -I api \
+  --python_out=examples/python-backend/gen \
+  --plugin=protoc-gen-grpc_python="$(command -v grpc_python_plugin)" --grpc_python_out=examples/python-backend/gen \
+  edgebridge/v1/edgebridge.proto

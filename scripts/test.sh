@@ -15,6 +15,9 @@ command -v podman >/dev/null || need_apt+=(podman)
 command -v runc >/dev/null || need_apt+=(runc)
 command -v podman-compose >/dev/null || need_apt+=(podman-compose)
 [ -r /etc/ssl/certs/ca-certificates.crt ] || need_apt+=(ca-certificates)
+# The Python example backend (examples/python-backend) and its stubs.
+/usr/bin/python3 -c 'import grpc' 2>/dev/null || need_apt+=(python3-grpcio)
+command -v grpc_python_plugin >/dev/null || need_apt+=(protobuf-compiler-grpc)
 if [ ${#need_apt[@]} -gt 0 ]; then
   step "apt-get install ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -60,8 +63,8 @@ fi
 
 step "protobuf regeneration leaves no diff"
 ./scripts/genproto.sh
-if ! git diff --quiet -- api; then
-  git diff --stat -- api
+if ! git diff --quiet -- api examples || [ -n "$(git status --porcelain -- api examples)" ]; then
+  git status --short -- api examples
   echo "generated protobuf code is stale: run ./scripts/genproto.sh and commit"; exit 1
 fi
 

@@ -7,6 +7,7 @@
 //	edgebridge broker kafka|mqtt      run an embedded broker as its own process
 //	edgebridge validate -config FILE  check a config file, listing every problem
 //	edgebridge probe [-url URL]       exit 0 when the bridge's admin endpoint says ready (-tcp: a port accepts)
+//	edgebridge backend-check -target ADDR  check a backend against the Delivery contract
 //	edgebridge version
 package main
 
@@ -36,6 +37,8 @@ func main() {
 		err = validateCmd(args)
 	case "probe":
 		err = probeCmd(args)
+	case "backend-check":
+		err = backendCheckCmd(args)
 	case "version", "--version", "-version":
 		printVersion()
 	case "help", "-h", "--help":
@@ -67,6 +70,8 @@ func usage() {
   edgebridge probe [-url URL | -tcp ADDR]
                                      exit 0 when the admin endpoint says ready, or ADDR accepts
                                      connections (health checks in an image without a shell)
+  edgebridge backend-check -target ADDR [-keepalive] [-tls-ca FILE] [-token-file FILE]
+                                     check a backend against the Delivery contract (docs/BACKEND.md)
   edgebridge version                 version, commit, build time and Go version (also --version)
 
 Every command lists its flags with -h.

@@ -231,7 +231,7 @@ func (echoServer) Stream(s v1.Delivery_StreamServer) error {
 			out = &v1.ServerFrame{Frame: &v1.ServerFrame_Welcome{Welcome: &v1.Welcome{BackendId: "echo"}}}
 		case *v1.ClientFrame_Deliver:
 			out = &v1.ServerFrame{Frame: &v1.ServerFrame_Ack{Ack: &v1.Ack{
-				Seq: fr.Deliver.GetSeq(), MessageId: fr.Deliver.GetEnvelope().GetMessageId(), Outcome: v1.Outcome_OUTCOME_OK, Reply: reply,
+				Seq: fr.Deliver.GetSeq(), MessageId: fr.Deliver.GetEnvelope().GetMessageId(), Outcome: v1.Outcome_OUTCOME_OK, RawReply: reply,
 			}}}
 		default:
 			continue

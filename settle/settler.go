@@ -1,0 +1,220 @@
+package settle
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/internal/schedule"
+	"github.com/edgebridge/edgebridge/kafkapipe"
+)
+
+// Record is one record a consumer was handed, from the moment it is in the
+// window until it is ACKed there.
+type Record struct {
+	Partition int32
+	Offset    int64
+	// Attempt counts the deliveries so far; the consumer increments it
+	// each time it sends the record.
+	Attempt int
+	// First is when the record was first handed over (the latency metric).
+	First time.Time
+	// Envelope is the request, when the record holds one: the device reply
+	// is rendered for it and a dead letter keeps it (if Payload is nil).
+	Envelope *v1.Envelope
+	// DeviceID, Source and Payload are what a dead letter keeps: the key,
+	// the topic it came from and the bytes.
+	DeviceID, Source string
+	Payload          []byte
+	// ContentType of Payload as the consumer sends it.
+	ContentType string
+	// ReplyTopic is where the device's reply goes; "" sends none.
+	ReplyTopic string
+}
+
+// Sink is what a Settler needs from the consumer it settles for. Each
+// method makes one attempt; the Settler retries a failed DeadLetter or
+// Reply until it succeeds or the Settler stops.
+type Sink interface {
+	// Redeliver sends r to the consumer again (r.Attempt is not yet
+	// incremented). An error means the consumer is stopping.
+	Redeliver(ctx context.Context, r *Record) error
+	// WriteDeadLetter writes dl to the DLQ. It may shrink dl before
+	// failing (a payload Kafka refuses whole).
+	WriteDeadLetter(ctx context.Context, dl *kafkapipe.DeadLetter) error
+	// Reply publishes the device's reply.
+	Reply(ctx context.Context, topic string, payload []byte) error
+	// Settled ACKs r in the consumer's window: d is its terminal outcome
+	// (Commit or DeadLetter), its dead letter and reply already done. It
+	// must not block: it may run on the goroutine that called Settle.
+	Settled(r *Record, d Decision)
+}
+
+// Config configures a Settler.
+type Config struct {
+	Policy
+	// Window is the most records the consumer holds un-ACKed: a Settler
+	// queues at most that many, so handing one over never blocks for long.
+	// Required.
+	Window int
+	// Finishers is how many dead letters and replies are written at once:
+	// a reply publish waits for the broker's PUBACK, so with fewer finishers
+	// than records in flight the round trips, not the CPU, cap throughput.
+	// Default: Window.
+	Finishers int
+	// DLQTopic and MaxMessageBytes shape dead letters: a dead letter keeps
+	// as much of the payload as one record can carry.
+	DLQTopic        string
+	MaxMessageBytes int
+	// WantReply is false where devices get no reply from this path.
+	WantReply bool
+}
+
+// Settler carries out Decisions. Settle and DeadLetter are safe for
+// concurrent use; Run is called once.
+type Settler struct {
+	cfg    Config
+	sink   Sink
+	log    *slog.Logger
+	finish chan job
+	later  chan job
+}
+
+type job struct {
+	r   *Record
+	d   Decision
+	due time.Time
+}
+
+// Option configures optional hooks.
+type Option func(*Settler)
+
+// WithLogger sets the logger. Default: slog.Default().
+func WithLogger(l *slog.Logger) Option { return func(s *Settler) { s.log = l } }
+
+// New returns a Settler for one consumer window. It does no I/O.
+func New(cfg Config, sink Sink, opts ...Option) *Settler {
+	cfg.Policy = cfg.Policy.withDefaults()
+	cfg.Window = max(cfg.Window, 1)
+	if cfg.Finishers <= 0 {
+		cfg.Finishers = cfg.Window
+	}
+	s := &Settler{cfg: cfg, sink: sink, log: slog.Default(),
+		finish: make(chan job, cfg.Window), later: make(chan job, cfg.Window)}
+	for _, o := range opts {
+		o(s)
+	}
+	return s
+}
+
+// Settle decides r's next step after answer a and queues it; it returns
+// the Decision for the caller's metrics. It blocks only while ctx lives
+// and more than the window is queued, which a consumer that hands over
+// only records in its window never causes.
+func (s *Settler) Settle(ctx context.Context, r *Record, a Answer) Decision {
+	d := s.cfg.Policy.Decide(r, a, s.cfg.WantReply && r.ReplyTopic != "")
+	s.queue(ctx, r, d)
+	return d
+}
+
+// DeadLetter settles r by dead-lettering it now, without a reply: a record
+// that cannot be delivered at all (not an envelope).
+func (s *Settler) DeadLetter(ctx context.Context, r *Record, reason, detail string) {
+	s.queue(ctx, r, Decision{Action: DeadLetter, Reason: reason, Detail: detail})
+}
+
+func (s *Settler) queue(ctx context.Context, r *Record, d Decision) {
+	if d.Action == Commit && len(d.Reply) == 0 {
+		s.sink.Settled(r, d) // nothing to write first: ACK it at once
+		return
+	}
+	ch, j := s.finish, job{r: r, d: d}
+	if d.Action == Redeliver {
+		ch, j.due = s.later, time.Now().Add(d.Delay)
+	}
+	// A queue with room takes the job even when ctx has ended (the
+	// consumer stopping intake still wants its window settled); only a
+	// full one, which a consumer within its window never meets, waits.
+	select {
+	case ch <- j:
+		return
+	default:
+	}
+	select {
+	case ch <- j:
+	case <-ctx.Done():
+	}
+}
+
+// Run writes dead letters, publishes replies, ACKs settled records and
+// redelivers failed ones when their backoff is due, until ctx ends. What
+// is queued then stays un-ACKed. Run blocks until its goroutines return.
+func (s *Settler) Run(ctx context.Context) {
+	done := make(chan struct{})
+	for range s.cfg.Finishers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			s.finisher(ctx)
+		}()
+	}
+	schedule.Run(ctx, s.later, func(j job) time.Time { return j.due }, func(j job) bool {
+		return s.sink.Redeliver(ctx, j.r) == nil
+	})
+	for range s.cfg.Finishers {
+		<-done
+	}
+}
+
+func (s *Settler) finisher(ctx context.Context) {
+	for {
+		var j job
+		select {
+		case j = <-s.finish:
+		case <-ctx.Done():
+			return
+		}
+		if j.d.Action == DeadLetter {
+			dl := s.deadLetter(j)
+			if !s.retry(ctx, "dead-letter", j.r, func() error { return s.sink.WriteDeadLetter(ctx, dl) }) {
+				return
+			}
+		}
+		if len(j.d.Reply) > 0 && !s.retry(ctx, "reply", j.r, func() error {
+			return s.sink.Reply(ctx, j.r.ReplyTopic, j.d.Reply)
+		}) {
+			return
+		}
+		s.sink.Settled(j.r, j.d)
+	}
+}
+
+// deadLetter builds j's dead letter; it is built once per record, so a
+// retry after WriteDeadLetter shrank it sends the shrunken one.
+func (s *Settler) deadLetter(j job) *kafkapipe.DeadLetter {
+	payload := j.r.Payload
+	if payload == nil && j.r.Envelope != nil {
+		payload, _ = proto.Marshal(j.r.Envelope)
+	}
+	return &kafkapipe.DeadLetter{Topic: s.cfg.DLQTopic, DeviceID: j.r.DeviceID, Source: j.r.Source, Payload: payload,
+		Reason: j.d.Reason, Detail: j.d.Detail, Keep: s.cfg.MaxMessageBytes - kafkapipe.DeadLetterOverhead}
+}
+
+// retry calls fn until it succeeds or ctx ends (false). A failure is
+// logged when it first happens and when its cause changes, not at every
+// attempt (a refused login fails the same way for hours).
+func (s *Settler) retry(ctx context.Context, what string, r *Record, fn func() error) bool {
+	last := ""
+	ok := schedule.Retry(ctx, fn, func(err error) {
+		if msg := err.Error(); msg != last {
+			last = msg
+			s.log.Warn("settle: "+what+" failed; retrying", "partition", r.Partition, "offset", r.Offset, "err", err)
+		}
+	})
+	if ok && last != "" {
+		s.log.Info("settle: "+what+" succeeded after failures", "partition", r.Partition, "offset", r.Offset)
+	}
+	return ok
+}

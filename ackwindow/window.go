@@ -4,7 +4,9 @@
 // acknowledged".
 //
 // The window is bounded. Add blocks while it is full, which stops fetching
-// and leaves the backlog on Kafka's disk instead of in memory.
+// and leaves the backlog on Kafka's disk instead of in memory. The bound can
+// change while records are held (SetCap): the bridge sizes it from the
+// backend streams that are up.
 package ackwindow
 
 import (
@@ -20,11 +22,13 @@ var ErrOutOfOrder = errors.New("ackwindow: offset not above the partition's last
 
 // Window is safe for concurrent use.
 type Window struct {
-	slots chan struct{} // one token per in-flight record: the capacity bound
-
-	mu      sync.Mutex
-	parts   map[int32]*partition
-	emptied chan struct{} // closed and replaced when the window becomes empty
+	mu       sync.Mutex
+	capacity int // the most records held
+	held     int // records added and not yet below a floor or revoked
+	parts    map[int32]*partition
+	room     chan struct{} // closed and replaced when held drops or capacity grows, if waiters > 0
+	waiters  int           // Adds blocked on room
+	emptied  chan struct{} // closed and replaced when the window becomes empty
 }
 
 type partition struct {
@@ -41,18 +45,34 @@ type entry struct {
 // New returns a window holding at most capacity un-committed records
 // (capacity < 1 is treated as 1).
 func New(capacity int) *Window {
-	if capacity < 1 {
-		capacity = 1
-	}
 	return &Window{
-		slots:   make(chan struct{}, capacity),
-		parts:   make(map[int32]*partition),
-		emptied: make(chan struct{}),
+		capacity: max(capacity, 1),
+		parts:    make(map[int32]*partition),
+		room:     make(chan struct{}),
+		emptied:  make(chan struct{}),
 	}
 }
 
 // Cap returns the window's capacity.
-func (w *Window) Cap() int { return cap(w.slots) }
+func (w *Window) Cap() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.capacity
+}
+
+// SetCap changes the capacity (n < 1 is treated as 1). Growing it wakes
+// blocked Adds at once; shrinking it recalls nothing: Add blocks until the
+// records held are below the new capacity.
+func (w *Window) SetCap(n int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n = max(n, 1)
+	grew := n > w.capacity
+	w.capacity = n
+	if grew {
+		w.signalRoom()
+	}
+}
 
 // Assign starts tracking a partition whose consumption begins at offset
 // (the committed offset). Until a record is acknowledged the floor is offset.
@@ -68,12 +88,22 @@ func (w *Window) Assign(part int32, offset int64) {
 // full and returns ctx.Err() if ctx ends first. Offsets of a partition must
 // be added in increasing order.
 func (w *Window) Add(ctx context.Context, part int32, offset int64) error {
-	select {
-	case w.slots <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 	w.mu.Lock()
+	for w.held >= w.capacity {
+		room := w.room
+		w.waiters++
+		w.mu.Unlock()
+		select {
+		case <-room:
+		case <-ctx.Done():
+			w.mu.Lock()
+			w.waiters--
+			w.mu.Unlock()
+			return ctx.Err()
+		}
+		w.mu.Lock()
+		w.waiters--
+	}
 	defer w.mu.Unlock()
 	p := w.parts[part]
 	if p == nil {
@@ -81,10 +111,10 @@ func (w *Window) Add(ctx context.Context, part int32, offset int64) error {
 		w.parts[part] = p
 	}
 	if n := len(p.entries); (n > 0 && offset <= p.entries[n-1].offset) || offset < p.floor {
-		<-w.slots
 		return fmt.Errorf("%w: partition %d offset %d", ErrOutOfOrder, part, offset)
 	}
 	p.entries = append(p.entries, entry{offset: offset})
+	w.held++
 	return nil
 }
 
@@ -115,10 +145,7 @@ func (w *Window) Ack(part int32, offset int64) bool {
 		if len(p.entries) == 0 {
 			p.entries = nil // let a large backing array go
 		}
-		for range n {
-			<-w.slots
-		}
-		w.notifyIfEmpty()
+		w.release(n)
 	}
 	return true
 }
@@ -136,18 +163,16 @@ func (w *Window) Revoke(parts ...int32) int {
 			delete(w.parts, part)
 		}
 	}
-	for range dropped {
-		<-w.slots
-	}
 	if dropped > 0 {
-		w.notifyIfEmpty()
+		w.release(dropped)
 	}
 	return dropped
 }
 
-// Commits returns the floor of every partition whose floor moved since the
-// previous call: the offsets to commit. The caller commits them as given.
-func (w *Window) Commits() map[int32]int64 {
+// TakeCommits returns the floor of every partition whose floor moved since
+// the previous call, and forgets that they moved: the offsets to commit. The
+// caller commits them as given.
+func (w *Window) TakeCommits() map[int32]int64 {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var out map[int32]int64
@@ -176,13 +201,17 @@ func (w *Window) Floor(part int32) (int64, bool) {
 
 // InFlight returns the number of records held (fetched and not yet below a
 // partition's floor).
-func (w *Window) InFlight() int { return len(w.slots) }
+func (w *Window) InFlight() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.held
+}
 
 // WaitEmpty blocks until the window holds no records or ctx ends.
 func (w *Window) WaitEmpty(ctx context.Context) error {
 	for {
 		w.mu.Lock()
-		empty, ch := len(w.slots) == 0, w.emptied
+		empty, ch := w.held == 0, w.emptied
 		w.mu.Unlock()
 		if empty {
 			return nil
@@ -195,10 +224,21 @@ func (w *Window) WaitEmpty(ctx context.Context) error {
 	}
 }
 
-// notifyIfEmpty wakes WaitEmpty callers; w.mu must be held.
-func (w *Window) notifyIfEmpty() {
-	if len(w.slots) == 0 {
+// release frees n records' room, waking blocked Adds and, if the window
+// is now empty, WaitEmpty callers; w.mu must be held.
+func (w *Window) release(n int) {
+	w.held -= n
+	w.signalRoom()
+	if w.held == 0 {
 		close(w.emptied)
 		w.emptied = make(chan struct{})
+	}
+}
+
+// signalRoom wakes blocked Adds; w.mu must be held.
+func (w *Window) signalRoom() {
+	if w.waiters > 0 {
+		close(w.room)
+		w.room = make(chan struct{})
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -56,10 +57,10 @@ func TestWindowFloor(t *testing.T) {
 					t.Fatalf("Ack(%d,%d) = %v, want %v", o.part, o.off, got, o.ok)
 				}
 			}
-			if got := w.Commits(); !maps.Equal(got, tc.want) {
+			if got := w.TakeCommits(); !maps.Equal(got, tc.want) {
 				t.Fatalf("got commits %v, want %v", got, tc.want)
 			}
-			if got := w.Commits(); got != nil {
+			if got := w.TakeCommits(); got != nil {
 				t.Fatalf("second Commits got %v, want nil", got)
 			}
 			if got := w.InFlight(); got != tc.inflight {
@@ -88,7 +89,7 @@ func TestAssignStartsAtCommitted(t *testing.T) {
 		t.Fatalf("a refused Add must not hold a slot: in-flight %d", w.InFlight())
 	}
 	w.Ack(3, 42)
-	if got := w.Commits(); got[3] != 43 {
+	if got := w.TakeCommits(); got[3] != 43 {
 		t.Fatalf("got %v, want floor 43", got)
 	}
 }
@@ -136,7 +137,7 @@ func TestRevoke(t *testing.T) {
 	if w.Ack(0, 1) {
 		t.Fatal("ACK of a revoked partition's record must be ignored")
 	}
-	if got := w.Commits(); !maps.Equal(got, map[int32]int64{}) && got != nil {
+	if got := w.TakeCommits(); !maps.Equal(got, map[int32]int64{}) && got != nil {
 		t.Fatalf("revoked partition still reported commits %v", got)
 	}
 	if w.InFlight() != 1 {
@@ -177,4 +178,45 @@ func BenchmarkAddAck(b *testing.B) {
 		}
 		w.Ack(int32(i%8), off)
 	}
+}
+
+// SetCap grows the window at once for a blocked Add and shrinks it without
+// recalling anything: Add waits until the records held are below it.
+func TestSetCap(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := New(2)
+		ctx := t.Context()
+		for off := range int64(2) {
+			if err := w.Add(ctx, 0, off); err != nil {
+				t.Fatal(err)
+			}
+		}
+		added := make(chan error, 1)
+		blocked := func() bool {
+			synctest.Wait() // every goroutine of the test is blocked
+			return len(added) == 0
+		}
+		go func() { added <- w.Add(ctx, 0, 2) }()
+		if !blocked() {
+			t.Fatalf("Add returned %v on a full window, want it blocked", <-added)
+		}
+		w.SetCap(3)
+		if err := <-added; err != nil {
+			t.Fatal(err)
+		}
+		w.SetCap(1) // 3 held: the next Add waits for 3 ACKs
+		go func() { added <- w.Add(ctx, 0, 3) }()
+		for off := range int64(3) {
+			if !blocked() {
+				t.Fatalf("Add returned with %d held and capacity 1", w.InFlight())
+			}
+			w.Ack(0, off)
+		}
+		if err := <-added; err != nil {
+			t.Fatal(err)
+		}
+		if w.Cap() != 1 || w.InFlight() != 1 {
+			t.Fatalf("got cap %d in flight %d, want 1 and 1", w.Cap(), w.InFlight())
+		}
+	})
 }

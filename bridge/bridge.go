@@ -94,11 +94,18 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	for _, o := range opts {
 		o(b)
 	}
-	capacity := cfg.Backend.Window * len(cfg.Backend.Targets)
-	b.win = ackwindow.New(capacity)
+	// The window is the one bound on records between Kafka and the
+	// backends: backend.window per open stream (one stream's worth while
+	// none is up), resized as streams open and close (newBackends).
+	b.win = ackwindow.New(cfg.Backend.Window)
+	// One finisher per record the configured streams hold: a reply publish
+	// waits for Mosquitto's PUBACK before its record is ACKed, so with fewer
+	// finishers the replies in flight, not the CPU, capped throughput (8
+	// finishers: ~8k msg/s at a 1 ms PUBACK round trip; see
+	// docs/PERFORMANCE.md). Idle finishers cost a few KB each.
 	b.settler = settle.New(settle.Config{
 		Policy:          settle.Policy{MaxAttempts: cfg.Backend.MaxAttempts, Backoff: cfg.Backend.RetryBackoff},
-		Window:          capacity,
+		Finishers:       cfg.Backend.Window * max(len(cfg.Backend.Targets), 1),
 		DLQTopic:        cfg.Kafka.DLQTopic,
 		MaxMessageBytes: cfg.Kafka.MaxMessageBytes,
 		WantReply:       true,
@@ -137,7 +144,7 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 		return nil, err
 	}
 	if len(cfg.Backend.Targets) > 0 { // else Dapr apps are the only consumers
-		if err := b.newBackends(capacity); err != nil {
+		if err := b.newBackends(); err != nil {
 			return nil, err
 		}
 	}
@@ -155,7 +162,7 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 
 // newBackends sets up the gRPC hop: the consumer of the backends' group
 // and the pool of backend streams.
-func (b *Bridge) newBackends(capacity int) error {
+func (b *Bridge) newBackends() error {
 	var err error
 	b.consumer, err = kafkapipe.NewConsumer(kafkapipe.ConsumerConfig{
 		Brokers:        b.cfg.Kafka.Brokers,
@@ -186,7 +193,6 @@ func (b *Bridge) newBackends(capacity int) error {
 		Targets:          be.Targets,
 		BridgeID:         b.cfg.MQTT.ClientID,
 		Window:           be.Window,
-		MaxPending:       capacity,
 		OpenTimeout:      be.OpenTimeout,
 		AckTimeout:       be.AckTimeout,
 		ResolveInterval:  be.ResolveInterval,
@@ -199,7 +205,8 @@ func (b *Bridge) newBackends(capacity int) error {
 		TLS:         tlsConfig,
 		TokenSource: token,
 	}, append([]grpcout.Option{grpcout.WithLogger(b.log), grpcout.WithEventHook(b.metrics.GRPC.Observe),
-		grpcout.WithStatsHandler(b.metrics.GRPC.Handler)}, b.poolOpts...)...)
+		grpcout.WithStatsHandler(b.metrics.GRPC.Handler),
+		grpcout.WithStreamsHook(func(up int) { b.win.SetCap(be.Window * max(up, 1)) })}, b.poolOpts...)...)
 	return err
 }
 
@@ -331,11 +338,6 @@ func (b *Bridge) Run(ctx context.Context) error {
 	if b.pool != nil {
 		stage(b.pool.Run)
 	}
-	// The settler runs one finisher per record the window can hold: a
-	// reply publish waits for Mosquitto's PUBACK before its record is
-	// ACKed, so with fewer finishers the replies in flight, not the CPU,
-	// capped throughput (8 finishers: ~8k msg/s at a 1 ms PUBACK round
-	// trip; see docs/PERFORMANCE.md). Idle finishers cost a few KB each.
 	lifeWG.Go(func() { b.settler.Run(life) })
 	lifeWG.Go(func() { b.watchKafka(life) })
 

@@ -28,22 +28,22 @@ func (b *Bridge) handleRecord(ctx context.Context, m kafkapipe.Message) error {
 		// Not an envelope (someone else wrote to the topic): dead-letter it
 		// rather than block the partition.
 		r.DeviceID, r.Source, r.Payload = string(m.Key), m.Topic, m.Value
-		b.settler.DeadLetter(ctx, r, ReasonCorruptEnvelope, "record is not an edgebridge.v1.Envelope")
+		b.settler.DeadLetter(r, ReasonCorruptEnvelope, "record is not an edgebridge.v1.Envelope")
 		return nil
 	}
 	r.Envelope, r.DeviceID, r.Source = env, env.GetDeviceId(), env.GetSourceTopic()
 	r.ReplyTopic = mqttin.ReplyTopic(b.cfg.MQTT.ReplyTopic, env.GetDeviceId())
-	return b.deliver(ctx, r)
+	b.deliver(r)
+	return nil
 }
 
 // deliver hands r to the backend pool. The ACK callback runs on a stream's
-// receiving goroutine and must not block: the settler holds a slot for
-// every record in the window.
-func (b *Bridge) deliver(ctx context.Context, r *settle.Record) error {
+// receiving goroutine; Settle never blocks.
+func (b *Bridge) deliver(r *settle.Record) {
 	r.Attempt++
 	r.Envelope.Attempt = uint32(r.Attempt)
-	return b.pool.Deliver(ctx, r.Partition, r.Envelope, func(ack *v1.Ack) error {
-		d := b.settler.Settle(ctx, r, settle.FromAck(ack))
+	b.pool.Deliver(r.Partition, r.Envelope, func(ack *v1.Ack) error {
+		d := b.settler.Settle(r, settle.FromAck(ack))
 		if d.Action != settle.Redeliver {
 			b.metrics.Latency.Observe(time.Since(r.First).Seconds())
 		}
@@ -57,7 +57,10 @@ func (b *Bridge) deliver(ctx context.Context, r *settle.Record) error {
 // sink is the bridge's side of its Settler.
 type sink struct{ b *Bridge }
 
-func (s sink) Redeliver(ctx context.Context, r *settle.Record) error { return s.b.deliver(ctx, r) }
+func (s sink) Redeliver(_ context.Context, r *settle.Record) error {
+	s.b.deliver(r)
+	return nil
+}
 
 // WriteDeadLetter writes dl; if Kafka refuses it for good, only the
 // payload's first bytes are written on the next attempt.

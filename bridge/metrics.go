@@ -19,6 +19,7 @@ import (
 //	edgebridge_mqtt_replies_published_total
 //	edgebridge_mqtt_invalid_topics_total       publishes refused because no broker accepts the topic
 //	edgebridge_window_in_flight
+//	edgebridge_window_capacity                 backend.window per open backend stream (at least one)
 //	edgebridge_delivery_latency_seconds        delivery to final ACK, retries included
 //	edgebridge_dapr_events_total{event}        Dapr component: delivered, redelivered, acked, failed,
 //	                                           dead_lettered, published, replied, commanded
@@ -126,4 +127,7 @@ func (m *Metrics) observeWindow(w *ackwindow.Window) {
 	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "edgebridge_window_in_flight", Help: "Kafka records fetched and not yet committable.",
 	}, func() float64 { return float64(w.InFlight()) }))
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "edgebridge_window_capacity", Help: "The most Kafka records held: backend.window per open backend stream (at least one).",
+	}, func() float64 { return float64(w.Cap()) }))
 }

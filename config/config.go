@@ -181,7 +181,9 @@ type Backend struct {
 	// share their dedup store. Default: ["127.0.0.1:7070"], or none when
 	// dapr.enabled (Dapr apps are then the only consumers).
 	Targets []string `yaml:"targets"`
-	// Window is the most un-ACKed deliveries per stream. Default: 128.
+	// Window is the most un-ACKed deliveries per stream, and the bridge's
+	// window holds this many Kafka records per open stream (one stream's
+	// worth while none is up). Default: 128.
 	Window int `yaml:"window"`
 	// MaxAttempts for a delivery answered RETRY before it is dead-lettered. Default: 5.
 	MaxAttempts int `yaml:"max_attempts"`

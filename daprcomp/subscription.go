@@ -68,7 +68,6 @@ func (s *Server) PullMessages(stream components.PubSub_PullMessagesServer) error
 	}
 	sub.settler = settle.New(settle.Config{
 		Policy:          settle.Policy{MaxAttempts: set.maxAttempts, Backoff: set.retryBackoff, ExhaustedReason: ReasonAppFailures},
-		Window:          set.window,
 		Finishers:       subscriptionFinishers,
 		DLQTopic:        s.cfg.DLQTopic,
 		MaxMessageBytes: s.cfg.MaxMessageBytes,
@@ -153,7 +152,7 @@ func (sub *subscription) handle(ctx context.Context, m kafkapipe.Message) error 
 	data, ct, err := sub.srv.toEvent(m)
 	if err != nil {
 		r.Payload = m.Value
-		sub.settler.DeadLetter(ctx, r, ReasonCorrupt, err.Error())
+		sub.settler.DeadLetter(r, ReasonCorrupt, err.Error())
 		return nil
 	}
 	r.Payload, r.ContentType = data, ct
@@ -232,10 +231,7 @@ func (sub *subscription) receive(stream components.PubSub_PullMessagesServer, br
 		} else {
 			sub.srv.event(EventAcked, sub.topic)
 		}
-		sub.settler.Settle(stream.Context(), d, answer)
-		if stream.Context().Err() != nil {
-			return
-		}
+		sub.settler.Settle(d, answer)
 	}
 }
 

@@ -18,9 +18,6 @@ type Config struct {
 	// Window is the most un-ACKed deliveries on one stream; a backend's
 	// credit grant can lower it, never raise it. Default: 128.
 	Window int
-	// MaxPending bounds deliveries held by the Pool (queued or un-ACKed);
-	// Deliver blocks beyond it. Default: Window x len(Targets).
-	MaxPending int
 	// OpenTimeout bounds opening a stream up to the backend's Welcome, and
 	// each health check. Default: 10s.
 	OpenTimeout time.Duration
@@ -94,9 +91,6 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Window <= 0 {
 		c.Window = 128
-	}
-	if c.MaxPending <= 0 {
-		c.MaxPending = c.Window * max(len(c.Targets), 1)
 	}
 	if c.HealthCheckAfter <= 0 {
 		c.HealthCheckAfter = 2

@@ -256,6 +256,7 @@ func (l *link) runStream(ctx context.Context, client v1.DeliveryClient, conn *gr
 	l.p.gen++
 	st.gen = l.p.gen
 	l.st = st
+	l.p.streamsChangedLocked(1)
 	l.lastReason, l.lastErr = "", nil
 	l.p.rebalanceLocked() // take over partitions of backends that are down
 	l.p.mu.Unlock()
@@ -294,6 +295,7 @@ func (l *link) runStream(ctx context.Context, client v1.DeliveryClient, conn *gr
 // partitions to other backends that are up.
 func (l *link) streamDownLocked(st *stream) {
 	l.st = nil
+	l.p.streamsChangedLocked(-1)
 	var mine []*delivery
 	for _, d := range l.p.pending {
 		if d.owner == l {

@@ -113,6 +113,7 @@ type options struct {
 	dial     func(ctx context.Context, addr string) (net.Conn, error)
 	resolve  func(ctx context.Context, target string) ([]string, error)
 	newStats func(target, addr string) stats.Handler
+	streams  func(up int)
 }
 
 // WithLogger sets the logger. Default: slog.Default().
@@ -139,6 +140,11 @@ func WithResolver(fn func(ctx context.Context, target string) ([]string, error))
 	return func(o *options) { o.resolve = fn }
 }
 
+// WithStreamsHook calls fn with the number of open streams each time it
+// changes, in order, under the Pool's lock: fn must not block or call the
+// Pool. The bridge sizes its ACK window from it.
+func WithStreamsHook(fn func(up int)) Option { return func(o *options) { o.streams = fn } }
+
 // WithStatsHandler installs a gRPC stats handler on each backend connection
 // (metrics plug in here; see package grpcmetrics).
 func WithStatsHandler(fn func(target, addr string) stats.Handler) Option {
@@ -147,9 +153,8 @@ func WithStatsHandler(fn func(target, addr string) stats.Handler) Option {
 
 // Pool delivers to a set of backends. It is safe for concurrent use.
 type Pool struct {
-	cfg   Config
-	o     options
-	slots chan struct{} // MaxPending tokens
+	cfg Config
+	o   options
 
 	mu      sync.Mutex
 	seq     uint64
@@ -157,6 +162,7 @@ type Pool struct {
 	pending map[uint64]*delivery
 	parts   map[int32]*partition
 	links   map[string]*link // by address
+	up      int              // links with an open stream
 
 	problems problemLog
 }
@@ -170,7 +176,6 @@ func New(cfg Config, opts ...Option) (*Pool, error) {
 	p := &Pool{
 		cfg:     cfg,
 		o:       options{log: slog.Default(), resolve: lookup},
-		slots:   make(chan struct{}, cfg.MaxPending),
 		pending: make(map[uint64]*delivery),
 		parts:   make(map[int32]*partition),
 		links:   make(map[string]*link),
@@ -181,17 +186,14 @@ func New(cfg Config, opts ...Option) (*Pool, error) {
 	return p, nil
 }
 
-// Deliver queues env for the backend that owns partition part and returns;
-// done is called with the ACK. It blocks while MaxPending deliveries are
-// held. Deliveries survive stream failures and backend moves: they are
-// resent until ACKed or until the Pool stops (then done is never called
-// and the record stays un-committed in Kafka).
-func (p *Pool) Deliver(ctx context.Context, part int32, env *v1.Envelope, done AckFunc) error {
-	select {
-	case p.slots <- struct{}{}:
-	case <-ctx.Done():
-		return ctx.Err()
-	}
+// Deliver queues env for the backend that owns partition part and returns
+// at once; done is called with the ACK. The Pool does not bound what it
+// holds: the caller does (the bridge hands over only records in its ACK
+// window), and each stream sends at most its credit grant. Deliveries
+// survive stream failures and backend moves: they are resent until ACKed
+// or until the Pool stops (then done is never called and the record stays
+// un-committed in Kafka).
+func (p *Pool) Deliver(part int32, env *v1.Envelope, done AckFunc) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	pt := p.parts[part]
@@ -211,7 +213,6 @@ func (p *Pool) Deliver(ctx context.Context, part int32, env *v1.Envelope, done A
 	if d.owner != nil {
 		d.owner.enqueueLocked(d)
 	}
-	return nil
 }
 
 // placeLocked moves an idle partition to the least-loaded up link when that
@@ -344,7 +345,6 @@ func (p *Pool) ack(l *link, st *stream, a *v1.Ack) {
 	if _, ok := v1.ReasonCode_name[int32(a.GetCode())]; !ok {
 		p.protocolError(l, ProblemUnknownCode, fmt.Sprintf("reason code %d for message %s", a.GetCode(), d.env.GetMessageId()))
 	}
-	<-p.slots
 	if err := d.done(a); err != nil {
 		p.protocolError(l, ProblemInvalidReply, fmt.Sprintf("message %s: %v", d.env.GetMessageId(), err))
 	}
@@ -536,7 +536,20 @@ func (p *Pool) Up() bool {
 }
 
 // Pending returns the number of deliveries not yet ACKed.
-func (p *Pool) Pending() int { return len(p.slots) }
+func (p *Pool) Pending() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.pending)
+}
+
+// streamsChangedLocked reports the number of open streams after one opened
+// (delta 1) or closed (-1).
+func (p *Pool) streamsChangedLocked(delta int) {
+	p.up += delta
+	if p.o.streams != nil {
+		p.o.streams(p.up)
+	}
+}
 
 // errNoWelcome is the protocol error of a backend that does not greet.
 var errNoWelcome = errors.New("backend did not answer hello with welcome")

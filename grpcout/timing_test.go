@@ -288,9 +288,7 @@ func TestAckDeadlineVirtualTime(t *testing.T) {
 		synctest.Wait()
 		sent := time.Now()
 		got := make(chan *v1.Ack, 1)
-		if err := p.Deliver(context.Background(), 0, env(1), func(a *v1.Ack) error { got <- a; return nil }); err != nil {
-			t.Fatal(err)
-		}
+		p.Deliver(0, env(1), func(a *v1.Ack) error { got <- a; return nil })
 		time.Sleep(45 * time.Second)
 		downs := ev.of(grpcout.StreamDown)
 		if len(downs) == 0 || downs[0].Reason != grpcout.ReasonAckTimeout {
@@ -452,9 +450,7 @@ func TestTLSAndTokenVirtualTime(t *testing.T) {
 		defer n.serve(tlsBackend(cert, "right", &calls))()
 		p := startPool(t, n, grpcout.Config{TLS: &tls.Config{RootCAs: pool}, Token: "right"}, &events{})
 		got := make(chan *v1.Ack, 1)
-		if err := p.Deliver(context.Background(), 0, env(1), func(a *v1.Ack) error { got <- a; return nil }); err != nil {
-			t.Fatal(err)
-		}
+		p.Deliver(0, env(1), func(a *v1.Ack) error { got <- a; return nil })
 		if a := <-got; a.Outcome != v1.Outcome_OUTCOME_OK || calls.Load() != 1 {
 			t.Fatalf("got %v after %d calls, want OK after 1", a, calls.Load())
 		}

@@ -233,7 +233,7 @@ func (c *Consumer) runGeneration(ctx, genCtx context.Context, gen *kafka.Generat
 
 // commit sends every floor that moved forward since the last commit.
 func (c *Consumer) commit(gen *kafka.Generation) {
-	floors := c.win.Commits()
+	floors := c.win.TakeCommits()
 	if len(floors) == 0 {
 		return
 	}

@@ -197,7 +197,7 @@ func (s *sink) steps() []string {
 }
 
 func newSettler(s *sink) *Settler {
-	return New(Config{Policy: Policy{MaxAttempts: 2, Backoff: time.Second}, Window: 4, DLQTopic: "dlq",
+	return New(Config{Policy: Policy{MaxAttempts: 2, Backoff: time.Second}, Finishers: 4, DLQTopic: "dlq",
 		MaxMessageBytes: 1 << 20, WantReply: true}, s, WithLogger(slog.New(slog.DiscardHandler)))
 }
 
@@ -213,7 +213,7 @@ func TestSettlerDeadLettersThenRepliesThenAcks(t *testing.T) {
 		go func() { st.Run(ctx); close(done) }()
 
 		r := &Record{Offset: 7, Attempt: 1, Envelope: envelope(), DeviceID: "dev-1", Source: "payment/request/dev-1", ReplyTopic: "payment/response/dev-1"}
-		d := st.Settle(ctx, r, Answer{Outcome: v1.Outcome_OUTCOME_REJECT, Code: v1.ReasonCode_REASON_CODE_CONFLICT})
+		d := st.Settle(r, Answer{Outcome: v1.Outcome_OUTCOME_REJECT, Code: v1.ReasonCode_REASON_CODE_CONFLICT})
 		if d.Action != DeadLetter {
 			t.Fatalf("got %v, want dead_letter", d.Action)
 		}
@@ -242,13 +242,13 @@ func TestSettlerRedeliversWhenDue(t *testing.T) {
 
 		r := &Record{Offset: 3, Attempt: 1, Envelope: envelope(), ReplyTopic: "t"}
 		start := time.Now()
-		st.Settle(ctx, r, Answer{Outcome: v1.Outcome_OUTCOME_RETRY})
+		st.Settle(r, Answer{Outcome: v1.Outcome_OUTCOME_RETRY})
 		got := <-snk.redeliver
 		if waited := time.Since(start); got != r || waited != time.Second {
 			t.Fatalf("redelivered %v after %s, want the record after 1s", got, waited)
 		}
 		r.Attempt++
-		st.Settle(ctx, r, Answer{Outcome: v1.Outcome_OUTCOME_OK})
+		st.Settle(r, Answer{Outcome: v1.Outcome_OUTCOME_OK})
 		if d := <-snk.settled; d.Action != Commit {
 			t.Fatalf("got %v, want commit", d.Action)
 		}
@@ -269,7 +269,7 @@ func TestSettlerStopLeavesUnfinishedUnacked(t *testing.T) {
 		ctx, cancel := context.WithCancel(t.Context())
 		done := make(chan struct{})
 		go func() { st.Run(ctx); close(done) }()
-		st.DeadLetter(ctx, &Record{Offset: 1, Payload: []byte("x")}, "corrupt_envelope", "not an envelope")
+		st.DeadLetter(&Record{Offset: 1, Payload: []byte("x")}, "corrupt_envelope", "not an envelope")
 		time.Sleep(time.Minute) // virtual: the write keeps failing
 		cancel()
 		<-done
@@ -279,15 +279,13 @@ func TestSettlerStopLeavesUnfinishedUnacked(t *testing.T) {
 	})
 }
 
-// A consumer that stops taking new work (its context ended) still settles
-// what its window holds: Settle must not drop a decision for a done ctx.
-func TestSettleAfterContextEnded(t *testing.T) {
+// Settle queues without blocking, before Run and however many: a
+// consumer that stops taking new work still settles what its window holds.
+func TestSettleNeverBlocks(t *testing.T) {
 	snk := newSink()
 	st := newSettler(snk)
-	done, cancel := context.WithCancel(t.Context())
-	cancel()
-	for i := range 4 { // the window
-		st.Settle(done, &Record{Offset: int64(i), Attempt: 1, Envelope: envelope(), ReplyTopic: "t"},
+	for i := range 4 {
+		st.Settle(&Record{Offset: int64(i), Attempt: 1, Envelope: envelope(), ReplyTopic: "t"},
 			Answer{Outcome: v1.Outcome_OUTCOME_OK, Reply: &v1.PaymentReply{Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED}})
 	}
 	run, stop := context.WithCancel(t.Context())
@@ -305,4 +303,46 @@ func TestSettleAfterContextEnded(t *testing.T) {
 	}
 	stop()
 	<-finished
+}
+
+// gatedSink holds every reply until all of them are being published: only
+// finishers working in parallel get past it.
+type gatedSink struct {
+	*sink
+	mu     sync.Mutex
+	inside int
+	all    chan struct{}
+	want   int
+}
+
+func (g *gatedSink) Reply(ctx context.Context, topic string, payload []byte) error {
+	g.mu.Lock()
+	g.inside++
+	if g.inside == g.want {
+		close(g.all)
+	}
+	g.mu.Unlock()
+	<-g.all
+	return g.sink.Reply(ctx, topic, payload)
+}
+
+// Replies are published by Finishers goroutines at once (a reply waits for
+// the broker's PUBACK: one at a time would cap throughput at 1/RTT).
+func TestSettlerFinishesInParallel(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		g := &gatedSink{sink: newSink(), all: make(chan struct{}), want: 4}
+		st := New(Config{Finishers: 4, WantReply: true}, g, WithLogger(slog.New(slog.DiscardHandler)))
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() { st.Run(ctx); close(done) }()
+		for i := range 4 {
+			st.Settle(&Record{Offset: int64(i), Attempt: 1, Envelope: envelope(), ReplyTopic: "t"},
+				Answer{Outcome: v1.Outcome_OUTCOME_OK, Reply: &v1.PaymentReply{Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED}})
+		}
+		for range 4 {
+			<-g.settled // a deadlock here (synctest reports it) means the replies went one at a time
+		}
+		cancel()
+		<-done
+	})
 }

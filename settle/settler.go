@@ -3,6 +3,7 @@ package settle
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -56,14 +57,11 @@ type Sink interface {
 // Config configures a Settler.
 type Config struct {
 	Policy
-	// Window is the most records the consumer holds un-ACKed: a Settler
-	// queues at most that many, so handing one over never blocks for long.
-	// Required.
-	Window int
 	// Finishers is how many dead letters and replies are written at once:
 	// a reply publish waits for the broker's PUBACK, so with fewer finishers
 	// than records in flight the round trips, not the CPU, cap throughput.
-	// Default: Window.
+	// Default: 1. The Settler does not bound the records it holds: the
+	// consumer's window does (only records in it are settled).
 	Finishers int
 	// DLQTopic and MaxMessageBytes shape dead letters: a dead letter keeps
 	// as much of the payload as one record can carry.
@@ -76,17 +74,20 @@ type Config struct {
 // Settler carries out Decisions. Settle and DeadLetter are safe for
 // concurrent use; Run is called once.
 type Settler struct {
-	cfg    Config
-	sink   Sink
-	log    *slog.Logger
-	finish chan job
-	later  chan job
+	cfg  Config
+	sink Sink
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	finish   []job               // dead letters and replies to write, oldest first
+	later    schedule.Queue[job] // redeliveries by due time
+	finishUp chan struct{}       // 1-buffered: finish has jobs
+	laterUp  chan struct{}       // 1-buffered: later has a new job
 }
 
 type job struct {
-	r   *Record
-	d   Decision
-	due time.Time
+	r *Record
+	d Decision
 }
 
 // Option configures optional hooks.
@@ -98,12 +99,9 @@ func WithLogger(l *slog.Logger) Option { return func(s *Settler) { s.log = l } }
 // New returns a Settler for one consumer window. It does no I/O.
 func New(cfg Config, sink Sink, opts ...Option) *Settler {
 	cfg.Policy = cfg.Policy.withDefaults()
-	cfg.Window = max(cfg.Window, 1)
-	if cfg.Finishers <= 0 {
-		cfg.Finishers = cfg.Window
-	}
+	cfg.Finishers = max(cfg.Finishers, 1)
 	s := &Settler{cfg: cfg, sink: sink, log: slog.Default(),
-		finish: make(chan job, cfg.Window), later: make(chan job, cfg.Window)}
+		finishUp: make(chan struct{}, 1), laterUp: make(chan struct{}, 1)}
 	for _, o := range opts {
 		o(s)
 	}
@@ -111,41 +109,42 @@ func New(cfg Config, sink Sink, opts ...Option) *Settler {
 }
 
 // Settle decides r's next step after answer a and queues it; it returns
-// the Decision for the caller's metrics. It blocks only while ctx lives
-// and more than the window is queued, which a consumer that hands over
-// only records in its window never causes.
-func (s *Settler) Settle(ctx context.Context, r *Record, a Answer) Decision {
+// the Decision for the caller's metrics. It never blocks, even after the
+// consumer stopped taking new records (a draining consumer still wants its
+// window settled).
+func (s *Settler) Settle(r *Record, a Answer) Decision {
 	d := s.cfg.Policy.Decide(r, a, s.cfg.WantReply && r.ReplyTopic != "")
-	s.queue(ctx, r, d)
+	s.queue(r, d)
 	return d
 }
 
-// DeadLetter settles r by dead-lettering it now, without a reply: a record
-// that cannot be delivered at all (not an envelope).
-func (s *Settler) DeadLetter(ctx context.Context, r *Record, reason, detail string) {
-	s.queue(ctx, r, Decision{Action: DeadLetter, Reason: reason, Detail: detail})
+// DeadLetter settles r by dead-lettering it, without a reply: a record
+// that cannot be delivered at all (not an envelope). It never blocks.
+func (s *Settler) DeadLetter(r *Record, reason, detail string) {
+	s.queue(r, Decision{Action: DeadLetter, Reason: reason, Detail: detail})
 }
 
-func (s *Settler) queue(ctx context.Context, r *Record, d Decision) {
+func (s *Settler) queue(r *Record, d Decision) {
 	if d.Action == Commit && len(d.Reply) == 0 {
 		s.sink.Settled(r, d) // nothing to write first: ACK it at once
 		return
 	}
-	ch, j := s.finish, job{r: r, d: d}
+	s.mu.Lock()
+	up := s.finishUp
 	if d.Action == Redeliver {
-		ch, j.due = s.later, time.Now().Add(d.Delay)
+		s.later.Push(time.Now().Add(d.Delay), job{r: r, d: d})
+		up = s.laterUp
+	} else {
+		s.finish = append(s.finish, job{r: r, d: d})
 	}
-	// A queue with room takes the job even when ctx has ended (the
-	// consumer stopping intake still wants its window settled); only a
-	// full one, which a consumer within its window never meets, waits.
+	s.mu.Unlock()
+	signal(up)
+}
+
+func signal(ch chan struct{}) {
 	select {
-	case ch <- j:
-		return
-	default:
-	}
-	select {
-	case ch <- j:
-	case <-ctx.Done():
+	case ch <- struct{}{}:
+	default: // already signalled
 	}
 }
 
@@ -153,27 +152,77 @@ func (s *Settler) queue(ctx context.Context, r *Record, d Decision) {
 // redelivers failed ones when their backoff is due, until ctx ends. What
 // is queued then stays un-ACKed. Run blocks until its goroutines return.
 func (s *Settler) Run(ctx context.Context) {
-	done := make(chan struct{})
+	var wg sync.WaitGroup
 	for range s.cfg.Finishers {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			s.finisher(ctx)
-		}()
+		wg.Go(func() { s.finisher(ctx) })
 	}
-	schedule.Run(ctx, s.later, func(j job) time.Time { return j.due }, func(j job) bool {
-		return s.sink.Redeliver(ctx, j.r) == nil
-	})
-	for range s.cfg.Finishers {
-		<-done
+	s.redeliverer(ctx)
+	wg.Wait()
+}
+
+// redeliverer hands redeliveries back to the consumer when they are due.
+func (s *Settler) redeliverer(ctx context.Context) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		next, ok := s.later.Next()
+		s.mu.Unlock()
+		if ok {
+			timer.Reset(time.Until(next))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.laterUp:
+		case <-timer.C:
+			for {
+				s.mu.Lock()
+				j, ok := s.later.PopDue(time.Now())
+				s.mu.Unlock()
+				if !ok {
+					break
+				}
+				if s.sink.Redeliver(ctx, j.r) != nil {
+					return // the consumer is stopping
+				}
+			}
+		}
+	}
+}
+
+// next takes the oldest finish job; when more wait, it wakes another
+// finisher for them.
+func (s *Settler) next(ctx context.Context) (job, bool) {
+	for {
+		s.mu.Lock()
+		if len(s.finish) > 0 {
+			j := s.finish[0]
+			s.finish[0] = job{}
+			s.finish = s.finish[1:]
+			more := len(s.finish) > 0
+			if !more {
+				s.finish = nil // let a large backing array go
+			}
+			s.mu.Unlock()
+			if more {
+				signal(s.finishUp)
+			}
+			return j, true
+		}
+		s.mu.Unlock()
+		select {
+		case <-s.finishUp:
+		case <-ctx.Done():
+			return job{}, false
+		}
 	}
 }
 
 func (s *Settler) finisher(ctx context.Context) {
 	for {
-		var j job
-		select {
-		case j = <-s.finish:
-		case <-ctx.Done():
+		j, ok := s.next(ctx)
+		if !ok {
 			return
 		}
 		if j.d.Action == DeadLetter {

@@ -32,14 +32,22 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// PaymentStatus is the device reply's status word.
 type PaymentStatus int32
 
 const (
+	// Not a status: a typed reply without one is invalid.
 	PaymentStatus_PAYMENT_STATUS_UNSPECIFIED PaymentStatus = 0
-	PaymentStatus_PAYMENT_STATUS_APPROVED    PaymentStatus = 1
-	PaymentStatus_PAYMENT_STATUS_DECLINED    PaymentStatus = 2
-	PaymentStatus_PAYMENT_STATUS_REJECTED    PaymentStatus = 3
-	PaymentStatus_PAYMENT_STATUS_ERROR       PaymentStatus = 4
+	// Approved (OUTCOME_OK).
+	PaymentStatus_PAYMENT_STATUS_APPROVED PaymentStatus = 1
+	// A business decline, with a code saying why (OUTCOME_OK).
+	PaymentStatus_PAYMENT_STATUS_DECLINED PaymentStatus = 2
+	// The request could not be accepted (OUTCOME_REJECT, or the bridge's own
+	// validation of the device's message).
+	PaymentStatus_PAYMENT_STATUS_REJECTED PaymentStatus = 3
+	// Processing failed for good: only the bridge sends it, after the last
+	// RETRY or protocol error.
+	PaymentStatus_PAYMENT_STATUS_ERROR PaymentStatus = 4
 )
 
 // Enum value maps for PaymentStatus.
@@ -250,7 +258,10 @@ type Envelope struct {
 	// Deterministic id derived from device_id and request_id: a redelivered
 	// request keeps its id, so backends can deduplicate on it.
 	MessageId string `protobuf:"bytes,1,opt,name=message_id,json=messageId,proto3" json:"message_id,omitempty"`
-	DeviceId  string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// The device, from the MQTT topic (and its authenticated identity), never
+	// from the payload: 1-128 bytes of UTF-8.
+	DeviceId string `protobuf:"bytes,2,opt,name=device_id,json=deviceId,proto3" json:"device_id,omitempty"`
+	// The device's id for this request, unique per device: 1-128 bytes.
 	RequestId string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	// MQTT topic the request arrived on.
 	SourceTopic string `protobuf:"bytes,4,opt,name=source_topic,json=sourceTopic,proto3" json:"source_topic,omitempty"`
@@ -382,11 +393,14 @@ func (x *Envelope) GetFingerprint() string {
 
 // PaymentRequest is the validated form of a device's payment request.
 type PaymentRequest struct {
-	state       protoimpl.MessageState `protogen:"open.v1"`
-	RequestId   string                 `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	AmountMinor int64                  `protobuf:"varint,2,opt,name=amount_minor,json=amountMinor,proto3" json:"amount_minor,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The envelope's request_id.
+	RequestId string `protobuf:"bytes,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// The amount in the currency's minor unit (cents), positive.
+	AmountMinor int64 `protobuf:"varint,2,opt,name=amount_minor,json=amountMinor,proto3" json:"amount_minor,omitempty"`
 	// ISO 4217 alphabetic code, upper case.
-	Currency      string `protobuf:"bytes,3,opt,name=currency,proto3" json:"currency,omitempty"`
+	Currency string `protobuf:"bytes,3,opt,name=currency,proto3" json:"currency,omitempty"`
+	// The merchant the device belongs to; may be empty; at most 128 bytes.
 	MerchantId    string `protobuf:"bytes,4,opt,name=merchant_id,json=merchantId,proto3" json:"merchant_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -538,6 +552,7 @@ func (x *PaymentReply) GetCode() ReasonCode {
 	return ReasonCode_REASON_CODE_UNSPECIFIED
 }
 
+// ClientFrame is what the bridge sends: Hello first, then Deliver and Ping.
 type ClientFrame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Frame:
@@ -636,6 +651,7 @@ func (*ClientFrame_Deliver) isClientFrame_Frame() {}
 
 func (*ClientFrame_Ping) isClientFrame_Frame() {}
 
+// ServerFrame is what the backend sends: Welcome first, then the others.
 type ServerFrame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Frame:
@@ -769,8 +785,9 @@ func (*ServerFrame_Drain) isServerFrame_Frame() {}
 // Hello is the first client frame on a stream; the backend answers it with
 // Welcome before anything else.
 type Hello struct {
-	state    protoimpl.MessageState `protogen:"open.v1"`
-	BridgeId string                 `protobuf:"bytes,1,opt,name=bridge_id,json=bridgeId,proto3" json:"bridge_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bridge's MQTT client id, for the backend's logs.
+	BridgeId string `protobuf:"bytes,1,opt,name=bridge_id,json=bridgeId,proto3" json:"bridge_id,omitempty"`
 	// The most un-ACKed deliveries the bridge will keep on this stream.
 	// Backends clamp it to MaxWindow (65536), the largest a bridge sends; a
 	// bridge that sends more un-ACKed deliveries than this breaks the protocol.
@@ -825,8 +842,9 @@ func (x *Hello) GetWindow() uint32 {
 
 // Welcome answers Hello.
 type Welcome struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	BackendId string                 `protobuf:"bytes,1,opt,name=backend_id,json=backendId,proto3" json:"backend_id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The backend's name, for the bridge's logs.
+	BackendId string `protobuf:"bytes,1,opt,name=backend_id,json=backendId,proto3" json:"backend_id,omitempty"`
 	// How many un-ACKed deliveries the backend accepts on this stream.
 	// Absent: the bridge's window. 0: paused, nothing is sent until a Credit
 	// frame grants more. A value above Hello.window is capped to the window.
@@ -891,6 +909,7 @@ func (x *Welcome) GetHeartbeatIntervalMs() uint32 {
 	return 0
 }
 
+// Deliver hands the backend one envelope; it is answered by one Ack.
 type Deliver struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Bridge-assigned sequence number; Acks refer to it. Unique across every
@@ -1136,9 +1155,11 @@ func (x *Credit) GetCredits() uint32 {
 // while deliveries are being processed (a slow handler must show as load,
 // not as a dead stream).
 type Ping struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	SentUnixNano  int64                  `protobuf:"varint,2,opt,name=sent_unix_nano,json=sentUnixNano,proto3" json:"sent_unix_nano,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Increases by one per ping on the stream.
+	Seq uint64 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// The bridge's clock when it sent the ping; echo it in the Pong.
+	SentUnixNano  int64 `protobuf:"varint,2,opt,name=sent_unix_nano,json=sentUnixNano,proto3" json:"sent_unix_nano,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1255,8 +1276,9 @@ func (x *Pong) GetLoadPercent() uint32 {
 // this stream, waits for the outstanding Acks (keep answering them), then
 // closes the stream and reconnects, to another backend if this one is gone.
 type Drain struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Why, for the bridge's logs.
+	Reason        string `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

@@ -245,6 +245,7 @@ type device struct {
 	replies map[string]reply
 	sent    int
 	acked   map[string]bool // request ids the broker PUBACKed
+	store   *orderedStore   // paho's session store
 	dups    int
 	stopped bool          // no more requests will be sent
 	all     chan struct{} // closed once stopped and every sent request has a reply
@@ -266,7 +267,7 @@ func connect(ctx context.Context, cfg Config, id string, replied *atomic.Int64) 
 	d := &device{
 		id: id, slots: make(chan struct{}, cfg.Outstanding),
 		sentAt: map[string]time.Time{}, replies: map[string]reply{}, acked: map[string]bool{},
-		all: make(chan struct{}),
+		all: make(chan struct{}), store: newOrderedStore(),
 	}
 	replyTopic := expand(cfg.ReplyTopic, id)
 	onReply := func(_ paho.Client, m paho.Message) {
@@ -304,7 +305,7 @@ func connect(ctx context.Context, cfg Config, id string, replied *atomic.Int64) 
 		SetAutoReconnect(true).SetConnectRetry(true).SetConnectRetryInterval(200 * time.Millisecond).
 		SetMaxReconnectInterval(time.Second).
 		SetOrderMatters(false).
-		SetStore(newOrderedStore()). // in-flight requests resent in order after a reconnect
+		SetStore(d.store). // in-flight requests resent in order after a reconnect
 		SetOnConnectHandler(func(c paho.Client) { c.Subscribe(replyTopic, 1, onReply).Wait() })
 	opts.SetDefaultPublishHandler(onReply)
 	d.c = paho.NewClient(opts)
@@ -370,6 +371,16 @@ func (d *device) run(ctx context.Context, cfg Config, start time.Time, i int, se
 			return
 		}
 		if tok.Error() == nil {
+			d.mu.Lock()
+			d.acked[rid] = true
+			d.mu.Unlock()
+		} else {
+			// The connection failed under the publish: paho resends it
+			// from the store after reconnecting. A device keeps its order:
+			// the next request waits until that one is acknowledged.
+			if !d.store.WaitSent(ctx) {
+				return
+			}
 			d.mu.Lock()
 			d.acked[rid] = true
 			d.mu.Unlock()

@@ -2,6 +2,7 @@ package bridge
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -13,7 +14,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
-// ServeAdmin serves /metrics, /healthz and /readyz on ln until ctx ends.
+// ServeAdmin serves /metrics, /healthz, /readyz and /status (JSON, see
+// Status) on ln until ctx ends.
 func (b *Bridge) ServeAdmin(ctx context.Context, ln net.Listener) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(b.metrics.Registry, promhttp.HandlerOpts{}))
@@ -26,6 +28,12 @@ func (b *Bridge) ServeAdmin(ctx context.Context, ln net.Listener) error {
 			return
 		}
 		fmt.Fprintln(w, "ready")
+	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(b.Status())
 	})
 	if b.cfg.Admin.Pprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)

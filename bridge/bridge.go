@@ -56,6 +56,8 @@ type Bridge struct {
 	kafkaOK  atomic.Bool
 	kafkaWhy atomic.Pointer[string] // why kafkaOK is false, for /readyz
 	kafkaSec kafkapipe.Security
+	lag      atomic.Pointer[map[int32]int64] // the last consumer lag read
+	recent   *recentLog                      // the last warnings and errors, for /status
 	poolOpts []grpcout.Option
 	build    *BuildInfo
 }
@@ -90,10 +92,12 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	b := &Bridge{cfg: cfg, log: slog.Default(), metrics: NewMetrics()}
+	b := &Bridge{cfg: cfg, log: slog.Default(), metrics: NewMetrics(), recent: newRecentLog()}
 	for _, o := range opts {
 		o(b)
 	}
+	// Warnings and errors also go to /status.
+	b.log = slog.New(teeHandler{next: b.log.Handler(), recent: b.recent})
 	// The window is the one bound on records between Kafka and the
 	// backends: backend.window per open stream (one stream's worth while
 	// none is up), resized as streams open and close (newBackends).
@@ -149,6 +153,7 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 		}
 	}
 	b.metrics.observeWindow(b.win)
+	b.metrics.observeMQTT(b.mqtt.Subscribed)
 	if b.build != nil {
 		b.metrics.observeBuild(*b.build)
 	}
@@ -416,6 +421,12 @@ func (b *Bridge) watchKafka(ctx context.Context) {
 			pctx, cancel := context.WithTimeout(ctx, 4*time.Second)
 			b.noteKafka(kafkapipe.Ping(pctx, b.cfg.Kafka.Brokers, b.kafkaSec))
 			b.brokerProblems() // refreshes edgebridge_broker_problem for MQTT
+			if b.consumer != nil {
+				if lag, err := b.consumer.Lag(pctx); err == nil {
+					b.lag.Store(&lag)
+					b.metrics.setLag(lag)
+				}
+			}
 			cancel()
 		}
 	}

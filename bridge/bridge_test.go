@@ -84,9 +84,10 @@ func TestOutcomes(t *testing.T) {
 
 // pipeline is the bridge in process on embedded brokers, with one backend.
 type pipeline struct {
-	kafka *embedded.Kafka
-	mqtt  *embedded.MQTT
-	cfg   config.Config // the bridge's, until start
+	kafka   *embedded.Kafka
+	mqtt    *embedded.MQTT
+	backend *grpc.Server
+	cfg     config.Config // the bridge's, until start
 }
 
 // newPipeline starts the brokers and a backend serving handle; cfg points
@@ -118,7 +119,7 @@ func newPipeline(t *testing.T, handle backend.Handler) *pipeline {
 	cfg.Kafka.Brokers = []string{k.Addr()}
 	cfg.Kafka.Partitions = 2
 	cfg.Backend.Targets = []string{ln.Addr().String()}
-	return &pipeline{kafka: k, mqtt: m, cfg: cfg}
+	return &pipeline{kafka: k, mqtt: m, backend: gs, cfg: cfg}
 }
 
 // start runs the bridge until the end of the test (then stops it and

@@ -72,11 +72,22 @@ func (s sink) WriteDeadLetter(ctx context.Context, dl *kafkapipe.DeadLetter) err
 	return err
 }
 
-func (s sink) Reply(ctx context.Context, topic string, payload []byte) error {
-	return s.b.publishOnce(ctx, "reply", topic, func() error {
-		err := s.b.mqtt.Publish(ctx, topic, payload)
+// Reply publishes r's reply; once the broker acknowledged it, the
+// request's end-to-end latency (MQTT receipt to reply PUBACK) is known.
+func (s sink) Reply(ctx context.Context, r *settle.Record, payload []byte) error {
+	err := s.b.publishReply(ctx, r.ReplyTopic, payload)
+	if err == nil && r.Envelope.GetReceivedAtUnixNano() > 0 {
+		s.b.metrics.EndToEnd.Observe(time.Since(time.Unix(0, r.Envelope.GetReceivedAtUnixNano())).Seconds())
+	}
+	return err
+}
+
+// publishReply makes one attempt to publish a device reply.
+func (b *Bridge) publishReply(ctx context.Context, topic string, payload []byte) error {
+	return b.publishOnce(ctx, "reply", topic, func() error {
+		err := b.mqtt.Publish(ctx, topic, payload)
 		if err == nil {
-			s.b.metrics.Replies.Inc()
+			b.metrics.Replies.Inc()
 		}
 		return err
 	})

@@ -247,7 +247,9 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 		for _, i := range pending {
 			recs = append(recs, adms[i].rec)
 		}
+		start := time.Now()
 		errs := b.producer.Produce(context.WithoutCancel(ctx), recs)
+		b.metrics.Produce.Observe(time.Since(start).Seconds())
 		var first error
 		unreachable := false
 		left := pending[:0]
@@ -310,7 +312,7 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 
 // reply publishes a reply to a device; see publish.
 func (b *Bridge) reply(ctx context.Context, topic string, payload []byte) bool {
-	return b.retry(ctx, "reply", func() error { return sink{b}.Reply(ctx, topic, payload) })
+	return b.retry(ctx, "reply", func() error { return b.publishReply(ctx, topic, payload) })
 }
 
 // publish retries an MQTT publish until it succeeds or ctx ends (false).

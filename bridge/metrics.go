@@ -1,6 +1,8 @@
 package bridge
 
 import (
+	"strconv"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
@@ -21,6 +23,10 @@ import (
 //	edgebridge_window_in_flight
 //	edgebridge_window_capacity                 backend.window per open backend stream (at least one)
 //	edgebridge_delivery_latency_seconds        delivery to final ACK, retries included
+//	edgebridge_end_to_end_latency_seconds      MQTT receipt of a request to its reply's PUBACK (backend path)
+//	edgebridge_kafka_produce_latency_seconds   one produce of a batch of requests, send to acks=all
+//	edgebridge_kafka_consumer_lag{partition}   records of the requests topic the backends' group has not committed
+//	edgebridge_mqtt_connected                  1 while connected to the MQTT broker and subscribed
 //	edgebridge_dapr_events_total{event}        Dapr component: delivered, redelivered, acked, failed,
 //	                                           dead_lettered, published, replied, commanded
 //	edgebridge_dapr_subscriptions              Dapr subscription streams open
@@ -37,6 +43,9 @@ type Metrics struct {
 	Replies       prometheus.Counter
 	InvalidTopics prometheus.Counter
 	Latency       prometheus.Histogram
+	EndToEnd      prometheus.Histogram
+	Produce       prometheus.Histogram
+	Lag           *prometheus.GaugeVec
 	GRPC          *grpcmetrics.Client
 	DaprEvents    *prometheus.CounterVec
 	DaprSubs      prometheus.Gauge
@@ -67,6 +76,15 @@ func NewMetrics() *Metrics {
 		Latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "edgebridge_delivery_latency_seconds", Help: "Time from handing a record to the backends to its final ACK, retries and resends included.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		EndToEnd: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "edgebridge_end_to_end_latency_seconds", Help: "Time from the MQTT receipt of a request to the PUBACK of its reply, for requests answered through a backend.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		Produce: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "edgebridge_kafka_produce_latency_seconds", Help: "Time of one produce of a batch of device requests, send to acknowledgement by all in-sync replicas.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
+		Lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "edgebridge_kafka_consumer_lag", Help: "Records of the requests topic the backends' consumer group has not committed, by partition (refreshed every 5s)."},
+			[]string{"partition"}),
 		GRPC: grpcmetrics.NewClient(r),
 		DaprEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgebridge_dapr_events_total", Help: "What the Dapr component did, by event."}, []string{"event"}),
@@ -81,7 +99,7 @@ func NewMetrics() *Metrics {
 			m.BrokerProblem.WithLabelValues(broker, reason)
 		}
 	}
-	r.MustRegister(m.DLQ, m.Latency, m.DaprEvents, m.DaprSubs, m.BrokerProblem)
+	r.MustRegister(m.DLQ, m.Latency, m.EndToEnd, m.Produce, m.Lag, m.DaprEvents, m.DaprSubs, m.BrokerProblem)
 	return m
 }
 
@@ -95,6 +113,27 @@ func (m *Metrics) brokerProblem(broker, reason string) {
 			v = 1
 		}
 		m.BrokerProblem.WithLabelValues(broker, r).Set(v)
+	}
+}
+
+// observeMQTT registers edgebridge_mqtt_connected.
+func (m *Metrics) observeMQTT(connected func() bool) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "edgebridge_mqtt_connected", Help: "1 while the bridge is connected to the MQTT broker and subscribed.",
+	}, func() float64 {
+		if connected() {
+			return 1
+		}
+		return 0
+	}))
+}
+
+// setLag replaces the consumer lag series with lag (partitions no longer
+// assigned disappear).
+func (m *Metrics) setLag(lag map[int32]int64) {
+	m.Lag.Reset()
+	for p, n := range lag {
+		m.Lag.WithLabelValues(strconv.Itoa(int(p))).Set(float64(n))
 	}
 }
 

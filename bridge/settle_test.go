@@ -77,7 +77,8 @@ func TestWindowFollowsOpenStreams(t *testing.T) {
 }
 
 // metric returns the value of the series of name whose labels include the
-// pairs given (label, value, ...); 0 if there is none.
+// pairs given (label, value, ...), a histogram's sample count; 0 if there
+// is none.
 func metric(t *testing.T, b *bridge.Bridge, name string, labels ...string) float64 {
 	t.Helper()
 	families, err := b.Metrics().Registry.Gather()
@@ -104,6 +105,8 @@ func metric(t *testing.T, b *bridge.Bridge, name string, labels ...string) float
 				return m.GetCounter().GetValue()
 			case m.Gauge != nil:
 				return m.GetGauge().GetValue()
+			case m.Histogram != nil:
+				return float64(m.GetHistogram().GetSampleCount())
 			}
 		}
 	}

@@ -246,7 +246,7 @@ func (s subscriptionSink) WriteDeadLetter(ctx context.Context, dl *kafkapipe.Dea
 	return s.sub.srv.deps.Kafka.Write(ctx, dl.Record())
 }
 
-func (s subscriptionSink) Reply(context.Context, string, []byte) error {
+func (s subscriptionSink) Reply(context.Context, *settle.Record, []byte) error {
 	return errors.New("daprcomp: Dapr apps publish their own replies") // never called: no reply topic
 }
 

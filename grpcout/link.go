@@ -72,6 +72,9 @@ type stream struct {
 	s        v1.Delivery_StreamClient
 	lastRecv atomic.Int64 // unix nanos of the last frame from the backend
 	interval atomic.Int64 // current ping interval, set by the receiver
+	rtt      atomic.Int64 // the last ping's round trip, set by the receiver
+	load     atomic.Int64 // the backend's last reported load, 0-100
+	up       time.Time    // when the Welcome arrived
 
 	// Guarded by p.mu.
 	credits     int
@@ -250,6 +253,7 @@ func (l *link) runStream(ctx context.Context, client v1.DeliveryClient, conn *gr
 	pace := newPacer(cfg.Heartbeat, start)
 	st.interval.Store(int64(pace.interval))
 	up := time.Now()
+	st.up = up
 	st.lastRecv.Store(up.UnixNano())
 
 	l.p.mu.Lock()
@@ -453,6 +457,8 @@ func (l *link) receive(st *stream, pace *pacer) error {
 			rtt := now.Sub(time.Unix(0, fr.Pong.GetPingSentUnixNano()))
 			interval := pace.observe(rtt, fr.Pong.GetLoadPercent())
 			st.interval.Store(int64(interval))
+			st.rtt.Store(int64(rtt))
+			st.load.Store(int64(fr.Pong.GetLoadPercent()))
 			l.p.o.hook(Event{Kind: Pong, Target: l.target, Addr: l.addr, RTT: rtt, Load: fr.Pong.GetLoadPercent(), Interval: interval})
 		case *v1.ServerFrame_Drain:
 			l.p.o.log.Info("grpcout: backend draining", "target", l.target, "addr", l.addr, "reason", fr.Drain.GetReason())

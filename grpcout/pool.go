@@ -505,6 +505,15 @@ type LinkStatus struct {
 	// Reason and Err of the last failure while the link is not up.
 	Reason Reason
 	Err    error
+	// While up: since when, the backend's credit grant, deliveries sent and
+	// not ACKed, the last heartbeat round trip and the backend's load.
+	Since    time.Time
+	Credits  int
+	InFlight int
+	RTT      time.Duration
+	Load     int
+	// Queued deliveries waiting for this link, and partitions it owns.
+	Queued, Partitions int
 }
 
 // Status describes every backend address, sorted by address.
@@ -513,8 +522,11 @@ func (p *Pool) Status() []LinkStatus {
 	defer p.mu.Unlock()
 	out := make([]LinkStatus, 0, len(p.links))
 	for _, l := range p.links {
-		s := LinkStatus{Target: l.target, Addr: l.addr, Up: l.upLocked()}
-		if !s.Up {
+		s := LinkStatus{Target: l.target, Addr: l.addr, Up: l.upLocked(), Queued: len(l.queue), Partitions: l.parts}
+		if st := l.st; st != nil {
+			s.Since, s.Credits, s.InFlight = st.up, st.credits, len(st.sent)
+			s.RTT, s.Load = time.Duration(st.rtt.Load()), int(st.load.Load())
+		} else {
 			s.Reason, s.Err = l.lastReason, l.lastErr
 		}
 		out = append(out, s)

@@ -310,3 +310,46 @@ func (c *Consumer) fetch(ctx context.Context, part int32, offset int64) {
 		}
 	}
 }
+
+// Lag returns, for each partition of the current generation, how many
+// records the group has not committed yet: the partition's end offset
+// minus the committed offset. It asks the brokers for the end offsets
+// (one ListOffsets request); it is safe for concurrent use with Run.
+func (c *Consumer) Lag(ctx context.Context) (map[int32]int64, error) {
+	c.mu.Lock()
+	committed := make(map[int32]int64, len(c.committed))
+	for p, off := range c.committed {
+		committed[p] = off
+	}
+	c.mu.Unlock()
+	if len(committed) == 0 {
+		return nil, nil
+	}
+	reqs := make([]kafka.OffsetRequest, 0, 2*len(committed))
+	for p := range committed {
+		reqs = append(reqs, kafka.FirstOffsetOf(int(p)), kafka.LastOffsetOf(int(p)))
+	}
+	client, closeIdle := adminClient(c.cfg.Brokers, c.cfg.Security, 5*time.Second)
+	defer closeIdle()
+	res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{c.cfg.Topic: reqs}})
+	if err != nil {
+		return nil, fmt.Errorf("kafkapipe: list offsets: %w", err)
+	}
+	lag := make(map[int32]int64, len(committed))
+	for _, po := range res.Topics[c.cfg.Topic] {
+		if po.Error != nil {
+			return nil, fmt.Errorf("kafkapipe: list offsets of partition %d: %w", po.Partition, po.Error)
+		}
+		off, ok := committed[int32(po.Partition)]
+		switch {
+		case !ok:
+			continue
+		case off == kafka.FirstOffset: // nothing committed yet: from the start
+			off = po.FirstOffset
+		case off == kafka.LastOffset: // nothing committed yet: from the end
+			off = po.LastOffset
+		}
+		lag[int32(po.Partition)] = max(po.LastOffset-off, 0)
+	}
+	return lag, nil
+}

@@ -24,6 +24,13 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
+# promtool and prometheus for the alert rules and dashboard tests; without
+# its recommends (exporters that would start as services).
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  step "apt-get install prometheus"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null || { apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+fi
 
 step "go mod download"
 go mod download

@@ -174,7 +174,8 @@ func (s *sink) WriteDeadLetter(_ context.Context, dl *kafkapipe.DeadLetter) erro
 	return nil
 }
 
-func (s *sink) Reply(_ context.Context, topic string, payload []byte) error {
+func (s *sink) Reply(_ context.Context, r *Record, payload []byte) error {
+	topic := r.ReplyTopic
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.failReply > 0 {
@@ -315,7 +316,7 @@ type gatedSink struct {
 	want   int
 }
 
-func (g *gatedSink) Reply(ctx context.Context, topic string, payload []byte) error {
+func (g *gatedSink) Reply(ctx context.Context, r *Record, payload []byte) error {
 	g.mu.Lock()
 	g.inside++
 	if g.inside == g.want {
@@ -323,7 +324,7 @@ func (g *gatedSink) Reply(ctx context.Context, topic string, payload []byte) err
 	}
 	g.mu.Unlock()
 	<-g.all
-	return g.sink.Reply(ctx, topic, payload)
+	return g.sink.Reply(ctx, r, payload)
 }
 
 // Replies are published by Finishers goroutines at once (a reply waits for

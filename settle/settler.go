@@ -46,8 +46,8 @@ type Sink interface {
 	// WriteDeadLetter writes dl to the DLQ. It may shrink dl before
 	// failing (a payload Kafka refuses whole).
 	WriteDeadLetter(ctx context.Context, dl *kafkapipe.DeadLetter) error
-	// Reply publishes the device's reply.
-	Reply(ctx context.Context, topic string, payload []byte) error
+	// Reply publishes the device's reply to r.ReplyTopic.
+	Reply(ctx context.Context, r *Record, payload []byte) error
 	// Settled ACKs r in the consumer's window: d is its terminal outcome
 	// (Commit or DeadLetter), its dead letter and reply already done. It
 	// must not block: it may run on the goroutine that called Settle.
@@ -232,7 +232,7 @@ func (s *Settler) finisher(ctx context.Context) {
 			}
 		}
 		if len(j.d.Reply) > 0 && !s.retry(ctx, "reply", j.r, func() error {
-			return s.sink.Reply(ctx, j.r.ReplyTopic, j.d.Reply)
+			return s.sink.Reply(ctx, j.r, j.d.Reply)
 		}) {
 			return
 		}

@@ -8,6 +8,7 @@
 //	edgebridge validate -config FILE  check a config file, listing every problem
 //	edgebridge probe [-url URL]       exit 0 when the bridge's admin endpoint says ready (-tcp: a port accepts)
 //	edgebridge backend-check -target ADDR  check a backend against the Delivery contract
+//	edgebridge status [-admin URL]    a live view of one bridge (/status)
 //	edgebridge version
 package main
 
@@ -39,6 +40,8 @@ func main() {
 		err = probeCmd(args)
 	case "backend-check":
 		err = backendCheckCmd(args)
+	case "status":
+		err = statusCmd(args)
 	case "version", "--version", "-version":
 		printVersion()
 	case "help", "-h", "--help":
@@ -70,6 +73,9 @@ func usage() {
   edgebridge probe [-url URL | -tcp ADDR]
                                      exit 0 when the admin endpoint says ready, or ADDR accepts
                                      connections (health checks in an image without a shell)
+  edgebridge status [-admin URL] [-once] [-json]
+                                     a live view of one bridge: brokers, backend streams, window, lag,
+                                     rates, DLQ, recent errors (one snapshot when not on a terminal)
   edgebridge backend-check -target ADDR [-keepalive] [-tls-ca FILE] [-token-file FILE]
                                      check a backend against the Delivery contract (docs/BACKEND.md)
   edgebridge version                 version, commit, build time and Go version (also --version)

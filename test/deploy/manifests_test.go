@@ -136,6 +136,9 @@ func TestManifests(t *testing.T) {
 				return err
 			}
 			rel, _ := filepath.Rel(repo, path)
+			if strings.HasPrefix(rel, "deploy/prometheus/") && d.Name() != "kustomization.yaml" {
+				return nil // Prometheus rules: promtool checks them (test/integration TestAlertRules)
+			}
 			if d.Name() == "kustomization.yaml" {
 				kustomizations = append(kustomizations, filepath.Dir(path))
 				return nil
@@ -164,7 +167,7 @@ func TestManifests(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	want := []string{"deploy/k3s/dapr", "deploy/k3s/site-mosquitto", "deploy/k3s/standalone"}
+	want := []string{"deploy/grafana", "deploy/k3s/dapr", "deploy/k3s/site-mosquitto", "deploy/k3s/standalone", "deploy/prometheus"}
 	var got []string
 	for _, k := range kustomizations {
 		rel, _ := filepath.Rel(repo, k)
@@ -177,11 +180,47 @@ func TestManifests(t *testing.T) {
 		rel, _ := filepath.Rel(repo, dir)
 		t.Run(rel, func(t *testing.T) {
 			objs := decodeAll(t, rel+" (rendered)", kustomizeBuild(t, dir))
+			found := checkMonitoring(t, objs)
+			if !strings.HasPrefix(rel, "deploy/k3s/") {
+				return // a monitoring base: its ConfigMap only
+			}
+			if found != 2 {
+				t.Errorf("got %d of the alert rules and dashboard ConfigMaps, want both", found)
+			}
 			checkRendered(t, objs)
 			// The Dapr pod's sidecar needs ports of its own: no policy there.
 			checkAround(t, objs, filepath.Base(dir) != "dapr")
 		})
 	}
+}
+
+// checkMonitoring checks the alert rules and dashboard ConfigMaps where
+// they are rendered: labelled for the Prometheus and Grafana sidecars, with
+// the files as shipped. It returns how many of the two it found.
+func checkMonitoring(t *testing.T, objs []runtime.Object) (found int) {
+	want := map[string]struct{ file, label string }{
+		"edgebridge-alert-rules":       {"deploy/prometheus/edgebridge-rules.yml", "prometheus_rule"},
+		"edgebridge-grafana-dashboard": {"deploy/grafana/edgebridge-dashboard.json", "grafana_dashboard"},
+	}
+	for _, o := range objs {
+		cm, ok := o.(*corev1.ConfigMap)
+		if !ok {
+			continue
+		}
+		w, ok := want[cm.Name]
+		if !ok {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join(repo, w.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cm.Labels[w.label] != "1" || cm.Data[filepath.Base(w.file)] != string(raw) {
+			t.Errorf("ConfigMap %s: want label %s=1 and %s as shipped", cm.Name, w.label, w.file)
+		}
+		found++
+	}
+	return found
 }
 
 // checkRendered checks what one kustomization renders: every Deployment

@@ -31,6 +31,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -39,6 +42,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/tracing"
 )
 
 // Result is a handler's verdict on one envelope.
@@ -118,6 +122,7 @@ type Server struct {
 	log    *slog.Logger
 	serial sync.Locker // one message at a time: dedup across streams is exact
 	health *health.Server
+	tracer trace.Tracer
 
 	mu      sync.Mutex
 	streams map[*serverStream]struct{}
@@ -130,6 +135,13 @@ type Option func(*Server)
 
 // WithLogger sets the logger. Default: slog.Default().
 func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
+// WithTracerProvider records a "backend process" span for each delivery,
+// continuing the request's trace from Envelope.trace_context (the bridge's
+// delivery attempt). Default: none.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(s *Server) { s.tracer = tp.Tracer(tracing.Tracer) }
+}
 
 // WithDedupLock shares the lock that makes lookup, handling and saving one
 // step between Servers in one process that share a Store. Servers in
@@ -148,7 +160,7 @@ func NewServer(cfg Config, h Handler, store Store, opts ...Option) *Server {
 		store = NewMemoryStore(1024)
 	}
 	s := &Server{cfg: cfg, handle: h, store: store, log: slog.Default(), serial: new(sync.Mutex),
-		streams: make(map[*serverStream]struct{}), health: health.NewServer()}
+		streams: make(map[*serverStream]struct{}), health: health.NewServer(), tracer: noop.NewTracerProvider().Tracer(tracing.Tracer)}
 	s.credits.Store(-1)
 	if cfg.Credits > 0 {
 		s.credits.Store(int64(cfg.Credits))
@@ -339,10 +351,24 @@ func (s *Server) processLoop(ctx context.Context, work <-chan queuedDelivery, st
 		if ctx.Err() != nil {
 			continue // stream gone: the bridge resends these
 		}
-		ack := s.process(ctx, d)
+		ack := s.traced(ctx, d)
 		st.inflight.Add(-1)
 		st.push(&v1.ServerFrame{Frame: &v1.ServerFrame_Ack{Ack: ack}})
 	}
+}
+
+// traced is process inside a "backend process" span under the trace the
+// envelope carries.
+func (s *Server) traced(ctx context.Context, d *v1.Deliver) *v1.Ack {
+	ctx, span := s.tracer.Start(tracing.Extract(ctx, d.GetEnvelope().GetTraceContext()), "backend process",
+		trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attribute.String("edgebridge.message_id", d.GetEnvelope().GetMessageId()), attribute.Int64("edgebridge.seq", int64(d.GetSeq()))))
+	ack := s.process(ctx, d)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("edgebridge.outcome", ack.GetOutcome().String()), attribute.Bool("edgebridge.duplicate", ack.GetDuplicate()))
+	}
+	span.End()
+	return ack
 }
 
 // conflictReason is the detail of a REJECT for a reused message id.

@@ -20,14 +20,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/edgebridge/edgebridge/ackwindow"
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/daprcomp"
 	"github.com/edgebridge/edgebridge/grpcout"
-	"github.com/segmentio/kafka-go"
-
 	"github.com/edgebridge/edgebridge/kafkapipe"
 	"github.com/edgebridge/edgebridge/mqttin"
 	"github.com/edgebridge/edgebridge/settle"
@@ -56,6 +56,7 @@ type Bridge struct {
 	kafkaOK  atomic.Bool
 	kafkaWhy atomic.Pointer[string] // why kafkaOK is false, for /readyz
 	kafkaSec kafkapipe.Security
+	traces   traces                          // WithTracerProvider
 	lag      atomic.Pointer[map[int32]int64] // the last consumer lag read
 	recent   *recentLog                      // the last warnings and errors, for /status
 	poolOpts []grpcout.Option
@@ -75,6 +76,12 @@ func WithMQTTCredentials(user string, password func() (string, error)) Option {
 	return func(b *Bridge) { b.mqttUser, b.mqttPassword = user, password }
 }
 
+// WithTracerProvider records the spans of every request's hops (see
+// package tracing). Default: none.
+func WithTracerProvider(tp trace.TracerProvider) Option {
+	return func(b *Bridge) { b.traces = newTraces(tp) }
+}
+
 // WithBuildInfo publishes the binary's build as edgebridge_build_info.
 func WithBuildInfo(bi BuildInfo) Option { return func(b *Bridge) { b.build = &bi } }
 
@@ -92,7 +99,7 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	b := &Bridge{cfg: cfg, log: slog.Default(), metrics: NewMetrics(), recent: newRecentLog()}
+	b := &Bridge{cfg: cfg, log: slog.Default(), metrics: NewMetrics(), recent: newRecentLog(), traces: newTraces(nil)}
 	for _, o := range opts {
 		o(b)
 	}

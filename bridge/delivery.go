@@ -5,6 +5,8 @@ import (
 	"errors"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
@@ -33,6 +35,7 @@ func (b *Bridge) handleRecord(ctx context.Context, m kafkapipe.Message) error {
 	}
 	r.Envelope, r.DeviceID, r.Source = env, env.GetDeviceId(), env.GetSourceTopic()
 	r.ReplyTopic = mqttin.ReplyTopic(b.cfg.MQTT.ReplyTopic, env.GetDeviceId())
+	b.traces.consuming(r)
 	b.deliver(r)
 	return nil
 }
@@ -42,8 +45,10 @@ func (b *Bridge) handleRecord(ctx context.Context, m kafkapipe.Message) error {
 func (b *Bridge) deliver(r *settle.Record) {
 	r.Attempt++
 	r.Envelope.Attempt = uint32(r.Attempt)
+	span := b.traces.delivering(r)
 	b.pool.Deliver(r.Partition, r.Envelope, func(ack *v1.Ack) error {
 		d := b.settler.Settle(r, settle.FromAck(ack))
+		acked(span, ack, d)
 		if d.Action != settle.Redeliver {
 			b.metrics.Latency.Observe(time.Since(r.First).Seconds())
 		}
@@ -64,18 +69,22 @@ func (s sink) Redeliver(_ context.Context, r *settle.Record) error {
 
 // WriteDeadLetter writes dl; if Kafka refuses it for good, only the
 // payload's first bytes are written on the next attempt.
-func (s sink) WriteDeadLetter(ctx context.Context, dl *kafkapipe.DeadLetter) error {
+func (s sink) WriteDeadLetter(ctx context.Context, r *settle.Record, dl *kafkapipe.DeadLetter) error {
+	span := s.b.traces.child(r, "dead letter", trace.SpanKindProducer, attribute.String("edgebridge.dlq_reason", dl.Reason))
 	err := s.b.producer.Write(ctx, dl.Record())
 	if err != nil && !kafkapipe.IsRetryable(err) {
 		*dl = *cutToStub(dl, err)
 	}
+	ended(span, err)
 	return err
 }
 
 // Reply publishes r's reply; once the broker acknowledged it, the
 // request's end-to-end latency (MQTT receipt to reply PUBACK) is known.
 func (s sink) Reply(ctx context.Context, r *settle.Record, payload []byte) error {
+	span := s.b.traces.child(r, "mqtt reply", trace.SpanKindProducer, attribute.String("messaging.destination.name", r.ReplyTopic))
 	err := s.b.publishReply(ctx, r.ReplyTopic, payload)
+	ended(span, err)
 	if err == nil && r.Envelope.GetReceivedAtUnixNano() > 0 {
 		s.b.metrics.EndToEnd.Observe(time.Since(time.Unix(0, r.Envelope.GetReceivedAtUnixNano())).Seconds())
 	}
@@ -94,6 +103,7 @@ func (b *Bridge) publishReply(ctx context.Context, topic string, payload []byte)
 }
 
 func (s sink) Settled(r *settle.Record, d settle.Decision) {
+	settledSpan(r, d)
 	if d.Action == settle.DeadLetter {
 		s.b.metrics.DLQ.WithLabelValues(d.Reason).Inc()
 	}

@@ -64,7 +64,11 @@ type ingestRules struct {
 // dead letter to the DLQ topic. A rejected request is answered REJECTED
 // unless its device id cannot form a valid reply topic; a retained or
 // empty message is not answered.
-func (r ingestRules) admit(m mqttin.Message) admission {
+//
+// traced, if not nil, is given the device's trace context (of a valid
+// request, or read from an invalid one's JSON) and returns the context the
+// request carries on: the bridge's receive span.
+func (r ingestRules) admit(m mqttin.Message, traced func(device map[string]string) map[string]string) admission {
 	replyTopic := mqttin.ReplyTopic(r.replyTopic, m.DeviceID)
 	topicErr := mqttin.ValidTopic(replyTopic)
 	dead := func(reason, detail string) admission {
@@ -72,6 +76,9 @@ func (r ingestRules) admit(m mqttin.Message) admission {
 			Payload: m.Payload, Reason: reason, Detail: detail}
 		if len(m.Payload) > r.maxPayload {
 			dl.Keep = deadLetterStub
+		}
+		if traced != nil {
+			traced(transcoder.TraceOf(m.Payload))
 		}
 		return admission{rec: dl.Record(), dead: dl}
 	}
@@ -92,6 +99,9 @@ func (r ingestRules) admit(m mqttin.Message) admission {
 	}
 	var value []byte
 	if err == nil {
+		if traced != nil {
+			env.TraceContext = traced(env.TraceContext)
+		}
 		if value, err = proto.Marshal(env); err != nil {
 			err = &transcoder.Error{Reason: reasonEncodeFailed, Detail: err.Error(), RequestID: env.GetRequestId()}
 		}
@@ -122,6 +132,9 @@ func (r ingestRules) admit(m mqttin.Message) admission {
 			{Key: kafkapipe.HeaderContentType, Value: envelopeContentType},
 		},
 	}, replyTopic: replyTopic, requestID: env.RequestId}
+	if tp := env.TraceContext["traceparent"]; tp != "" {
+		a.rec.Headers = append(a.rec.Headers, kafka.Header{Key: kafkapipe.HeaderTraceParent, Value: []byte(tp)})
+	}
 	if size := a.rec.Size(); size > r.maxRecord {
 		// A long source topic can do it: refuse it here rather than send
 		// what Kafka would refuse.
@@ -230,9 +243,11 @@ func collect[T any](ctx context.Context, msgs <-chan T, batch []T, limit int, li
 func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 	adms := make([]admission, len(batch))
 	pending := make([]int, len(batch)) // indexes of records not yet written
+	spans := b.traces.receiving(len(batch))
+	defer spans.end()
 	for i, m := range batch {
 		b.metrics.Received.Inc()
-		adms[i] = b.rules.admit(m)
+		adms[i] = b.rules.admit(m, spans.admit(i, m))
 		pending[i] = i
 		if d := adms[i].dead; d != nil {
 			b.log.Info("bridge: rejected device message", "device_id", transcoder.Clip(m.DeviceID, 64),
@@ -248,8 +263,10 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 			recs = append(recs, adms[i].rec)
 		}
 		start := time.Now()
+		produce := spans.producing(pending, adms)
 		errs := b.producer.Produce(context.WithoutCancel(ctx), recs)
 		b.metrics.Produce.Observe(time.Since(start).Seconds())
+		produce.end(errs)
 		var first error
 		unreachable := false
 		left := pending[:0]
@@ -293,12 +310,17 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 	b.noteKafka(nil)
 	// The device hears REJECTED before its message is PUBACKed, so a crash
 	// in between redelivers the message and the reply is sent again.
-	for _, a := range adms {
+	for i, a := range adms {
 		if a.dead != nil {
 			b.metrics.DLQ.WithLabelValues(a.dead.Reason).Inc()
 		}
-		if len(a.reply) > 0 && !b.reply(ctx, a.replyTopic, a.reply) {
-			return false
+		if len(a.reply) > 0 {
+			span := spans.replying(i, a.replyTopic)
+			ok := b.reply(ctx, a.replyTopic, a.reply)
+			span.End()
+			if !ok {
+				return false
+			}
 		}
 		if a.clear != "" && !b.publish(ctx, "clear retained", a.clear, func() error { return b.mqtt.ClearRetained(ctx, a.clear) }) {
 			return false

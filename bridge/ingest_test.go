@@ -110,7 +110,7 @@ func TestAdmit(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			a := r.admit(tc.msg)
+			a := r.admit(tc.msg, nil)
 			checkAdmission(t, r, tc.msg, a)
 			if tc.reason == "" {
 				if a.dead != nil || a.rec.Topic != "requests" || a.reply != nil || a.replyTopic != "payment/response/d1" {
@@ -148,7 +148,7 @@ func TestAdmit(t *testing.T) {
 func TestRefused(t *testing.T) {
 	r := testRules()
 	msg := message("payment/request/d1", []byte(`{"request_id":"r-9","amount_minor":100,"currency":"EUR","memo":"`+strings.Repeat("m", 10000)+`"}`), false)
-	a := r.admit(msg)
+	a := r.admit(msg, nil)
 	a.refused(r, msg, fmt.Errorf("wrapped: %w", kafka.MessageSizeTooLarge))
 	if a.dead == nil || a.dead.Reason != "kafka_record_too_large" || len(a.rec.Value) != deadLetterStub || a.rec.Topic != "dlq" {
 		t.Fatalf("got %+v with %d bytes, want a %d-byte stub with reason kafka_record_too_large", a.dead, len(a.rec.Value), deadLetterStub)
@@ -159,7 +159,7 @@ func TestRefused(t *testing.T) {
 	}
 
 	bad := message("payment/request/d1", []byte(`{"request_id":"r-10","amount_minor":-1,"currency":"EUR","memo":"`+strings.Repeat("m", 10000)+`"}`), false)
-	d := r.admit(bad)
+	d := r.admit(bad, nil)
 	if len(d.rec.Value) != len(bad.Payload) {
 		t.Fatalf("dead letter within max_payload carries %d bytes, want all %d", len(d.rec.Value), len(bad.Payload))
 	}
@@ -212,7 +212,7 @@ func FuzzAdmit(f *testing.F) {
 	r := testRules()
 	f.Fuzz(func(t *testing.T, topic string, payload []byte, retained bool) {
 		m := message(topic, payload, retained)
-		a := r.admit(m)
+		a := r.admit(m, nil)
 		checkAdmission(t, r, m, a)
 		a.refused(r, m, kafka.MessageSizeTooLarge)
 		checkAdmission(t, r, m, a)

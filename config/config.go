@@ -31,6 +31,7 @@ type Config struct {
 	Backend  Backend  `yaml:"backend"`
 	Dapr     Dapr     `yaml:"dapr"`
 	Admin    Admin    `yaml:"admin"`
+	Tracing  Tracing  `yaml:"tracing"`
 	Shutdown Shutdown `yaml:"shutdown"`
 	Log      Log      `yaml:"log"`
 }
@@ -307,6 +308,18 @@ type Admin struct {
 	Pprof bool `yaml:"pprof"`
 }
 
+// Tracing settings: OpenTelemetry spans of every hop of a request, sent
+// over OTLP/gRPC. Off unless an endpoint is set.
+type Tracing struct {
+	// Endpoint of the OTLP/gRPC collector, host:port. Default: "" (off).
+	Endpoint string `yaml:"endpoint"`
+	// SampleRatio of new traces recorded, above 0 up to 1; a device's
+	// sampled traceparent is always followed. Default: 1.
+	SampleRatio float64 `yaml:"sample_ratio"`
+	// TLS to the collector (the same keys as backend.tls). Default: plaintext.
+	TLS TLS `yaml:"tls"`
+}
+
 // Shutdown settings.
 type Shutdown struct {
 	// DrainTimeout bounds waiting for the window on the first signal. Default: 30s.
@@ -384,6 +397,9 @@ func (c *Config) ApplyDefaults() {
 	def(&c.Dapr.SocketFolder, os.Getenv(DaprSocketFolderEnv))
 	def(&c.Dapr.SocketFolder, DefaultDaprSocketFolder)
 	def(&c.Dapr.SocketName, "edgebridge")
+	if c.Tracing.SampleRatio == 0 {
+		c.Tracing.SampleRatio = 1
+	}
 	def(&c.Dapr.ReplyTopic, "payment.replies")
 	defI(&c.Dapr.Window, 128)
 	defI(&c.Dapr.MaxAttempts, 5)
@@ -591,6 +607,13 @@ func (c *Config) problems() Problems {
 		c.validateDapr(bad)
 	}
 	addr("admin.listen", c.Admin.Listen)
+	if c.Tracing.Endpoint != "" {
+		addr("tracing.endpoint", c.Tracing.Endpoint)
+	}
+	if r := c.Tracing.SampleRatio; r < 0 || r > 1 {
+		bad("tracing.sample_ratio", "%v must be above 0 and at most 1", r)
+	}
+	checkTLS(bad, "tracing.tls", c.Tracing.TLS)
 	if c.Shutdown.DrainTimeout < 0 {
 		bad("shutdown.drain_timeout", "must not be negative")
 	}

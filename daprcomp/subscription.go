@@ -242,7 +242,7 @@ func (s subscriptionSink) Redeliver(ctx context.Context, r *settle.Record) error
 	return put(ctx, s.sub.out, r)
 }
 
-func (s subscriptionSink) WriteDeadLetter(ctx context.Context, dl *kafkapipe.DeadLetter) error {
+func (s subscriptionSink) WriteDeadLetter(ctx context.Context, _ *settle.Record, dl *kafkapipe.DeadLetter) error {
 	return s.sub.srv.deps.Kafka.Write(ctx, dl.Record())
 }
 

@@ -16,6 +16,8 @@ const (
 	HeaderDeviceID    = "edgebridge-device-id"
 	HeaderContentType = "content-type"
 	HeaderSourceTopic = "edgebridge-source-topic"
+	// HeaderTraceParent is the W3C traceparent of the request's trace (when traced).
+	HeaderTraceParent = "traceparent"
 	// Dead letters only (see DeadLetter).
 	HeaderReason = "edgebridge-dlq-reason"
 	HeaderDetail = "edgebridge-dlq-detail"

@@ -38,6 +38,10 @@ go mod download
 step "daprd (built from github.com/dapr/dapr, cached)"
 EDGEBRIDGE_DAPRD=$(./scripts/daprd.sh)
 export EDGEBRIDGE_DAPRD
+
+step "OpenTelemetry Collector (built from its Go modules, cached)"
+EDGEBRIDGE_OTELCOL=$(./scripts/otelcol.sh)
+export EDGEBRIDGE_OTELCOL
 echo "$EDGEBRIDGE_DAPRD"
 
 step "kustomize (go install, cached)"

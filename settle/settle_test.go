@@ -161,7 +161,7 @@ func (s *sink) Redeliver(_ context.Context, r *Record) error {
 	return nil
 }
 
-func (s *sink) WriteDeadLetter(_ context.Context, dl *kafkapipe.DeadLetter) error {
+func (s *sink) WriteDeadLetter(_ context.Context, _ *Record, dl *kafkapipe.DeadLetter) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.failDLQ > 0 {

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
@@ -34,6 +35,9 @@ type Record struct {
 	ContentType string
 	// ReplyTopic is where the device's reply goes; "" sends none.
 	ReplyTopic string
+	// Span is the record's tracing span (the consumer's), nil untraced;
+	// the Sink ends it when the record is settled.
+	Span trace.Span
 }
 
 // Sink is what a Settler needs from the consumer it settles for. Each
@@ -43,9 +47,9 @@ type Sink interface {
 	// Redeliver sends r to the consumer again (r.Attempt is not yet
 	// incremented). An error means the consumer is stopping.
 	Redeliver(ctx context.Context, r *Record) error
-	// WriteDeadLetter writes dl to the DLQ. It may shrink dl before
-	// failing (a payload Kafka refuses whole).
-	WriteDeadLetter(ctx context.Context, dl *kafkapipe.DeadLetter) error
+	// WriteDeadLetter writes dl, r's dead letter, to the DLQ. It may shrink
+	// dl before failing (a payload Kafka refuses whole).
+	WriteDeadLetter(ctx context.Context, r *Record, dl *kafkapipe.DeadLetter) error
 	// Reply publishes the device's reply to r.ReplyTopic.
 	Reply(ctx context.Context, r *Record, payload []byte) error
 	// Settled ACKs r in the consumer's window: d is its terminal outcome
@@ -227,7 +231,7 @@ func (s *Settler) finisher(ctx context.Context) {
 		}
 		if j.d.Action == DeadLetter {
 			dl := s.deadLetter(j)
-			if !s.retry(ctx, "dead-letter", j.r, func() error { return s.sink.WriteDeadLetter(ctx, dl) }) {
+			if !s.retry(ctx, "dead-letter", j.r, func() error { return s.sink.WriteDeadLetter(ctx, j.r, dl) }) {
 				return
 			}
 		}

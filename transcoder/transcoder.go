@@ -206,6 +206,24 @@ func parse(b []byte) (*v1.PaymentRequest, map[string]string, error) {
 	return req, trace, nil
 }
 
+// TraceOf returns the W3C trace context a JSON payload carries
+// (traceparent, tracestate), even when the request itself is invalid, so a
+// rejected request's spans join the device's trace; nil if there is none.
+func TraceOf(payload []byte) map[string]string {
+	var jr struct {
+		TraceParent string `json:"traceparent"`
+		TraceState  string `json:"tracestate"`
+	}
+	if len(payload) == 0 || json.Unmarshal(payload, &jr) != nil || jr.TraceParent == "" || len(jr.TraceParent) > maxFieldLen {
+		return nil
+	}
+	trace := map[string]string{"traceparent": jr.TraceParent}
+	if jr.TraceState != "" && len(jr.TraceState) <= v1.MaxTraceLen {
+		trace["tracestate"] = jr.TraceState
+	}
+	return trace
+}
+
 // hint is id if it can be echoed to the device, else "".
 func hint(id string) string {
 	if len(id) > maxFieldLen || !utf8.ValidString(id) {

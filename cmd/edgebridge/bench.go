@@ -28,6 +28,7 @@ func benchCmd(args []string) error {
 	fs.IntVar(&cfg.Curve, "curve", 5, "open-loop steps for the latency-vs-load plot (-1: none)")
 	fs.Float64Var(&cfg.Rate, "rate", 0, "if set, also run the pipeline open loop at this many requests/s")
 	fs.BoolVar(&cfg.TLS, "tls", false, "also run the pipeline with TLS on MQTT (devices and bridge) and Kafka, interleaved in the same rounds")
+	fs.StringVar(&cfg.Tracing, "tracing", "", "an OTLP/gRPC collector host:port: also run the pipeline traced at sample ratios 1 and 0.01, interleaved in the same rounds")
 	jsonPath := fs.String("json", "", "write the report as JSON to this file")
 	plotPath := fs.String("plot", "", "write the latency-vs-load plot as SVG to this file")
 	fs.StringVar(&cfg.ProfileDir, "profile", "", "write the bridge's CPU (first pipeline round) and allocation profiles to this directory")

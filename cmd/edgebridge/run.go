@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"golang.org/x/sync/errgroup"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/internal/tlsfiles"
+	"github.com/edgebridge/edgebridge/tracing"
 )
 
 func loadConfig(path string) (config.Config, error) {
@@ -107,6 +109,24 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 		log.Info("edgebridge: embedded kafka", "addr", k.Addr(), "data_dir", cfg.Kafka.DataDir)
 	}
 	opts := []bridge.Option{bridge.WithLogger(log), bridge.WithBuildInfo(buildInfo())}
+	if cfg.Tracing.Endpoint != "" {
+		tlsConf, err := cfg.Tracing.TLS.Config()
+		if err != nil {
+			return fmt.Errorf("tracing.tls: %w", err)
+		}
+		tp, shutdown, err := tracing.Setup(tracing.Config{Endpoint: cfg.Tracing.Endpoint, SampleRatio: cfg.Tracing.SampleRatio,
+			TLS: tlsConf, Service: "edgebridge", Version: buildInfo().Version})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = shutdown(ctx) // flush the last spans
+		}()
+		opts = append(opts, bridge.WithTracerProvider(tp))
+		log.Info("edgebridge: tracing", "endpoint", cfg.Tracing.Endpoint, "sample_ratio", cfg.Tracing.SampleRatio)
+	}
 	if cfg.EmbeddedMQTT() {
 		mc, creds, err := embeddedMQTTConfig(cfg, log)
 		if err != nil {

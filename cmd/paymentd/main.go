@@ -27,6 +27,7 @@ import (
 	"github.com/edgebridge/edgebridge/grpcmetrics"
 	"github.com/edgebridge/edgebridge/grpcout"
 	"github.com/edgebridge/edgebridge/payment"
+	"github.com/edgebridge/edgebridge/tracing"
 )
 
 type flags struct {
@@ -36,6 +37,8 @@ type flags struct {
 	maxConnAge, delay          time.Duration
 	tlsCert, tlsKey, tokenFile string
 	tlsClientCA                string
+	traceEndpoint              string
+	traceRatio                 float64
 }
 
 func main() {
@@ -51,6 +54,8 @@ func main() {
 	flag.StringVar(&f.tlsKey, "tls-key", "", "private key of -tls-cert (PEM)")
 	flag.StringVar(&f.tlsClientCA, "tls-client-ca", "", "require bridges to present a client certificate these CAs (PEM) signed: mutual TLS")
 	flag.StringVar(&f.tokenFile, "token-file", "", "require this bearer token from bridges (needs TLS)")
+	flag.StringVar(&f.traceEndpoint, "tracing-endpoint", "", "send OpenTelemetry spans to this OTLP/gRPC collector, host:port (off if empty)")
+	flag.Float64Var(&f.traceRatio, "tracing-sample-ratio", 1, "ratio of new traces recorded (requests follow the bridge's decision)")
 	flag.Parse()
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	if err := run(f, log); err != nil {
@@ -119,7 +124,17 @@ func run(f flags, log *slog.Logger) error {
 			return fast(ctx, env)
 		}
 	}
-	srv := backend.NewServer(backend.Config{ID: "paymentd", Credits: uint32(f.credits)}, handler, ledger, backend.WithLogger(log))
+	tp, stopTracing, err := tracing.Setup(tracing.Config{Endpoint: f.traceEndpoint, SampleRatio: f.traceRatio, Service: "paymentd"})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = stopTracing(ctx) // flush the last spans
+	}()
+	srv := backend.NewServer(backend.Config{ID: "paymentd", Credits: uint32(f.credits)}, handler, ledger,
+		backend.WithLogger(log), backend.WithTracerProvider(tp))
 	gs := grpc.NewServer(opts...)
 	srv.Register(gs)
 	log.Info("paymentd listening", "addr", ln.Addr().String(), "ledger", f.ledger, "entries", ledger.Len())

@@ -65,6 +65,11 @@ type Config struct {
 	// second Mosquitto, Kafka broker and bridge with TLS on MQTT (devices
 	// and bridge) and Kafka. Needs -mqtt mosquitto and -kafka embedded.
 	TLS bool
+	// Tracing, an OTLP/gRPC collector's host:port, adds the "pipeline
+	// traced 1" and "pipeline traced 0.01" scenarios, interleaved with the
+	// others: more brokers and bridges, exporting their spans there at
+	// those sample ratios (the bench's paymentd records none).
+	Tracing string
 	// Partitions of the request topic. Default: 8.
 	Partitions int
 	// BridgeConfig is appended to the bridge's YAML config (top-level sections).
@@ -299,6 +304,26 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 
+	var traced []*runner // with cfg.Tracing: one per sample ratio
+	if cfg.Tracing != "" {
+		for _, ratio := range []string{"1", "0.01"} {
+			logf("starting the same with tracing at sample ratio %s to %s", ratio, cfg.Tracing)
+			tcfg := cfg
+			tcfg.Dir = filepath.Join(cfg.Dir, "traced-"+ratio)
+			tcfg.BridgeConfig += fmt.Sprintf("tracing:\n  endpoint: %s\n  sample_ratio: %s\n", cfg.Tracing, ratio)
+			et, err := startEnv(ctx, tcfg, false)
+			if err != nil {
+				return nil, err
+			}
+			defer et.close()
+			tr := &runner{cfg: cfg, e: et, suffix: "traced " + ratio}
+			if _, err := tr.devices(ctx, "warm-traced", cfg.Devices, cfg.Outstanding, time.Second, 0, false); err != nil {
+				return nil, err
+			}
+			traced = append(traced, tr)
+		}
+	}
+
 	// Warm up both paths: connections, topics, consumer group, broker sessions.
 	warm := time.Second
 	if _, err := r.devices(ctx, "warm-pipe", cfg.Devices, cfg.Outstanding, warm, 0, false); err != nil {
@@ -348,6 +373,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		if rt != nil {
 			steps = append(steps, func() (Scenario, error) {
 				return rt.devices(ctx, fmt.Sprintf("pipetls%d", round), cfg.Devices, cfg.Outstanding, per, 0, false)
+			})
+		}
+		for k, tr := range traced {
+			steps = append(steps, func() (Scenario, error) {
+				return tr.devices(ctx, fmt.Sprintf("pipetr%d-%d", k, round), cfg.Devices, cfg.Outstanding, per, 0, false)
 			})
 		}
 		for _, step := range steps {
@@ -431,6 +461,8 @@ func targets(r *Report) []Target {
 type runner struct {
 	cfg Config
 	e   *env
+	// suffix of its pipeline scenarios' names ("traced 1").
+	suffix string
 }
 
 // devices runs simulated devices for d against the pipeline, or with raw
@@ -444,6 +476,9 @@ func (r *runner) devices(ctx context.Context, prefix string, devices, outstandin
 	if r.e.tls != nil {
 		name += " tls"
 		connect = func(string) devicesim.Conn { return devicesim.Conn{TLS: r.e.tls.client} }
+	}
+	if r.suffix != "" {
+		name += " " + r.suffix
 	}
 	return r.measure(ctx, !raw, func() (Scenario, error) {
 		res, err := devicesim.Run(ctx, devicesim.Config{

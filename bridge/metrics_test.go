@@ -21,13 +21,7 @@ import (
 func TestOperatingMetrics(t *testing.T) {
 	leakCheck(t)
 	release := make(chan struct{})
-	p := newPipeline(t, func(ctx context.Context, env *v1.Envelope) backend.Result {
-		select {
-		case <-release:
-		case <-ctx.Done():
-		}
-		return approve(env)
-	})
+	p := newPipeline(t, approveWhen(release))
 	b := p.start(t)
 	if got := metric(t, b, "edgebridge_mqtt_connected"); got != 1 {
 		t.Fatalf("got edgebridge_mqtt_connected %v, want 1", got)
@@ -64,13 +58,7 @@ func TestOperatingMetrics(t *testing.T) {
 func TestStatus(t *testing.T) {
 	leakCheck(t)
 	release := make(chan struct{})
-	p := newPipeline(t, func(ctx context.Context, env *v1.Envelope) backend.Result {
-		select {
-		case <-release:
-		case <-ctx.Done():
-		}
-		return approve(env)
-	})
+	p := newPipeline(t, approveWhen(release))
 	b := p.start(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -144,4 +132,16 @@ func getStatus(t *testing.T, url string) bridge.Status {
 		t.Fatalf("GET %s: %v", url, err)
 	}
 	return s
+}
+
+// approveWhen is a backend that holds every request until release is
+// closed, then approves it.
+func approveWhen(release <-chan struct{}) backend.Handler {
+	return func(ctx context.Context, env *v1.Envelope) backend.Result {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return approve(env)
+	}
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds a minimal OpenTelemetry Collector (OTLP receiver, OTLP exporter)
-# from its core Go modules (through the Go module proxy, no containers) and
-# prints the binary's path: the trace pipeline of the tracing tests, which
-# receive what it forwards. (The contrib file exporter needs modules the
+# Builds a minimal OpenTelemetry Collector (OTLP receiver; OTLP and nop
+# exporters) from its core Go modules (through the Go module proxy, no
+# containers) and prints the binary's path: the trace pipeline of the
+# tracing tests, which receive what it forwards, and the sink of
+# `edgebridge bench -tracing`. (The contrib file exporter needs modules the
 # Go proxy here does not serve.) The
 # binary is cached: the first build takes a few minutes, later calls return
 # at once. Override the cache folder with EDGEBRIDGE_CACHE.
@@ -10,7 +11,8 @@ set -euo pipefail
 
 core=${OTELCOL_VERSION:-v0.165.0}
 cache=${EDGEBRIDGE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edgebridge}
-bin="$cache/otelcol-$core"
+# The script's own hash names the binary: changing the components rebuilds.
+bin="$cache/otelcol-$core-$(sha256sum "$0" | cut -c1-12)"
 
 if [ -x "$bin" ]; then
   echo "$bin"
@@ -21,7 +23,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cat > "$work/main.go" <<'GO'
 // Command otelcol is an OpenTelemetry Collector with the OTLP receiver and
-// the OTLP exporter only: what edgebridge's tracing tests need.
+// the OTLP and nop exporters only: what edgebridge's tracing tests and
+// bench need.
 package main
 
 import (
@@ -31,6 +34,7 @@ import (
 	"go.opentelemetry.io/collector/confmap"
 	"go.opentelemetry.io/collector/confmap/provider/fileprovider"
 	"go.opentelemetry.io/collector/exporter"
+	"go.opentelemetry.io/collector/exporter/nopexporter"
 	"go.opentelemetry.io/collector/exporter/otlpexporter"
 	"go.opentelemetry.io/collector/otelcol"
 	"go.opentelemetry.io/collector/receiver"
@@ -44,7 +48,7 @@ func components() (otelcol.Factories, error) {
 	if f.Receivers, err = otelcol.MakeFactoryMap[receiver.Factory](otlpreceiver.NewFactory()); err != nil {
 		return f, err
 	}
-	f.Exporters, err = otelcol.MakeFactoryMap[exporter.Factory](otlpexporter.NewFactory())
+	f.Exporters, err = otelcol.MakeFactoryMap[exporter.Factory](otlpexporter.NewFactory(), nopexporter.NewFactory())
 	return f, err
 }
 
@@ -65,7 +69,7 @@ cd "$work"
 go mod init edgebridge.local/otelcol >/dev/null 2>&1
 echo "otelcol.sh: building an OpenTelemetry Collector $core (first time only, a few minutes)" >&2
 GOFLAGS=-mod=mod go get "go.opentelemetry.io/collector/otelcol@$core" "go.opentelemetry.io/collector/receiver/otlpreceiver@$core" \
-  "go.opentelemetry.io/collector/exporter/otlpexporter@$core" >&2
+  "go.opentelemetry.io/collector/exporter/otlpexporter@$core" "go.opentelemetry.io/collector/exporter/nopexporter@$core" >&2
 GOFLAGS=-mod=mod go mod tidy >&2
 CGO_ENABLED=0 go build -trimpath -o "$bin.tmp" .
 mv "$bin.tmp" "$bin"

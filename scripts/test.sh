@@ -4,7 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step is stamped with the time since the start (the test command's
+# time is reported at the end).
+step() { printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 need_apt=()
 command -v mosquitto >/dev/null || need_apt+=(mosquitto mosquitto-clients)
@@ -96,3 +98,5 @@ go test -run '^$' -fuzz FuzzAdmit -fuzztime 15s -fuzzminimizetime 100x ./bridge
 
 step "demo (small)"
 go run ./cmd/edgebridge demo -devices 10 -requests 20 -timeout 2m
+
+printf '\n==> all checks passed in %dm%02ds\n' $((SECONDS / 60)) $((SECONDS % 60))

@@ -50,6 +50,9 @@ type KafkaConfig struct {
 	TLS *tls.Config
 	// SASL, if set, makes the broker accept only this account.
 	SASL *KafkaUser
+	// Logger receives the broker's warnings and errors (a write that
+	// failed, a file repaired on load). Default: slog.Default().
+	Logger *slog.Logger
 }
 
 // KafkaUser is a SASL account: mechanism PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
@@ -89,7 +92,15 @@ func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("embedded: %w", err)
 	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	if err := repairLogs(dir, log); err != nil {
+		return nil, err
+	}
 	opts := []kfake.Opt{
+		kfake.WithLogger(kafkaLogger{log}),
 		kfake.NumBrokers(1),
 		kfake.Ports(port),
 		kfake.ListenFn(func(network, _ string) (net.Listener, error) {
@@ -135,6 +146,18 @@ func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 		return nil, err
 	}
 	return &Kafka{c: c, addr: c.ListenAddrs()[0]}, nil
+}
+
+// kafkaLogger passes the broker's warnings and errors to a slog.Logger.
+type kafkaLogger struct{ log *slog.Logger }
+
+func (l kafkaLogger) Logf(level kfake.LogLevel, format string, args ...any) {
+	switch level {
+	case kfake.LogLevelError:
+		l.log.Error("embedded kafka: " + fmt.Sprintf(format, args...))
+	case kfake.LogLevelWarn:
+		l.log.Warn("embedded kafka: " + fmt.Sprintf(format, args...))
+	}
 }
 
 // Addr returns the broker's host:port as advertised to clients.

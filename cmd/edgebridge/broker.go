@@ -55,7 +55,7 @@ func brokerCmd(args []string) error {
 	var closeFn func()
 	switch kind {
 	case "kafka":
-		kc := embedded.KafkaConfig{Listen: *listen, DataDir: *data, Partitions: *partitions, Advertise: *advertise, NoFsync: !*fsync}
+		kc := embedded.KafkaConfig{Listen: *listen, DataDir: *data, Partitions: *partitions, Advertise: *advertise, NoFsync: !*fsync, Logger: log}
 		if *tlsCert != "" || *tlsKey != "" {
 			tc, err := tlsfiles.Files{CertFile: *tlsCert, KeyFile: *tlsKey}.Server()
 			if err != nil {

@@ -99,6 +99,7 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 		if err != nil {
 			return err
 		}
+		kc.Logger = log
 		k, err := embedded.ListenKafka(kc)
 		if err != nil {
 			return err

@@ -54,7 +54,11 @@ type Bridge struct {
 	settler *settle.Settler // the outcome of every delivered record
 
 	kafkaOK  atomic.Bool
-	kafkaWhy atomic.Pointer[string] // why kafkaOK is false, for /readyz
+	kafkaWhy atomic.Pointer[brokerProblem] // why kafkaOK is false, for /readyz and /status
+	// stalled says why the last write of device requests failed and intake
+	// waits; nil once a write succeeds (a broker that answers pings but
+	// refuses writes, a full disk, is not ready).
+	stalled  atomic.Pointer[string]
 	kafkaSec kafkapipe.Security
 	traces   traces                          // WithTracerProvider
 	lag      atomic.Pointer[map[int32]int64] // the last consumer lag read
@@ -182,6 +186,7 @@ func (b *Bridge) newBackends() error {
 		GroupID:        b.cfg.Kafka.GroupID,
 		Topic:          b.cfg.Kafka.Topic,
 		CommitInterval: b.cfg.Kafka.CommitInterval,
+		SessionTimeout: b.cfg.Kafka.SessionTimeout,
 		DrainTimeout:   b.cfg.Shutdown.DrainTimeout,
 	}, b.win, b.handleRecord,
 		kafkapipe.WithLogger(b.log),
@@ -241,6 +246,7 @@ func (b *Bridge) newDapr() (*daprcomp.Server, error) {
 		MaxMessageBytes:  cfg.Kafka.MaxMessageBytes,
 		RetryBackoff:     cfg.Dapr.RetryBackoff,
 		CommitInterval:   cfg.Kafka.CommitInterval,
+		SessionTimeout:   cfg.Kafka.SessionTimeout,
 		DrainTimeout:     cfg.Shutdown.DrainTimeout,
 	}, daprcomp.Deps{MQTT: b.mqtt, Kafka: b.producer, Healthy: b.healthy},
 		daprcomp.WithLogger(b.log), daprcomp.WithEventHook(b.metrics.observeDapr))
@@ -266,10 +272,13 @@ func (b *Bridge) brokerProblems() []string {
 	}
 	if !b.kafkaOK.Load() {
 		if w := b.kafkaWhy.Load(); w != nil {
-			why = append(why, *w)
+			why = append(why, w.why)
 		} else {
 			why = append(why, "kafka unreachable or refusing writes")
 		}
+	}
+	if w := b.stalled.Load(); w != nil {
+		why = append(why, "intake paused, kafka writes failing: "+*w)
 	}
 	return why
 }
@@ -286,9 +295,10 @@ func (b *Bridge) healthy() error {
 // Metrics returns the bridge's metrics.
 func (b *Bridge) Metrics() *Metrics { return b.metrics }
 
-// Ready reports whether MQTT is subscribed, Kafka answered recently, at
-// least one backend stream is up and no backend refuses the bridge's TLS
-// or credentials (a configuration problem must not hide behind a healthy
+// Ready reports whether MQTT is subscribed, Kafka answered recently, the
+// backends' consumer group gave this bridge its partitions, at least one
+// backend stream is up and no backend refuses the bridge's TLS or
+// credentials (a configuration problem must not hide behind a healthy
 // peer); the reasons it is not, otherwise.
 func (b *Bridge) Ready() (bool, []string) {
 	why := b.brokerProblems()
@@ -297,6 +307,15 @@ func (b *Bridge) Ready() (bool, []string) {
 	}
 	if b.pool == nil {
 		return len(why) == 0, why
+	}
+	if b.consumer != nil && !b.consumer.Joined() {
+		// A restarted bridge waits for the group to let its crashed
+		// predecessor go (kafka.session_timeout): nothing is delivered.
+		if err := b.consumer.JoinError(); err != nil {
+			why = append(why, "kafka consumer group: join refused: "+clipErr(err.Error()))
+		} else {
+			why = append(why, "kafka consumer group: waiting for partitions")
+		}
 	}
 	up := false
 	for _, s := range b.pool.Status() {
@@ -392,20 +411,28 @@ func (b *Bridge) noteKafka(err error) {
 		return
 	}
 	reason, why := kafkaProblem(err)
-	b.kafkaWhy.Store(&why)
+	b.kafkaWhy.Store(&brokerProblem{reason: reason, why: why})
 	b.kafkaOK.Store(false)
 	b.metrics.brokerProblem("kafka", reason)
 }
 
-// kafkaProblem classifies a Kafka failure: auth, tls or unreachable.
+// brokerProblem is why a broker connection fails: a reason word (auth,
+// tls, refused, unreachable) and the text /readyz shows.
+type brokerProblem struct{ reason, why string }
+
+// kafkaProblem classifies a Kafka failure: auth, tls, refused (the broker
+// answered with an error) or unreachable.
 func kafkaProblem(err error) (reason, why string) {
 	msg := err.Error()
+	var kerr kafka.Error
 	switch {
 	case errors.Is(err, kafka.SASLAuthenticationFailed) || errors.Is(err, kafka.IllegalSASLState) || errors.Is(err, kafka.UnsupportedSASLMechanism) ||
 		strings.Contains(msg, "SASL"):
 		return "auth", "kafka: SASL login refused (kafka.sasl): " + clipErr(msg)
 	case strings.Contains(msg, "tls:") || strings.Contains(msg, "x509:") || strings.Contains(msg, "certificate"):
 		return "tls", "kafka: TLS failed (kafka.tls): " + clipErr(msg)
+	case errors.As(err, &kerr):
+		return "refused", fmt.Sprintf("kafka refused the write: %s (the broker's log says why; a full disk shows as Unknown Server Error on the embedded broker)", clipErr(msg))
 	}
 	return "unreachable", "kafka unreachable or refusing writes: " + clipErr(msg)
 }

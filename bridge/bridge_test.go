@@ -331,7 +331,8 @@ func (p *pipeline) createTopic(t *testing.T, topic string, maxMessageBytes int) 
 
 // A DLQ topic that refuses even the 4 KiB stub of a dead letter stalls
 // intake until an operator fixes it: the bridge keeps the message
-// un-PUBACKed (never drops it) and says so in its readiness.
+// un-PUBACKed (never drops it) and says so in its readiness, also between
+// writes, when the broker still answers pings.
 func TestDeadLetterRefusedEvenAsStubMakesBridgeUnready(t *testing.T) {
 	leakCheck(t)
 	p := newPipeline(t, func(_ context.Context, env *v1.Envelope) backend.Result { return approve(env) })
@@ -341,7 +342,9 @@ func TestDeadLetterRefusedEvenAsStubMakesBridgeUnready(t *testing.T) {
 	dev.Publish("payment/request/dev-1", 1, false, `{"request_id":"r-1","amount_minor":-1,"currency":"EUR"}`)
 	waitUntil(t, "the bridge unready", func() bool {
 		ok, why := b.Ready()
-		return !ok && slices.ContainsFunc(why, func(w string) bool { return strings.HasPrefix(w, "kafka unreachable or refusing writes: ") })
+		return !ok && slices.ContainsFunc(why, func(w string) bool {
+			return strings.HasPrefix(w, "intake paused, kafka writes failing: kafka refused the write: ")
+		})
 	})
 	if n := testutil.ToFloat64(b.Metrics().DLQ.WithLabelValues("invalid_amount")); n != 0 {
 		t.Fatalf("counted %v dead letters that Kafka refused", n)

@@ -297,6 +297,8 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 			// letters at once, the bridge stays ready.
 			if unreachable {
 				b.noteKafka(first)
+				_, why := kafkaProblem(first)
+				b.stalled.Store(&why)
 			} else {
 				b.kafkaOK.Store(true)
 			}
@@ -308,6 +310,7 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 		return false // stopping: nothing was PUBACKed, the broker redelivers
 	}
 	b.noteKafka(nil)
+	b.stalled.Store(nil)
 	// The device hears REJECTED before its message is PUBACKed, so a crash
 	// in between redelivers the message and the reply is sent again.
 	for i, a := range adms {

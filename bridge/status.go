@@ -101,8 +101,8 @@ func (b *Bridge) Status() Status {
 	s.MQTT.Problem, s.MQTT.Detail = b.mqtt.Problem()
 	s.Kafka = Broker{Address: strings.Join(b.cfg.Kafka.Brokers, ","), Connected: b.kafkaOK.Load()}
 	if !s.Kafka.Connected {
-		if why := b.kafkaWhy.Load(); why != nil {
-			s.Kafka.Problem, s.Kafka.Detail = kafkaReason(*why), *why
+		if p := b.kafkaWhy.Load(); p != nil {
+			s.Kafka.Problem, s.Kafka.Detail = p.reason, p.why
 		}
 	}
 	if b.pool != nil {
@@ -144,17 +144,6 @@ func (b *Bridge) Status() Status {
 	}
 	s.RecentErrors = b.recent.entries()
 	return s
-}
-
-// kafkaReason is the reason word at the start of a Kafka problem's text.
-func kafkaReason(why string) string {
-	switch {
-	case strings.Contains(why, "SASL"):
-		return "auth"
-	case strings.Contains(why, "TLS"):
-		return "tls"
-	}
-	return "unreachable"
 }
 
 func counter(c interface{ Write(*dto.Metric) error }) int64 {

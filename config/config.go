@@ -124,6 +124,13 @@ type Kafka struct {
 	BatchTimeout time.Duration `yaml:"batch_timeout"`
 	// CommitInterval of the consumer. Default: 200ms.
 	CommitInterval time.Duration `yaml:"commit_interval"`
+	// SessionTimeout of the bridge's (and Dapr subscriptions') consumer
+	// group membership: a crashed bridge holds its partitions this long
+	// before a restarted one gets them; heartbeats go every fifth of it.
+	// Shorter recovers faster, longer rides out longer stalls. Kafka
+	// brokers refuse less than their group.min.session.timeout.ms (6s by
+	// default, the embedded broker's too). Default: 6s.
+	SessionTimeout time.Duration `yaml:"session_timeout"`
 	// MaxMessageBytes is the brokers' message.max.bytes (or the topics'
 	// max.message.bytes, if lower): the largest record batch Kafka
 	// accepts. The bridge never sends a larger one. Default: 1048576
@@ -368,6 +375,7 @@ func (c *Config) ApplyDefaults() {
 	def(&c.Kafka.GroupID, "edgebridge")
 	defI(&c.Kafka.Partitions, 8)
 	defD(&c.Kafka.CommitInterval, 200*time.Millisecond)
+	defD(&c.Kafka.SessionTimeout, 6*time.Second)
 	defI(&c.Kafka.MaxMessageBytes, DefaultMaxMessageBytes)
 	if c.Backend.Targets == nil && !c.Dapr.Enabled {
 		c.Backend.Targets = []string{"127.0.0.1:7070"}
@@ -546,6 +554,11 @@ func (c *Config) problems() Problems {
 	}
 	if c.Kafka.BatchTimeout < 0 {
 		bad("kafka.batch_timeout", "must not be negative")
+	}
+	if t := c.Kafka.SessionTimeout; t != 0 && (t < time.Second || t > 5*time.Minute) {
+		bad("kafka.session_timeout", "%s must be between 1s and 5m", t)
+	} else if t != 0 && t < 6*time.Second && c.EmbeddedKafka() {
+		bad("kafka.session_timeout", "%s: the embedded broker refuses less than 6s (group.min.session.timeout.ms)", t)
 	}
 	if c.Kafka.CommitInterval < 0 {
 		bad("kafka.commit_interval", "must not be negative")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -79,7 +80,9 @@ type Consumer struct {
 	onCommit func(partition int32, offset int64)
 
 	mu        sync.Mutex
-	committed map[int32]int64 // last committed offset per partition in this generation
+	committed map[int32]int64       // last committed offset per partition in this generation
+	joined    atomic.Bool           // a generation is running
+	joinErr   atomic.Pointer[error] // why the last join failed; nil after a join
 
 	abandoned context.Context // done once Abandon was called
 	abandon   context.CancelFunc
@@ -158,9 +161,11 @@ func (c *Consumer) Run(ctx context.Context) error {
 			return nil
 		}
 		if err != nil {
+			c.joinErr.Store(&err)
 			c.log.Warn("kafkapipe: join group", "group", c.cfg.GroupID, "err", err)
 			continue // Next backs off internally
 		}
+		c.joinErr.Store(nil)
 		done := make(chan struct{})
 		gen.Start(func(genCtx context.Context) {
 			defer close(done)
@@ -184,6 +189,8 @@ func (c *Consumer) runGeneration(ctx, genCtx context.Context, gen *kafka.Generat
 		c.win.Assign(int32(a.ID), a.Offset)
 	}
 	c.mu.Unlock()
+	c.joined.Store(true)
+	defer c.joined.Store(false)
 	c.log.Info("kafkapipe: generation started", "group", c.cfg.GroupID, "generation", gen.ID, "partitions", parts)
 
 	// Fetching stops when the generation ends (rebalance) or ctx ends (shutdown).
@@ -309,6 +316,21 @@ func (c *Consumer) fetch(ctx context.Context, part int32, offset int64) {
 			return
 		}
 	}
+}
+
+// Joined reports whether the consumer is a member of a running group
+// generation: it owns its partitions (it may have none, when the group has
+// more members than partitions). A restarted consumer is not joined until
+// the group let go of its crashed predecessor (up to SessionTimeout).
+func (c *Consumer) Joined() bool { return c.joined.Load() }
+
+// JoinError is why the last attempt to join the group failed (a session
+// timeout the broker refuses, for one); nil once a join succeeded.
+func (c *Consumer) JoinError() error {
+	if p := c.joinErr.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // Lag returns, for each partition of the current generation, how many

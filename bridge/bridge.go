@@ -62,6 +62,9 @@ type Bridge struct {
 	kafkaSec kafkapipe.Security
 	traces   traces                          // WithTracerProvider
 	lag      atomic.Pointer[map[int32]int64] // the last consumer lag read
+	dataDisk string                          // WithDataDisk
+	disk     atomic.Pointer[diskState]       // its last reading
+	diskWake chan struct{}                   // a reading was taken
 	recent   *recentLog                      // the last warnings and errors, for /status
 	poolOpts []grpcout.Option
 	build    *BuildInfo
@@ -86,6 +89,10 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 	return func(b *Bridge) { b.traces = newTraces(tp) }
 }
 
+// WithDataDisk names the embedded Kafka broker's data directory: intake
+// pauses while its filesystem has less than kafka.min_free_bytes free.
+func WithDataDisk(dir string) Option { return func(b *Bridge) { b.dataDisk = dir } }
+
 // WithBuildInfo publishes the binary's build as edgebridge_build_info.
 func WithBuildInfo(bi BuildInfo) Option { return func(b *Bridge) { b.build = &bi } }
 
@@ -103,7 +110,8 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	b := &Bridge{cfg: cfg, log: slog.Default(), metrics: NewMetrics(), recent: newRecentLog(), traces: newTraces(nil)}
+	b := &Bridge{cfg: cfg, log: slog.Default(), metrics: NewMetrics(), recent: newRecentLog(), traces: newTraces(nil),
+		diskWake: make(chan struct{}, 1)}
 	for _, o := range opts {
 		o(b)
 	}
@@ -277,6 +285,9 @@ func (b *Bridge) brokerProblems() []string {
 			why = append(why, "kafka unreachable or refusing writes")
 		}
 	}
+	if paused, w := b.diskPaused(); paused {
+		why = append(why, w)
+	}
 	if w := b.stalled.Load(); w != nil {
 		why = append(why, "intake paused, kafka writes failing: "+*w)
 	}
@@ -371,6 +382,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 	}
 	lifeWG.Go(func() { b.settler.Run(life) })
 	lifeWG.Go(func() { b.watchKafka(life) })
+	lifeWG.Go(func() { b.watchDisk(life) })
 
 	g, gctx := errgroup.WithContext(intake)
 	g.Go(func() error { return b.ingest(gctx) })

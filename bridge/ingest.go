@@ -186,6 +186,9 @@ func cutToStub(dl *kafkapipe.DeadLetter, err error) *kafkapipe.DeadLetter {
 func (b *Bridge) ingest(ctx context.Context) error {
 	batch := make([]mqttin.Message, 0, ingestBatch)
 	for {
+		if !b.awaitDisk(ctx) {
+			return nil
+		}
 		var ok bool
 		batch, ok = collect(ctx, b.mqtt.Messages(), batch[:0], ingestBatch, b.cfg.Kafka.BatchTimeout)
 		if !ok {

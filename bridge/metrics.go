@@ -27,6 +27,8 @@ import (
 //	edgebridge_kafka_produce_latency_seconds   one produce of a batch of requests, send to acks=all
 //	edgebridge_kafka_consumer_lag{partition}   records of the requests topic the backends' group has not committed
 //	edgebridge_mqtt_connected                  1 while connected to the MQTT broker and subscribed
+//	edgebridge_data_disk_free_bytes            free space on the embedded Kafka's data disk
+//	edgebridge_intake_paused                   1 while intake waits for disk space (kafka.min_free_bytes)
 //	edgebridge_dapr_events_total{event}        Dapr component: delivered, redelivered, acked, failed,
 //	                                           dead_lettered, published, replied, commanded
 //	edgebridge_dapr_subscriptions              Dapr subscription streams open
@@ -46,6 +48,8 @@ type Metrics struct {
 	EndToEnd      prometheus.Histogram
 	Produce       prometheus.Histogram
 	Lag           *prometheus.GaugeVec
+	DiskFree      prometheus.Gauge
+	IntakePaused  prometheus.Gauge
 	GRPC          *grpcmetrics.Client
 	DaprEvents    *prometheus.CounterVec
 	DaprSubs      prometheus.Gauge
@@ -85,6 +89,10 @@ func NewMetrics() *Metrics {
 		Lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "edgebridge_kafka_consumer_lag", Help: "Records of the requests topic the backends' consumer group has not committed, by partition (refreshed every 5s)."},
 			[]string{"partition"}),
+		DiskFree: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgebridge_data_disk_free_bytes", Help: "Free space on the embedded Kafka broker's data disk (read every second)."}),
+		IntakePaused: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "edgebridge_intake_paused", Help: "1 while intake is paused because the data disk is below kafka.min_free_bytes."}),
 		GRPC: grpcmetrics.NewClient(r),
 		DaprEvents: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "edgebridge_dapr_events_total", Help: "What the Dapr component did, by event."}, []string{"event"}),
@@ -99,7 +107,7 @@ func NewMetrics() *Metrics {
 			m.BrokerProblem.WithLabelValues(broker, reason)
 		}
 	}
-	r.MustRegister(m.DLQ, m.Latency, m.EndToEnd, m.Produce, m.Lag, m.DaprEvents, m.DaprSubs, m.BrokerProblem)
+	r.MustRegister(m.DLQ, m.Latency, m.EndToEnd, m.Produce, m.Lag, m.DiskFree, m.IntakePaused, m.DaprEvents, m.DaprSubs, m.BrokerProblem)
 	return m
 }
 

@@ -131,6 +131,11 @@ type Kafka struct {
 	// brokers refuse less than their group.min.session.timeout.ms (6s by
 	// default, the embedded broker's too). Default: 6s.
 	SessionTimeout time.Duration `yaml:"session_timeout"`
+	// MinFreeBytes is the embedded broker's high-water mark: intake pauses
+	// (no new PUBACKs, /readyz 503) while data_dir's filesystem has less
+	// free, and resumes at half as much again (at least 8 MiB) above it.
+	// A negative value turns it off. Default: 256 MiB.
+	MinFreeBytes int64 `yaml:"min_free_bytes"`
 	// MaxMessageBytes is the brokers' message.max.bytes (or the topics'
 	// max.message.bytes, if lower): the largest record batch Kafka
 	// accepts. The bridge never sends a larger one. Default: 1048576
@@ -376,6 +381,9 @@ func (c *Config) ApplyDefaults() {
 	defI(&c.Kafka.Partitions, 8)
 	defD(&c.Kafka.CommitInterval, 200*time.Millisecond)
 	defD(&c.Kafka.SessionTimeout, 6*time.Second)
+	if c.Kafka.MinFreeBytes == 0 {
+		c.Kafka.MinFreeBytes = 256 << 20
+	}
 	defI(&c.Kafka.MaxMessageBytes, DefaultMaxMessageBytes)
 	if c.Backend.Targets == nil && !c.Dapr.Enabled {
 		c.Backend.Targets = []string{"127.0.0.1:7070"}

@@ -94,6 +94,7 @@ func shutdownContext(log *slog.Logger) context.Context {
 // admin server, until ctx ends. ready, if not nil, is called once the bridge
 // is constructed.
 func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(*bridge.Bridge, config.Config)) error {
+	var dataDisk string // the embedded Kafka broker's, watched for free space
 	if cfg.EmbeddedKafka() {
 		kc, err := embeddedKafkaConfig(cfg)
 		if err != nil {
@@ -106,10 +107,14 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 		}
 		defer k.Close()
 		cfg.Kafka.Brokers = []string{k.Addr()}
+		dataDisk = kc.DataDir
 		cfg.Kafka.EmbeddedTLS = config.EmbeddedKafkaTLS{}
 		log.Info("edgebridge: embedded kafka", "addr", k.Addr(), "data_dir", cfg.Kafka.DataDir)
 	}
 	opts := []bridge.Option{bridge.WithLogger(log), bridge.WithBuildInfo(buildInfo())}
+	if dataDisk != "" {
+		opts = append(opts, bridge.WithDataDisk(dataDisk))
+	}
 	if cfg.Tracing.Endpoint != "" {
 		tlsConf, err := cfg.Tracing.TLS.Config()
 		if err != nil {

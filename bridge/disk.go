@@ -1,0 +1,109 @@
+package bridge
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+	"time"
+)
+
+// The data disk's high-water mark. An edge node has one small disk: when
+// the embedded Kafka broker's disk runs low, intake pauses — no message is
+// taken from MQTT, so none is PUBACKed and devices (through the broker)
+// hold back — before a write fails half-way. Intake resumes once free
+// space is back above the floor plus a margin (hysteresis), so it does not
+// flap around the floor.
+
+// diskCheckEvery is how often the data disk's free space is read.
+const diskCheckEvery = time.Second
+
+// diskState is the data disk's last reading.
+type diskState struct {
+	free   uint64 // bytes available to the bridge
+	paused bool
+}
+
+// freeBytes is the space available to an unprivileged writer on the
+// filesystem holding dir.
+func freeBytes(dir string) (uint64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("bridge: statfs %s: %w", dir, err)
+	}
+	return st.Bavail * uint64(st.Bsize), nil
+}
+
+// resumeAbove is the free space at which paused intake resumes.
+func resumeAbove(floor uint64) uint64 { return floor + max(floor/2, 8<<20) }
+
+// watchDisk reads the data disk's free space until ctx ends, pausing and
+// resuming intake at the high-water mark; a state change is logged once.
+func (b *Bridge) watchDisk(ctx context.Context) {
+	if b.dataDisk == "" || b.cfg.Kafka.MinFreeBytes <= 0 {
+		return
+	}
+	floor := uint64(b.cfg.Kafka.MinFreeBytes)
+	t := time.NewTicker(diskCheckEvery)
+	defer t.Stop()
+	for {
+		free, err := freeBytes(b.dataDisk)
+		if err == nil {
+			b.noteDisk(free, floor)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (b *Bridge) noteDisk(free, floor uint64) {
+	prev := b.disk.Load()
+	paused := prev != nil && prev.paused
+	switch {
+	case !paused && free < floor:
+		paused = true
+		b.log.Warn("bridge: data disk low; intake paused (devices' messages wait in the MQTT broker)",
+			"dir", b.dataDisk, "free_mib", free>>20, "floor_mib", floor>>20)
+	case paused && free >= resumeAbove(floor):
+		paused = false
+		b.log.Info("bridge: data disk has room again; intake resumed", "dir", b.dataDisk, "free_mib", free>>20)
+	}
+	b.disk.Store(&diskState{free: free, paused: paused})
+	b.metrics.DiskFree.Set(float64(free))
+	if paused {
+		b.metrics.IntakePaused.Set(1)
+	} else {
+		b.metrics.IntakePaused.Set(0)
+	}
+	select {
+	case b.diskWake <- struct{}{}: // a waiting ingest checks again
+	default:
+	}
+}
+
+// diskPaused reports whether intake waits for disk space, and why.
+func (b *Bridge) diskPaused() (bool, string) {
+	d := b.disk.Load()
+	if d == nil || !d.paused {
+		return false, ""
+	}
+	return true, fmt.Sprintf("intake paused: data disk %s has %d MiB free, below the floor of %d MiB (kafka.min_free_bytes)",
+		b.dataDisk, d.free>>20, b.cfg.Kafka.MinFreeBytes>>20)
+}
+
+// awaitDisk blocks while intake is paused for disk space; false if ctx
+// ended first.
+func (b *Bridge) awaitDisk(ctx context.Context) bool {
+	for {
+		if paused, _ := b.diskPaused(); !paused {
+			return true
+		}
+		select {
+		case <-b.diskWake:
+		case <-ctx.Done():
+			return false
+		}
+	}
+}

@@ -1,0 +1,142 @@
+package bridge_test
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/backend"
+	"github.com/edgebridge/edgebridge/bridge"
+	"github.com/edgebridge/edgebridge/config"
+	"github.com/edgebridge/edgebridge/embedded"
+	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/internal/devicesim"
+)
+
+// smallDisk mounts a tmpfs of size bytes for the test (root is needed).
+func smallDisk(t *testing.T, size string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "disk")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount a %s tmpfs (the test needs root): %v %s", size, err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+func free(t *testing.T, dir string) int64 {
+	t.Helper()
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		t.Fatal(err)
+	}
+	return int64(st.Bavail) * st.Bsize
+}
+
+// The data disk's high-water mark: with the embedded Kafka's data on a
+// small filesystem nearly full, the backlog of requests brings it below
+// kafka.min_free_bytes and intake pauses before the disk is full —
+// /readyz names the disk, nothing more is taken from MQTT; once space is
+// back, intake resumes and every request is processed exactly once.
+func TestDiskHighWaterMark(t *testing.T) {
+	leakCheck(t)
+	disk := smallDisk(t, "32m")
+	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: disk, Partitions: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(k.Close)
+	m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	var mu sync.Mutex
+	calls := map[string]int{}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
+	backend.NewServer(backend.Config{}, func(_ context.Context, env *v1.Envelope) backend.Result {
+		mu.Lock()
+		calls[env.MessageId]++
+		mu.Unlock()
+		return approve(env)
+	}, nil).Register(gs)
+	go func() { _ = gs.Serve(ln) }()
+	t.Cleanup(gs.Stop)
+
+	const floor = 8 << 20
+	cfg := config.Default()
+	cfg.MQTT.Broker = "tcp://" + m.Addr()
+	cfg.Kafka.Brokers = []string{k.Addr()}
+	cfg.Kafka.Partitions = 2
+	cfg.Kafka.MinFreeBytes = floor
+	cfg.Backend.Targets = []string{ln.Addr().String()}
+	b, err := bridge.New(cfg, bridge.WithDataDisk(disk))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { runErr <- b.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-runErr })
+	waitUntil(t, "bridge ready", func() bool { ok, _ := b.Ready(); return ok })
+
+	// Ballast leaves a little more than the floor: the requests' records
+	// use up the rest.
+	ballast := filepath.Join(disk, "ballast")
+	if err := os.WriteFile(ballast, make([]byte, free(t, disk)-floor-(192<<10)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	devs := devicesim.Config{Broker: "tcp://" + m.Addr(), Devices: 5, Requests: 300, Outstanding: 20, Counters: new(devicesim.Counters)}
+	dctx, stopDevices := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer stopDevices()
+	done := make(chan devicesim.Result, 1)
+	go func() { res, _ := devicesim.Run(dctx, devs, nil); done <- res }()
+
+	waitUntil(t, "intake to pause at the high-water mark", func() bool {
+		ok, why := b.Ready()
+		return !ok && len(why) > 0 && strings.Contains(strings.Join(why, ";"), "intake paused: data disk "+disk)
+	})
+	if got := free(t, disk); got <= 0 || got > floor {
+		t.Fatalf("paused with %d bytes free, want some, below the floor %d", got, floor)
+	}
+	held := devs.Counters.Replied.Load()
+	if total := int64(devs.Devices * devs.Requests); held >= total {
+		t.Fatalf("all %d requests answered before the pause: the test proves nothing", total)
+	}
+	if err := os.Remove(ballast); err != nil {
+		t.Fatal(err)
+	}
+	res := <-done
+	if res.Replied != devs.Devices*devs.Requests || len(res.Missing) > 0 {
+		t.Fatalf("after space came back: %d replies, want %d; missing %v", res.Replied, devs.Devices*devs.Requests, res.Missing[:min(5, len(res.Missing))])
+	}
+	waitUntil(t, "the bridge ready again", func() bool { ok, _ := b.Ready(); return ok })
+	mu.Lock()
+	defer mu.Unlock()
+	for id, n := range calls {
+		if n != 1 {
+			t.Fatalf("message %s processed %d times, want once", id, n)
+		}
+	}
+	if len(calls) != devs.Devices*devs.Requests {
+		t.Fatalf("got %d messages processed, want %d", len(calls), devs.Devices*devs.Requests)
+	}
+	t.Logf("paused with %d requests answered of %d; all answered after space came back", held, devs.Devices*devs.Requests)
+}

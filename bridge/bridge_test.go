@@ -124,9 +124,16 @@ func newPipeline(t *testing.T, handle backend.Handler) *pipeline {
 
 // start runs the bridge until the end of the test (then stops it and
 // checks Run's error) and waits until it is ready.
-func (p *pipeline) start(t *testing.T) *bridge.Bridge {
+func (p *pipeline) start(t *testing.T, opts ...bridge.Option) *bridge.Bridge {
 	t.Helper()
-	b, err := bridge.New(p.cfg)
+	return runBridge(t, p.cfg, opts...)
+}
+
+// runBridge runs a bridge on cfg until the end of the test (then stops it
+// and checks Run's error) and waits until it is ready.
+func runBridge(t *testing.T, cfg config.Config, opts ...bridge.Option) *bridge.Bridge {
+	t.Helper()
+	b, err := bridge.New(cfg, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -87,15 +87,7 @@ func TestDiskHighWaterMark(t *testing.T) {
 	cfg.Kafka.Partitions = 2
 	cfg.Kafka.MinFreeBytes = floor
 	cfg.Backend.Targets = []string{ln.Addr().String()}
-	b, err := bridge.New(cfg, bridge.WithDataDisk(disk))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- b.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-runErr })
-	waitUntil(t, "bridge ready", func() bool { ok, _ := b.Ready(); return ok })
+	b := runBridge(t, cfg, bridge.WithDataDisk(disk))
 
 	// Ballast leaves a little more than the floor: the requests' records
 	// use up the rest.

@@ -234,15 +234,7 @@ func TestTraceAcrossHops(t *testing.T) {
 	t.Cleanup(gs.Stop)
 	p.cfg.Backend.Targets = []string{ln.Addr().String()}
 	p.cfg.Backend.RetryBackoff = 10 * time.Millisecond
-	b, err := bridge.New(p.cfg, bridge.WithTracerProvider(bridgeTP))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- b.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-runErr })
-	waitUntil(t, "bridge ready", func() bool { ok, _ := b.Ready(); return ok })
+	p.start(t, bridge.WithTracerProvider(bridgeTP))
 
 	const (
 		okTrace     = "4bf92f3577b34da6a3ce929d0e0e4736"

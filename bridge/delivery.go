@@ -114,17 +114,7 @@ func (s sink) Settled(r *settle.Record, d settle.Decision) {
 // not at every attempt (a refused login fails the same way for hours);
 // recovery after a failure is logged too.
 func (b *Bridge) retry(ctx context.Context, what string, fn func() error) bool {
-	last := ""
-	ok := schedule.Retry(ctx, fn, func(err error) {
-		if msg := err.Error(); msg != last {
-			last = msg
-			b.log.Warn("bridge: "+what+" failed; retrying", "err", err)
-		}
-	})
-	if ok && last != "" {
-		b.log.Info("bridge: " + what + " succeeded after failures")
-	}
-	return ok
+	return schedule.RetryLogged(ctx, b.log, "bridge: "+what, fn)
 }
 
 // publishOnce makes one MQTT publish. A topic no broker accepts is given

@@ -16,9 +16,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/twmb/franz-go/pkg/kgo"
 	coltracepb "go.opentelemetry.io/proto/otlp/collector/trace/v1"
 	commonpb "go.opentelemetry.io/proto/otlp/common/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
@@ -300,6 +302,13 @@ func TestTraceAcrossHops(t *testing.T) {
 		t.Errorf("got services %q %q %q, want the backend's spans from the backend", ok[0].Service, ok[4].Service, ok[6].Service)
 	}
 
+	// The Kafka record carries the receive span's context, in its header
+	// and in the envelope (what backends and Dapr apps continue from).
+	wantParent := "00-" + okTrace + "-" + ok[0].SpanID + "-01"
+	if h, envTrace := requestTrace(t, p.kafka.Addr(), p.cfg.Kafka.Topic, "traced"); h != wantParent || envTrace != wantParent {
+		t.Errorf("request record: traceparent header %q, envelope %q; want both %q (the mqtt receive span)", h, envTrace, wantParent)
+	}
+
 	poison := byTrace(poisonTrace)
 	wantPoison := []string{"mqtt receive", "kafka produce", "mqtt reply"}
 	if got := names(poison); !slices.Equal(got, wantPoison) {
@@ -309,4 +318,36 @@ func TestTraceAcrossHops(t *testing.T) {
 		poison[1].Attrs["edgebridge.dlq_reason"] != "invalid_amount" {
 		t.Errorf("poison message: got %+v, want receive under the device's span, a dead-letter produce and a reply under it", poison)
 	}
+}
+
+// requestTrace returns the traceparent header of the request record of
+// requestID and the traceparent its envelope carries.
+func requestTrace(t *testing.T, broker, topic, requestID string) (header, envelope string) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(broker), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	found := false
+	for !found && ctx.Err() == nil {
+		cl.PollFetches(ctx).EachRecord(func(r *kgo.Record) {
+			env := &v1.Envelope{}
+			if proto.Unmarshal(r.Value, env) != nil || env.GetRequestId() != requestID {
+				return
+			}
+			found, envelope = true, env.GetTraceContext()["traceparent"]
+			for _, h := range r.Headers {
+				if h.Key == "traceparent" {
+					header = string(h.Value)
+				}
+			}
+		})
+	}
+	if !found {
+		t.Fatalf("no request record of %s", requestID)
+	}
+	return header, envelope
 }

@@ -283,3 +283,38 @@ backend:
 		t.Fatalf("got %v, want the unset variable named with its line", err)
 	}
 }
+
+// The settings issue 17 and 18 added: a session timeout the embedded
+// broker would refuse, a sample ratio outside (0, 1] and a tracing
+// endpoint that is not host:port are each a problem; the defaults are 6s,
+// 256 MiB and tracing off at ratio 1.
+func TestOperateAndRecoverySettings(t *testing.T) {
+	c, err := Parse([]byte("kafka:\n  brokers: [embedded]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Kafka.SessionTimeout != 6*time.Second || c.Kafka.MinFreeBytes != 256<<20 || c.Tracing.Endpoint != "" || c.Tracing.SampleRatio != 1 {
+		t.Fatalf("defaults: session %s, min free %d, tracing %q at %v", c.Kafka.SessionTimeout, c.Kafka.MinFreeBytes, c.Tracing.Endpoint, c.Tracing.SampleRatio)
+	}
+	_, err = Parse([]byte("kafka:\n  brokers: [embedded]\n  session_timeout: 3s\ntracing:\n  endpoint: collector\n  sample_ratio: 1.5\n"))
+	var ps Problems
+	if !errors.As(err, &ps) {
+		t.Fatalf("got %v, want Problems", err)
+	}
+	want := []string{
+		"line 3: kafka.session_timeout: 3s: the embedded broker refuses less than 6s",
+		`line 5: tracing.endpoint: "collector" is not host:port`,
+		"line 6: tracing.sample_ratio: 1.5 must be above 0 and at most 1",
+	}
+	if len(ps) != len(want) {
+		t.Fatalf("got %d findings, want %d:\n%v", len(ps), len(want), err)
+	}
+	for i, w := range want {
+		if got := ps[i].String(); !strings.HasPrefix(got, w) {
+			t.Errorf("finding %d: got %q, want %q…", i+1, got, w)
+		}
+	}
+	if _, err := Parse([]byte("kafka:\n  brokers: [\"10.0.0.5:9092\"]\n  session_timeout: 3s\n")); err != nil {
+		t.Fatalf("3s with an external Kafka (its own minimum applies): %v", err)
+	}
+}

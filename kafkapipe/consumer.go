@@ -84,8 +84,10 @@ type Consumer struct {
 	joined    atomic.Bool           // a generation is running
 	joinErr   atomic.Pointer[error] // why the last join failed; nil after a join
 
-	abandoned context.Context // done once Abandon was called
-	abandon   context.CancelFunc
+	admin      *kafka.Client   // Lag's
+	closeAdmin func()          // closes admin's idle connections
+	abandoned  context.Context // done once Abandon was called
+	abandon    context.CancelFunc
 }
 
 // ConsumerOption configures optional hooks.
@@ -119,6 +121,9 @@ func NewConsumer(cfg ConsumerConfig, win *ackwindow.Window, handle Handler, opts
 	}
 	c := &Consumer{cfg: cfg.withDefaults(), win: win, handle: handle, log: slog.Default()}
 	c.abandoned, c.abandon = context.WithCancel(context.Background())
+	// Lag's client, kept for the consumer's life: polling every few
+	// seconds must not dial (and log in) each time.
+	c.admin, c.closeAdmin = adminClient(c.cfg.Brokers, c.cfg.Security, 5*time.Second)
 	for _, o := range opts {
 		o(c)
 	}
@@ -155,6 +160,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return fmt.Errorf("kafkapipe: consumer group: %w", err)
 	}
 	defer group.Close()
+	defer c.closeAdmin()
 	for {
 		gen, err := group.Next(ctx)
 		if ctx.Err() != nil {
@@ -351,9 +357,7 @@ func (c *Consumer) Lag(ctx context.Context) (map[int32]int64, error) {
 	for p := range committed {
 		reqs = append(reqs, kafka.FirstOffsetOf(int(p)), kafka.LastOffsetOf(int(p)))
 	}
-	client, closeIdle := adminClient(c.cfg.Brokers, c.cfg.Security, 5*time.Second)
-	defer closeIdle()
-	res, err := client.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{c.cfg.Topic: reqs}})
+	res, err := c.admin.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{c.cfg.Topic: reqs}})
 	if err != nil {
 		return nil, fmt.Errorf("kafkapipe: list offsets: %w", err)
 	}

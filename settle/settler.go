@@ -259,15 +259,5 @@ func (s *Settler) deadLetter(j job) *kafkapipe.DeadLetter {
 // logged when it first happens and when its cause changes, not at every
 // attempt (a refused login fails the same way for hours).
 func (s *Settler) retry(ctx context.Context, what string, r *Record, fn func() error) bool {
-	last := ""
-	ok := schedule.Retry(ctx, fn, func(err error) {
-		if msg := err.Error(); msg != last {
-			last = msg
-			s.log.Warn("settle: "+what+" failed; retrying", "partition", r.Partition, "offset", r.Offset, "err", err)
-		}
-	})
-	if ok && last != "" {
-		s.log.Info("settle: "+what+" succeeded after failures", "partition", r.Partition, "offset", r.Offset)
-	}
-	return ok
+	return schedule.RetryLogged(ctx, s.log, "settle: "+what, fn, "partition", r.Partition, "offset", r.Offset)
 }

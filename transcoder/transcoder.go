@@ -196,14 +196,7 @@ func parse(b []byte) (*v1.PaymentRequest, map[string]string, error) {
 	if jr.MerchantID != nil {
 		req.MerchantId = *jr.MerchantID
 	}
-	var trace map[string]string
-	if jr.TraceParent != "" && len(jr.TraceParent) <= maxFieldLen {
-		trace = map[string]string{"traceparent": jr.TraceParent}
-		if jr.TraceState != "" && len(jr.TraceState) <= v1.MaxTraceLen {
-			trace["tracestate"] = jr.TraceState
-		}
-	}
-	return req, trace, nil
+	return req, traceContext(jr.TraceParent, jr.TraceState), nil
 }
 
 // TraceOf returns the W3C trace context a JSON payload carries
@@ -214,12 +207,22 @@ func TraceOf(payload []byte) map[string]string {
 		TraceParent string `json:"traceparent"`
 		TraceState  string `json:"tracestate"`
 	}
-	if len(payload) == 0 || json.Unmarshal(payload, &jr) != nil || jr.TraceParent == "" || len(jr.TraceParent) > maxFieldLen {
+	if len(payload) == 0 || json.Unmarshal(payload, &jr) != nil {
 		return nil
 	}
-	trace := map[string]string{"traceparent": jr.TraceParent}
-	if jr.TraceState != "" && len(jr.TraceState) <= v1.MaxTraceLen {
-		trace["tracestate"] = jr.TraceState
+	return traceContext(jr.TraceParent, jr.TraceState)
+}
+
+// traceContext is the trace context of a device's traceparent and
+// tracestate fields, within the envelope's limits; nil without a
+// traceparent.
+func traceContext(parent, state string) map[string]string {
+	if parent == "" || len(parent) > maxFieldLen {
+		return nil
+	}
+	trace := map[string]string{"traceparent": parent}
+	if state != "" && len(state) <= v1.MaxTraceLen {
+		trace["tracestate"] = state
 	}
 	return trace
 }

@@ -1,11 +1,13 @@
 // Package schedule is about waiting: a queue that holds items until their
 // due time (the redelivery queue of the bridge's retrier and of Dapr
-// subscriptions), a context-aware Sleep and a Retry with backoff.
+// subscriptions), a context-aware Sleep and a Retry with backoff (and
+// RetryLogged, which logs each change of cause once).
 package schedule
 
 import (
 	"container/heap"
 	"context"
+	"log/slog"
 	"time"
 )
 
@@ -119,4 +121,23 @@ func Retry(ctx context.Context, fn func() error, failed func(error)) bool {
 		}
 		delay = min(2*delay, retryMax)
 	}
+}
+
+// RetryLogged is Retry that logs a failure when it first happens and when
+// its cause changes, not at every attempt (a refused login fails the same
+// way for hours), and the recovery after failures once. The messages are
+// "<what> failed; retrying" and "<what> succeeded after failures", with
+// attrs.
+func RetryLogged(ctx context.Context, log *slog.Logger, what string, fn func() error, attrs ...any) bool {
+	last := ""
+	ok := Retry(ctx, fn, func(err error) {
+		if msg := err.Error(); msg != last {
+			last = msg
+			log.Warn(what+" failed; retrying", append(attrs[:len(attrs):len(attrs)], "err", err)...)
+		}
+	})
+	if ok && last != "" {
+		log.Info(what+" succeeded after failures", attrs...)
+	}
+	return ok
 }

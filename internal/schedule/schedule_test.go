@@ -1,10 +1,13 @@
 package schedule
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -77,4 +80,27 @@ func TestRetry(t *testing.T) {
 	if Sleep(ctx, time.Hour) {
 		t.Error("Sleep on an ended context reported the full time")
 	}
+}
+
+// RetryLogged logs a failure once per cause and the recovery once.
+func TestRetryLogged(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var buf bytes.Buffer
+		log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey {
+				return slog.Attr{}
+			}
+			return a
+		}}))
+		errs := []error{errors.New("refused"), errors.New("refused"), errors.New("refused"), errors.New("unreachable"), nil}
+		calls := 0
+		ok := RetryLogged(t.Context(), log, "kafka write", func() error { calls++; return errs[calls-1] }, "partition", 3)
+		want := `level=WARN msg="kafka write failed; retrying" partition=3 err=refused
+level=WARN msg="kafka write failed; retrying" partition=3 err=unreachable
+level=INFO msg="kafka write succeeded after failures" partition=3
+`
+		if !ok || calls != 5 || buf.String() != want {
+			t.Fatalf("got ok %v after %d calls, logs:\n%s\nwant:\n%s", ok, calls, buf.String(), want)
+		}
+	})
 }

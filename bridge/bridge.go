@@ -432,21 +432,47 @@ func (b *Bridge) noteKafka(err error) {
 // tls, refused, unreachable) and the text /readyz shows.
 type brokerProblem struct{ reason, why string }
 
-// kafkaProblem classifies a Kafka failure: auth, tls, refused (the broker
-// answered with an error) or unreachable.
+// kafkaProblem classifies a Kafka failure: auth (a refused login, or a
+// write not authorized), tls, no_space (the broker's disk is full or below
+// its floor), too_large (over max.message.bytes), refused (the broker
+// answered with another error) or unreachable.
 func kafkaProblem(err error) (reason, why string) {
 	msg := err.Error()
-	var kerr kafka.Error
+	kerr := kafkaCode(err)
 	switch {
 	case errors.Is(err, kafka.SASLAuthenticationFailed) || errors.Is(err, kafka.IllegalSASLState) || errors.Is(err, kafka.UnsupportedSASLMechanism) ||
 		strings.Contains(msg, "SASL"):
 		return "auth", "kafka: SASL login refused (kafka.sasl): " + clipErr(msg)
 	case strings.Contains(msg, "tls:") || strings.Contains(msg, "x509:") || strings.Contains(msg, "certificate"):
 		return "tls", "kafka: TLS failed (kafka.tls): " + clipErr(msg)
-	case errors.As(err, &kerr):
-		return "refused", fmt.Sprintf("kafka refused the write: %s (the broker's log says why; a full disk shows as Unknown Server Error on the embedded broker)", clipErr(msg))
+	case kerr == kafka.TopicAuthorizationFailed || kerr == kafka.ClusterAuthorizationFailed || kerr == kafka.GroupAuthorizationFailed:
+		return "auth", "kafka refused the write: not authorized (the broker's ACLs for kafka.sasl's user): " + clipErr(msg)
+	case kerr == kafka.KafkaStorageError:
+		return "no_space", "kafka refused the write: no space on the broker's disk, or below its floor (KAFKA_STORAGE_ERROR): " + clipErr(msg)
+	case kerr == kafka.MessageSizeTooLarge || kerr == kafka.RecordListTooLarge:
+		return "too_large", "kafka refused the write: too large for the topic's max.message.bytes (kafka.max_message_bytes must not exceed it): " + clipErr(msg)
+	case kerr != 0:
+		return "refused", fmt.Sprintf("kafka refused the write: %s (the broker's log says why)", clipErr(msg))
 	}
 	return "unreachable", "kafka unreachable or refusing writes: " + clipErr(msg)
+}
+
+// kafkaCode is the Kafka error code in err (the first, for a batch's
+// WriteErrors), or 0.
+func kafkaCode(err error) kafka.Error {
+	var code kafka.Error
+	if errors.As(err, &code) {
+		return code
+	}
+	var batch kafka.WriteErrors
+	if errors.As(err, &batch) {
+		for _, e := range batch {
+			if e != nil && errors.As(e, &code) {
+				return code
+			}
+		}
+	}
+	return 0
 }
 
 func clipErr(s string) string {

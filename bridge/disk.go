@@ -3,8 +3,9 @@ package bridge
 import (
 	"context"
 	"fmt"
-	"syscall"
 	"time"
+
+	"github.com/edgebridge/edgebridge/internal/diskspace"
 )
 
 // The data disk's high-water mark. An edge node has one small disk: when
@@ -23,31 +24,17 @@ type diskState struct {
 	paused bool
 }
 
-// freeBytes is the space available to an unprivileged writer on the
-// filesystem holding dir.
-func freeBytes(dir string) (uint64, error) {
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		return 0, fmt.Errorf("bridge: statfs %s: %w", dir, err)
-	}
-	return st.Bavail * uint64(st.Bsize), nil
-}
-
-// resumeAbove is the free space at which paused intake resumes.
-func resumeAbove(floor uint64) uint64 { return floor + max(floor/2, 8<<20) }
-
 // watchDisk reads the data disk's free space until ctx ends, pausing and
 // resuming intake at the high-water mark; a state change is logged once.
 func (b *Bridge) watchDisk(ctx context.Context) {
 	if b.dataDisk == "" || b.cfg.Kafka.MinFreeBytes <= 0 {
 		return
 	}
-	floor := uint64(b.cfg.Kafka.MinFreeBytes)
+	floor := &diskspace.Floor{Min: uint64(b.cfg.Kafka.MinFreeBytes)}
 	t := time.NewTicker(diskCheckEvery)
 	defer t.Stop()
 	for {
-		free, err := freeBytes(b.dataDisk)
-		if err == nil {
+		if free, err := diskspace.Free(b.dataDisk); err == nil {
 			b.noteDisk(free, floor)
 		}
 		select {
@@ -58,16 +45,13 @@ func (b *Bridge) watchDisk(ctx context.Context) {
 	}
 }
 
-func (b *Bridge) noteDisk(free, floor uint64) {
-	prev := b.disk.Load()
-	paused := prev != nil && prev.paused
+func (b *Bridge) noteDisk(free uint64, floor *diskspace.Floor) {
+	paused, changed := floor.Note(free)
 	switch {
-	case !paused && free < floor:
-		paused = true
+	case changed && paused:
 		b.log.Warn("bridge: data disk low; intake paused (devices' messages wait in the MQTT broker)",
-			"dir", b.dataDisk, "free_mib", free>>20, "floor_mib", floor>>20)
-	case paused && free >= resumeAbove(floor):
-		paused = false
+			"dir", b.dataDisk, "free_mib", free>>20, "floor_mib", floor.Min>>20)
+	case changed:
 		b.log.Info("bridge: data disk has room again; intake resumed", "dir", b.dataDisk, "free_mib", free>>20)
 	}
 	b.disk.Store(&diskState{free: free, paused: paused})

@@ -4,11 +4,8 @@ import (
 	"context"
 	"net"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -21,30 +18,8 @@ import (
 	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/grpcout"
 	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/internal/disktest"
 )
-
-// smallDisk mounts a tmpfs of size bytes for the test (root is needed).
-func smallDisk(t *testing.T, size string) string {
-	t.Helper()
-	dir := filepath.Join(t.TempDir(), "disk")
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mount a %s tmpfs (the test needs root): %v %s", size, err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
-
-func free(t *testing.T, dir string) int64 {
-	t.Helper()
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		t.Fatal(err)
-	}
-	return int64(st.Bavail) * st.Bsize
-}
 
 // The data disk's high-water mark: with the embedded Kafka's data on a
 // small filesystem nearly full, the backlog of requests brings it below
@@ -53,7 +28,7 @@ func free(t *testing.T, dir string) int64 {
 // back, intake resumes and every request is processed exactly once.
 func TestDiskHighWaterMark(t *testing.T) {
 	leakCheck(t)
-	disk := smallDisk(t, "32m")
+	disk := disktest.Mount(t, "32m")
 	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: disk, Partitions: 2})
 	if err != nil {
 		t.Fatal(err)
@@ -91,10 +66,7 @@ func TestDiskHighWaterMark(t *testing.T) {
 
 	// Ballast leaves a little more than the floor: the requests' records
 	// use up the rest.
-	ballast := filepath.Join(disk, "ballast")
-	if err := os.WriteFile(ballast, make([]byte, free(t, disk)-floor-(192<<10)), 0o644); err != nil {
-		t.Fatal(err)
-	}
+	ballast := disktest.Fill(t, disk, floor+(192<<10))
 	devs := devicesim.Config{Broker: "tcp://" + m.Addr(), Devices: 5, Requests: 300, Outstanding: 20, Counters: new(devicesim.Counters)}
 	dctx, stopDevices := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer stopDevices()
@@ -105,7 +77,7 @@ func TestDiskHighWaterMark(t *testing.T) {
 		ok, why := b.Ready()
 		return !ok && len(why) > 0 && strings.Contains(strings.Join(why, ";"), "intake paused: data disk "+disk)
 	})
-	if got := free(t, disk); got <= 0 || got > floor {
+	if got := disktest.Free(t, disk); got <= 0 || got > floor {
 		t.Fatalf("paused with %d bytes free, want some, below the floor %d", got, floor)
 	}
 	held := devs.Counters.Replied.Load()

@@ -99,7 +99,7 @@ func NewMetrics() *Metrics {
 		DaprSubs: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "edgebridge_dapr_subscriptions", Help: "Dapr subscription streams open."}),
 		BrokerProblem: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "edgebridge_broker_problem", Help: "1 while the connection to a broker fails for this reason (auth, tls, refused, unreachable)."},
+			Name: "edgebridge_broker_problem", Help: "1 while the connection to a broker fails for this reason (auth, tls, no_space, too_large, refused, unreachable)."},
 			[]string{"broker", "reason"}),
 	}
 	for _, broker := range []string{"kafka", "mqtt"} {
@@ -111,7 +111,7 @@ func NewMetrics() *Metrics {
 	return m
 }
 
-var brokerProblemReasons = []string{"auth", "tls", "refused", "unreachable"}
+var brokerProblemReasons = []string{"auth", "tls", "no_space", "too_large", "refused", "unreachable"}
 
 // brokerProblem sets broker's problem to reason ("" for none).
 func (m *Metrics) brokerProblem(broker, reason string) {

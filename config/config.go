@@ -133,9 +133,16 @@ type Kafka struct {
 	SessionTimeout time.Duration `yaml:"session_timeout"`
 	// MinFreeBytes is the embedded broker's high-water mark: intake pauses
 	// (no new PUBACKs, /readyz 503) while data_dir's filesystem has less
-	// free, and resumes at half as much again (at least 8 MiB) above it.
+	// free, and resumes at half as much again (at least 1 MiB) above it.
 	// A negative value turns it off. Default: 256 MiB.
 	MinFreeBytes int64 `yaml:"min_free_bytes"`
+	// DeleteCommittedAfter bounds the embedded broker's storage by the
+	// backlog: records every consumer group (the backends' and each Dapr
+	// subscription's) has committed are deleted once committed this long,
+	// so disk use follows what is not processed yet. Nothing uncommitted
+	// is deleted, whatever its age. A negative value keeps every record.
+	// Default: 1m.
+	DeleteCommittedAfter time.Duration `yaml:"delete_committed_after"`
 	// MaxMessageBytes is the brokers' message.max.bytes (or the topics'
 	// max.message.bytes, if lower): the largest record batch Kafka
 	// accepts. The bridge never sends a larger one. Default: 1048576
@@ -384,6 +391,7 @@ func (c *Config) ApplyDefaults() {
 	if c.Kafka.MinFreeBytes == 0 {
 		c.Kafka.MinFreeBytes = 256 << 20
 	}
+	defD(&c.Kafka.DeleteCommittedAfter, time.Minute)
 	defI(&c.Kafka.MaxMessageBytes, DefaultMaxMessageBytes)
 	if c.Backend.Targets == nil && !c.Dapr.Enabled {
 		c.Backend.Targets = []string{"127.0.0.1:7070"}

@@ -293,7 +293,7 @@ func TestOperateAndRecoverySettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Kafka.SessionTimeout != 6*time.Second || c.Kafka.MinFreeBytes != 256<<20 || c.Tracing.Endpoint != "" || c.Tracing.SampleRatio != 1 {
+	if c.Kafka.SessionTimeout != 6*time.Second || c.Kafka.MinFreeBytes != 256<<20 || c.Kafka.DeleteCommittedAfter != time.Minute || c.Tracing.Endpoint != "" || c.Tracing.SampleRatio != 1 {
 		t.Fatalf("defaults: session %s, min free %d, tracing %q at %v", c.Kafka.SessionTimeout, c.Kafka.MinFreeBytes, c.Tracing.Endpoint, c.Tracing.SampleRatio)
 	}
 	_, err = Parse([]byte("kafka:\n  brokers: [embedded]\n  session_timeout: 3s\ntracing:\n  endpoint: collector\n  sample_ratio: 1.5\n"))

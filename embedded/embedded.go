@@ -53,6 +53,16 @@ type KafkaConfig struct {
 	// Logger receives the broker's warnings and errors (a write that
 	// failed, a file repaired on load). Default: slog.Default().
 	Logger *slog.Logger
+	// DeleteCommittedAfter, if positive, bounds storage by the backlog:
+	// records every consumer group has committed are deleted once they
+	// have been committed this long (see trim.go). Zero keeps every
+	// record. Nothing uncommitted is ever deleted: the broker has no
+	// retention by time or size.
+	DeleteCommittedAfter time.Duration
+	// MinFreeBytes, if positive, is the broker's high-water mark: while
+	// its data disk has less free, produces are refused with
+	// KAFKA_STORAGE_ERROR (see diskguard.go).
+	MinFreeBytes int64
 }
 
 // KafkaUser is a SASL account: mechanism PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
@@ -63,6 +73,7 @@ type KafkaUser struct {
 // Kafka is a running embedded Kafka-protocol broker.
 type Kafka struct {
 	c    *kfake.Cluster
+	trim *trimmer // nil unless DeleteCommittedAfter
 	addr string
 	once sync.Once
 }
@@ -119,6 +130,12 @@ func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 		kfake.AllowAutoTopicCreation(),
 		kfake.DefaultNumPartitions(cfg.Partitions),
 		kfake.ClusterID("edgebridge"),
+		kfake.BrokerConfigs(map[string]string{
+			// Records leave only when committed (trim.go), never by age or size.
+			"log.retention.ms":    "-1",
+			"log.retention.bytes": "-1",
+			"log.segment.bytes":   strconv.Itoa(segmentBytes),
+		}),
 	}
 	if !cfg.NoFsync {
 		opts = append(opts, kfake.SyncWrites())
@@ -145,7 +162,17 @@ func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 		c.Close()
 		return nil, err
 	}
-	return &Kafka{c: c, addr: c.ListenAddrs()[0]}, nil
+	if cfg.MinFreeBytes > 0 {
+		guardDisk(c, dir, uint64(cfg.MinFreeBytes), log)
+	}
+	k := &Kafka{c: c, addr: c.ListenAddrs()[0]}
+	if cfg.DeleteCommittedAfter > 0 {
+		if k.trim, err = startTrimmer(c, dir, cfg.DeleteCommittedAfter, log); err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return k, nil
 }
 
 // kafkaLogger passes the broker's warnings and errors to a slog.Logger.
@@ -172,7 +199,14 @@ type advertised struct {
 func (a advertised) Addr() net.Addr { return a.addr }
 
 // Close stops the broker and flushes its state to disk. Safe to call twice.
-func (k *Kafka) Close() { k.once.Do(k.c.Close) }
+func (k *Kafka) Close() {
+	k.once.Do(func() {
+		if k.trim != nil {
+			k.trim.stop() // before the cluster: its calls block on a closed one
+		}
+		k.c.Close()
+	})
+}
 
 // MQTTConfig configures the embedded MQTT broker.
 type MQTTConfig struct {

@@ -128,18 +128,31 @@ func (m Message) Ack() {
 	}
 }
 
-// Client is safe for concurrent use.
+// Client is safe for concurrent use. It holds two connections to the
+// broker: intake (ClientID, a persistent session subscribed to the request
+// topics) and out (ClientID + "-replies", a clean session that publishes
+// replies and commands). They are separate because paho handles one
+// connection's incoming packets in order on one goroutine: while intake
+// holds back (its queue full, Kafka not taking writes), the PUBACKs of the
+// replies would wait behind the requests it holds — and replies must go
+// out for the backlog to drain and the intake to move again.
 type Client struct {
 	cfg    Config
 	log    *slog.Logger
-	c      paho.Client
+	intake paho.Client
+	out    paho.Client
 	msgs   chan Message
 	done   chan struct{}
 	closed atomic.Bool
 
 	subscribed atomic.Bool
-	conn       connLog
+	intakeConn connLog
+	outConn    connLog
 }
+
+// OutSuffix is appended to Config.ClientID for the connection that
+// publishes replies and commands.
+const OutSuffix = "-replies"
 
 // Option configures optional hooks.
 type Option func(*Client)
@@ -157,23 +170,15 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 	for _, o := range opts {
 		o(c)
 	}
-	c.conn.log, c.conn.broker = c.log, redacted(cfg.Broker)
-	po := paho.NewClientOptions().
-		AddBroker(cfg.Broker).
-		SetClientID(cfg.ClientID).
+	broker := redacted(cfg.Broker)
+	c.intakeConn = connLog{log: c.log, broker: broker, name: "intake"}
+	c.outConn = connLog{log: c.log, broker: broker, name: "replies"}
+	in := c.options(cfg.ClientID, &c.intakeConn).
 		SetCleanSession(false).
 		SetAutoAckDisabled(true).
 		// The handler only enqueues (in order); it blocks only when the queue
 		// is full, i.e. when Kafka cannot keep up: then the broker holds back.
 		SetOrderMatters(true).
-		SetKeepAlive(cfg.KeepAlive).
-		SetPingTimeout(cfg.KeepAlive / 2).
-		SetConnectTimeout(cfg.ConnectTimeout).
-		SetAutoReconnect(true).
-		SetConnectRetry(true).
-		SetConnectRetryInterval(cfg.ConnectRetryInterval).
-		SetMaxReconnectInterval(cfg.MaxReconnectInterval).
-		SetWriteTimeout(cfg.ConnectTimeout).
 		// No ResumeSubs: connected subscribes on every connection. With it,
 		// paho also resends that SUBSCRIBE from its store when its resume
 		// runs after the handler, and the broker then sends every retained
@@ -182,21 +187,15 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 		// re-sent; without a default handler paho would drop them un-acked.
 		SetDefaultPublishHandler(c.receive).
 		SetOnConnectHandler(c.connected).
-		SetConnectionLostHandler(func(paho.Client, error) { c.subscribed.Store(false) }).
-		SetConnectionNotificationHandler(c.notified)
-	if cfg.Username != "" || cfg.Password != nil {
-		po.SetCredentialsProvider(c.credentials)
-	}
-	if cfg.TLS != nil {
-		po.SetTLSConfig(cfg.TLS)
-	}
-	if u, err := url.Parse(cfg.Broker); err == nil && (u.Scheme == "tcp" || u.Scheme == "mqtt") {
-		po.SetCustomOpenConnectionFn(openConn)
-	}
-	c.c = paho.NewClient(po)
+		SetConnectionLostHandler(func(paho.Client, error) { c.subscribed.Store(false) })
+	c.intake = paho.NewClient(in)
 	for _, f := range cfg.Subscribe {
-		c.c.AddRoute(f, c.receive)
+		c.intake.AddRoute(f, c.receive)
 	}
+	// A clean session: nothing of it stays on the broker. A publish cut
+	// off by a lost connection is sent again from paho's memory when it
+	// reconnects (or fails with the caller's context).
+	c.out = paho.NewClient(c.options(cfg.ClientID+OutSuffix, &c.outConn).SetCleanSession(true))
 	return c, nil
 }
 
@@ -205,17 +204,46 @@ func New(cfg Config, opts ...Option) (*Client, error) {
 // messages wait for the next run. Messages received and not acknowledged are
 // redelivered by the broker then.
 func (c *Client) Run(ctx context.Context) error {
-	tok := c.c.Connect()
-	select {
-	case <-tok.Done():
-		if err := tok.Error(); err != nil {
-			return fmt.Errorf("mqttin: connect %s: %w", c.conn.broker, err)
+	for _, conn := range []paho.Client{c.out, c.intake} {
+		tok := conn.Connect()
+		select {
+		case <-tok.Done():
+			if err := tok.Error(); err != nil {
+				c.Close()
+				return fmt.Errorf("mqttin: connect %s: %w", c.intakeConn.broker, err)
+			}
+		case <-ctx.Done():
 		}
-	case <-ctx.Done():
 	}
 	<-ctx.Done()
 	c.Close()
 	return nil
+}
+
+// options are the settings both connections share.
+func (c *Client) options(clientID string, l *connLog) *paho.ClientOptions {
+	po := paho.NewClientOptions().
+		AddBroker(c.cfg.Broker).
+		SetClientID(clientID).
+		SetKeepAlive(c.cfg.KeepAlive).
+		SetPingTimeout(c.cfg.KeepAlive / 2).
+		SetConnectTimeout(c.cfg.ConnectTimeout).
+		SetAutoReconnect(true).
+		SetConnectRetry(true).
+		SetConnectRetryInterval(c.cfg.ConnectRetryInterval).
+		SetMaxReconnectInterval(c.cfg.MaxReconnectInterval).
+		SetWriteTimeout(c.cfg.ConnectTimeout).
+		SetConnectionNotificationHandler(l.notified)
+	if c.cfg.Username != "" || c.cfg.Password != nil {
+		po.SetCredentialsProvider(func() (string, string) { return c.credentials(l) })
+	}
+	if c.cfg.TLS != nil {
+		po.SetTLSConfig(c.cfg.TLS)
+	}
+	if u, err := url.Parse(c.cfg.Broker); err == nil && (u.Scheme == "tcp" || u.Scheme == "mqtt") {
+		po.SetCustomOpenConnectionFn(openConn)
+	}
+	return po
 }
 
 // Close disconnects. Safe to call more than once.
@@ -223,15 +251,17 @@ func (c *Client) Close() {
 	if c.closed.CompareAndSwap(false, true) {
 		close(c.done)
 		c.subscribed.Store(false)
-		c.c.Disconnect(250)
+		c.intake.Disconnect(250)
+		c.out.Disconnect(250)
 	}
 }
 
 // Messages returns the received messages in arrival order.
 func (c *Client) Messages() <-chan Message { return c.msgs }
 
-// Subscribed reports whether the client is connected and subscribed.
-func (c *Client) Subscribed() bool { return c.subscribed.Load() }
+// Subscribed reports whether the client is connected and subscribed, and
+// can publish.
+func (c *Client) Subscribed() bool { return c.subscribed.Load() && c.out.IsConnectionOpen() }
 
 // Publish sends payload to topic with QoS 1 and waits for the PUBACK. A
 // topic that fails ValidTopic is refused before anything is sent.
@@ -252,7 +282,7 @@ func (c *Client) publish(ctx context.Context, topic string, retain bool, payload
 	if c.closed.Load() {
 		return ErrClosed
 	}
-	tok := c.c.Publish(topic, 1, retain, payload)
+	tok := c.out.Publish(topic, 1, retain, payload)
 	select {
 	case <-tok.Done():
 		if err := tok.Error(); err != nil {
@@ -269,12 +299,12 @@ func (c *Client) publish(ctx context.Context, topic string, retain bool, payload
 // credentials are the username and the password as it is now; a password
 // that cannot be read is logged (once per change of cause) and sent empty,
 // so the broker refuses the connection and paho retries.
-func (c *Client) credentials() (string, string) {
+func (c *Client) credentials(l *connLog) (string, string) {
 	if c.cfg.Password == nil {
 		return c.cfg.Username, ""
 	}
 	pw, err := c.cfg.Password()
-	c.conn.passwordProblem(err)
+	l.passwordProblem(err)
 	return c.cfg.Username, pw
 }
 
@@ -294,13 +324,13 @@ func (c *Client) connected(pc paho.Client) {
 		err := subscribe(pc, filters, c.receive, c.cfg.ConnectTimeout)
 		if err == nil {
 			c.subscribed.Store(true)
-			c.log.Info("mqttin: subscribed", "broker", c.conn.broker, "topics", c.cfg.Subscribe)
+			c.log.Info("mqttin: subscribed", "broker", c.intakeConn.broker, "topics", c.cfg.Subscribe)
 			return
 		}
 		if !pc.IsConnectionOpen() {
 			return
 		}
-		c.log.Error("mqttin: subscribe failed; retrying", "broker", c.conn.broker, "err", err, "in", wait)
+		c.log.Error("mqttin: subscribe failed; retrying", "broker", c.intakeConn.broker, "err", err, "in", wait)
 		select {
 		case <-time.After(wait):
 		case <-c.done:
@@ -351,6 +381,7 @@ func (c *Client) receive(_ paho.Client, m paho.Message) {
 type connLog struct {
 	log    *slog.Logger
 	broker string
+	name   string // which connection: intake or replies
 
 	mu    sync.Mutex
 	state connState
@@ -368,7 +399,7 @@ func (l *connLog) passwordProblem(err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if msg != l.pwErr && msg != "" {
-		l.log.Error("mqttin: cannot read the password; connecting without it", "broker", l.broker, "err", msg)
+		l.log.Error("mqttin: cannot read the password; connecting without it", "broker", l.broker, "conn", l.name, "err", msg)
 	}
 	l.pwErr = msg
 }
@@ -382,27 +413,26 @@ const (
 	connFailing
 )
 
-func (c *Client) notified(_ paho.Client, n paho.ConnectionNotification) {
-	l := &c.conn
+func (l *connLog) notified(_ paho.Client, n paho.ConnectionNotification) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch n := n.(type) {
 	case paho.ConnectionNotificationConnected:
 		if l.state != connUp {
-			l.log.Info("mqttin: connected", "broker", l.broker)
+			l.log.Info("mqttin: connected", "broker", l.broker, "conn", l.name)
 		}
 		l.state = connUp
 		l.reason, l.detail = "", ""
 	case paho.ConnectionNotificationLost:
 		if l.state != connLost {
-			l.log.Warn("mqttin: connection lost; reconnecting", "broker", l.broker, "err", n.Reason)
+			l.log.Warn("mqttin: connection lost; reconnecting", "broker", l.broker, "conn", l.name, "err", n.Reason)
 		}
 		l.state = connLost
 		l.reason, l.detail = "unreachable", fmt.Sprint(n.Reason)
 	case paho.ConnectionNotificationFailed:
 		reason := problemOf(n.Reason)
 		if l.state != connFailing || reason != l.reason {
-			l.log.Warn("mqttin: cannot connect; retrying", "broker", l.broker, "reason", reason, "err", n.Reason)
+			l.log.Warn("mqttin: cannot connect; retrying", "broker", l.broker, "conn", l.name, "reason", reason, "err", n.Reason)
 		}
 		l.state = connFailing
 		l.reason, l.detail = reason, fmt.Sprint(n.Reason)
@@ -426,9 +456,15 @@ func problemOf(err error) string {
 // unreachable) and the broker's or the handshake's error; "" while
 // connected. No secret is in either.
 func (c *Client) Problem() (reason, detail string) {
-	c.conn.mu.Lock()
-	defer c.conn.mu.Unlock()
-	return c.conn.reason, c.conn.detail
+	for _, l := range []*connLog{&c.intakeConn, &c.outConn} {
+		l.mu.Lock()
+		reason, detail = l.reason, l.detail
+		l.mu.Unlock()
+		if reason != "" {
+			return reason, detail
+		}
+	}
+	return "", ""
 }
 
 // redacted is the broker URL without a password, for logs.

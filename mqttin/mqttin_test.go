@@ -283,6 +283,19 @@ func (l *logBuffer) count(s string) int {
 	return strings.Count(l.b.String(), s)
 }
 
+// countConn counts the lines with msg about connection conn (intake or replies).
+func (l *logBuffer) countConn(msg, conn string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, line := range strings.Split(l.b.String(), "\n") {
+		if strings.Contains(line, msg) && strings.Contains(line, "conn="+conn) {
+			n++
+		}
+	}
+	return n
+}
+
 func (l *logBuffer) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -319,7 +332,8 @@ func TestConnectionStateLoggedOnce(t *testing.T) {
 	defer stop()
 
 	waitUntil(t, func() bool { return attempts.Load() >= 5 })
-	if n := logs.count("mqttin: cannot connect"); n != 1 {
+	// The replies connection comes up first; intake waits for it.
+	if n := logs.countConn("mqttin: cannot connect", "replies"); n != 1 {
 		t.Fatalf("after %d failed attempts: %d 'cannot connect' lines, want 1:\n%s", attempts.Load(), n, logs)
 	}
 	if !strings.Contains(logs.String(), "err=") {
@@ -334,9 +348,11 @@ func TestConnectionStateLoggedOnce(t *testing.T) {
 	}
 	waitUntil(t, c.Subscribed)
 	m.Close()
-	waitUntil(t, func() bool { return logs.count("mqttin: connection lost") == 1 })
-	if n := logs.count("mqttin: connected"); n != 1 {
-		t.Errorf("got %d 'connected' lines, want 1", n)
+	for _, conn := range []string{"intake", "replies"} {
+		waitUntil(t, func() bool { return logs.countConn("mqttin: connection lost", conn) == 1 })
+		if n := logs.countConn("mqttin: connected", conn); n != 1 {
+			t.Errorf("got %d 'connected' lines for the %s connection, want 1:\n%s", n, conn, logs)
+		}
 	}
 	if strings.Contains(logs.String(), "s3cret") {
 		t.Errorf("the broker password is in the logs:\n%s", logs)
@@ -400,8 +416,8 @@ func TestSubscribeRefusedIsRetried(t *testing.T) {
 		t.Fatalf("subscribed %v with a refused subscription; log:\n%s", c.Subscribed(), logs.String())
 	}
 	waitUntil(t, c.Subscribed)
-	if n, s := connects.Load(), subscribes.Load(); n != 1 || s != 3 {
-		t.Errorf("%d connections and %d SUBSCRIBEs, want 1 and 3 (retried on the same connection):\n%s", n, s, logs.String())
+	if n, s := connects.Load(), subscribes.Load(); n != 2 || s != 3 {
+		t.Errorf("%d connections and %d SUBSCRIBEs, want 2 (intake and replies) and 3 (retried on the same connection):\n%s", n, s, logs.String())
 	}
 }
 
@@ -423,6 +439,40 @@ func TestFilterMatches(t *testing.T) {
 	} {
 		if got := mqttin.FilterMatches(c.filter, c.topic); got != c.want {
 			t.Errorf("FilterMatches(%q, %q) = %v, want %v", c.filter, c.topic, got, c.want)
+		}
+	}
+}
+
+// While intake holds back (its queue full: Kafka is not taking writes),
+// replies still go out. With one connection they could not: paho handles a
+// connection's packets in order, so a reply's PUBACK waited behind the
+// requests intake held — and the backlog drains only as replies go out.
+func TestPublishWhileIntakeHoldsBack(t *testing.T) {
+	m := broker(t, t.TempDir())
+	url := "tcp://" + m.Addr()
+	c, _ := start(t, mqttin.Config{Broker: url, ClientID: "bridge-held", Subscribe: []string{"req/+"}, QueueSize: 1})
+	waitUntil(t, c.Subscribed)
+	dev := publisher(t, url)
+	const held = 50 // more than paho buffers between its reader and the handler
+	for i := range held {
+		if tok := dev.Publish("req/dev-1", 1, false, fmt.Sprintf("r-%d", i)); !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+			t.Fatalf("device publish %d: %v", i, tok.Error())
+		}
+	}
+	// Nothing reads Messages(): one message in the queue, the next held in
+	// the receive handler, the rest in paho; wait until the broker sent them.
+	waitUntil(t, func() bool { return len(c.Messages()) == 1 && m.Inflight("bridge-held") == held })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Publish(ctx, "resp/dev-1", []byte("approved")); err != nil {
+		t.Fatalf("reply while intake holds back: %v", err)
+	}
+	for range held { // drain: the handler gets the rest
+		select {
+		case msg := <-c.Messages():
+			msg.Ack()
+		case <-ctx.Done():
+			t.Fatal("intake did not resume")
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/embedded"
@@ -36,6 +37,8 @@ func brokerCmd(args []string) error {
 	saslMech := fs.String("sasl-mechanism", "", "require SASL logins with this mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (kafka)")
 	saslUser := fs.String("sasl-user", "", "the one account -sasl-mechanism accepts (kafka)")
 	saslPassword := fs.String("sasl-password-file", "", "that account's password (the file's content, read at start) (kafka)")
+	deleteAfter := fs.Duration("delete-committed-after", time.Minute, "delete records every consumer group has committed once committed this long; 0 keeps every record (kafka)")
+	minFree := fs.Int64("min-free-bytes", 256<<20, "refuse produces (KAFKA_STORAGE_ERROR) while the data disk has less free; 0 turns it off (kafka)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: edgebridge broker kafka|mqtt [flags]\n")
 		fs.PrintDefaults()
@@ -55,7 +58,8 @@ func brokerCmd(args []string) error {
 	var closeFn func()
 	switch kind {
 	case "kafka":
-		kc := embedded.KafkaConfig{Listen: *listen, DataDir: *data, Partitions: *partitions, Advertise: *advertise, NoFsync: !*fsync, Logger: log}
+		kc := embedded.KafkaConfig{Listen: *listen, DataDir: *data, Partitions: *partitions, Advertise: *advertise, NoFsync: !*fsync, Logger: log,
+			DeleteCommittedAfter: *deleteAfter, MinFreeBytes: *minFree}
 		if *tlsCert != "" || *tlsKey != "" {
 			tc, err := tlsfiles.Files{CertFile: *tlsCert, KeyFile: *tlsKey}.Server()
 			if err != nil {

@@ -203,7 +203,13 @@ func embeddedMQTTConfig(cfg config.Config, log *slog.Logger) (embedded.MQTTConfi
 // embeddedKafkaConfig is the in-process Kafka broker's configuration: TLS
 // with kafka.embedded_tls, and kafka.sasl as its one account.
 func embeddedKafkaConfig(cfg config.Config) (embedded.KafkaConfig, error) {
-	kc := embedded.KafkaConfig{Listen: cfg.Kafka.EmbeddedListen, DataDir: cfg.Kafka.DataDir, Partitions: cfg.Kafka.Partitions}
+	kc := embedded.KafkaConfig{Listen: cfg.Kafka.EmbeddedListen, DataDir: cfg.Kafka.DataDir, Partitions: cfg.Kafka.Partitions,
+		DeleteCommittedAfter: max(cfg.Kafka.DeleteCommittedAfter, 0)}
+	if cfg.Kafka.MinFreeBytes > 0 {
+		// The bridge pauses intake at min_free_bytes; the broker refuses
+		// writes at half of it, a backstop for writes past the pause.
+		kc.MinFreeBytes = cfg.Kafka.MinFreeBytes / 2
+	}
 	if t := cfg.Kafka.EmbeddedTLS; t.CertFile != "" {
 		tc, err := tlsfiles.Files{CertFile: t.CertFile, KeyFile: t.KeyFile}.Server()
 		if err != nil {

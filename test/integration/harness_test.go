@@ -269,11 +269,11 @@ func kafkaBroker(t *testing.T) string {
 	return addr
 }
 
-// startBroker runs "edgebridge broker KIND" as its own process and waits
-// until it accepts connections.
-func startBroker(t *testing.T, kind, addr, dir string) *proc {
+// startBroker runs "edgebridge broker KIND" as its own process, with extra
+// flags, and waits until it accepts connections.
+func startBroker(t *testing.T, kind, addr, dir string, extra ...string) *proc {
 	t.Helper()
-	p := start(t, bins.edgebridge, "broker", kind, "-listen", addr, "-data", dir, "-partitions", "8")
+	p := start(t, bins.edgebridge, append([]string{"broker", kind, "-listen", addr, "-data", dir, "-partitions", "8"}, extra...)...)
 	waitFor(t, 20*time.Second, kind+" broker listening", func() bool { return dialable(addr) })
 	return p
 }

@@ -3,6 +3,7 @@ package integration
 import (
 	"net/http"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,4 +74,23 @@ func bridgeKillRecovery(t *testing.T, kafka string, hold time.Duration) {
 		t.Fatalf("bridge exit: %v", err)
 	}
 	checkLedger(t, pay.ledger, cfg)
+}
+
+// A session timeout the broker refuses (below its 6 s minimum) keeps the
+// bridge out of the consumer group: /readyz says so, with the broker's
+// reason, instead of waiting for partitions that never come.
+func TestReadyzNamesRefusedJoin(t *testing.T) {
+	mqtt, kafka := mosquitto(t), kafkaBroker(t)
+	pay := startPaymentd(t, freeAddr(t), filepath.Join(t.TempDir(), "ledger.jsonl"))
+	cfgPath, admin := writeBridgeConfig(t, bridgeOpts{mqtt: mqtt, kafka: kafka, backend: pay.addr, kafkaExtra: "  session_timeout: 2s\n"})
+	br := &bridgeProc{proc: start(t, bins.edgebridge, "run", "-config", cfgPath), admin: admin}
+	var body string
+	waitFor(t, time.Minute, "/readyz to name the refused join", func() bool {
+		var code int
+		code, body = br.readyz()
+		return code == http.StatusServiceUnavailable && strings.Contains(body, "kafka consumer group: join refused: ")
+	})
+	if !strings.Contains(body, "Invalid Session Timeout") {
+		t.Errorf("/readyz does not give the broker's reason:\n%s", body)
+	}
 }

@@ -50,9 +50,9 @@ func (b *Bridge) noteDisk(free uint64, floor *diskspace.Floor) {
 	switch {
 	case changed && paused:
 		b.log.Warn("bridge: data disk low; intake paused (devices' messages wait in the MQTT broker)",
-			"dir", b.dataDisk, "free_mib", free>>20, "floor_mib", floor.Min>>20)
+			"dir", b.dataDisk, "free", diskspace.MiB(free), "floor", diskspace.MiB(floor.Min))
 	case changed:
-		b.log.Info("bridge: data disk has room again; intake resumed", "dir", b.dataDisk, "free_mib", free>>20)
+		b.log.Info("bridge: data disk has room again; intake resumed", "dir", b.dataDisk, "free", diskspace.MiB(free))
 	}
 	b.disk.Store(&diskState{free: free, paused: paused})
 	b.metrics.DiskFree.Set(float64(free))
@@ -73,8 +73,8 @@ func (b *Bridge) diskPaused() (bool, string) {
 	if d == nil || !d.paused {
 		return false, ""
 	}
-	return true, fmt.Sprintf("intake paused: data disk %s has %d MiB free, below the floor of %d MiB (kafka.min_free_bytes)",
-		b.dataDisk, d.free>>20, b.cfg.Kafka.MinFreeBytes>>20)
+	return true, fmt.Sprintf("intake paused: data disk %s has %s free, below the floor of %s (kafka.min_free_bytes)",
+		b.dataDisk, diskspace.MiB(d.free), diskspace.MiB(b.cfg.Kafka.MinFreeBytes))
 }
 
 // awaitDisk blocks while intake is paused for disk space; false if ctx

@@ -131,6 +131,10 @@ type Kafka struct {
 	// brokers refuse less than their group.min.session.timeout.ms (6s by
 	// default, the embedded broker's too). Default: 6s.
 	SessionTimeout time.Duration `yaml:"session_timeout"`
+	// HeartbeatInterval of that membership: a member that misses heartbeats
+	// for session_timeout is dropped, so it must be well below it (at most
+	// a third). Default: a fifth of session_timeout.
+	HeartbeatInterval time.Duration `yaml:"heartbeat_interval"`
 	// MinFreeBytes is the embedded broker's high-water mark: intake pauses
 	// (no new PUBACKs, /readyz 503) while data_dir's filesystem has less
 	// free, and resumes at half as much again (at least 1 MiB) above it.
@@ -388,6 +392,7 @@ func (c *Config) ApplyDefaults() {
 	defI(&c.Kafka.Partitions, 8)
 	defD(&c.Kafka.CommitInterval, 200*time.Millisecond)
 	defD(&c.Kafka.SessionTimeout, 6*time.Second)
+	defD(&c.Kafka.HeartbeatInterval, c.Kafka.SessionTimeout/5)
 	if c.Kafka.MinFreeBytes == 0 {
 		c.Kafka.MinFreeBytes = 256 << 20
 	}
@@ -575,6 +580,9 @@ func (c *Config) problems() Problems {
 		bad("kafka.session_timeout", "%s must be between 1s and 5m", t)
 	} else if t != 0 && t < 6*time.Second && c.EmbeddedKafka() {
 		bad("kafka.session_timeout", "%s: the embedded broker refuses less than 6s (group.min.session.timeout.ms)", t)
+	}
+	if h := c.Kafka.HeartbeatInterval; h < 0 || (h > 0 && c.Kafka.SessionTimeout > 0 && h > c.Kafka.SessionTimeout/3) {
+		bad("kafka.heartbeat_interval", "%s must be positive and at most a third of kafka.session_timeout (%s)", h, c.Kafka.SessionTimeout)
 	}
 	if c.Kafka.CommitInterval < 0 {
 		bad("kafka.commit_interval", "must not be negative")

@@ -293,18 +293,21 @@ func TestOperateAndRecoverySettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Kafka.SessionTimeout != 6*time.Second || c.Kafka.MinFreeBytes != 256<<20 || c.Kafka.DeleteCommittedAfter != time.Minute || c.Tracing.Endpoint != "" || c.Tracing.SampleRatio != 1 {
-		t.Fatalf("defaults: session %s, min free %d, tracing %q at %v", c.Kafka.SessionTimeout, c.Kafka.MinFreeBytes, c.Tracing.Endpoint, c.Tracing.SampleRatio)
+	if c.Kafka.SessionTimeout != 6*time.Second || c.Kafka.HeartbeatInterval != 1200*time.Millisecond || c.Kafka.MinFreeBytes != 256<<20 ||
+		c.Kafka.DeleteCommittedAfter != time.Minute || c.Tracing.Endpoint != "" || c.Tracing.SampleRatio != 1 {
+		t.Fatalf("defaults: session %s, heartbeat %s, min free %d, delete committed after %s, tracing %q at %v", c.Kafka.SessionTimeout,
+			c.Kafka.HeartbeatInterval, c.Kafka.MinFreeBytes, c.Kafka.DeleteCommittedAfter, c.Tracing.Endpoint, c.Tracing.SampleRatio)
 	}
-	_, err = Parse([]byte("kafka:\n  brokers: [embedded]\n  session_timeout: 3s\ntracing:\n  endpoint: collector\n  sample_ratio: 1.5\n"))
+	_, err = Parse([]byte("kafka:\n  brokers: [embedded]\n  session_timeout: 3s\n  heartbeat_interval: 2s\ntracing:\n  endpoint: collector\n  sample_ratio: 1.5\n"))
 	var ps Problems
 	if !errors.As(err, &ps) {
 		t.Fatalf("got %v, want Problems", err)
 	}
 	want := []string{
 		"line 3: kafka.session_timeout: 3s: the embedded broker refuses less than 6s",
-		`line 5: tracing.endpoint: "collector" is not host:port`,
-		"line 6: tracing.sample_ratio: 1.5 must be above 0 and at most 1",
+		"line 4: kafka.heartbeat_interval: 2s must be positive and at most a third of kafka.session_timeout (3s)",
+		`line 6: tracing.endpoint: "collector" is not host:port`,
+		"line 7: tracing.sample_ratio: 1.5 must be above 0 and at most 1",
 	}
 	if len(ps) != len(want) {
 		t.Fatalf("got %d findings, want %d:\n%v", len(ps), len(want), err)

@@ -76,6 +76,8 @@ type Config struct {
 	DrainTimeout time.Duration
 	// SessionTimeout of subscription consumer group members. Default: 10s.
 	SessionTimeout time.Duration
+	// HeartbeatInterval of those members. Default: a fifth of SessionTimeout.
+	HeartbeatInterval time.Duration
 	// MaxMessageBytes is Kafka's message.max.bytes: a dead letter keeps
 	// only as much of its record as fits. Default: 1 MiB.
 	MaxMessageBytes int

@@ -105,14 +105,15 @@ func (sub *subscription) run(stream components.PubSub_PullMessagesServer) error 
 	defer cancel()
 
 	consumer, err := kafkapipe.NewConsumer(kafkapipe.ConsumerConfig{
-		Brokers:        s.cfg.Brokers,
-		Security:       s.cfg.Security,
-		GroupID:        sub.set.consumerID,
-		Topic:          sub.topic,
-		CommitInterval: s.cfg.CommitInterval,
-		DrainTimeout:   s.cfg.DrainTimeout,
-		SessionTimeout: s.cfg.SessionTimeout,
-		StartNewest:    sub.set.startNewest,
+		Brokers:           s.cfg.Brokers,
+		Security:          s.cfg.Security,
+		GroupID:           sub.set.consumerID,
+		Topic:             sub.topic,
+		CommitInterval:    s.cfg.CommitInterval,
+		DrainTimeout:      s.cfg.DrainTimeout,
+		SessionTimeout:    s.cfg.SessionTimeout,
+		HeartbeatInterval: s.cfg.HeartbeatInterval,
+		StartNewest:       sub.set.startNewest,
 	}, sub.win, sub.handle, kafkapipe.WithLogger(s.log))
 	if err != nil {
 		return status.Errorf(codes.Internal, "subscribe: %v", err)

@@ -39,7 +39,7 @@ func guardDisk(c *kfake.Cluster, dir string, floor uint64, log *slog.Logger) {
 			return nil, nil, false // kfake writes the records as usual
 		}
 		c.KeepControl()
-		return refuseProduce(req.(*kmsg.ProduceRequest), fmt.Sprintf("broker disk low: %d MiB free, below the floor of %d MiB", free>>20, floor>>20)), nil, true
+		return refuseProduce(req.(*kmsg.ProduceRequest), fmt.Sprintf("broker disk low: %s free, below the floor of %s", diskspace.MiB(free), diskspace.MiB(floor))), nil, true
 	})
 }
 
@@ -58,9 +58,9 @@ func (g *diskGuard) low() (bool, uint64) {
 	g.free, g.isLow = free, low
 	switch {
 	case changed && low:
-		g.log.Warn("embedded kafka: data disk low; refusing produces (KAFKA_STORAGE_ERROR) until space is back", "dir", g.dir, "free_mib", free>>20, "floor_mib", g.floor.Min>>20)
+		g.log.Warn("embedded kafka: data disk low; refusing produces (KAFKA_STORAGE_ERROR) until space is back", "dir", g.dir, "free", diskspace.MiB(free), "floor", diskspace.MiB(g.floor.Min))
 	case changed:
-		g.log.Info("embedded kafka: data disk has room again; accepting produces", "dir", g.dir, "free_mib", free>>20)
+		g.log.Info("embedded kafka: data disk has room again; accepting produces", "dir", g.dir, "free", diskspace.MiB(free))
 	}
 	return low, free
 }

@@ -33,9 +33,10 @@ import (
 const trimEvery = time.Second
 
 // segmentBytes is the embedded broker's segment size: a segment is deleted
-// only once all of it is committed, so smaller segments free space sooner;
-// a fully committed partition is deleted whole, active segment included.
-const segmentBytes = 4 << 20
+// only once all of it is committed, and the one holding a partition's last
+// record is kept (below), so smaller segments free space sooner and keep
+// less of it.
+const segmentBytes = 1 << 20
 
 // topicPart names a partition.
 type topicPart struct {
@@ -121,12 +122,15 @@ func (t *trimmer) loop(ctx context.Context) {
 }
 
 // trim deletes, on every partition some group holds, the records below the
-// hold that was reached at least the grace period ago.
+// hold that was reached at least the grace period ago — but never a
+// partition's last record: the broker rebuilds a partition's offsets from
+// its segment files after a crash, and with none left its log would start
+// again at offset 0, behind every group's committed offset.
 func (t *trimmer) trim(now time.Time) {
-	for tp, hold := range t.holds() {
+	for tp, h := range t.holds() {
 		ms := t.marks[tp]
-		if len(ms) == 0 || ms[len(ms)-1].offset != hold {
-			ms = append(ms, mark{at: now, offset: hold})
+		if len(ms) == 0 || ms[len(ms)-1].offset != h.offset {
+			ms = append(ms, mark{at: now, offset: h.offset})
 		}
 		// The newest mark at least `after` old is safe; older ones are
 		// no longer needed.
@@ -139,7 +143,7 @@ func (t *trimmer) trim(now time.Time) {
 			ms = ms[1:]
 		}
 		t.marks[tp] = ms
-		safe = min(safe, hold) // a group may have rewound since
+		safe = min(safe, h.offset, h.end-1) // a group may have rewound since
 		if safe <= t.deleted[tp] {
 			continue
 		}
@@ -152,17 +156,21 @@ func (t *trimmer) trim(now time.Time) {
 	}
 }
 
+// hold is the lowest offset any group still needs on a partition, and the
+// partition's end.
+type hold struct{ offset, end int64 }
+
 // holds returns, for every partition of every topic some group has
 // committed on, the lowest offset a group still needs: its committed
 // offset, or 0 where it has not committed (nothing may be deleted then).
-func (t *trimmer) holds() map[topicPart]int64 {
+func (t *trimmer) holds() map[topicPart]hold {
 	t.mu.Lock()
 	groups := make([]string, 0, len(t.groups))
 	for g := range t.groups {
 		groups = append(groups, g)
 	}
 	t.mu.Unlock()
-	holds := map[topicPart]int64{}
+	holds := map[topicPart]hold{}
 	parts := map[string][]*kfake.PartitionInfo{}
 	for _, g := range groups {
 		info := t.c.GroupInfo(g)
@@ -184,8 +192,8 @@ func (t *trimmer) holds() map[topicPart]int64 {
 				if c, ok := commits[p.Partition]; ok && c.Offset > 0 {
 					need = min(c.Offset, p.HighWatermark)
 				}
-				if cur, ok := holds[tp]; !ok || need < cur {
-					holds[tp] = need
+				if cur, ok := holds[tp]; !ok || need < cur.offset {
+					holds[tp] = hold{offset: need, end: p.HighWatermark}
 				}
 			}
 		}

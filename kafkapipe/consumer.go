@@ -26,6 +26,9 @@ type ConsumerConfig struct {
 	DrainTimeout time.Duration
 	// SessionTimeout of the group membership. Default: 10s.
 	SessionTimeout time.Duration
+	// HeartbeatInterval of the group membership. Default: a fifth of
+	// SessionTimeout.
+	HeartbeatInterval time.Duration
 	// MaxWait bounds a fetch long-poll. Default: 250ms.
 	MaxWait time.Duration
 	// StartNewest makes a group with no committed offset start at the end
@@ -45,6 +48,9 @@ func (c ConsumerConfig) withDefaults() ConsumerConfig {
 	}
 	if c.SessionTimeout <= 0 {
 		c.SessionTimeout = 10 * time.Second
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = c.SessionTimeout / 5
 	}
 	if c.MaxWait <= 0 {
 		c.MaxWait = 250 * time.Millisecond
@@ -151,7 +157,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 		Topics:                []string{c.cfg.Topic},
 		StartOffset:           start,
 		SessionTimeout:        c.cfg.SessionTimeout,
-		HeartbeatInterval:     c.cfg.SessionTimeout / 5,
+		HeartbeatInterval:     c.cfg.HeartbeatInterval,
 		RebalanceTimeout:      c.cfg.SessionTimeout,
 		JoinGroupBackoff:      500 * time.Millisecond,
 		WatchPartitionChanges: true,

@@ -41,3 +41,6 @@ func (f *Floor) Note(free uint64) (low, changed bool) {
 	}
 	return f.low, f.low != was
 }
+
+// MiB formats n bytes for logs and messages: "0.4 MiB", "256.0 MiB".
+func MiB[T ~uint64 | ~int64](n T) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }

@@ -35,3 +35,12 @@ func TestFree(t *testing.T) {
 		t.Fatal("Free of a missing dir: want an error")
 	}
 }
+
+func TestMiB(t *testing.T) {
+	if got := MiB(uint64(512 << 10)); got != "0.5 MiB" {
+		t.Errorf("MiB(512 KiB) = %q", got)
+	}
+	if got := MiB(int64(256 << 20)); got != "256.0 MiB" {
+		t.Errorf("MiB(256 MiB) = %q", got)
+	}
+}

@@ -90,10 +90,12 @@ type Consumer struct {
 	joined    atomic.Bool           // a generation is running
 	joinErr   atomic.Pointer[error] // why the last join failed; nil after a join
 
-	admin      *kafka.Client   // Lag's
-	closeAdmin func()          // closes admin's idle connections
-	abandoned  context.Context // done once Abandon was called
-	abandon    context.CancelFunc
+	adminMu     sync.RWMutex    // held by Lag while it uses admin
+	admin       *kafka.Client   // Lag's
+	closeAdmin  func()          // closes admin's idle connections
+	adminClosed bool            // Run ended: Lag no longer asks
+	abandoned   context.Context // done once Abandon was called
+	abandon     context.CancelFunc
 }
 
 // ConsumerOption configures optional hooks.
@@ -166,7 +168,12 @@ func (c *Consumer) Run(ctx context.Context) error {
 		return fmt.Errorf("kafkapipe: consumer group: %w", err)
 	}
 	defer group.Close()
-	defer c.closeAdmin()
+	defer func() { // after any Lag in flight; none starts after it
+		c.adminMu.Lock()
+		defer c.adminMu.Unlock()
+		c.adminClosed = true
+		c.closeAdmin()
+	}()
 	for {
 		gen, err := group.Next(ctx)
 		if ctx.Err() != nil {
@@ -362,6 +369,11 @@ func (c *Consumer) Lag(ctx context.Context) (map[int32]int64, error) {
 	reqs := make([]kafka.OffsetRequest, 0, 2*len(committed))
 	for p := range committed {
 		reqs = append(reqs, kafka.FirstOffsetOf(int(p)), kafka.LastOffsetOf(int(p)))
+	}
+	c.adminMu.RLock()
+	defer c.adminMu.RUnlock()
+	if c.adminClosed { // a call now would open connections nobody closes
+		return nil, errors.New("kafkapipe: consumer stopped")
 	}
 	res, err := c.admin.ListOffsets(ctx, &kafka.ListOffsetsRequest{Topics: map[string][]kafka.OffsetRequest{c.cfg.Topic: reqs}})
 	if err != nil {

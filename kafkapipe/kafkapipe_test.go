@@ -219,3 +219,42 @@ func TestStartNewest(t *testing.T) {
 		}
 	}
 }
+
+// Lag works while the consumer runs and refuses once Run returned: a call
+// then would open connections nobody closes (the bridge polls Lag on its
+// own clock, so one can come after the consumer stopped).
+func TestLagAfterStop(t *testing.T) {
+	addr := broker(t)
+	if err := kafkapipe.EnsureTopics(context.Background(), []string{addr}, kafkapipe.Security{}, 1, "t"); err != nil {
+		t.Fatal(err)
+	}
+	produce(t, addr, 0, 3)
+	win := ackwindow.New(100)
+	c, err := kafkapipe.NewConsumer(kafkapipe.ConsumerConfig{Brokers: []string{addr}, GroupID: "g", Topic: "t",
+		CommitInterval: 10 * time.Millisecond, DrainTimeout: 200 * time.Millisecond, MaxWait: 50 * time.Millisecond},
+		win, func(_ context.Context, m kafkapipe.Message) error { win.Ack(m.Partition, m.Offset); return nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		lag, err := c.Lag(context.Background())
+		if err == nil && len(lag) == 1 && lag[0] == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("lag %v (%v), want partition 0 at 0 once all three are committed", lag, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Lag(context.Background()); err == nil {
+		t.Fatal("Lag after Run returned: want an error")
+	}
+}

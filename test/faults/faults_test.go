@@ -199,7 +199,12 @@ func TestCredits(t *testing.T) {
 		paused := time.Now()
 		b.server().SetCredits(0)
 		r.events.waitEvent(t, "the bridge told to pause", paused, 10*time.Second, func(e grpcout.Event) bool { return e.Kind == grpcout.Credit && e.Credits == 0 })
-		waitFor(t, "paused", 10*time.Second, func() bool { now, _, _ := b.stats.snapshot(); return now == 0 })
+		// Deliveries the bridge sent before it was told are still on the
+		// wire: wait until the backend has them all, and ACKed them.
+		waitFor(t, "paused", 10*time.Second, func() bool {
+			now, _, total := b.stats.snapshot()
+			return now == 0 && total == sentDeliveries(r)
+		})
 		_, _, before := b.stats.snapshot()
 		window := r.cfg.Backend.Window
 		waitFor(t, "the window full while paused", 10*time.Second, func() bool { return r.bridge.Metrics() != nil && windowInFlight(r) >= window })
@@ -226,6 +231,23 @@ func TestCredits(t *testing.T) {
 	if _, peak, _ := b.stats.snapshot(); peak > 16 {
 		t.Errorf("with 16 credits: got %d un-ACKed, want <= 16", peak)
 	}
+}
+
+// sentDeliveries is how many deliveries the bridge has sent, to every backend.
+func sentDeliveries(r *rig) int {
+	mfs, err := r.bridge.Metrics().Registry.Gather()
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, mf := range mfs {
+		if mf.GetName() == "edgebridge_grpc_stream_deliveries_total" {
+			for _, m := range mf.GetMetric() {
+				n += int(m.GetCounter().GetValue())
+			}
+		}
+	}
+	return n
 }
 
 func windowInFlight(r *rig) int {

@@ -58,7 +58,7 @@ type Bridge struct {
 	// stalled says why the last write of device requests failed and intake
 	// waits; nil once a write succeeds (a broker that answers pings but
 	// refuses writes, a full disk, is not ready).
-	stalled  atomic.Pointer[string]
+	stalled  atomic.Pointer[brokerProblem]
 	kafkaSec kafkapipe.Security
 	traces   traces                          // WithTracerProvider
 	lag      atomic.Pointer[map[int32]int64] // the last consumer lag read
@@ -291,7 +291,7 @@ func (b *Bridge) brokerProblems() []string {
 		why = append(why, w)
 	}
 	if w := b.stalled.Load(); w != nil {
-		why = append(why, "intake paused, kafka writes failing: "+*w)
+		why = append(why, "intake paused, kafka writes failing: "+w.why)
 	}
 	return why
 }
@@ -417,21 +417,24 @@ func (b *Bridge) ensureTopics(ctx context.Context) error {
 
 // noteKafka records the outcome of talking to Kafka: for /readyz and the
 // edgebridge_broker_problem metric, the cause of a failure (a refused
-// login or certificate is a configuration problem, not an outage).
-func (b *Bridge) noteKafka(err error) {
+// login or certificate is a configuration problem, not an outage), which
+// it returns (nil for success).
+func (b *Bridge) noteKafka(err error) *brokerProblem {
 	if err == nil {
 		b.kafkaOK.Store(true)
 		b.metrics.brokerProblem("kafka", "")
-		return
+		return nil
 	}
 	reason, why := kafkaProblem(err)
-	b.kafkaWhy.Store(&brokerProblem{reason: reason, why: why})
+	p := &brokerProblem{reason: reason, why: why}
+	b.kafkaWhy.Store(p)
 	b.kafkaOK.Store(false)
 	b.metrics.brokerProblem("kafka", reason)
+	return p
 }
 
-// brokerProblem is why a broker connection fails: a reason word (auth,
-// tls, refused, unreachable) and the text /readyz shows.
+// brokerProblem is why a broker connection fails: a reason word (see
+// kafkaProblem) and the text /readyz shows.
 type brokerProblem struct{ reason, why string }
 
 // kafkaProblem classifies a Kafka failure: auth (a refused login, or a
@@ -440,7 +443,8 @@ type brokerProblem struct{ reason, why string }
 // answered with another error) or unreachable.
 func kafkaProblem(err error) (reason, why string) {
 	msg := err.Error()
-	kerr := kafkaCode(err)
+	var kerr kafka.Error // the broker's error code, if it answered with one
+	errors.As(err, &kerr)
 	switch {
 	case errors.Is(err, kafka.SASLAuthenticationFailed) || errors.Is(err, kafka.IllegalSASLState) || errors.Is(err, kafka.UnsupportedSASLMechanism) ||
 		strings.Contains(msg, "SASL"):
@@ -457,24 +461,6 @@ func kafkaProblem(err error) (reason, why string) {
 		return "refused", fmt.Sprintf("kafka refused the write: %s (the broker's log says why)", clipErr(msg))
 	}
 	return "unreachable", "kafka unreachable or refusing writes: " + clipErr(msg)
-}
-
-// kafkaCode is the Kafka error code in err (the first, for a batch's
-// WriteErrors), or 0.
-func kafkaCode(err error) kafka.Error {
-	var code kafka.Error
-	if errors.As(err, &code) {
-		return code
-	}
-	var batch kafka.WriteErrors
-	if errors.As(err, &batch) {
-		for _, e := range batch {
-			if e != nil && errors.As(e, &code) {
-				return code
-			}
-		}
-	}
-	return 0
 }
 
 func clipErr(s string) string {

@@ -299,9 +299,7 @@ func (b *Bridge) writeBatch(ctx context.Context, batch []mqttin.Message) bool {
 			// A refusal is Kafka answering: the records become dead
 			// letters at once, the bridge stays ready.
 			if unreachable {
-				b.noteKafka(first)
-				_, why := kafkaProblem(first)
-				b.stalled.Store(&why)
+				b.stalled.Store(b.noteKafka(first))
 			} else {
 				b.kafkaOK.Store(true)
 			}

@@ -226,7 +226,8 @@ func TestKafkaProblemClassifiesWriteFailures(t *testing.T) {
 		err    error
 		reason string
 	}{
-		{kafka.WriteErrors{kafka.KafkaStorageError}, "no_space"},
+		// As the producer reports a record's failure.
+		{fmt.Errorf("512 of 512 records: edgebridge.payment.requests[0]: %w", kafka.KafkaStorageError), "no_space"},
 		{fmt.Errorf("write: %w", kafka.MessageSizeTooLarge), "too_large"},
 		{kafka.TopicAuthorizationFailed, "auth"},
 		{kafka.SASLAuthenticationFailed, "auth"},

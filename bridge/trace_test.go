@@ -26,6 +26,7 @@ import (
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/bridge"
 	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/internal/syncbuf"
 	"github.com/edgebridge/edgebridge/tracing"
 )
 
@@ -148,7 +149,7 @@ service:
 		t.Fatal(err)
 	}
 	cmd := exec.Command(otelcolPath(t), "--config", "file:"+confPath)
-	var out syncBuffer
+	var out syncbuf.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -175,24 +176,6 @@ service:
 		return err == nil
 	})
 	return &collector{addr: addr, sink: sink}
-}
-
-// syncBuffer is a bytes.Buffer safe for the process's writes and the test's read.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestTraceAcrossHops: a request a device sent with a traceparent goes

@@ -107,7 +107,8 @@ func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 	if log == nil {
 		log = slog.Default()
 	}
-	if err := repairLogs(dir, log); err != nil {
+	logs, err := repairLogs(dir, log)
+	if err != nil {
 		return nil, err
 	}
 	opts := []kfake.Opt{
@@ -167,10 +168,7 @@ func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 	}
 	k := &Kafka{c: c, addr: c.ListenAddrs()[0]}
 	if cfg.DeleteCommittedAfter > 0 {
-		if k.trim, err = startTrimmer(c, dir, cfg.DeleteCommittedAfter, log); err != nil {
-			c.Close()
-			return nil, err
-		}
+		k.trim = startTrimmer(c, logs["groups.log"], cfg.DeleteCommittedAfter, log)
 	}
 	return k, nil
 }

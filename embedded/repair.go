@@ -68,9 +68,10 @@ func repairLog(raw []byte) ([]byte, int) {
 	return out, dropped
 }
 
-// repairLogs repairs the broker's append logs under dir in place (written
-// to a temporary file, synced, then renamed over the log).
-func repairLogs(dir string, log *slog.Logger) error {
+// repairLogs repairs the broker's append logs under dir in place and
+// returns their contents by name (absent logs left out).
+func repairLogs(dir string, log *slog.Logger) (map[string][]byte, error) {
+	logs := map[string][]byte{}
 	for _, name := range appendLogs {
 		path := filepath.Join(dir, name)
 		raw, err := os.ReadFile(path)
@@ -78,34 +79,30 @@ func repairLogs(dir string, log *slog.Logger) error {
 			continue
 		}
 		if err != nil {
-			return fmt.Errorf("embedded: read %s: %w", path, err)
+			return nil, fmt.Errorf("embedded: read %s: %w", path, err)
 		}
 		fixed, dropped := repairLog(raw)
+		logs[name] = fixed
 		if dropped == 0 {
 			continue
 		}
-		tmp := path + ".repair"
-		if err := writeSynced(tmp, fixed); err != nil {
-			return fmt.Errorf("embedded: repair %s: %w", path, err)
-		}
-		if err := os.Rename(tmp, path); err != nil {
-			return fmt.Errorf("embedded: repair %s: %w", path, err)
-		}
-		if d, err := os.Open(dir); err == nil {
-			_ = d.Sync()
-			d.Close()
+		if err := replaceFile(path, fixed); err != nil {
+			return nil, fmt.Errorf("embedded: repair %s: %w", path, err)
 		}
 		log.Warn("embedded kafka: removed torn bytes from a log; every complete entry kept", "file", path, "bytes", dropped)
 	}
-	return nil
+	return logs, nil
 }
 
-func writeSynced(path string, b []byte) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
+// replaceFile writes data to path atomically: a temporary file, fsync,
+// rename over path, fsync of the directory.
+func replaceFile(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
 	if err != nil {
 		return err
 	}
-	if _, err := f.Write(b); err != nil {
+	if _, err := f.Write(data); err != nil {
 		f.Close()
 		return err
 	}
@@ -113,5 +110,16 @@ func writeSynced(path string, b []byte) error {
 		f.Close()
 		return err
 	}
-	return f.Close()
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	d, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }

@@ -3,10 +3,7 @@ package embedded
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -68,11 +65,8 @@ type trimmer struct {
 }
 
 // startTrimmer starts a trimmer's loop; stop ends it.
-func startTrimmer(c *kfake.Cluster, dir string, after time.Duration, log *slog.Logger) (*trimmer, error) {
-	t, err := newTrimmer(c, dir, after, log)
-	if err != nil {
-		return nil, err
-	}
+func startTrimmer(c *kfake.Cluster, groupsLog []byte, after time.Duration, log *slog.Logger) *trimmer {
+	t := newTrimmer(c, groupsLog, after, log)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	t.stop = func() { cancel(); <-done }
@@ -80,17 +74,13 @@ func startTrimmer(c *kfake.Cluster, dir string, after time.Duration, log *slog.L
 		defer close(done)
 		t.loop(ctx)
 	}()
-	return t, nil
+	return t
 }
 
-// newTrimmer learns the groups in dir's groups log and watches offset
-// commits for new ones.
-func newTrimmer(c *kfake.Cluster, dir string, after time.Duration, log *slog.Logger) (*trimmer, error) {
-	groups, err := loggedGroups(dir)
-	if err != nil {
-		return nil, err
-	}
-	t := &trimmer{c: c, after: after, log: log, groups: groups,
+// newTrimmer learns the groups in the broker's groups log (its contents, as
+// repairLogs returned them) and watches offset commits for new ones.
+func newTrimmer(c *kfake.Cluster, groupsLog []byte, after time.Duration, log *slog.Logger) *trimmer {
+	t := &trimmer{c: c, after: after, log: log, groups: loggedGroups(groupsLog),
 		marks: map[topicPart][]mark{}, deleted: map[topicPart]int64{}}
 	learn := func(group string) {
 		t.mu.Lock()
@@ -105,7 +95,7 @@ func newTrimmer(c *kfake.Cluster, dir string, after time.Duration, log *slog.Log
 		learn(req.(*kmsg.TxnOffsetCommitRequest).Group)
 		return nil, nil, false
 	})
-	return t, nil
+	return t
 }
 
 func (t *trimmer) loop(ctx context.Context) {
@@ -201,19 +191,13 @@ func (t *trimmer) holds() map[topicPart]hold {
 	return holds
 }
 
-// loggedGroups returns the groups named in dir's groups log (already
-// repaired by repairLogs), so that a group that committed before a restart
-// holds its records even before it commits again. Unreadable, it is an
-// error: trimming without knowing every group could delete what one needs.
-func loggedGroups(dir string) (map[string]bool, error) {
+// loggedGroups returns the groups named in the broker's groups log, so
+// that a group that committed before a restart holds its records even
+// before it commits again. (A log that cannot be read fails the broker's
+// start in repairLogs: trimming without knowing every group could delete
+// what one needs.)
+func loggedGroups(raw []byte) map[string]bool {
 	groups := map[string]bool{}
-	raw, err := os.ReadFile(filepath.Join(dir, "groups.log"))
-	if os.IsNotExist(err) {
-		return groups, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("embedded: kafka groups log: %w", err)
-	}
 	for pos := 0; pos < len(raw); {
 		n := entryAt(raw, pos)
 		if n == 0 {
@@ -227,5 +211,5 @@ func loggedGroups(dir string) (map[string]bool, error) {
 		}
 		pos += n
 	}
-	return groups, nil
+	return groups
 }

@@ -141,10 +141,7 @@ func TestTrimDeletesWhatEveryGroupCommitted(t *testing.T) {
 	dir := t.TempDir()
 	r := newKafkaRig(t, dir, "127.0.0.1:0", KafkaConfig{Partitions: 2})
 	const grace = time.Hour
-	tr, err := newTrimmer(r.k.c, filepath.Join(dir, "kafka"), grace, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr := newTrimmer(r.k.c, nil, grace, slog.New(slog.DiscardHandler)) // a new broker: no groups logged
 	// 12 MiB on partition 0: three 4 MiB segments. Partition 1 gets a few
 	// records no group commits.
 	r.produce("requests", 0, 192, 64<<10)
@@ -217,10 +214,11 @@ func TestTrimKnowsGroupsAfterRestart(t *testing.T) {
 	r.close()
 
 	r = newKafkaRig(t, dir, addr, KafkaConfig{Partitions: 1})
-	tr, err := newTrimmer(r.k.c, filepath.Join(dir, "kafka"), time.Nanosecond, slog.New(slog.DiscardHandler))
+	groupsLog, err := os.ReadFile(filepath.Join(dir, "kafka", "groups.log"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	tr := newTrimmer(r.k.c, groupsLog, time.Nanosecond, slog.New(slog.DiscardHandler))
 	r.commit("backends", "requests", 0, 50)
 	now := time.Now()
 	tr.trim(now)

@@ -83,10 +83,9 @@ type Settler struct {
 	log  *slog.Logger
 
 	mu       sync.Mutex
-	finish   []job               // dead letters and replies to write, oldest first
-	later    schedule.Queue[job] // redeliveries by due time
-	finishUp chan struct{}       // 1-buffered: finish has jobs
-	laterUp  chan struct{}       // 1-buffered: later has a new job
+	finish   []job                // dead letters and replies to write, oldest first
+	finishUp chan struct{}        // 1-buffered: finish has jobs
+	later    *schedule.Later[job] // redeliveries by due time
 }
 
 type job struct {
@@ -105,7 +104,7 @@ func New(cfg Config, sink Sink, opts ...Option) *Settler {
 	cfg.Policy = cfg.Policy.withDefaults()
 	cfg.Finishers = max(cfg.Finishers, 1)
 	s := &Settler{cfg: cfg, sink: sink, log: slog.Default(),
-		finishUp: make(chan struct{}, 1), laterUp: make(chan struct{}, 1)}
+		finishUp: make(chan struct{}, 1), later: schedule.NewLater[job]()}
 	for _, o := range opts {
 		o(s)
 	}
@@ -133,16 +132,14 @@ func (s *Settler) queue(r *Record, d Decision) {
 		s.sink.Settled(r, d) // nothing to write first: ACK it at once
 		return
 	}
-	s.mu.Lock()
-	up := s.finishUp
 	if d.Action == Redeliver {
 		s.later.Push(time.Now().Add(d.Delay), job{r: r, d: d})
-		up = s.laterUp
-	} else {
-		s.finish = append(s.finish, job{r: r, d: d})
+		return
 	}
+	s.mu.Lock()
+	s.finish = append(s.finish, job{r: r, d: d})
 	s.mu.Unlock()
-	signal(up)
+	signal(s.finishUp)
 }
 
 func signal(ch chan struct{}) {
@@ -160,39 +157,10 @@ func (s *Settler) Run(ctx context.Context) {
 	for range s.cfg.Finishers {
 		wg.Go(func() { s.finisher(ctx) })
 	}
-	s.redeliverer(ctx)
+	// Redeliveries go back to the consumer when due; an error means it is
+	// stopping.
+	s.later.Run(ctx, func(j job) bool { return s.sink.Redeliver(ctx, j.r) == nil })
 	wg.Wait()
-}
-
-// redeliverer hands redeliveries back to the consumer when they are due.
-func (s *Settler) redeliverer(ctx context.Context) {
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
-	for {
-		s.mu.Lock()
-		next, ok := s.later.Next()
-		s.mu.Unlock()
-		if ok {
-			timer.Reset(time.Until(next))
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-s.laterUp:
-		case <-timer.C:
-			for {
-				s.mu.Lock()
-				j, ok := s.later.PopDue(time.Now())
-				s.mu.Unlock()
-				if !ok {
-					break
-				}
-				if s.sink.Redeliver(ctx, j.r) != nil {
-					return // the consumer is stopping
-				}
-			}
-		}
-	}
 }
 
 // next takes the oldest finish job; when more wait, it wakes another

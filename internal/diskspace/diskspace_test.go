@@ -44,3 +44,13 @@ func TestMiB(t *testing.T) {
 		t.Errorf("MiB(256 MiB) = %q", got)
 	}
 }
+
+// The embedded broker reads the free space on every produce request.
+func BenchmarkFree(b *testing.B) {
+	dir := b.TempDir()
+	for b.Loop() {
+		if _, err := Free(dir); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

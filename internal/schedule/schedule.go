@@ -8,6 +8,7 @@ import (
 	"container/heap"
 	"context"
 	"log/slog"
+	"sync"
 	"time"
 )
 
@@ -55,24 +56,52 @@ func (h *items[T]) Pop() any {
 	return x
 }
 
-// Run takes items from in, holds each until dueOf(item) and then calls
-// fire with it, earliest first. It returns when ctx ends or fire returns
-// false. It blocks; call it from the one goroutine that owns the schedule.
-func Run[T any](ctx context.Context, in <-chan T, dueOf func(T) time.Time, fire func(T) bool) {
-	var q Queue[T]
+// Later holds items until their due time, for Run to fire; Push is safe
+// for concurrent use and never blocks. Make one with NewLater.
+type Later[T any] struct {
+	mu sync.Mutex
+	q  Queue[T]
+	up chan struct{} // 1-buffered: an item was pushed
+}
+
+// NewLater returns an empty Later.
+func NewLater[T any]() *Later[T] { return &Later[T]{up: make(chan struct{}, 1)} }
+
+// Push adds item, due at due.
+func (l *Later[T]) Push(due time.Time, item T) {
+	l.mu.Lock()
+	l.q.Push(due, item)
+	l.mu.Unlock()
+	select {
+	case l.up <- struct{}{}:
+	default: // Run is already told
+	}
+}
+
+// Run calls fire with each item once it is due, earliest first, until ctx
+// ends or fire returns false. One goroutine runs it.
+func (l *Later[T]) Run(ctx context.Context, fire func(T) bool) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
-		if next, ok := q.Next(); ok {
+		l.mu.Lock()
+		next, ok := l.q.Next()
+		l.mu.Unlock()
+		if ok {
 			timer.Reset(time.Until(next))
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case item := <-in:
-			q.Push(dueOf(item), item)
+		case <-l.up:
 		case <-timer.C:
-			for item, ok := q.PopDue(time.Now()); ok; item, ok = q.PopDue(time.Now()) {
+			for {
+				l.mu.Lock()
+				item, ok := l.q.PopDue(time.Now())
+				l.mu.Unlock()
+				if !ok {
+					break
+				}
 				if !fire(item) {
 					return
 				}

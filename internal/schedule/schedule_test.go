@@ -44,13 +44,13 @@ func TestQueueOrdersByDue(t *testing.T) {
 // TestRun: items fire in due order, not arrival order; Run stops when fire
 // says so.
 func TestRun(t *testing.T) {
-	in := make(chan time.Duration, 3)
+	l := NewLater[time.Duration]()
 	now := time.Now()
 	for _, d := range []time.Duration{100 * time.Millisecond, 0, 50 * time.Millisecond} {
-		in <- d
+		l.Push(now.Add(d), d)
 	}
 	var got []time.Duration
-	Run(context.Background(), in, func(d time.Duration) time.Time { return now.Add(d) }, func(d time.Duration) bool {
+	l.Run(context.Background(), func(d time.Duration) bool {
 		got = append(got, d)
 		return len(got) < 3
 	})

@@ -17,7 +17,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -25,6 +24,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	mosquittoconf "github.com/edgebridge/edgebridge/deploy/mosquitto"
+	"github.com/edgebridge/edgebridge/internal/syncbuf"
 )
 
 var bins struct {
@@ -103,26 +103,9 @@ func freeAddr(t *testing.T) string {
 type proc struct {
 	name string
 	cmd  *exec.Cmd
-	out  *syncBuffer
+	out  *syncbuf.Buffer
 	done chan struct{}
 	err  error
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func start(t *testing.T, name string, args ...string) *proc {
@@ -133,7 +116,7 @@ func start(t *testing.T, name string, args ...string) *proc {
 // startEnv is start with extra environment variables (KEY=value).
 func startEnv(t *testing.T, env []string, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: filepath.Base(name), cmd: exec.Command(name, args...), out: &syncBuffer{}, done: make(chan struct{})}
+	p := &proc{name: filepath.Base(name), cmd: exec.Command(name, args...), out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
 	if env != nil {
 		p.cmd.Env = append(os.Environ(), env...)

@@ -45,6 +45,7 @@ type Bridge struct {
 
 	rules    ingestRules
 	mqtt     *mqttin.Client
+	intake   *mqttin.Intake // WithIntake; nil: requests arrive over mqtt only
 	producer *kafkapipe.Producer
 	win      *ackwindow.Window
 	consumer *kafkapipe.Consumer // nil without backend targets
@@ -82,6 +83,12 @@ func WithLogger(l *slog.Logger) Option { return func(b *Bridge) { b.log = l } }
 func WithMQTTCredentials(user string, password func() (string, error)) Option {
 	return func(b *Bridge) { b.mqttUser, b.mqttPassword = user, password }
 }
+
+// WithIntake takes device requests from in as well as over the MQTT
+// subscription: the embedded broker's in-process intake, where a device's
+// PUBACK waits for the Kafka write. The bridge closes in when it stops
+// taking requests.
+func WithIntake(in *mqttin.Intake) Option { return func(b *Bridge) { b.intake = in } }
 
 // WithTracerProvider records the spans of every request's hops (see
 // package tracing). Default: none.
@@ -173,6 +180,9 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	}
 	b.metrics.observeWindow(b.win)
 	b.metrics.observeMQTT(b.mqtt.Subscribed)
+	if b.intake != nil {
+		b.metrics.observeIntake(b.intake.Refused)
+	}
 	if b.build != nil {
 		b.metrics.observeBuild(*b.build)
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -184,15 +185,26 @@ func cutToStub(dl *kafkapipe.DeadLetter, err error) *kafkapipe.DeadLetter {
 // ingestBatch; with kafka.batch_timeout set, ingest also waits that long
 // for more.
 func (b *Bridge) ingest(ctx context.Context) error {
+	var local <-chan mqttin.Message // nil: never ready
+	if b.intake != nil {
+		defer b.intake.Close() // devices still waiting are refused at once
+		local = b.intake.Messages()
+	}
 	batch := make([]mqttin.Message, 0, ingestBatch)
 	for {
 		if !b.awaitDisk(ctx) {
 			return nil
 		}
 		var ok bool
-		batch, ok = collect(ctx, b.mqtt.Messages(), batch[:0], ingestBatch, b.cfg.Kafka.BatchTimeout)
+		batch, ok = collect(ctx, b.mqtt.Messages(), local, batch[:0], ingestBatch, b.cfg.Kafka.BatchTimeout)
 		if !ok {
 			return nil
+		}
+		// A request its broker stopped waiting for was not PUBACKed: its
+		// device sends it again, so it is not written.
+		batch = slices.DeleteFunc(batch, func(m mqttin.Message) bool { return !m.Claim() })
+		if len(batch) == 0 {
+			continue
 		}
 		if !b.writeBatch(ctx, batch) {
 			return nil // stopping; the broker redelivers what was not acknowledged
@@ -200,12 +212,15 @@ func (b *Bridge) ingest(ctx context.Context) error {
 	}
 }
 
-// collect waits for a first message, then appends what else msgs holds, up
-// to limit; with linger > 0 it waits that long for more. It returns false if
-// ctx ended before the first message.
-func collect[T any](ctx context.Context, msgs <-chan T, batch []T, limit int, linger time.Duration) ([]T, bool) {
+// collect waits for a first message from a or b, then appends what else
+// they hold, up to limit; with linger > 0 it waits that long for more. It
+// returns false if ctx ended before the first message. A nil channel is
+// never ready.
+func collect[T any](ctx context.Context, a, b <-chan T, batch []T, limit int, linger time.Duration) ([]T, bool) {
 	select {
-	case m := <-msgs:
+	case m := <-a:
+		batch = append(batch, m)
+	case m := <-b:
 		batch = append(batch, m)
 	case <-ctx.Done():
 		return batch, false
@@ -218,7 +233,10 @@ func collect[T any](ctx context.Context, msgs <-chan T, batch []T, limit int, li
 	}
 	for len(batch) < limit {
 		select {
-		case m := <-msgs:
+		case m := <-a:
+			batch = append(batch, m)
+			continue
+		case m := <-b:
 			batch = append(batch, m)
 			continue
 		default:
@@ -227,7 +245,9 @@ func collect[T any](ctx context.Context, msgs <-chan T, batch []T, limit int, li
 			break
 		}
 		select {
-		case m := <-msgs:
+		case m := <-a:
+			batch = append(batch, m)
+		case m := <-b:
 			batch = append(batch, m)
 		case <-expired:
 			return batch, true

@@ -28,11 +28,11 @@ func TestCollect(t *testing.T) {
 	for i := range 5 {
 		msgs <- i
 	}
-	got, ok := collect(ctx, msgs, nil, 3, 0)
+	got, ok := collect(ctx, msgs, nil, nil, 3, 0)
 	if !ok || len(got) != 3 {
 		t.Fatalf("limit 3: got %v %v", got, ok)
 	}
-	got, ok = collect(ctx, msgs, nil, 10, 0)
+	got, ok = collect(ctx, msgs, nil, nil, 10, 0)
 	if !ok || len(got) != 2 || got[0] != 3 {
 		t.Fatalf("no linger: got %v %v, want the 2 queued", got, ok)
 	}
@@ -47,21 +47,31 @@ func TestCollect(t *testing.T) {
 			msgs <- 3
 		}()
 		start := time.Now()
-		got, ok := collect(context.Background(), msgs, nil, 10, 50*time.Millisecond)
+		got, ok := collect(context.Background(), msgs, nil, nil, 10, 50*time.Millisecond)
 		if !ok || len(got) != 2 {
 			t.Fatalf("linger 50ms: got %v, want [1 2]", got)
 		}
 		if waited := time.Since(start); waited != 50*time.Millisecond {
 			t.Fatalf("waited %v, want the 50ms linger", waited)
 		}
-		if got, _ := collect(context.Background(), msgs, nil, 10, 0); len(got) != 1 || got[0] != 3 {
+		if got, _ := collect(context.Background(), msgs, nil, nil, 10, 0); len(got) != 1 || got[0] != 3 {
 			t.Fatalf("next batch %v", got)
 		}
 	})
 
+	// Two sources (the subscription and the in-process intake): both
+	// feed one batch.
+	a, b := make(chan int, 4), make(chan int, 4)
+	a <- 1
+	b <- 2
+	b <- 3
+	if got, ok := collect(ctx, a, b, nil, 10, 0); !ok || len(got) != 3 {
+		t.Fatalf("two sources: got %v, want all 3", got)
+	}
+
 	cctx, cancel := context.WithCancel(ctx)
 	cancel()
-	if _, ok := collect(cctx, make(chan int), nil, 10, time.Second); ok {
+	if _, ok := collect(cctx, make(chan int), nil, nil, 10, time.Second); ok {
 		t.Fatal("collect returned ok after ctx ended without a message")
 	}
 }

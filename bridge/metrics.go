@@ -136,6 +136,14 @@ func (m *Metrics) observeMQTT(connected func() bool) {
 	}))
 }
 
+// observeIntake registers edgebridge_mqtt_intake_refused_total.
+func (m *Metrics) observeIntake(refused func() int64) {
+	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "edgebridge_mqtt_intake_refused_total",
+		Help: "Device requests the embedded broker did not PUBACK because the bridge could not write them in time (the device was disconnected and sends them again).",
+	}, func() float64 { return float64(refused()) }))
+}
+
 // setLag replaces the consumer lag series with lag (partitions no longer
 // assigned disappear).
 func (m *Metrics) setLag(lag map[int32]int64) {

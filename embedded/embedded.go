@@ -224,6 +224,13 @@ type MQTTConfig struct {
 	// ClientCertIdentity: on the TLS listener a client's certificate CN is
 	// its identity (Mosquitto's use_identity_as_username), not a password.
 	ClientCertIdentity bool
+	// Intake, if set, takes device requests inside the broker: a request
+	// is PUBACKed only once Intake took it (see intakeHook), and never
+	// routed to subscribers. Nil: requests are routed like any publish.
+	Intake Taker
+	// IntakeWait bounds how long one request waits for Intake, at most
+	// half the device's keepalive. Default: DefaultIntakeWait.
+	IntakeWait time.Duration
 }
 
 // MaxPacketSize is the largest MQTT packet the embedded broker accepts,
@@ -280,6 +287,13 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 	} else {
 		errs = append(errs, s.AddHook(new(auth.AllowHook), nil))
 	}
+	if cfg.Intake != nil {
+		wait := cfg.IntakeWait
+		if wait <= 0 {
+			wait = DefaultIntakeWait
+		}
+		errs = append(errs, s.AddHook(&intakeHook{in: cfg.Intake, wait: wait}, nil))
+	}
 	errs = append(errs, s.AddHook(&boltStore{Hook: new(bolt.Hook)}, &bolt.Options{
 		Path:    filepath.Join(cfg.DataDir, "mqtt.bolt"),
 		Options: &bbolt.Options{Timeout: time.Second, NoSync: true},
@@ -325,6 +339,12 @@ func (m *MQTT) Inflight(clientID string) int {
 		return 0
 	}
 	return cl.State.Inflight.Len()
+}
+
+// Retained reports whether the broker holds a retained message on topic.
+func (m *MQTT) Retained(topic string) bool {
+	_, ok := m.s.Topics.Retained.Get(topic)
+	return ok
 }
 
 // Close stops the broker. Safe to call twice.

@@ -87,9 +87,13 @@ type Config struct {
 	TLS *tls.Config
 }
 
+// defaultQueueSize bounds the messages received and not yet taken by the
+// pipeline.
+const defaultQueueSize = 4096
+
 func (c Config) withDefaults() Config {
 	if c.QueueSize <= 0 {
-		c.QueueSize = 4096
+		c.QueueSize = defaultQueueSize
 	}
 	if c.KeepAlive <= 0 {
 		c.KeepAlive = 30 * time.Second
@@ -118,14 +122,23 @@ type Message struct {
 	// Retained: the broker delivered it from its retained store (on a
 	// subscribe), not as it was published.
 	Retained bool
-	m        paho.Message
+
+	ack   func()        // sends the PUBACK; nil: nothing to acknowledge
+	state *atomic.Int32 // of a message an Intake took; nil otherwise
 }
 
-// Ack sends the PUBACK for m.
+// Ack sends the PUBACK for m (an Intake's message: lets the broker send it).
 func (m Message) Ack() {
-	if m.m != nil {
-		m.m.Ack()
+	if m.ack != nil {
+		m.ack()
 	}
+}
+
+// Claim marks m as being written. It returns false for a message whose
+// broker gave up waiting (Intake.Take): its device got no PUBACK and sends
+// it again, so it must not be written.
+func (m Message) Claim() bool {
+	return m.state == nil || m.state.CompareAndSwap(msgPending, msgClaimed)
 }
 
 // Client is safe for concurrent use. It holds two connections to the
@@ -366,7 +379,7 @@ func (c *Client) receive(_ paho.Client, m paho.Message) {
 		ReceivedAt: time.Now(),
 		Duplicate:  m.Duplicate(),
 		Retained:   m.Retained(),
-		m:          m,
+		ack:        m.Ack,
 	}
 	select {
 	case c.msgs <- msg:

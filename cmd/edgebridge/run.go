@@ -20,6 +20,7 @@ import (
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/internal/tlsfiles"
+	"github.com/edgebridge/edgebridge/mqttin"
 	"github.com/edgebridge/edgebridge/tracing"
 )
 
@@ -138,11 +139,17 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 		if err != nil {
 			return err
 		}
+		// Device requests are taken inside the broker: a device's PUBACK
+		// waits for the Kafka write.
+		intake := mqttin.NewIntake(cfg.MQTT.Subscribe, 0)
+		mc.Intake = intake
+		opts = append(opts, bridge.WithIntake(intake))
 		m, err := embedded.ListenMQTT(mc)
 		if err != nil {
 			return err
 		}
 		defer m.Close()
+		defer intake.Close() // before the broker's Close: no device left waiting
 		// The bridge is now a client of that broker; its embedded settings are spent.
 		cfg.MQTT.Broker = "tcp://" + m.Addr()
 		cfg.MQTT.EmbeddedAuth, cfg.MQTT.EmbeddedTLS = config.EmbeddedAuth{}, config.EmbeddedTLS{}

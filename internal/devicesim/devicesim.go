@@ -18,6 +18,7 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/edgebridge/edgebridge/internal/schedule"
 	"github.com/edgebridge/edgebridge/transcoder"
@@ -51,6 +52,11 @@ type Config struct {
 	// PayloadSize pads each request's JSON with a "memo" field to this many
 	// bytes. Default: no padding (about 90 bytes).
 	PayloadSize int
+	// Burst makes each device publish its requests without waiting for
+	// each PUBACK (as many in flight as paho holds; paho resends them
+	// after a reconnect). Result.Acked still holds exactly what the broker
+	// PUBACKed. Default: a device waits for each PUBACK before the next.
+	Burst bool
 	// Connect, if set, gives each device (by id) its own broker URL,
 	// credentials or TLS settings: authenticated devices.
 	Connect func(deviceID string) Conn
@@ -66,6 +72,8 @@ type Conn struct {
 // Counters are a run's running totals; safe to read while it runs.
 type Counters struct {
 	Sent, Replied atomic.Int64
+	// Acked counts the requests the broker PUBACKed.
+	Acked atomic.Int64
 }
 
 func (c Config) withDefaults() Config {
@@ -164,7 +172,7 @@ func Run(ctx context.Context, cfg Config, progress Progress) (Result, error) {
 	sent, replied := &cfg.Counters.Sent, &cfg.Counters.Replied
 	devs := make([]*device, cfg.Devices)
 	for i := range devs {
-		d, err := connect(ctx, cfg, cfg.DeviceID(i+1), replied)
+		d, err := connect(ctx, cfg, cfg.DeviceID(i+1), replied, &cfg.Counters.Acked)
 		if err != nil {
 			for _, d := range devs[:i] {
 				d.c.Disconnect(0)
@@ -263,11 +271,25 @@ func (d *device) checkAll() {
 	}
 }
 
-func connect(ctx context.Context, cfg Config, id string, replied *atomic.Int64) (*device, error) {
+func connect(ctx context.Context, cfg Config, id string, replied, acked *atomic.Int64) (*device, error) {
 	d := &device{
 		id: id, slots: make(chan struct{}, cfg.Outstanding),
 		sentAt: map[string]time.Time{}, replies: map[string]reply{}, acked: map[string]bool{},
 		all: make(chan struct{}), store: newOrderedStore(),
+	}
+	d.store.onAck = func(pk *packets.PublishPacket) {
+		var req struct {
+			RequestID string `json:"request_id"`
+		}
+		if json.Unmarshal(pk.Payload, &req) != nil {
+			return
+		}
+		d.mu.Lock()
+		if !d.acked[req.RequestID] {
+			d.acked[req.RequestID] = true
+			acked.Add(1)
+		}
+		d.mu.Unlock()
 	}
 	replyTopic := expand(cfg.ReplyTopic, id)
 	onReply := func(_ paho.Client, m paho.Message) {
@@ -365,25 +387,25 @@ func (d *device) run(ctx context.Context, cfg Config, start time.Time, i int, se
 		d.sent++
 		d.mu.Unlock()
 		tok := d.c.Publish(reqTopic, 1, false, body)
+		if cfg.Burst {
+			// Returns once paho queued it (or gave up queueing: then it
+			// is in the store and resent after a reconnect); the store
+			// sees its PUBACK.
+			sent.Add(1)
+			continue
+		}
 		select {
 		case <-tok.Done():
 		case <-ctx.Done():
 			return
 		}
-		if tok.Error() == nil {
-			d.mu.Lock()
-			d.acked[rid] = true
-			d.mu.Unlock()
-		} else {
+		if tok.Error() != nil {
 			// The connection failed under the publish: paho resends it
 			// from the store after reconnecting. A device keeps its order:
 			// the next request waits until that one is acknowledged.
 			if !d.store.WaitSent(ctx) {
 				return
 			}
-			d.mu.Lock()
-			d.acked[rid] = true
-			d.mu.Unlock()
 		}
 		sent.Add(1)
 	}

@@ -26,11 +26,16 @@ import (
 //   - WaitSent blocks while published messages await their PUBACK, so a
 //     device whose publish failed with the connection does not send the
 //     next request before paho resent the failed one.
+//   - onAck, if set, is given each publish the broker acknowledged: paho
+//     deletes an outbound packet from its store only on its PUBACK, so
+//     this sees every PUBACK, also of a publish whose token failed with a
+//     lost connection and that paho resent after reconnecting.
 type orderedStore struct {
 	*paho.MemoryStore
-	mu   sync.Mutex
-	out  int           // outbound packets stored: sent, not yet acknowledged
-	sent chan struct{} // closed while out == 0
+	mu    sync.Mutex
+	out   int           // outbound packets stored: sent, not yet acknowledged
+	sent  chan struct{} // closed while out == 0
+	onAck func(*packets.PublishPacket)
 }
 
 func newOrderedStore() *orderedStore {
@@ -73,14 +78,21 @@ func outbound(key string) bool { return strings.HasPrefix(key, "o.") }
 // Del removes key.
 func (s *orderedStore) Del(key string) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if outbound(key) && s.MemoryStore.Get(key) != nil {
-		s.out--
-		if s.out == 0 {
-			close(s.sent)
+	var acked *packets.PublishPacket
+	if outbound(key) {
+		if m := s.MemoryStore.Get(key); m != nil {
+			acked, _ = m.(*packets.PublishPacket)
+			s.out--
+			if s.out == 0 {
+				close(s.sent)
+			}
 		}
 	}
 	s.MemoryStore.Del(key)
+	s.mu.Unlock()
+	if acked != nil && s.onAck != nil {
+		s.onAck(acked)
+	}
 }
 
 // Reset empties the store.

@@ -204,11 +204,18 @@ type mosq struct {
 
 func startMosquitto(t *testing.T) *mosq {
 	t.Helper()
+	return startMosquittoConf(t, "")
+}
+
+// startMosquittoConf is startMosquitto with more configuration lines,
+// which override the shipped ones.
+func startMosquittoConf(t *testing.T, extra string) *mosq {
+	t.Helper()
 	dir := t.TempDir()
 	addr := freeAddr(t)
 	_, port, _ := net.SplitHostPort(addr)
 	portN, _ := strconv.Atoi(port)
-	conf := mosquittoconf.Local(portN, dir) + "# test: publish $SYS every second\nsys_interval 1\n"
+	conf := mosquittoconf.Local(portN, dir) + "# test: publish $SYS every second\nsys_interval 1\n" + extra
 	m := &mosq{t: t, addr: addr, conf: filepath.Join(dir, "mosquitto.conf")}
 	if err := os.WriteFile(m.conf, []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
@@ -256,7 +263,13 @@ func kafkaBroker(t *testing.T) string {
 // flags, and waits until it accepts connections.
 func startBroker(t *testing.T, kind, addr, dir string, extra ...string) *proc {
 	t.Helper()
-	p := start(t, bins.edgebridge, append([]string{"broker", kind, "-listen", addr, "-data", dir, "-partitions", "8"}, extra...)...)
+	return startBrokerBin(t, bins.edgebridge, kind, addr, dir, extra...)
+}
+
+// startBrokerBin is startBroker running bin.
+func startBrokerBin(t *testing.T, bin, kind, addr, dir string, extra ...string) *proc {
+	t.Helper()
+	p := start(t, bin, append([]string{"broker", kind, "-listen", addr, "-data", dir, "-partitions", "8"}, extra...)...)
 	waitFor(t, 20*time.Second, kind+" broker listening", func() bool { return dialable(addr) })
 	return p
 }

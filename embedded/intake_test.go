@@ -1,0 +1,146 @@
+package embedded_test
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edgebridge/edgebridge/embedded"
+	"github.com/edgebridge/edgebridge/mqttin"
+)
+
+// intakeBroker is the embedded broker taking payment/request/+ into an
+// mqttin.Intake whose requests wait at most wait.
+func intakeBroker(t *testing.T, wait time.Duration) (*embedded.MQTT, *mqttin.Intake) {
+	t.Helper()
+	in := mqttin.NewIntake([]string{"payment/request/+"}, 16)
+	m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(), Intake: in, IntakeWait: wait})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { in.Close(); m.Close() })
+	return m, in
+}
+
+// connectDevice is a device on a persistent session that reconnects on
+// its own; lost counts its lost connections.
+func connectDevice(t *testing.T, url, id string, lost *atomic.Int32, h paho.MessageHandler) paho.Client {
+	t.Helper()
+	return connectDeviceOpts(t, url, id, lost, h, true)
+}
+
+func connectDeviceOpts(t *testing.T, url, id string, lost *atomic.Int32, h paho.MessageHandler, reconnect bool) paho.Client {
+	t.Helper()
+	o := paho.NewClientOptions().AddBroker(url).SetClientID(id).SetCleanSession(false).
+		SetAutoReconnect(reconnect).SetConnectRetryInterval(50 * time.Millisecond).SetMaxReconnectInterval(100 * time.Millisecond).
+		SetConnectionLostHandler(func(paho.Client, error) {
+			if lost != nil {
+				lost.Add(1)
+			}
+		})
+	if h != nil {
+		o.SetDefaultPublishHandler(h)
+	}
+	c := paho.NewClient(o)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", id, tok.Error())
+	}
+	t.Cleanup(func() { c.Disconnect(0) })
+	return c
+}
+
+// A device's request is PUBACKed only after the pipeline acknowledged it,
+// and is routed to no subscriber: the bridge holds it, not the broker.
+func TestIntakePubackWaitsForThePipeline(t *testing.T) {
+	m, in := intakeBroker(t, 30*time.Second)
+	url := "tcp://" + m.Addr()
+	routed := make(chan string, 4)
+	spy := connectDevice(t, url, "spy", nil, func(_ paho.Client, msg paho.Message) { routed <- msg.Topic() })
+	if tok := spy.SubscribeMultiple(map[string]byte{"payment/request/+": 1, "marker": 1}, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	dev := connectDevice(t, url, "d1", nil, nil)
+
+	tok := dev.Publish("payment/request/d1", 1, true, []byte(`{"request_id":"r-1"}`))
+	msg := <-in.Messages()
+	if msg.DeviceID != "d1" || string(msg.Payload) != `{"request_id":"r-1"}` {
+		t.Fatalf("took %q %q, want d1's request", msg.DeviceID, msg.Payload)
+	}
+	select {
+	case <-tok.Done():
+		t.Fatal("the device was PUBACKed before the pipeline acknowledged its request")
+	default:
+	}
+	if !msg.Claim() {
+		t.Fatal("Claim: got false")
+	}
+	msg.Ack()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("no PUBACK after the pipeline's ack: %v", tok.Error())
+	}
+	// The broker routes one publisher's messages in order: the marker
+	// arriving first means the request was never routed (nor retained).
+	dev.Publish("marker", 1, false, []byte("m")).Wait()
+	if got := <-routed; got != "marker" {
+		t.Fatalf("a subscriber got %q, want only the marker", got)
+	}
+	if m.Retained("payment/request/d1") {
+		t.Fatal("the broker retained a taken request")
+	}
+}
+
+// A request the pipeline does not take in time is not PUBACKed: the broker
+// closes the device's connection, the device sends it again after it
+// reconnected, and only that copy is written.
+func TestIntakeNotTakenInTime(t *testing.T) {
+	m, in := intakeBroker(t, 300*time.Millisecond)
+	var lost atomic.Int32
+	dev := connectDevice(t, "tcp://"+m.Addr(), "d1", &lost, nil)
+	tok := dev.Publish("payment/request/d1", 1, false, []byte(`{"request_id":"r-1"}`))
+
+	first := <-in.Messages() // queued, never claimed while the broker waited
+	resent := <-in.Messages()
+	if first.Claim() {
+		t.Fatal("Claim of the request the broker gave up on: got true, want false")
+	}
+	if !resent.Duplicate || string(resent.Payload) != `{"request_id":"r-1"}` {
+		t.Fatalf("second message: dup %v payload %q, want the device's resend", resent.Duplicate, resent.Payload)
+	}
+	if !resent.Claim() {
+		t.Fatal("Claim of the resend: got false")
+	}
+	resent.Ack()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("the resend was not PUBACKed: %v", tok.Error())
+	}
+	if lost.Load() < 1 {
+		t.Fatal("the device's connection was not closed")
+	}
+	if n := in.Refused(); n < 1 {
+		t.Fatalf("Refused: got %d, want at least 1", n)
+	}
+}
+
+// Once the intake is closed (the bridge stopping), requests are refused at
+// once: no PUBACK, the connection closed.
+func TestIntakeClosed(t *testing.T) {
+	m, in := intakeBroker(t, time.Minute)
+	in.Close()
+	var lost atomic.Int32
+	// No reconnect: mochi's Close races with a connection it is still
+	// setting up (its storage hook stops under it).
+	dev := connectDeviceOpts(t, "tcp://"+m.Addr(), "d1", &lost, nil, false)
+	start := time.Now()
+	dev.Publish("payment/request/d1", 1, false, []byte(`{}`))
+	for lost.Load() == 0 {
+		if time.Since(start) > 10*time.Second {
+			t.Fatal("the connection was not closed within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := in.Refused(); n < 1 {
+		t.Fatalf("Refused: got %d, want at least 1", n)
+	}
+}

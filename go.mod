@@ -107,3 +107,6 @@ require (
 	sigs.k8s.io/structured-merge-diff/v4 v4.4.1 // indirect
 	sigs.k8s.io/yaml v1.4.0 // indirect
 )
+
+// A patched copy of mochi v2.7.9 (third_party/mochi/README.md says what and why).
+replace github.com/mochi-mqtt/server/v2 => ./third_party/mochi

@@ -16,6 +16,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/internal/tlsfiles"
 	"github.com/edgebridge/edgebridge/kafkapipe"
 	"github.com/edgebridge/edgebridge/mqttin"
@@ -70,6 +71,10 @@ type MQTT struct {
 	EmbeddedAuth EmbeddedAuth `yaml:"embedded_auth"`
 	// EmbeddedTLS adds a TLS listener to the embedded broker.
 	EmbeddedTLS EmbeddedTLS `yaml:"embedded_tls"`
+	// EmbeddedMessageExpiry is how long the embedded broker keeps a reply
+	// or command for a device that is offline (MQTT 3.1.1 and 5).
+	// Default: 168h (embedded.DefaultMessageExpiry).
+	EmbeddedMessageExpiry time.Duration `yaml:"embedded_message_expiry"`
 	// MaxPayload in bytes: a larger request is dead-lettered (its first
 	// 4 KiB) without being read. At most kafka.max_message_bytes minus
 	// 8 KiB, so the dead letter of any payload within the limit carries it
@@ -375,6 +380,7 @@ func (c *Config) ApplyDefaults() {
 	}
 	def(&c.MQTT.Broker, Embedded)
 	def(&c.MQTT.EmbeddedListen, "127.0.0.1:1883")
+	defD(&c.MQTT.EmbeddedMessageExpiry, embedded.DefaultMessageExpiry)
 	def(&c.MQTT.ClientID, "edgebridge-1")
 	if len(c.MQTT.Subscribe) == 0 {
 		c.MQTT.Subscribe = []string{"payment/request/+"}
@@ -575,6 +581,9 @@ func (c *Config) problems() Problems {
 	}
 	if c.Kafka.BatchTimeout < 0 {
 		bad("kafka.batch_timeout", "must not be negative")
+	}
+	if e := c.MQTT.EmbeddedMessageExpiry; e != 0 && e < time.Second {
+		bad("mqtt.embedded_message_expiry", "%s must be at least 1s", e)
 	}
 	if t := c.Kafka.SessionTimeout; t != 0 && (t < time.Second || t > 5*time.Minute) {
 		bad("kafka.session_timeout", "%s must be between 1s and 5m", t)

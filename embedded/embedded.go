@@ -231,7 +231,23 @@ type MQTTConfig struct {
 	// IntakeWait bounds how long one request waits for Intake, at most
 	// half the device's keepalive. Default: DefaultIntakeWait.
 	IntakeWait time.Duration
+	// MessageExpiry is how long a message waits for a client that is
+	// offline or does not acknowledge it (replies and commands for a
+	// device, MQTT 3.1.1 and 5 alike), and how long a retained message is
+	// kept. Default: DefaultMessageExpiry.
+	MessageExpiry time.Duration
 }
+
+// DefaultMessageExpiry is how long the embedded broker keeps a message for
+// a client that is offline: a week, so a terminal switched off over a long
+// weekend still gets its replies.
+const DefaultMessageExpiry = 7 * 24 * time.Hour
+
+// MaxInflight is the most QoS 1 messages the embedded broker holds for one
+// client (queued while it is offline or not acknowledged): MQTT's packet
+// ids allow no more. Past it, new messages for that client are dropped
+// (logged: "client store quota reached").
+const MaxInflight = 65535
 
 // MaxPacketSize is the largest MQTT packet the embedded broker accepts,
 // the same as max_packet_size in the shipped mosquitto.conf.
@@ -272,11 +288,19 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 	_ = ln.Close()
 
 	caps := mqtt.NewDefaultServerCapabilities()
+	// A client with this many writes queued is disconnected; its QoS 1
+	// messages stay in its session (third_party/mochi: no drop).
 	caps.MaximumClientWritesPending = 8192
 	// QoS 1 messages held per client (queued while offline or un-ACKed).
-	// Past this mochi drops them, like Mosquitto's max_queued_messages:
-	// take the protocol's maximum.
-	caps.MaximumInflight = 65535
+	caps.MaximumInflight = MaxInflight
+	// The contract is QoS 1. QoS 2 state would share the client's packet
+	// ids with the messages sent to it (mochi-mqtt/server#545); a QoS 2
+	// publish is handled as QoS 1.
+	caps.MaximumQos = 1
+	if cfg.MessageExpiry <= 0 {
+		cfg.MessageExpiry = DefaultMessageExpiry
+	}
+	caps.MaximumMessageExpiryInterval = int64(cfg.MessageExpiry / time.Second)
 	// Like the shipped Mosquitto (max_packet_size): a client sending a
 	// larger packet is disconnected before the broker buffers it.
 	caps.MaximumPacketSize = MaxPacketSize

@@ -38,6 +38,7 @@ func brokerCmd(args []string) error {
 	saslUser := fs.String("sasl-user", "", "the one account -sasl-mechanism accepts (kafka)")
 	saslPassword := fs.String("sasl-password-file", "", "that account's password (the file's content, read at start) (kafka)")
 	deleteAfter := fs.Duration("delete-committed-after", time.Minute, "delete records every consumer group has committed once committed this long; 0 keeps every record (kafka)")
+	expiry := fs.Duration("message-expiry", embedded.DefaultMessageExpiry, "how long a message waits for a client that is offline (mqtt)")
 	minFree := fs.Int64("min-free-bytes", 256<<20, "refuse produces (KAFKA_STORAGE_ERROR) while the data disk has less free; 0 turns it off (kafka)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: edgebridge broker kafka|mqtt [flags]\n")
@@ -80,7 +81,7 @@ func brokerCmd(args []string) error {
 		}
 		addr, closeFn = k.Addr(), k.Close
 	case "mqtt":
-		m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: *listen, DataDir: filepath.Join(*data, "mqtt"), Logger: log})
+		m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: *listen, DataDir: filepath.Join(*data, "mqtt"), Logger: log, MessageExpiry: *expiry})
 		if err != nil {
 			return err
 		}

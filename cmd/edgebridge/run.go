@@ -183,7 +183,8 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 // authenticates clients, the bridge's own account on it: a password
 // generated now, held in memory only.
 func embeddedMQTTConfig(cfg config.Config, log *slog.Logger) (embedded.MQTTConfig, bridge.Option, error) {
-	mc := embedded.MQTTConfig{Listen: cfg.MQTT.EmbeddedListen, DataDir: cfg.Kafka.DataDir + "/mqtt", Logger: log}
+	mc := embedded.MQTTConfig{Listen: cfg.MQTT.EmbeddedListen, DataDir: cfg.Kafka.DataDir + "/mqtt", Logger: log,
+		MessageExpiry: cfg.MQTT.EmbeddedMessageExpiry}
 	var creds bridge.Option
 	if cfg.MQTT.AuthEnabled() {
 		secret := make([]byte, 32)

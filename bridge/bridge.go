@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +34,10 @@ import (
 	"github.com/edgebridge/edgebridge/settle"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
+
+// backendMemberFile, in kafka.data_dir, holds the backends' consumer
+// group member id of the last run (kafkapipe.ConsumerConfig.MemberFile).
+const backendMemberFile = "backend-group-member"
 
 // Bridge is the running pipeline. Create it with New and run it with Run.
 type Bridge struct {
@@ -207,6 +212,8 @@ func (b *Bridge) newBackends() error {
 		SessionTimeout:    b.cfg.Kafka.SessionTimeout,
 		HeartbeatInterval: b.cfg.Kafka.HeartbeatInterval,
 		DrainTimeout:      b.cfg.Shutdown.DrainTimeout,
+		// A restart after a crash takes the partitions at once.
+		MemberFile: filepath.Join(b.cfg.Kafka.DataDir, backendMemberFile),
 	}, b.win, b.handleRecord,
 		kafkapipe.WithLogger(b.log),
 		kafkapipe.WithCommitHook(func(p int32, off int64) { b.metrics.Commits.Inc() }))

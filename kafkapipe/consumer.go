@@ -37,6 +37,12 @@ type ConsumerConfig struct {
 	StartNewest bool
 	// Security: TLS and SASL to the brokers.
 	Security Security
+	// MemberFile, if set, is where the consumer remembers its group member
+	// id: the next run removes that member from the group before joining,
+	// so a restart after a crash does not wait SessionTimeout for the
+	// dead member's partitions (see member.go). Only for a group this
+	// consumer alone joins under this file. Default: none.
+	MemberFile string
 }
 
 func (c ConsumerConfig) withDefaults() ConsumerConfig {
@@ -89,6 +95,8 @@ type Consumer struct {
 	committed map[int32]int64       // last committed offset per partition in this generation
 	joined    atomic.Bool           // a generation is running
 	joinErr   atomic.Pointer[error] // why the last join failed; nil after a join
+
+	member string // the member id last written to MemberFile; Run's goroutine only
 
 	adminMu     sync.RWMutex    // held by Lag while it uses admin
 	admin       *kafka.Client   // Lag's
@@ -148,6 +156,9 @@ func (c *Consumer) Abandon() { c.abandon() }
 // for the window to empty, commits the floors and leaves the group. It
 // blocks until all of that is done.
 func (c *Consumer) Run(ctx context.Context) error {
+	if c.cfg.MemberFile != "" {
+		c.leavePredecessor(ctx)
+	}
 	start := kafka.FirstOffset
 	if c.cfg.StartNewest {
 		start = kafka.LastOffset
@@ -185,6 +196,9 @@ func (c *Consumer) Run(ctx context.Context) error {
 			continue // Next backs off internally
 		}
 		c.joinErr.Store(nil)
+		if c.cfg.MemberFile != "" {
+			c.rememberMember(gen.MemberID)
+		}
 		done := make(chan struct{})
 		gen.Start(func(genCtx context.Context) {
 			defer close(done)

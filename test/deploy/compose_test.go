@@ -74,12 +74,12 @@ func TestCompose(t *testing.T) {
 	t.Logf("bridge RSS in its container after 100 requests: %s", containerRSS(t, p.name+"_edgebridge_1"))
 
 	// Up again in the worst order: the bridge first, alone, then the
-	// backend and the brokers it needs, last of all the MQTT broker.
+	// backend and the Kafka broker it needs (the bridge hosts MQTT).
 	p.run(t, "down")
 	p.run(t, "up", "--no-start") // (1.0.3 passes -d on to podman create, which refuses it)
 	podman(t, "start", p.name+"_edgebridge_1")
 	waitAnswer(t, p.adminPort, http.StatusServiceUnavailable, time.Minute)
-	for _, svc := range []string{"paymentd", "kafka", "mqtt"} {
+	for _, svc := range []string{"paymentd", "kafka"} {
 		podman(t, "start", p.name+"_"+svc+"_1")
 	}
 	waitReady(t, p.adminPort, 2*time.Minute)
@@ -107,10 +107,13 @@ func TestCompose(t *testing.T) {
 }
 
 // TestComposeUpstream: docker-compose.upstream.yml, laid over the default
-// file, swaps in the official Mosquitto (with the shipped settings) and
-// Apache Kafka (KRaft) images and leaves the bridge and paymentd as they
-// were. Parsed and rendered by podman-compose (--dry-run), not run: those
-// images cannot be pulled here.
+// file, swaps in the official Apache Kafka (KRaft) image and adds the
+// official Mosquitto (with the shipped settings) in the bridge's network
+// namespace, so devices reach it on the port the bridge publishes and the
+// bridge on 127.0.0.1; paymentd stays as it was. Parsed and rendered by
+// podman-compose (--dry-run), not run: those images cannot be pulled here
+// (and podman-compose 1.0.3 renders network_mode service: as podman does
+// not take it; Docker Compose does).
 func TestComposeUpstream(t *testing.T) {
 	needContainers(t, "podman-compose")
 	var base, upstream struct {
@@ -126,9 +129,15 @@ func TestComposeUpstream(t *testing.T) {
 		}
 	}
 	for name := range upstream.Services {
-		if base.Services[name] == nil {
+		if base.Services[name] == nil && name != "mqtt" {
 			t.Errorf("docker-compose.upstream.yml: service %s is not in docker-compose.yml (it would add one, not swap one)", name)
 		}
+	}
+	if base.Services["mqtt"] != nil {
+		t.Error("docker-compose.yml has an mqtt service: the bridge hosts the MQTT broker")
+	}
+	if nm := upstream.Services["mqtt"]["network_mode"]; nm != "service:edgebridge" {
+		t.Errorf("upstream mqtt network_mode = %v, want service:edgebridge (devices use the bridge's published port)", nm)
 	}
 
 	p := composeProject{name: fmt.Sprintf("ebdry%d", os.Getpid()), mqttPort: 1, adminPort: 2, dir: t.TempDir(),
@@ -142,10 +151,10 @@ func TestComposeUpstream(t *testing.T) {
 	}
 	conf := repo + "/deploy/k3s/site-mosquitto/mosquitto.conf"
 	want := map[string][]string{
-		"mqtt":       {" docker.io/library/eclipse-mosquitto:2", " -v " + conf + ":/mosquitto/config/mosquitto.conf:ro ", p.name + "_mqtt-data:/mosquitto/data", "127.0.0.1:1:1883"},
+		"mqtt":       {" docker.io/library/eclipse-mosquitto:2", " -v " + conf + ":/mosquitto/config/mosquitto.conf:ro ", p.name + "_mqtt-data:/mosquitto/data"},
 		"kafka":      {" docker.io/apache/kafka:3", "KAFKA_ADVERTISED_LISTENERS=PLAINTEXT://kafka:9092", "KAFKA_PROCESS_ROLES=broker,controller", "KAFKA_LOG_RETENTION_MS=-1", p.name + "_kafka-data:/var/lib/kafka/data"},
 		"paymentd":   {" " + testImage + " ", `--entrypoint ["paymentd"]`},
-		"edgebridge": {" " + testImage, "EDGEBRIDGE_MQTT=tcp://mqtt:1883", "EDGEBRIDGE_KAFKA=kafka:9092", "EDGEBRIDGE_BACKEND=paymentd:7070"},
+		"edgebridge": {" " + testImage, "EDGEBRIDGE_MQTT=tcp://127.0.0.1:1883", "EDGEBRIDGE_KAFKA=kafka:9092", "EDGEBRIDGE_BACKEND=paymentd:7070", "127.0.0.1:1:1883"},
 	}
 	for svc, parts := range want {
 		line, ok := runs[svc]

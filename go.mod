@@ -108,5 +108,8 @@ require (
 	sigs.k8s.io/yaml v1.4.0 // indirect
 )
 
-// A patched copy of mochi v2.7.9 (third_party/mochi/README.md says what and why).
-replace github.com/mochi-mqtt/server/v2 => ./third_party/mochi
+// Patched copies (each README says what and why).
+replace (
+	github.com/mochi-mqtt/server/v2 => ./third_party/mochi
+	github.com/twmb/franz-go/pkg/kfake => ./third_party/kfake
+)

@@ -26,12 +26,12 @@ func intakeBroker(t *testing.T, wait time.Duration) (*embedded.MQTT, *mqttin.Int
 
 // connectDevice is a device on a persistent session that reconnects on
 // its own; lost counts its lost connections.
-func connectDevice(t *testing.T, url, id string, lost *atomic.Int32, h paho.MessageHandler) paho.Client {
+func connectDevice(t testing.TB, url, id string, lost *atomic.Int32, h paho.MessageHandler) paho.Client {
 	t.Helper()
 	return connectDeviceOpts(t, url, id, lost, h, true)
 }
 
-func connectDeviceOpts(t *testing.T, url, id string, lost *atomic.Int32, h paho.MessageHandler, reconnect bool) paho.Client {
+func connectDeviceOpts(t testing.TB, url, id string, lost *atomic.Int32, h paho.MessageHandler, reconnect bool) paho.Client {
 	t.Helper()
 	o := paho.NewClientOptions().AddBroker(url).SetClientID(id).SetCleanSession(false).
 		SetAutoReconnect(reconnect).SetConnectRetryInterval(50 * time.Millisecond).SetMaxReconnectInterval(100 * time.Millisecond).

@@ -81,8 +81,9 @@ if ! git diff --quiet -- api examples || [ -n "$(git status --porcelain -- api e
   echo "generated protobuf code is stale: run ./scripts/genproto.sh and commit"; exit 1
 fi
 
-step "go test -race ./... of the patched mochi (third_party/mochi, its own module)"
+step "tests of the patched brokers (third_party/mochi, third_party/kfake: their own modules)"
 (cd third_party/mochi && go test -race -count=1 ./...)
+(cd third_party/kfake && go test -count=1 -run 'Persist|Crash|Replay|Restart' .)
 
 step "go test -race -shuffle=on ./..."
 go test -race -shuffle=on -count=1 -timeout 20m ./...

@@ -2,7 +2,6 @@ package embedded_test
 
 import (
 	"fmt"
-	"runtime"
 	"testing"
 	"time"
 
@@ -32,7 +31,7 @@ func BenchmarkQueuedReplyMemory(b *testing.B) {
 	}
 	pub := connectDeviceOpts(b, url, "bridge-replies", nil, nil, false)
 	payload := make([]byte, 150)
-	before := heapInUse()
+	before := embedded.HeapInUse()
 	b.ResetTimer()
 	for i := range b.N {
 		tok := pub.Publish(fmt.Sprintf("payment/response/d%03d", i%devices), 1, false, payload)
@@ -48,12 +47,5 @@ func BenchmarkQueuedReplyMemory(b *testing.B) {
 			b.Fatalf("d%03d holds no reply", i)
 		}
 	}
-	b.ReportMetric(float64(heapInUse()-before)/float64(b.N), "heap-B/reply")
-}
-
-func heapInUse() int64 {
-	runtime.GC()
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return int64(ms.HeapInuse)
+	b.ReportMetric(float64(embedded.HeapInUse()-before)/float64(b.N), "heap-B/reply")
 }

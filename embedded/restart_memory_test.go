@@ -1,10 +1,12 @@
 package embedded
 
 import (
+	"context"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"sync"
@@ -19,8 +21,7 @@ import (
 // segment at a time, not the whole log. Upstream kfake kept every batch
 // read (and the segment bytes its records point into) until the replay
 // ended: its peak grew with the backlog (426 MB over 300,000 batches of
-// 1 KB). The 1,000,000-batch figure is docs/RELIABILITY.md's, from
-// `edgebridge bench`'s restart scenario, not from a timed test.
+// 1 KB). The 1,000,000-batch figure is BenchmarkRestartAfterCrash's.
 func TestRestartMemoryDoesNotScaleWithBacklog(t *testing.T) {
 	const (
 		batches = 8000
@@ -92,7 +93,7 @@ func peakHeapDuring(fn func()) int64 {
 	return max(peak, read()-base)
 }
 
-func copyTree(t *testing.T, from, to string) {
+func copyTree(t testing.TB, from, to string) {
 	t.Helper()
 	err := filepath.WalkDir(from, func(path string, d os.DirEntry, err error) error {
 		if err != nil {
@@ -119,4 +120,68 @@ func copyTree(t *testing.T, from, to string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// BenchmarkRestartAfterCrash writes b.N one-record batches of 1 KB over 8
+// partitions (no fsync), copies the data directory as a kill -9 leaves
+// it, and starts a broker on the copy: it reports the restart's peak heap
+// growth, the time until the broker listens with every partition loaded,
+// and the heap a buffered batch costs the running broker. The issue's
+// figure:
+//
+//	go test -run '^$' -bench RestartAfterCrash -benchtime 1000000x -timeout 1h ./embedded
+func BenchmarkRestartAfterCrash(b *testing.B) {
+	const parts = 8
+	dir := b.TempDir()
+	k, err := ListenKafka(KafkaConfig{Listen: "127.0.0.1:0", DataDir: dir, Partitions: parts, NoFsync: true,
+		Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(k.Addr()), kgo.AllowAutoTopicCreation(),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerLinger(0))
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	before := heapInUse()
+	value := make([]byte, 1<<10)
+	var wg sync.WaitGroup
+	for p := range int32(parts) {
+		wg.Go(func() {
+			for i := int(p); i < b.N; i += parts { // one record in flight: one batch each
+				if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "backlog", Partition: p, Value: value}).FirstErr(); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	buffered := heapInUse() - before
+	crashed := b.TempDir()
+	copyTree(b, dir, crashed)
+	cl.Close()
+	k.Close()
+
+	start := time.Now()
+	peak := peakHeapDuring(func() {
+		k, err = ListenKafka(KafkaConfig{Listen: "127.0.0.1:0", DataDir: crashed, Partitions: parts,
+			Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			b.Fatal(err)
+		}
+	})
+	listening := time.Since(start)
+	defer k.Close()
+	b.ReportMetric(float64(peak)/(1<<20), "restart-peak-heap-MiB")
+	b.ReportMetric(listening.Seconds(), "restart-s")
+	b.ReportMetric(float64(buffered)/float64(b.N), "heap-B/batch")
+}
+
+func heapInUse() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapInuse)
 }

@@ -174,7 +174,8 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	if b.kafkaSec, err = cfg.Kafka.Security(); err != nil {
 		return nil, fmt.Errorf("bridge: kafka security: %w", err)
 	}
-	b.producer, err = kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: cfg.Kafka.Brokers, MaxRequestBytes: cfg.Kafka.MaxMessageBytes, Security: b.kafkaSec})
+	b.producer, err = kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: cfg.Kafka.Brokers, MaxRequestBytes: cfg.Kafka.MaxMessageBytes, Security: b.kafkaSec,
+		TopicConfigs: cfg.Kafka.TopicConfigs()})
 	if err != nil {
 		return nil, err
 	}

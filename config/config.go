@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 
@@ -119,6 +120,15 @@ type Kafka struct {
 	Topic string `yaml:"topic"`
 	// DLQTopic for poison messages. Default: edgebridge.payment.dlq.
 	DLQTopic string `yaml:"dlq_topic"`
+	// DLQRetention and DLQRetentionBytes bound the dead-letter topic (no
+	// consumer group commits on it, so nothing else deletes it): its
+	// retention.ms, and its retention.bytes per partition, set when the
+	// bridge creates the topic (a topic that exists keeps its own
+	// configs). The request topic is created with retention.ms and
+	// retention.bytes -1: nothing unprocessed is deleted by age or size.
+	// Defaults: 720h (30 days) and 128 MiB.
+	DLQRetention      time.Duration `yaml:"dlq_retention"`
+	DLQRetentionBytes int64         `yaml:"dlq_retention_bytes"`
 	// GroupID of the consumer group. Default: edgebridge.
 	GroupID string `yaml:"group_id"`
 	// Partitions of topics the bridge creates. Default: 8.
@@ -361,6 +371,23 @@ func Default() Config {
 	return c
 }
 
+// Bounds of the dead-letter topic (kafka.dlq_retention, dlq_retention_bytes).
+const (
+	DefaultDLQRetention      = 30 * 24 * time.Hour
+	DefaultDLQRetentionBytes = 128 << 20
+)
+
+// TopicConfigs are the configs the bridge gives the topics it creates:
+// the request topic keeps everything until it is processed (the embedded
+// broker deletes what every group committed; on an external Kafka that is
+// the operator's job), the dead-letter topic is bounded by age and size.
+func (k Kafka) TopicConfigs() map[string]map[string]string {
+	return map[string]map[string]string{
+		k.Topic:    {"retention.ms": "-1", "retention.bytes": "-1"},
+		k.DLQTopic: {"retention.ms": strconv.FormatInt(k.DLQRetention.Milliseconds(), 10), "retention.bytes": strconv.FormatInt(k.DLQRetentionBytes, 10)},
+	}
+}
+
 // ApplyDefaults fills every zero field with its default.
 func (c *Config) ApplyDefaults() {
 	def := func(s *string, v string) {
@@ -394,6 +421,10 @@ func (c *Config) ApplyDefaults() {
 	def(&c.Kafka.DataDir, "./edgebridge-data")
 	def(&c.Kafka.Topic, "edgebridge.payment.requests")
 	def(&c.Kafka.DLQTopic, "edgebridge.payment.dlq")
+	defD(&c.Kafka.DLQRetention, DefaultDLQRetention)
+	if c.Kafka.DLQRetentionBytes == 0 {
+		c.Kafka.DLQRetentionBytes = DefaultDLQRetentionBytes
+	}
 	def(&c.Kafka.GroupID, "edgebridge")
 	defI(&c.Kafka.Partitions, 8)
 	defD(&c.Kafka.CommitInterval, 200*time.Millisecond)
@@ -581,6 +612,12 @@ func (c *Config) problems() Problems {
 	}
 	if c.Kafka.BatchTimeout < 0 {
 		bad("kafka.batch_timeout", "must not be negative")
+	}
+	if r := c.Kafka.DLQRetention; r < 0 || (r > 0 && r < time.Minute) {
+		bad("kafka.dlq_retention", "%s must be at least 1m", r)
+	}
+	if b := c.Kafka.DLQRetentionBytes; b < 0 || (b > 0 && b < 1<<20) {
+		bad("kafka.dlq_retention_bytes", "%d must be at least 1 MiB (1048576)", b)
 	}
 	if e := c.MQTT.EmbeddedMessageExpiry; e != 0 && e < time.Second {
 		bad("mqtt.embedded_message_expiry", "%s must be at least 1s", e)

@@ -321,3 +321,32 @@ func TestOperateAndRecoverySettings(t *testing.T) {
 		t.Fatalf("3s with an external Kafka (its own minimum applies): %v", err)
 	}
 }
+
+// The days-offline settings: their defaults, the topic configs the bridge
+// creates its topics with, and the refusals.
+func TestDaysOfflineSettings(t *testing.T) {
+	c, err := Parse(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MQTT.EmbeddedMessageExpiry != 7*24*time.Hour {
+		t.Errorf("mqtt.embedded_message_expiry default: got %s, want 168h", c.MQTT.EmbeddedMessageExpiry)
+	}
+	if c.Kafka.DLQRetention != DefaultDLQRetention || c.Kafka.DLQRetentionBytes != DefaultDLQRetentionBytes {
+		t.Errorf("dlq retention defaults: got %s %d", c.Kafka.DLQRetention, c.Kafka.DLQRetentionBytes)
+	}
+	tc := c.Kafka.TopicConfigs()
+	if got := tc["edgebridge.payment.dlq"]; got["retention.ms"] != "2592000000" || got["retention.bytes"] != "134217728" {
+		t.Errorf("dead-letter topic configs: got %v, want 30 days and 128 MiB", got)
+	}
+	if got := tc["edgebridge.payment.requests"]; got["retention.ms"] != "-1" || got["retention.bytes"] != "-1" {
+		t.Errorf("request topic configs: got %v, want -1 and -1", got)
+	}
+	_, err = Parse([]byte("mqtt:\n  embedded_message_expiry: 10ms\nkafka:\n  dlq_retention: 10s\n  dlq_retention_bytes: 1000\n"))
+	for _, want := range []string{"mqtt.embedded_message_expiry: 10ms must be at least 1s", "kafka.dlq_retention: 10s must be at least 1m",
+		"kafka.dlq_retention_bytes: 1000 must be at least 1 MiB"} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("got %v, want it to say %q", err, want)
+		}
+	}
+}

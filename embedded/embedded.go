@@ -65,6 +65,9 @@ type KafkaConfig struct {
 	MinFreeBytes int64
 }
 
+// retentionInterval is how often the broker applies topic retention.
+const retentionInterval = 5 * time.Minute
+
 // KafkaUser is a SASL account: mechanism PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
 type KafkaUser struct {
 	Mechanism, User, Password string
@@ -136,6 +139,10 @@ func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 			"log.retention.ms":    "-1",
 			"log.retention.bytes": "-1",
 			"log.segment.bytes":   strconv.Itoa(segmentBytes),
+			// How often topic-level retention (the dead-letter topic's
+			// retention.ms and retention.bytes) is applied; kfake's
+			// default is an hour.
+			"log.cleaner.backoff.ms": strconv.Itoa(int(retentionInterval / time.Millisecond)),
 		}),
 	}
 	if !cfg.NoFsync {

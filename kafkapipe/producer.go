@@ -31,6 +31,10 @@ type ProducerConfig struct {
 	WriteTimeout time.Duration
 	// Security: TLS and SASL to the brokers.
 	Security Security
+	// TopicConfigs are the topic configs (retention.ms, …) of each topic
+	// EnsureTopics creates, by topic name. A topic that exists keeps its
+	// own. Default: the broker's defaults.
+	TopicConfigs map[string]map[string]string
 }
 
 func (c ProducerConfig) withDefaults() ProducerConfig {

@@ -17,13 +17,17 @@ import (
 func EnsureTopics(ctx context.Context, brokers []string, sec Security, partitions int, topics ...string) error {
 	client, done := adminClient(brokers, sec, 10*time.Second)
 	defer done()
-	return createTopics(ctx, client, partitions, topics)
+	return createTopics(ctx, client, partitions, topics, nil)
 }
 
-func createTopics(ctx context.Context, client *kafka.Client, partitions int, topics []string) error {
+func createTopics(ctx context.Context, client *kafka.Client, partitions int, topics []string, configs map[string]map[string]string) error {
 	req := &kafka.CreateTopicsRequest{}
 	for _, t := range topics {
-		req.Topics = append(req.Topics, kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: -1})
+		tc := kafka.TopicConfig{Topic: t, NumPartitions: partitions, ReplicationFactor: -1}
+		for name, value := range configs[t] {
+			tc.ConfigEntries = append(tc.ConfigEntries, kafka.ConfigEntry{ConfigName: name, ConfigValue: value})
+		}
+		req.Topics = append(req.Topics, tc)
 	}
 	resp, err := client.CreateTopics(ctx, req)
 	if err != nil {
@@ -75,7 +79,7 @@ func (p *Producer) EnsureTopics(ctx context.Context, partitions int, topics ...s
 func (p *Producer) ensureTopics(ctx context.Context, partitions int, topics []string) error {
 	// Through the producer's own transport: on success kafka-go refreshes
 	// its metadata until the topics appear.
-	if err := createTopics(ctx, p.client, partitions, topics); err != nil {
+	if err := createTopics(ctx, p.client, partitions, topics, p.cfg.TopicConfigs); err != nil {
 		return err
 	}
 	// A topic that already existed is refreshed by a metadata request that

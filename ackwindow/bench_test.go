@@ -3,6 +3,7 @@ package ackwindow
 import (
 	"context"
 	"testing"
+	"time"
 )
 
 // BenchmarkAckOutOfOrder: a full window of 128 ACKed newest first, so the
@@ -16,7 +17,7 @@ func BenchmarkAckOutOfOrder(b *testing.B) {
 	var base int64
 	for b.Loop() {
 		for i := range int64(n) {
-			if err := w.Add(ctx, 0, base+i); err != nil {
+			if err := w.Add(ctx, 0, base+i, time.Time{}); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"sort"
 	"sync"
+	"time"
 )
 
 // ErrOutOfOrder is returned by Add when a partition's offsets do not increase.
@@ -40,6 +41,7 @@ type partition struct {
 type entry struct {
 	offset int64
 	acked  bool
+	at     time.Time // when the record was written (its Kafka timestamp)
 }
 
 // New returns a window holding at most capacity un-committed records
@@ -84,10 +86,11 @@ func (w *Window) Assign(part int32, offset int64) {
 	w.mu.Unlock()
 }
 
-// Add records that offset of part was fetched. It blocks while the window is
-// full and returns ctx.Err() if ctx ends first. Offsets of a partition must
-// be added in increasing order.
-func (w *Window) Add(ctx context.Context, part int32, offset int64) error {
+// Add records that offset of part, written at at (its Kafka timestamp;
+// zero if unknown), was fetched. It blocks while the window is full and
+// returns ctx.Err() if ctx ends first. Offsets of a partition must be added
+// in increasing order.
+func (w *Window) Add(ctx context.Context, part int32, offset int64, at time.Time) error {
 	w.mu.Lock()
 	for w.held >= w.capacity {
 		room := w.room
@@ -113,9 +116,27 @@ func (w *Window) Add(ctx context.Context, part int32, offset int64) error {
 	if n := len(p.entries); (n > 0 && offset <= p.entries[n-1].offset) || offset < p.floor {
 		return fmt.Errorf("%w: partition %d offset %d", ErrOutOfOrder, part, offset)
 	}
-	p.entries = append(p.entries, entry{offset: offset})
+	p.entries = append(p.entries, entry{offset: offset, at: at})
 	w.held++
 	return nil
+}
+
+// Oldest returns when the oldest record not yet acknowledged was written:
+// the first un-acknowledged record of each partition, the oldest of them.
+// False when the window holds none (with a known time).
+func (w *Window) Oldest() (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var oldest time.Time
+	for _, p := range w.parts {
+		if len(p.entries) == 0 || p.entries[0].at.IsZero() {
+			continue
+		}
+		if at := p.entries[0].at; oldest.IsZero() || at.Before(oldest) {
+			oldest = at
+		}
+	}
+	return oldest, !oldest.IsZero()
 }
 
 // Ack marks offset of part acknowledged. It returns false if the record is

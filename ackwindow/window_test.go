@@ -48,7 +48,7 @@ func TestWindowFloor(t *testing.T) {
 			w := New(16)
 			for _, o := range tc.ops {
 				if o.add {
-					if err := w.Add(context.Background(), o.part, o.off); err != nil {
+					if err := w.Add(context.Background(), o.part, o.off, time.Time{}); err != nil {
 						t.Fatalf("Add(%d,%d): %v", o.part, o.off, err)
 					}
 					continue
@@ -76,13 +76,13 @@ func TestAssignStartsAtCommitted(t *testing.T) {
 	if f, ok := w.Floor(3); !ok || f != 40 {
 		t.Fatalf("got floor %d,%v want 40,true", f, ok)
 	}
-	if err := w.Add(context.Background(), 3, 39); !errors.Is(err, ErrOutOfOrder) {
+	if err := w.Add(context.Background(), 3, 39, time.Time{}); !errors.Is(err, ErrOutOfOrder) {
 		t.Fatalf("got %v, want ErrOutOfOrder for an offset below the floor", err)
 	}
-	if err := w.Add(context.Background(), 3, 42); err != nil {
+	if err := w.Add(context.Background(), 3, 42, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Add(context.Background(), 3, 42); !errors.Is(err, ErrOutOfOrder) {
+	if err := w.Add(context.Background(), 3, 42, time.Time{}); !errors.Is(err, ErrOutOfOrder) {
 		t.Fatalf("got %v, want ErrOutOfOrder for a repeated offset", err)
 	}
 	if w.InFlight() != 1 {
@@ -97,17 +97,17 @@ func TestAssignStartsAtCommitted(t *testing.T) {
 func TestCapacityBlocks(t *testing.T) {
 	w := New(2)
 	ctx := context.Background()
-	_ = w.Add(ctx, 0, 0)
-	_ = w.Add(ctx, 0, 1)
+	_ = w.Add(ctx, 0, 0, time.Time{})
+	_ = w.Add(ctx, 0, 1, time.Time{})
 
 	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if err := w.Add(short, 0, 2); !errors.Is(err, context.DeadlineExceeded) {
+	if err := w.Add(short, 0, 2, time.Time{}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Add on a full window got %v, want it to block until the deadline", err)
 	}
 
 	done := make(chan error, 1)
-	go func() { done <- w.Add(ctx, 0, 2) }()
+	go func() { done <- w.Add(ctx, 0, 2, time.Time{}) }()
 	// Acking 1 does not free a slot: 0 is still un-acked and holds the floor.
 	w.Ack(0, 1)
 	select {
@@ -127,9 +127,9 @@ func TestCapacityBlocks(t *testing.T) {
 func TestRevoke(t *testing.T) {
 	w := New(3)
 	ctx := context.Background()
-	_ = w.Add(ctx, 0, 0)
-	_ = w.Add(ctx, 0, 1)
-	_ = w.Add(ctx, 1, 7)
+	_ = w.Add(ctx, 0, 0, time.Time{})
+	_ = w.Add(ctx, 0, 1, time.Time{})
+	_ = w.Add(ctx, 1, 7, time.Time{})
 	w.Ack(0, 0)
 	if got := w.Revoke(0); got != 1 {
 		t.Fatalf("revoke dropped %d, want 1", got)
@@ -144,10 +144,10 @@ func TestRevoke(t *testing.T) {
 		t.Fatalf("got in-flight %d, want 1", w.InFlight())
 	}
 	// The freed slots are usable.
-	if err := w.Add(ctx, 2, 0); err != nil {
+	if err := w.Add(ctx, 2, 0, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
-	if err := w.Add(ctx, 2, 1); err != nil {
+	if err := w.Add(ctx, 2, 1, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -158,7 +158,7 @@ func TestWaitEmpty(t *testing.T) {
 	if err := w.WaitEmpty(ctx); err != nil {
 		t.Fatal(err)
 	}
-	_ = w.Add(ctx, 0, 0)
+	_ = w.Add(ctx, 0, 0, time.Time{})
 	done := make(chan error, 1)
 	go func() { done <- w.WaitEmpty(ctx) }()
 	w.Ack(0, 0)
@@ -173,7 +173,7 @@ func BenchmarkAddAck(b *testing.B) {
 	b.ReportAllocs()
 	for i := range b.N {
 		off := int64(i)
-		if err := w.Add(ctx, int32(i%8), off); err != nil {
+		if err := w.Add(ctx, int32(i%8), off, time.Time{}); err != nil {
 			b.Fatal(err)
 		}
 		w.Ack(int32(i%8), off)
@@ -187,7 +187,7 @@ func TestSetCap(t *testing.T) {
 		w := New(2)
 		ctx := t.Context()
 		for off := range int64(2) {
-			if err := w.Add(ctx, 0, off); err != nil {
+			if err := w.Add(ctx, 0, off, time.Time{}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -196,7 +196,7 @@ func TestSetCap(t *testing.T) {
 			synctest.Wait() // every goroutine of the test is blocked
 			return len(added) == 0
 		}
-		go func() { added <- w.Add(ctx, 0, 2) }()
+		go func() { added <- w.Add(ctx, 0, 2, time.Time{}) }()
 		if !blocked() {
 			t.Fatalf("Add returned %v on a full window, want it blocked", <-added)
 		}
@@ -205,7 +205,7 @@ func TestSetCap(t *testing.T) {
 			t.Fatal(err)
 		}
 		w.SetCap(1) // 3 held: the next Add waits for 3 ACKs
-		go func() { added <- w.Add(ctx, 0, 3) }()
+		go func() { added <- w.Add(ctx, 0, 3, time.Time{}) }()
 		for off := range int64(3) {
 			if !blocked() {
 				t.Fatalf("Add returned with %d held and capacity 1", w.InFlight())
@@ -219,4 +219,37 @@ func TestSetCap(t *testing.T) {
 			t.Fatalf("got cap %d in flight %d, want 1 and 1", w.Cap(), w.InFlight())
 		}
 	})
+}
+
+// Oldest is the write time of the oldest record not yet acknowledged, over
+// every partition; acknowledging it moves Oldest to the next one.
+func TestOldest(t *testing.T) {
+	w := New(8)
+	ctx := context.Background()
+	if _, ok := w.Oldest(); ok {
+		t.Fatal("Oldest of an empty window: got ok, want none")
+	}
+	t0 := time.Unix(1000, 0)
+	_ = w.Add(ctx, 0, 10, t0.Add(2*time.Second))
+	_ = w.Add(ctx, 0, 11, t0.Add(5*time.Second))
+	_ = w.Add(ctx, 1, 3, t0.Add(3*time.Second))
+	for _, step := range []struct {
+		ack  int64
+		part int32
+		want time.Time
+		ok   bool
+	}{
+		{ack: -1, want: t0.Add(2 * time.Second), ok: true},
+		{part: 0, ack: 11, want: t0.Add(2 * time.Second), ok: true}, // not the floor: 10 still waits
+		{part: 0, ack: 10, want: t0.Add(3 * time.Second), ok: true},
+		{part: 1, ack: 3, ok: false},
+	} {
+		if step.ack >= 0 {
+			w.Ack(step.part, step.ack)
+		}
+		got, ok := w.Oldest()
+		if ok != step.ok || !got.Equal(step.want) {
+			t.Fatalf("after ack %d/%d: got %v %v, want %v %v", step.part, step.ack, got, ok, step.want, step.ok)
+		}
+	}
 }

@@ -67,7 +67,9 @@ func TestDiskHighWaterMark(t *testing.T) {
 	// Ballast leaves a little more than the floor: the requests' records
 	// use up the rest.
 	ballast := disktest.Fill(t, disk, floor+(192<<10))
-	devs := devicesim.Config{Broker: "tcp://" + m.Addr(), Devices: 5, Requests: 300, Outstanding: 20, Counters: new(devicesim.Counters)}
+	// More requests than an idle machine answers in the second between
+	// two readings of the disk, so some wait for the space.
+	devs := devicesim.Config{Broker: "tcp://" + m.Addr(), Devices: 5, Requests: 2000, Outstanding: 20, Counters: new(devicesim.Counters)}
 	dctx, stopDevices := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer stopDevices()
 	done := make(chan devicesim.Result, 1)

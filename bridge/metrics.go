@@ -1,6 +1,7 @@
 package bridge
 
 import (
+	"time"
 	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -185,4 +186,14 @@ func (m *Metrics) observeWindow(w *ackwindow.Window) {
 	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "edgebridge_window_capacity", Help: "The most Kafka records held: backend.window per open backend stream (at least one).",
 	}, func() float64 { return float64(w.Cap()) }))
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "edgebridge_oldest_unprocessed_request_age_seconds",
+		Help: "Age of the oldest request written to Kafka and not yet processed (ACKed by a backend) among those the bridge holds; 0 when none. With a backlog the oldest is held: the window fills from the committed offset.",
+	}, func() float64 {
+		at, ok := w.Oldest()
+		if !ok {
+			return 0
+		}
+		return max(time.Since(at).Seconds(), 0)
+	}))
 }

@@ -338,7 +338,7 @@ func (c *Consumer) fetch(ctx context.Context, part int32, offset int64) {
 			}
 			return
 		}
-		if err := c.win.Add(ctx, part, m.Offset); err != nil {
+		if err := c.win.Add(ctx, part, m.Offset, m.Time); err != nil {
 			return
 		}
 		msg := Message{Topic: m.Topic, Partition: part, Offset: m.Offset, Key: m.Key, Value: m.Value, Headers: m.Headers}

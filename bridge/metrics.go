@@ -1,8 +1,8 @@
 package bridge
 
 import (
-	"time"
 	"strconv"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"

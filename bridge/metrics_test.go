@@ -40,9 +40,14 @@ func TestOperatingMetrics(t *testing.T) {
 		return sum
 	}
 	waitUntil(t, "a lag of every request the backend holds", func() bool { return lag() == n })
+	// The oldest held request ages while the backend holds it.
+	const age = "edgebridge_oldest_unprocessed_request_age_seconds"
+	first := metric(t, b, age)
+	waitUntil(t, "the oldest request's age to grow", func() bool { return metric(t, b, age) > first && first > 0 })
 	close(release)
 	awaitReplies(t, replies, n)
 	waitUntil(t, "the lag to drain", func() bool { return lag() == 0 })
+	waitUntil(t, "no request waiting", func() bool { return metric(t, b, age) == 0 })
 	if got := metric(t, b, "edgebridge_end_to_end_latency_seconds"); got != n {
 		t.Fatalf("got %v end-to-end latencies, want %d", got, n)
 	}

@@ -1,5 +1,5 @@
 # Convenience targets; ./scripts/test.sh is what CI runs.
-.PHONY: test chaos chaos-short proto bench image
+.PHONY: test chaos chaos-short soak proto bench image
 
 test:
 	./scripts/test.sh
@@ -13,6 +13,14 @@ chaos:
 # The same matrix in CI's short mode.
 chaos-short:
 	go test -race -count=1 -timeout 20m -run 'TestChaos' -v ./test/integration
+
+# The days-offline soak: 1,000,000 requests while the backend is
+# unreachable, the bridge and the Kafka broker killed midway, then the
+# drain (about 15 minutes here). Writes docs/soak.json and docs/soak.svg
+# for docs/RELIABILITY.md; CI runs the same test with 20,000.
+soak:
+	EDGEBRIDGE_SOAK_REQUESTS=1000000 EDGEBRIDGE_SOAK_REPORT=$(CURDIR)/docs/soak.json EDGEBRIDGE_SOAK_PLOT=$(CURDIR)/docs/soak.svg \
+		go test -count=1 -timeout 2h -run 'TestSoak' -v ./test/integration
 
 proto:
 	./scripts/genproto.sh

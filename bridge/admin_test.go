@@ -17,6 +17,7 @@ import (
 func serveAdmin(t *testing.T, pprof bool) func(path string) (int, string) {
 	t.Helper()
 	cfg := config.Default()
+	cfg.Kafka.DataDir = t.TempDir() // the bridge keeps its group member id there
 	cfg.ApplyDefaults()
 	cfg.MQTT.Broker = "tcp://127.0.0.1:1"
 	cfg.Kafka.Brokers = []string{"127.0.0.1:1"}

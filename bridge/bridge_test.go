@@ -115,6 +115,7 @@ func newPipeline(t *testing.T, handle backend.Handler) *pipeline {
 	t.Cleanup(gs.Stop)
 
 	cfg := config.Default()
+	cfg.Kafka.DataDir = t.TempDir() // the bridge keeps its group member id there
 	cfg.MQTT.Broker = "tcp://" + m.Addr()
 	cfg.Kafka.Brokers = []string{k.Addr()}
 	cfg.Kafka.Partitions = 2
@@ -237,6 +238,7 @@ func readDLQ(t *testing.T, broker, topic string, n int) map[string]string {
 // the brokers while they are not up (New does no I/O: nothing is up yet).
 func TestReadyDaprOnly(t *testing.T) {
 	cfg := config.Default()
+	cfg.Kafka.DataDir = t.TempDir() // the bridge keeps its group member id there
 	cfg.Dapr.Enabled = true
 	cfg.Backend.Targets = nil
 	cfg.ApplyDefaults()

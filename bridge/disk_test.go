@@ -57,6 +57,7 @@ func TestDiskHighWaterMark(t *testing.T) {
 
 	const floor = 8 << 20
 	cfg := config.Default()
+	cfg.Kafka.DataDir = t.TempDir() // the bridge keeps its group member id there
 	cfg.MQTT.Broker = "tcp://" + m.Addr()
 	cfg.Kafka.Brokers = []string{k.Addr()}
 	cfg.Kafka.Partitions = 2

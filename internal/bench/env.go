@@ -359,12 +359,13 @@ func (e *env) startBridge(ctx context.Context, cfg Config) error {
   topic: edgebridge.payment.requests
   dlq_topic: edgebridge.payment.dlq
   group_id: edgebridge
+  data_dir: %s
 %sbackend:
   targets: ["%s"]
 admin:
   listen: %s
   pprof: %t
-%s`, e.mqttURL, tlsSection(e.tls), strings.Join(e.brokers, ", "), tlsSection(e.tls), e.payAddr, e.admin, cfg.ProfileDir != "", cfg.BridgeConfig)
+%s`, e.mqttURL, tlsSection(e.tls), strings.Join(e.brokers, ", "), filepath.Join(e.dir, "bridge-data"), tlsSection(e.tls), e.payAddr, e.admin, cfg.ProfileDir != "", cfg.BridgeConfig)
 	path := filepath.Join(e.dir, "edgebridge.yaml")
 	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
 		return err

@@ -135,6 +135,7 @@ func newRig(t *testing.T, o rigOpts) *rig {
 	c.MQTT.ClientID = "bridge-faults"
 	c.Kafka.Brokers = []string{r.kafka.Addr()}
 	c.Kafka.Partitions = 4
+	c.Kafka.DataDir = filepath.Join(r.dir, "bridge") // its group member id
 	c.Kafka.CommitInterval = 50 * time.Millisecond
 	c.Backend.Targets = targets
 	c.Backend.Window = 32

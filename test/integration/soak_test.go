@@ -74,7 +74,8 @@ func TestSoak(t *testing.T) {
 			}
 		}
 	})
-	defer func() { close(stopSampling); sampling.Wait() }()
+	stopSamples := sync.OnceFunc(func() { close(stopSampling); sampling.Wait() })
+	defer stopSamples()
 
 	ctx := withTimeout(t, 2*time.Hour)
 	devs := devicesim.Config{Broker: "tcp://" + mqttAddr, Devices: devices, Requests: perDevice, Outstanding: perDevice,
@@ -102,6 +103,7 @@ func TestSoak(t *testing.T) {
 	pay := startPaymentdBin(t, bins.paymentdNoRace, payAddr, ledger)
 	res := <-done
 	drain := time.Since(backendAt)
+	stopSamples()
 	entries, err := payment.ReadLedger(ledger)
 	if err != nil {
 		t.Fatal(err)
@@ -126,9 +128,7 @@ func TestSoak(t *testing.T) {
 		}
 	}
 	if path := os.Getenv("EDGEBRIDGE_SOAK_PLOT"); path != "" {
-		mu.Lock()
 		svg := s.svg(offeredAt, drain)
-		mu.Unlock()
 		if err := os.WriteFile(path, []byte(svg), 0o644); err != nil {
 			t.Error(err)
 		}

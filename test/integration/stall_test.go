@@ -95,8 +95,10 @@ func intakeStall(t *testing.T, shape stallShape) {
 		hold = func() { signal(t, kafka, syscall.SIGSTOP) }
 		release = func() { signal(t, kafka, syscall.SIGCONT) }
 	}
+	var dropped func() (int, error)
 	if mq != nil {
 		devs.Broker = mq.url()
+		dropped = mq.watchDropped(t)
 	}
 	cfgPath, admin := writeBridgeConfig(t, opts)
 	br := startBridgeBin(t, bins.edgebridgeNoRace, cfgPath, admin)
@@ -148,8 +150,8 @@ func intakeStall(t *testing.T, shape stallShape) {
 	if len(res.Acked) != devices*requests {
 		t.Errorf("got %d requests PUBACKed in the end, want all %d", len(res.Acked), devices*requests)
 	}
-	if mq != nil {
-		if n, err := mq.dropped(); err != nil || n != 0 {
+	if dropped != nil {
+		if n, err := dropped(); err != nil || n != 0 {
 			t.Errorf("Mosquitto dropped %d messages (%v), want 0", n, err)
 		}
 	}

@@ -156,9 +156,7 @@ func (c *Consumer) Abandon() { c.abandon() }
 // for the window to empty, commits the floors and leaves the group. It
 // blocks until all of that is done.
 func (c *Consumer) Run(ctx context.Context) error {
-	if c.cfg.MemberFile != "" {
-		c.leavePredecessor(ctx)
-	}
+	c.leavePredecessor(ctx)
 	start := kafka.FirstOffset
 	if c.cfg.StartNewest {
 		start = kafka.LastOffset
@@ -196,9 +194,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 			continue // Next backs off internally
 		}
 		c.joinErr.Store(nil)
-		if c.cfg.MemberFile != "" {
-			c.rememberMember(gen.MemberID)
-		}
+		c.rememberMember(gen.MemberID)
 		done := make(chan struct{})
 		gen.Start(func(genCtx context.Context) {
 			defer close(done)

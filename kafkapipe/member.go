@@ -24,7 +24,11 @@ import (
 // from the group. A member that already left (a graceful stop, or one the
 // coordinator expired) is fine; any other failure is logged and the join
 // goes on (it then waits for the session timeout, as without the file).
+// Without a MemberFile it does nothing.
 func (c *Consumer) leavePredecessor(ctx context.Context) {
+	if c.cfg.MemberFile == "" {
+		return
+	}
 	b, err := os.ReadFile(c.cfg.MemberFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return
@@ -58,9 +62,9 @@ func (c *Consumer) leavePredecessor(ctx context.Context) {
 }
 
 // rememberMember writes id to MemberFile (replacing it whole), unless it
-// is already there.
+// is already there. Without a MemberFile it does nothing.
 func (c *Consumer) rememberMember(id string) {
-	if id == "" || id == c.member {
+	if c.cfg.MemberFile == "" || id == "" || id == c.member {
 		return
 	}
 	if err := writeFileAtomic(c.cfg.MemberFile, []byte(id+"\n")); err != nil {

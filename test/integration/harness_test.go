@@ -250,7 +250,7 @@ func (m *mosq) dropped() (int, error) {
 // changes, retained for 60 s only: a reader that subscribes later than
 // that after the last change gets nothing (dropped), so a test longer
 // than a minute watches from its start.
-func (m *mosq) watchDropped(t *testing.T) func() (int, error) {
+func (m *mosq) watchDropped(t *testing.T) func() int {
 	t.Helper()
 	var mu sync.Mutex
 	last, seen := 0, false
@@ -268,10 +268,10 @@ func (m *mosq) watchDropped(t *testing.T) func() (int, error) {
 		}
 	}).Wait()
 	waitFor(t, 10*time.Second, "Mosquitto's dropped count", func() bool { mu.Lock(); defer mu.Unlock(); return seen })
-	return func() (int, error) {
+	return func() int {
 		mu.Lock()
 		defer mu.Unlock()
-		return last, nil
+		return last
 	}
 }
 

@@ -84,18 +84,17 @@ func TestSoak(t *testing.T) {
 	offered := func() int64 { return devs.Counters.Sent.Load() }
 	want := int64(devices * perDevice)
 
-	waitFor(t, time.Hour, "40 % of the requests", func() bool { return offered() >= want*4/10 })
-	mu.Lock()
-	br.kill()
-	br = startBridge()
-	mu.Unlock()
-	t.Logf("bridge killed and restarted at %d offered", offered())
-	waitFor(t, time.Hour, "70 % of the requests", func() bool { return offered() >= want*7/10 })
-	mu.Lock()
-	kafka.kill()
-	kafka = startKafka()
-	mu.Unlock()
-	t.Logf("kafka broker killed and restarted at %d offered", offered())
+	// kill SIGKILLs a process once a share of the requests was offered
+	// and starts it again at once.
+	kill := func(share int64, name string, restart func()) {
+		waitFor(t, time.Hour, fmt.Sprintf("%d %% of the requests", share), func() bool { return offered() >= want*share/100 })
+		mu.Lock()
+		restart()
+		mu.Unlock()
+		t.Logf("%s killed and restarted at %d offered", name, offered())
+	}
+	kill(40, "bridge", func() { br.kill(); br = startBridge() })
+	kill(70, "kafka broker", func() { kafka.kill(); kafka = startKafka() })
 	waitFor(t, time.Hour, "every request offered", func() bool { return offered() >= want })
 	offeredAt := time.Since(s.start)
 

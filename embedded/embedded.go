@@ -134,6 +134,7 @@ func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 		kfake.AllowAutoTopicCreation(),
 		kfake.DefaultNumPartitions(cfg.Partitions),
 		kfake.ClusterID("edgebridge"),
+		kfake.IndexBudget(indexBudget),
 		kfake.BrokerConfigs(map[string]string{
 			// Records leave only when committed (trim.go), never by age or size.
 			"log.retention.ms":    "-1",

@@ -35,6 +35,14 @@ const trimEvery = time.Second
 // less of it.
 const segmentBytes = 1 << 20
 
+// indexBudget is how many batches of sealed segments the broker indexes in
+// memory (72 bytes each: 4.5 MiB), besides each partition's active
+// segment. A backlog past it costs about 0.3 bytes per batch (a summary
+// per segment); a fetch that reaches an evicted segment reads its index
+// back from the segment (1 MiB). At 1 KB per request that is the reading
+// position of 64 partitions at once.
+const indexBudget = 1 << 16
+
 // topicPart names a partition.
 type topicPart struct {
 	topic string

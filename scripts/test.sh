@@ -87,7 +87,7 @@ step "tests of the patched brokers (third_party/mochi, third_party/kfake: their 
 # loaded machine.
 (cd third_party/mochi && go test -race -count=1 -run 'Edgebridge|IDInUse|ExceedClientWritesPending|ProcessPacketPublish|ProcessPacketSubscribe|ProcessPacketUnsubscribe|Inflight' . &&
   go test -race -count=1 ./hooks/... ./packets/...)
-(cd third_party/kfake && go test -count=1 -run 'Persist|Crash|Replay|Restart' .)
+(cd third_party/kfake && go test -count=1 -run 'Persist|Crash|Replay|Restart|Edgebridge' .)
 
 step "go test -race -shuffle=on ./..."
 go test -race -shuffle=on -count=1 -timeout 20m ./...

@@ -151,7 +151,8 @@ func TestComposeUpstream(t *testing.T) {
 	}
 	conf := repo + "/deploy/k3s/site-mosquitto/mosquitto.conf"
 	want := map[string][]string{
-		"mqtt":       {" docker.io/library/eclipse-mosquitto:2", " -v " + conf + ":/mosquitto/config/mosquitto.conf:ro ", p.name + "_mqtt-data:/mosquitto/data"},
+		"mqtt": {" docker.io/library/eclipse-mosquitto:2", " -v " + conf + ":/mosquitto/config/mosquitto.conf:ro ", p.name + "_mqtt-data:/mosquitto/data",
+			" -v " + repo + "/deploy/k3s/site-mosquitto/first-start.sh:/mosquitto/config/first-start.sh:ro ", "EDGEBRIDGE_CLIENT_ID=edgebridge-1", "/bin/sh /mosquitto/config/first-start.sh"},
 		"kafka":      {" docker.io/apache/kafka:3", "KAFKA_ADVERTISED_LISTENERS=PLAINTEXT://kafka:9092", "KAFKA_PROCESS_ROLES=broker,controller", "KAFKA_LOG_RETENTION_MS=-1", p.name + "_kafka-data:/var/lib/kafka/data"},
 		"paymentd":   {" " + testImage + " ", `--entrypoint ["paymentd"]`},
 		"edgebridge": {" " + testImage, "EDGEBRIDGE_MQTT=tcp://127.0.0.1:1883", "EDGEBRIDGE_KAFKA=kafka:9092", "EDGEBRIDGE_BACKEND=paymentd:7070", "127.0.0.1:1:1883"},

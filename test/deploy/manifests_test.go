@@ -243,6 +243,12 @@ func checkRendered(t *testing.T, objs []runtime.Object) {
 		}
 	}
 	bridges := 0
+	var bridgeCfg *config.Config
+	type site struct {
+		c       corev1.Container
+		volumes map[string]corev1.Volume
+	}
+	var mosquittos []site
 	for _, d := range deployments {
 		if d.Spec.Replicas == nil || *d.Spec.Replicas != 1 || d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
 			t.Errorf("deployment %s: want one replica with Recreate (singleton session and data)", d.Name)
@@ -278,12 +284,46 @@ func checkRendered(t *testing.T, objs []runtime.Object) {
 			}
 			if len(c.Args) > 0 && c.Args[0] == "run" {
 				bridges++
-				checkBridge(t, d, c, volumes, configMaps)
+				bridgeCfg = checkBridge(t, d, c, volumes, configMaps)
+			}
+			if strings.Contains(c.Image, "eclipse-mosquitto") {
+				mosquittos = append(mosquittos, site{c, volumes})
 			}
 		}
 	}
 	if bridges != 1 {
 		t.Errorf("%d edgebridge containers, want 1", bridges)
+	}
+	for _, m := range mosquittos {
+		checkFirstStart(t, m.c, m.volumes, configMaps, bridgeCfg)
+	}
+}
+
+// checkFirstStart: a site Mosquitto starts through first-start.sh, from its
+// ConfigMap, with the bridge's client id and request filters, and keeps its
+// persistence file where the script looks for it.
+func checkFirstStart(t *testing.T, c corev1.Container, volumes map[string]corev1.Volume, configMaps map[string]*corev1.ConfigMap, bridge *config.Config) {
+	if want := []string{"/bin/sh", "/mosquitto/config/first-start.sh"}; !reflect.DeepEqual(c.Command, want) {
+		t.Errorf("mosquitto command %v, want %v", c.Command, want)
+	}
+	env := map[string]string{}
+	for _, e := range c.Env {
+		env[e.Name] = e.Value
+	}
+	if bridge != nil && (env["EDGEBRIDGE_CLIENT_ID"] != bridge.MQTT.ClientID || env["EDGEBRIDGE_SUBSCRIBE"] != strings.Join(bridge.MQTT.Subscribe, " ")) {
+		t.Errorf("mosquitto EDGEBRIDGE_CLIENT_ID %q, EDGEBRIDGE_SUBSCRIBE %q; the bridge's mqtt.client_id is %q, mqtt.subscribe %v",
+			env["EDGEBRIDGE_CLIENT_ID"], env["EDGEBRIDGE_SUBSCRIBE"], bridge.MQTT.ClientID, bridge.MQTT.Subscribe)
+	}
+	script, data := false, false
+	for _, m := range c.VolumeMounts {
+		v := volumes[m.Name]
+		if v.ConfigMap != nil && m.MountPath == "/mosquitto/config" && configMaps[v.ConfigMap.Name] != nil {
+			_, script = configMaps[v.ConfigMap.Name].Data["first-start.sh"]
+		}
+		data = data || (v.PersistentVolumeClaim != nil && m.MountPath == "/mosquitto/data")
+	}
+	if !script || !data {
+		t.Errorf("mosquitto: first-start.sh mounted from a ConfigMap at /mosquitto/config: %v; a persistent volume at /mosquitto/data: %v", script, data)
 	}
 }
 
@@ -333,7 +373,7 @@ func checkAround(t *testing.T, objs []runtime.Object, netpol bool) {
 }
 
 // checkBridge checks the edgebridge container c of d against its config.
-func checkBridge(t *testing.T, d *appsv1.Deployment, c corev1.Container, volumes map[string]corev1.Volume, configMaps map[string]*corev1.ConfigMap) {
+func checkBridge(t *testing.T, d *appsv1.Deployment, c corev1.Container, volumes map[string]corev1.Volume, configMaps map[string]*corev1.ConfigMap) *config.Config {
 	if len(c.Args) != 3 || c.Args[1] != "-config" {
 		t.Fatalf("deployment %s: edgebridge args %v, want run -config FILE", d.Name, c.Args)
 	}
@@ -393,6 +433,7 @@ func checkBridge(t *testing.T, d *appsv1.Deployment, c corev1.Container, volumes
 			t.Errorf("deployment %s: kafka.data_dir %s (embedded brokers) is not a persistent volume", d.Name, cfg.Kafka.DataDir)
 		}
 	}
+	return &cfg
 }
 
 // TestSiteMosquittoConf: the site broker's mosquitto.conf (k3s and

@@ -90,7 +90,7 @@ func gitRevision() string {
 	return strings.TrimSpace(string(out))
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -109,13 +109,13 @@ type proc struct {
 	err  error
 }
 
-func start(t *testing.T, name string, args ...string) *proc {
+func start(t testing.TB, name string, args ...string) *proc {
 	t.Helper()
 	return startEnv(t, nil, name, args...)
 }
 
 // startEnv is start with extra environment variables (KEY=value).
-func startEnv(t *testing.T, env []string, name string, args ...string) *proc {
+func startEnv(t testing.TB, env []string, name string, args ...string) *proc {
 	t.Helper()
 	p := &proc{name: filepath.Base(name), cmd: exec.Command(name, args...), out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
@@ -169,7 +169,7 @@ func (p *proc) stop(t *testing.T, limit time.Duration) error {
 }
 
 // waitFor polls cond every 20ms until it holds or limit passes.
-func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
 	for !cond() {

@@ -65,7 +65,7 @@ func TestSoak(t *testing.T) {
 		defer tick.Stop()
 		for {
 			mu.Lock()
-			s.add(rssKiB(br.cmd.Process.Pid), rssKiB(kafka.cmd.Process.Pid), dirBytes(kafkaDir))
+			s.add(statusKiB(br.cmd.Process.Pid, "VmRSS"), statusKiB(kafka.cmd.Process.Pid, "VmRSS"), dirBytes(kafkaDir))
 			mu.Unlock()
 			select {
 			case <-stopSampling:
@@ -215,14 +215,15 @@ func (s *soakSamples) svg(offered, drain time.Duration) string {
 	return b.String()
 }
 
-// rssKiB is a process's resident set (0 once it is gone).
-func rssKiB(pid int) int64 {
+// statusKiB is a field of a process's /proc status in KiB, such as VmRSS
+// (its resident set) or VmHWM (the most it has been); 0 once it is gone.
+func statusKiB(pid int, field string) int64 {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			n, _ := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
 			return n
 		}

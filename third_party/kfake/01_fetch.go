@@ -259,13 +259,13 @@ func (c *Cluster) handleFetch(creq *clientReq, w *watchFetch) (kmsg.Response, er
 			// Walk batches starting from the found position (segIdx, metaIdx).
 			// The first segment starts at metaIdx; subsequent segments start at 0.
 			for si := segIdx; si < len(pd.segments); si++ {
-				seg := &pd.segments[si]
+				index := pd.batches(si)
 				startIdx := 0
 				if si == segIdx {
 					startIdx = metaIdx
 				}
-				for batchIdx := startIdx; batchIdx < len(seg.index); batchIdx++ {
-					m := &seg.index[batchIdx]
+				for batchIdx := startIdx; batchIdx < len(index); batchIdx++ {
+					m := &index[batchIdx]
 					if readCommitted && m.firstOffset >= pd.lastStableOffset {
 						break
 					}
@@ -435,13 +435,13 @@ full:
 		// The first segment starts at metaIdx; subsequent segments start at 0.
 	segments:
 		for si := segIdx; si < len(pd.segments); si++ {
-			seg := &pd.segments[si]
+			index := pd.batches(si)
 			startIdx := 0
 			if si == segIdx {
 				startIdx = metaIdx
 			}
-			for batchIdx := startIdx; batchIdx < len(seg.index); batchIdx++ {
-				m := &seg.index[batchIdx]
+			for batchIdx := startIdx; batchIdx < len(index); batchIdx++ {
+				m := &index[batchIdx]
 				if readCommitted && m.firstOffset >= pd.lastStableOffset {
 					break segments
 				}

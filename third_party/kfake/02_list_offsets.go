@@ -161,7 +161,7 @@ func (c *Cluster) handleListOffsets(creq *clientReq) (kmsg.Response, error) {
 				// believe it consumed an epoch above the historical
 				// records it is about to read.
 				if segIdx, metaIdx, ok, atEnd := pd.searchOffset(pd.logStartOffset); ok && !atEnd {
-					sp.LeaderEpoch = pd.segments[segIdx].index[metaIdx].epoch
+					sp.LeaderEpoch = pd.batches(segIdx)[metaIdx].epoch
 				}
 			case -1:
 				sp.Offset = pd.highWatermark
@@ -263,12 +263,12 @@ func (c *Cluster) offsetForTimestamp(pd *partData, ts int64) (offset, timestamp 
 	if si == len(pd.segments) {
 		return 0, 0, 0, false, nil
 	}
-	seg := &pd.segments[si]
-	mi := sort.Search(len(seg.index), func(i int) bool {
-		return seg.index[i].maxEarlierTimestamp >= ts
+	index := pd.batches(si)
+	mi := sort.Search(len(index), func(i int) bool {
+		return index[i].maxEarlierTimestamp >= ts
 	})
-	for ; mi < len(seg.index); mi++ {
-		m := &seg.index[mi]
+	for ; mi < len(index); mi++ {
+		m := &index[mi]
 		if m.maxTimestamp < ts || m.firstOffset+int64(m.lastOffsetDelta) < pd.logStartOffset {
 			continue
 		}

@@ -136,6 +136,7 @@ func (c *Cluster) handleCreatePartitions(creq *clientReq) (kmsg.Response, error)
 						return &partData{
 							p:          partNum,
 							dir:        defLogDir,
+							ix:         c.ix,
 							leader:     leader,
 							followers:  followers,
 							watch:      make(map[*watchFetch]struct{}),

@@ -72,6 +72,7 @@ type (
 		// DataDir path for on-disk persistence. State files (topics.json,
 		// groups.log, pids.log, etc.) only write when persist().
 		storageDir         string
+		ix                 *indexCache // edgebridge: nil unless IndexBudget
 		fs                 fs
 		groupsLogFile      file
 		pidsLogFile        file
@@ -194,6 +195,7 @@ func NewCluster(opts ...Opt) (*Cluster, error) {
 		c.fs = newMemFS()
 		c.storageDir = "/kfake"
 	}
+	c.ix = newIndexCache(c, cfg.indexBudget)
 	for k, v := range cfg.brokerConfigs {
 		if v == "" {
 			c.bcfgs[k] = nil

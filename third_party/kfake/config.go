@@ -60,6 +60,7 @@ type cfg struct {
 	injectFS fs
 
 	blackholeProduce bool
+	indexBudget      int // edgebridge: see IndexBudget
 	synthetic        *syntheticFetch
 }
 

@@ -45,7 +45,8 @@ type (
 
 	// segmentInfo tracks per-segment metadata. Designed for future
 	// LRU eviction of per-segment indexes (seg.index = nil to evict,
-	// rebuild by reading segment file).
+	// rebuild by reading segment file). edgebridge: index_evict.go
+	// does this.
 	//
 	// File handle strategy: readFile is a lazily-opened read handle
 	// for sealed (non-active) segments. The active segment uses
@@ -53,13 +54,14 @@ type (
 	// the single Cluster.run() goroutine so no locking is needed.
 	// readFile is closed on segment trim (trimLeft) and topic delete.
 	segmentInfo struct {
-		base     int64       // base offset of first batch
-		endOff   int64       // offset after last batch (exclusive), 0 while active
-		minEpoch int32       // min epoch across all batches
-		maxEpoch int32       // max epoch across all batches
-		size     int64       // file size in bytes
-		index    []batchMeta // per-batch metadata, nil = evicted
-		readFile file        // cached read handle for sealed segments, nil = not yet opened
+		base     int64         // base offset of first batch
+		endOff   int64         // offset after last batch (exclusive), 0 while active
+		minEpoch int32         // min epoch across all batches
+		maxEpoch int32         // max epoch across all batches
+		size     int64         // file size in bytes
+		index    []batchMeta   // per-batch metadata, nil = evicted
+		evicted  *evictedIndex // edgebridge: non-nil while index is evicted, see index_evict.go
+		readFile file          // cached read handle for sealed segments, nil = not yet opened
 
 		// maxTimestamp and maxBatch are a real segment's
 		// maxTimestampSoFar and maxTimestampAndOffsetSoFar: the max
@@ -107,6 +109,7 @@ type (
 		t           string
 		p           int32
 		dir         string
+		ix          *indexCache // edgebridge: the cluster's, nil if it never evicts
 
 		highWatermark    int64
 		lastStableOffset int64
@@ -247,6 +250,7 @@ func (c *Cluster) newPartData(p int32) func() *partData {
 		return &partData{
 			p:          p,
 			dir:        defLogDir,
+			ix:         c.ix,
 			leader:     c.bs[rand.Intn(len(c.bs))],
 			watch:      make(map[*watchFetch]struct{}),
 			shareWatch: make(map[*watchShareFetch]struct{}),
@@ -401,20 +405,37 @@ func (pd *partData) rebuildMaxTimestampMeta() {
 	}
 	pd.maxTimestampSeen = 0
 	first := true
-	pd.eachBatchMeta(func(_, _ int, m *batchMeta) bool {
-		if first || m.maxTimestamp > pd.maxTimestampSeen {
-			pd.maxTimestampSeen = m.maxTimestamp
+	for si := range pd.segments {
+		seg := &pd.segments[si]
+		// edgebridge: an evicted segment's running max comes from its
+		// summary; its batches get theirs when read back.
+		if ev := seg.evicted; ev != nil {
+			if first {
+				ev.first.maxEarlierTimestamp = ev.first.maxTimestamp
+				pd.maxTimestampSeen = ev.maxTimestamp
+			} else {
+				ev.first.maxEarlierTimestamp = max(pd.maxTimestampSeen, ev.first.maxTimestamp)
+				pd.maxTimestampSeen = max(pd.maxTimestampSeen, ev.maxTimestamp)
+			}
+			ev.last.maxEarlierTimestamp = pd.maxTimestampSeen
+			first = false
+			continue
 		}
-		first = false
-		m.maxEarlierTimestamp = pd.maxTimestampSeen
-		return true
-	})
+		for mi := range seg.index {
+			m := &seg.index[mi]
+			if first || m.maxTimestamp > pd.maxTimestampSeen {
+				pd.maxTimestampSeen = m.maxTimestamp
+			}
+			first = false
+			m.maxEarlierTimestamp = pd.maxTimestampSeen
+		}
+	}
 }
 
 // hasBatches returns true if there is at least one batch in any segment.
 func (pd *partData) hasBatches() bool {
 	for i := range pd.segments {
-		if len(pd.segments[i].index) > 0 {
+		if pd.segments[i].numBatches() > 0 {
 			return true
 		}
 	}
@@ -425,7 +446,7 @@ func (pd *partData) hasBatches() bool {
 func (pd *partData) hasNBatches(n int) bool {
 	count := 0
 	for i := range pd.segments {
-		count += len(pd.segments[i].index)
+		count += pd.segments[i].numBatches()
 		if count >= n {
 			return true
 		}
@@ -437,7 +458,7 @@ func (pd *partData) hasNBatches(n int) bool {
 func (pd *partData) totalBatches() int {
 	n := 0
 	for i := range pd.segments {
-		n += len(pd.segments[i].index)
+		n += pd.segments[i].numBatches()
 	}
 	return n
 }
@@ -448,7 +469,7 @@ func (pd *partData) totalBatches() int {
 func (pd *partData) pruneEmptySegments() {
 	n := 0
 	for i := range pd.segments {
-		if len(pd.segments[i].index) > 0 {
+		if pd.segments[i].numBatches() > 0 {
 			pd.segments[n] = pd.segments[i]
 			n++
 		}
@@ -459,9 +480,9 @@ func (pd *partData) pruneEmptySegments() {
 // eachBatchMeta calls fn for each batchMeta across all segments.
 func (pd *partData) eachBatchMeta(fn func(segIdx, metaIdx int, m *batchMeta) bool) {
 	for si := range pd.segments {
-		seg := &pd.segments[si]
-		for mi := range seg.index {
-			if !fn(si, mi, &seg.index[mi]) {
+		index := pd.batches(si)
+		for mi := range index {
+			if !fn(si, mi, &index[mi]) {
 				return
 			}
 		}
@@ -476,20 +497,24 @@ func (pd *partData) findBatchMeta(target int64, field func(*batchMeta) int64) (s
 	// Level 1: find first segment whose last batch has field >= target.
 	si := sort.Search(len(pd.segments), func(i int) bool {
 		seg := &pd.segments[i]
-		return len(seg.index) > 0 && field(&seg.index[len(seg.index)-1]) >= target
+		if seg.numBatches() == 0 {
+			return false
+		}
+		last := seg.lastBatch()
+		return field(&last) >= target
 	})
 	if si >= len(pd.segments) {
 		return -1, -1, nil
 	}
 	// Level 2: find first batch in that segment with field >= target.
-	seg := &pd.segments[si]
-	mi := sort.Search(len(seg.index), func(i int) bool {
-		return field(&seg.index[i]) >= target
+	index := pd.batches(si)
+	mi := sort.Search(len(index), func(i int) bool {
+		return field(&index[i]) >= target
 	})
-	if mi >= len(seg.index) {
+	if mi >= len(index) {
 		return -1, -1, nil
 	}
-	return si, mi, &seg.index[mi]
+	return si, mi, &index[mi]
 }
 
 // searchOffset finds the batch containing offset o in the batchMeta index.
@@ -509,8 +534,8 @@ func (pd *partData) searchOffset(o int64) (segIdx, metaIdx int, found, atEnd boo
 
 	// Check if at the end (at or past last batch's end offset).
 	lastSeg := &pd.segments[len(pd.segments)-1]
-	if len(lastSeg.index) > 0 {
-		lastMeta := &lastSeg.index[len(lastSeg.index)-1]
+	if lastSeg.numBatches() > 0 {
+		lastMeta := lastSeg.lastBatch()
 		if endOff := lastMeta.firstOffset + int64(lastMeta.lastOffsetDelta) + 1; o >= endOff {
 			return 0, 0, false, true
 		}
@@ -524,9 +549,9 @@ func (pd *partData) searchOffset(o int64) (segIdx, metaIdx int, found, atEnd boo
 	})-1, 0)
 
 	// Level 2: binary search within the segment's index.
-	idx := &pd.segments[si].index
-	mi, ok := sort.Find(len(*idx), func(i int) int {
-		m := &(*idx)[i]
+	idx := pd.batches(si)
+	mi, ok := sort.Find(len(idx), func(i int) int {
+		m := &idx[i]
 		if o < m.firstOffset {
 			return -1
 		}
@@ -539,12 +564,12 @@ func (pd *partData) searchOffset(o int64) (segIdx, metaIdx int, found, atEnd boo
 	// After compaction, offsets may land in gaps between batches.
 	// Skip forward to the next available batch in this or later segments.
 	if !ok {
-		if mi < len(*idx) {
+		if mi < len(idx) {
 			return si, mi, true, false
 		}
 		// Past end of this segment's index - try next segment.
 		for si++; si < len(pd.segments); si++ {
-			if len(pd.segments[si].index) > 0 {
+			if pd.segments[si].numBatches() > 0 {
 				return si, 0, true, false
 			}
 		}
@@ -559,6 +584,16 @@ func (c *Cluster) trimLeft(pd *partData) {
 outer:
 	for len(pd.segments) > 0 {
 		seg := &pd.segments[0]
+		// edgebridge: an evicted segment wholly below the log start
+		// goes without being read back; one partly below is read back.
+		if ev := seg.evicted; ev != nil {
+			if ev.last.firstOffset+int64(ev.last.lastOffsetDelta) >= pd.logStartOffset {
+				pd.batches(0)
+			} else {
+				pd.nbytes -= ev.nbytes
+				seg.evicted = nil
+			}
+		}
 		for len(seg.index) > 0 {
 			m := &seg.index[0]
 			finRec := m.firstOffset + int64(m.lastOffsetDelta)
@@ -1471,9 +1506,8 @@ func (c *Cluster) compact(pd *partData, topic string) {
 	kept = filtered
 
 	// Read the last (active) batch - always kept unconditionally.
-	lastSeg := &pd.segments[len(pd.segments)-1]
-	lastIdx := len(lastSeg.index) - 1
-	lastBatch, err := c.readBatchFull(pd, len(pd.segments)-1, &lastSeg.index[lastIdx])
+	lastMeta := pd.segments[len(pd.segments)-1].lastBatch()
+	lastBatch, err := c.readBatchFull(pd, len(pd.segments)-1, &lastMeta)
 	if err != nil {
 		c.cfg.logger.Logf(LogLevelWarn, "compact %s-%d: read last batch: %v", pd.t, pd.p, err)
 		return
@@ -1527,15 +1561,24 @@ func (c *Cluster) applyRetention(pd *partData, topic string) {
 	// Time-based retention: drop batches whose max timestamp is older
 	// than retention.ms.
 	if retMs >= 0 {
-		pd.eachBatchMeta(func(_, _ int, m *batchMeta) bool {
-			if now-m.maxTimestamp >= retMs {
-				end := m.firstOffset + int64(m.lastOffsetDelta) + 1
-				if end > newLogStart {
-					newLogStart = end
+		for si := range pd.segments {
+			// edgebridge: an evicted segment whose batches are all
+			// expired, or all not, is decided from its summary.
+			if ev := pd.segments[si].evicted; ev != nil {
+				if now-ev.maxTimestamp >= retMs {
+					newLogStart = max(newLogStart, ev.last.firstOffset+int64(ev.last.lastOffsetDelta)+1)
+					continue
+				}
+				if now-ev.minMaxTimestamp < retMs {
+					continue
 				}
 			}
-			return true
-		})
+			for _, m := range pd.batches(si) {
+				if now-m.maxTimestamp >= retMs {
+					newLogStart = max(newLogStart, m.firstOffset+int64(m.lastOffsetDelta)+1)
+				}
+			}
+		}
 	}
 
 	// Size-based retention: drop oldest batches until total size is

@@ -1243,6 +1243,18 @@ func (c *Cluster) loadPartitionFromSnapshot(pd *partData, snap persistPartSnapsh
 		if _, err := c.loadSegmentBatches(pd, fsys, pdir, base); err != nil {
 			return err
 		}
+		// Accumulate nbytes from batchMeta, skipping entries before
+		// logStartOffset (partially-trimmed segments may have stale
+		// entries). edgebridge: per segment, before it is evicted.
+		seg := &pd.segments[len(pd.segments)-1]
+		for _, m := range seg.index {
+			if m.firstOffset+int64(m.lastOffsetDelta) >= pd.logStartOffset {
+				pd.nbytes += int64(m.nbytes)
+			}
+		}
+		if i < len(segFiles)-1 {
+			pd.evictLoaded(len(pd.segments) - 1)
+		}
 	}
 
 	for _, a := range snap.AbortedTxns {
@@ -1253,25 +1265,13 @@ func (c *Cluster) loadPartitionFromSnapshot(pd *partData, snap persistPartSnapsh
 		})
 	}
 	pd.pruneEmptySegments()
-
-	// Accumulate nbytes from batchMeta, skipping entries before
-	// logStartOffset (partially-trimmed segments may have stale entries).
-	pd.eachBatchMeta(func(_, _ int, m *batchMeta) bool {
-		finRec := m.firstOffset + int64(m.lastOffsetDelta)
-		if finRec >= pd.logStartOffset {
-			pd.nbytes += int64(m.nbytes)
-		}
-		return true
-	})
-
 	pd.rebuildMaxTimestampMeta()
 
 	// Validate HWM, LSO, and logStartOffset against actual loaded
 	// batches. A truncated segment could leave fewer batches than the
 	// snapshot expected.
 	if pd.hasBatches() {
-		lastSeg := &pd.segments[len(pd.segments)-1]
-		last := &lastSeg.index[len(lastSeg.index)-1]
+		last := pd.segments[len(pd.segments)-1].lastBatch()
 		maxHWM := last.firstOffset + int64(last.lastOffsetDelta) + 1
 		if pd.highWatermark > maxHWM {
 			pd.highWatermark = maxHWM
@@ -1349,7 +1349,7 @@ func (c *Cluster) loadPartitionFullReplay(pd *partData, segFiles []int64, fsys f
 		delete(activeTxns, b.ProducerID)
 	}
 
-	for _, base := range segFiles {
+	for i, base := range segFiles {
 		pd.segments = append(pd.segments, segmentInfo{base: base})
 		loaded, err := c.loadSegmentBatches(pd, fsys, pdir, base)
 		if err != nil {
@@ -1358,15 +1358,16 @@ func (c *Cluster) loadPartitionFullReplay(pd *partData, segFiles []int64, fsys f
 		for _, b := range loaded {
 			replay(b)
 		}
+		if i < len(segFiles)-1 {
+			pd.evictLoaded(len(pd.segments) - 1)
+		}
 	}
 	pd.pruneEmptySegments()
 
 	// Reconstruct partition metadata from batchMeta
 	if pd.hasBatches() {
-		firstSeg := &pd.segments[0]
-		first := &firstSeg.index[0]
-		lastSeg := &pd.segments[len(pd.segments)-1]
-		last := &lastSeg.index[len(lastSeg.index)-1]
+		first := pd.segments[0].firstBatch()
+		last := pd.segments[len(pd.segments)-1].lastBatch()
 		pd.highWatermark = last.firstOffset + int64(last.lastOffsetDelta) + 1
 
 		// logStartOffset: lossy reconstruction. The true value
@@ -1409,16 +1410,15 @@ func (c *Cluster) loadPartitionFullReplay(pd *partData, segFiles []int64, fsys f
 	pd.recalculateLSO()
 
 	// Rebuild nbytes and the timestamp metadata from batchMeta
-	pd.eachBatchMeta(func(_, _ int, m *batchMeta) bool {
-		pd.nbytes += int64(m.nbytes)
-		return true
-	})
+	for i := range pd.segments {
+		pd.nbytes += pd.segments[i].batchBytes()
+	}
 	pd.rebuildMaxTimestampMeta()
 
 	// Restore createdAt from the first batch. newPartData sets createdAt
 	// to time.Now() but on full replay we want the original creation time.
 	if pd.hasBatches() {
-		pd.createdAt = time.UnixMilli(pd.segments[0].index[0].firstTimestamp)
+		pd.createdAt = time.UnixMilli(pd.segments[0].firstBatch().firstTimestamp)
 	}
 	pd.rolledAt = pd.createdAt
 
@@ -1476,44 +1476,8 @@ func (c *Cluster) loadSegmentBatches(pd *partData, fsys fs, pdir string, base in
 		}
 	}
 
-	// Parse RecordBatch entries from segment file.
 	var result []*partBatch
-	pos := 0
-	batchIdx := 0
-	for {
-		// Need at least FirstOffset(8) + Length(4) = 12 bytes.
-		if pos+12 > len(raw) {
-			break
-		}
-		batchLength := int(binary.BigEndian.Uint32(raw[pos+8 : pos+12]))
-		if batchLength < 0 || batchLength > 1<<30 {
-			break
-		}
-		batchSize := 12 + batchLength
-		if pos+batchSize > len(raw) {
-			break
-		}
-		rb, err := decodeBatchRaw(raw[pos : pos+batchSize])
-		if err != nil {
-			break // corruption - truncate
-		}
-
-		// Read metadata from index file (if available). The stored
-		// maxEarlierTimestamp is not used: rebuildMaxTimestampMeta
-		// recomputes it once every segment is loaded.
-		var epoch int32
-		var inTx bool
-		idxOff := batchIdx * indexEntrySize
-		if idxOff+indexEntrySize <= len(idxRaw) {
-			epoch, _, inTx, _ = decodeIndexEntry(idxRaw[idxOff : idxOff+indexEntrySize])
-		}
-
-		batch := &partBatch{
-			RecordBatch: *rb,
-			nbytes:      batchSize,
-			epoch:       epoch,
-			inTx:        inTx,
-		}
+	pos, batchIdx := parseSegment(raw, idxRaw, func(pos int, batch *partBatch) {
 		result = append(result, batch)
 		if seg != nil {
 			meta := batch.meta(int64(pos))
@@ -1521,9 +1485,7 @@ func (c *Cluster) loadSegmentBatches(pd *partData, fsys fs, pdir string, base in
 			seg.updateEpochRange(batch.epoch)
 			seg.updateMaxBatch(meta, pos == 0)
 		}
-		pos += batchSize
-		batchIdx++
-	}
+	})
 
 	if pos < len(raw) {
 		c.cfg.logger.Logf(LogLevelWarn, "partition %s-%d segment %d: truncating %d corrupt bytes",
@@ -1551,6 +1513,50 @@ func (c *Cluster) loadSegmentBatches(pd *partData, fsys fs, pdir string, base in
 	}
 
 	return result, nil
+}
+
+// parseSegment calls fn for each whole, intact RecordBatch in a segment
+// file's bytes, at its byte position, with its epoch and inTx from the
+// parallel index file's bytes (if there). It returns the position after
+// the last batch it passed and how many it passed. (edgebridge: split
+// out of loadSegmentBatches, for reading an evicted index back.)
+func parseSegment(raw, idxRaw []byte, fn func(pos int, b *partBatch)) (pos, n int) {
+	for {
+		// Need at least FirstOffset(8) + Length(4) = 12 bytes.
+		if pos+12 > len(raw) {
+			return pos, n
+		}
+		batchLength := int(binary.BigEndian.Uint32(raw[pos+8 : pos+12]))
+		if batchLength < 0 || batchLength > 1<<30 {
+			return pos, n
+		}
+		batchSize := 12 + batchLength
+		if pos+batchSize > len(raw) {
+			return pos, n
+		}
+		rb, err := decodeBatchRaw(raw[pos : pos+batchSize])
+		if err != nil {
+			return pos, n // corruption - truncate
+		}
+
+		// Read metadata from index file (if available). The stored
+		// maxEarlierTimestamp is not used: rebuildMaxTimestampMeta
+		// recomputes it once every segment is loaded.
+		var epoch int32
+		var inTx bool
+		idxOff := n * indexEntrySize
+		if idxOff+indexEntrySize <= len(idxRaw) {
+			epoch, _, inTx, _ = decodeIndexEntry(idxRaw[idxOff : idxOff+indexEntrySize])
+		}
+		fn(pos, &partBatch{
+			RecordBatch: *rb,
+			nbytes:      batchSize,
+			epoch:       epoch,
+			inTx:        inTx,
+		})
+		pos += batchSize
+		n++
+	}
 }
 
 func (c *Cluster) loadPIDsLog(fsys fs, dir string) error {
@@ -1850,6 +1856,7 @@ func (c *Cluster) persistBatchToSegment(pd *partData, b *partBatch) int64 {
 		active.endOff = b.FirstOffset
 		pd.closeActiveFiles(c.cfg.syncWrites)
 		pd.segments = append(pd.segments, segmentInfo{base: b.FirstOffset})
+		pd.sealed(len(pd.segments) - 2)
 		if err := c.openSegmentFiles(pd, pdir); err != nil {
 			c.cfg.logger.Logf(LogLevelWarn, "persist batch open %s-%d: %v", pd.t, pd.p, err)
 			return -1

@@ -39,6 +39,12 @@ import (
 // group member id of the last run (kafkapipe.ConsumerConfig.MemberFile).
 const backendMemberFile = "backend-group-member"
 
+// handedFile, in kafka.data_dir, records which requests the bridge may have
+// handed to the backends (kafkapipe.ConsumerConfig.HandedFile): with
+// backend.max_request_age, a request an earlier run may have sent is never
+// expired.
+const handedFile = "backend-handed-offsets"
+
 // Bridge is the running pipeline. Create it with New and run it with Run.
 type Bridge struct {
 	cfg     config.Config
@@ -200,6 +206,15 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	return b, nil
 }
 
+// handedFile is where the consumer records what it handed out: only needed
+// (and written) with backend.max_request_age.
+func (b *Bridge) handedFile() string {
+	if b.cfg.Backend.MaxRequestAge <= 0 {
+		return ""
+	}
+	return filepath.Join(b.cfg.Kafka.DataDir, handedFile)
+}
+
 // newBackends sets up the gRPC hop: the consumer of the backends' group
 // and the pool of backend streams.
 func (b *Bridge) newBackends() error {
@@ -215,6 +230,7 @@ func (b *Bridge) newBackends() error {
 		DrainTimeout:      b.cfg.Shutdown.DrainTimeout,
 		// A restart after a crash takes the partitions at once.
 		MemberFile: filepath.Join(b.cfg.Kafka.DataDir, backendMemberFile),
+		HandedFile: b.handedFile(),
 	}, b.win, b.handleRecord,
 		kafkapipe.WithLogger(b.log),
 		kafkapipe.WithCommitHook(func(p int32, off int64) { b.metrics.Commits.Inc() }))

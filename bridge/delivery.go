@@ -36,17 +36,35 @@ func (b *Bridge) handleRecord(ctx context.Context, m kafkapipe.Message) error {
 	r.Envelope, r.DeviceID, r.Source = env, env.GetDeviceId(), env.GetSourceTopic()
 	r.ReplyTopic = mqttin.ReplyTopic(b.cfg.MQTT.ReplyTopic, env.GetDeviceId())
 	b.traces.consuming(r)
-	b.deliver(r)
+	b.deliver(r, b.deadline(m, env))
 	return nil
 }
 
-// deliver hands r to the backend pool. The ACK callback runs on a stream's
+// deadline is when the request in m may no longer be sent to a backend for
+// the first time (backend.max_request_age): zero when it never expires —
+// no max age, no receipt time, or a backend may have seen it already (an
+// earlier run may have sent it).
+func (b *Bridge) deadline(m kafkapipe.Message, env *v1.Envelope) time.Time {
+	maxAge, at := b.cfg.Backend.MaxRequestAge, env.GetReceivedAtUnixNano()
+	if maxAge <= 0 || at <= 0 || m.Redelivered {
+		return time.Time{}
+	}
+	return time.Unix(0, at).Add(maxAge)
+}
+
+// deliver hands r to the backend pool; a request no stream sent by
+// deadline (non-zero) expires instead. The ACK callback runs on a stream's
 // receiving goroutine; Settle never blocks.
-func (b *Bridge) deliver(r *settle.Record) {
+func (b *Bridge) deliver(r *settle.Record, deadline time.Time) {
 	r.Attempt++
 	r.Envelope.Attempt = uint32(r.Attempt)
 	span := b.traces.delivering(r)
-	b.pool.Deliver(r.Partition, r.Envelope, func(ack *v1.Ack) error {
+	b.pool.DeliverBy(r.Partition, r.Envelope, deadline, func(ack *v1.Ack) error {
+		if ack == nil { // expired: no backend saw it
+			d := b.settler.Expire(r, b.cfg.Backend.MaxRequestAge)
+			ended(span, errors.New(d.Detail))
+			return nil
+		}
 		d := b.settler.Settle(r, settle.FromAck(ack))
 		acked(span, ack, d)
 		if d.Action != settle.Redeliver {
@@ -62,8 +80,10 @@ func (b *Bridge) deliver(r *settle.Record) {
 // sink is the bridge's side of its Settler.
 type sink struct{ b *Bridge }
 
+// Redeliver sends r again (after a RETRY): a backend saw it, so it never
+// expires.
 func (s sink) Redeliver(_ context.Context, r *settle.Record) error {
-	s.b.deliver(r)
+	s.b.deliver(r, time.Time{})
 	return nil
 }
 

@@ -228,6 +228,16 @@ type Backend struct {
 	MaxAttempts int `yaml:"max_attempts"`
 	// RetryBackoff is the first delay before redelivering a RETRY; it doubles. Default: 1s.
 	RetryBackoff time.Duration `yaml:"retry_backoff"`
+	// MaxRequestAge, if set, is how long after its receipt a request may
+	// still be sent to a backend for the first time. One that no backend
+	// was sent by then (the backends were unreachable that long) is
+	// dead-lettered (reason request_expired) and its device gets a REJECTED
+	// reply, code unavailable. A request a backend may already have seen
+	// (sent before, or perhaps sent by a run that crashed) is delivered
+	// whatever its age: its backend's dedup answers it. Only for the
+	// backend.targets path, with one bridge per consumer group. Default: 0
+	// (off: requests wait for a backend as long as it takes).
+	MaxRequestAge time.Duration `yaml:"max_request_age"`
 	// OpenTimeout bounds opening a stream (up to the backend's welcome). Default: 10s.
 	OpenTimeout time.Duration `yaml:"open_timeout"`
 	// AckTimeout: a stream with a delivery un-ACKed this long is replaced
@@ -657,6 +667,7 @@ func (c *Config) problems() Problems {
 		"backend.open_timeout": c.Backend.OpenTimeout, "backend.ack_timeout": c.Backend.AckTimeout,
 		"backend.resolve_interval": c.Backend.ResolveInterval, "backend.reconnect.reset_after": c.Backend.Reconnect.ResetAfter,
 		"backend.keepalive.timeout": c.Backend.Keepalive.Timeout, "backend.heartbeat.slow_rtt": c.Backend.Heartbeat.SlowRTT,
+		"backend.max_request_age": c.Backend.MaxRequestAge,
 	} {
 		if d < 0 {
 			bad(key, "must not be negative")

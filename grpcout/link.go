@@ -331,7 +331,10 @@ func (l *link) send(ctx context.Context, st *stream) error {
 		return nil
 	}
 	for {
-		d, resends, err := l.next(st)
+		d, resends, expired, err := l.next(st)
+		for _, e := range expired {
+			_ = e.done(nil)
+		}
 		if err != nil {
 			return err
 		}
@@ -366,19 +369,22 @@ func (l *link) send(ctx context.Context, st *stream) error {
 }
 
 // next takes the next delivery to send on st, if the grant allows one. A
-// draining stream sends nothing and ends once its ACKs are in.
-func (l *link) next(st *stream) (*delivery, uint32, error) {
+// draining stream sends nothing and ends once its ACKs are in. expired are
+// the deliveries it found past their deadline on the way, taken out of the
+// pool: the caller calls their done(nil).
+func (l *link) next(st *stream) (d *delivery, resends uint32, expired []*delivery, err error) {
 	l.p.mu.Lock()
 	defer l.p.mu.Unlock()
 	if st.draining {
 		if len(st.sent) == 0 && (st.drainReason != ReasonGoAway || st.drainPonged) {
-			return nil, 0, end(st.drainReason, st.drainErr)
+			return nil, 0, nil, end(st.drainReason, st.drainErr)
 		}
-		return nil, 0, nil
+		return nil, 0, nil, nil
 	}
 	if len(st.sent) >= st.credits {
-		return nil, 0, nil
+		return nil, 0, nil, nil
 	}
+	now := time.Now()
 	for len(l.queue) > 0 {
 		d := l.queue[0]
 		l.queue[0] = nil
@@ -386,13 +392,17 @@ func (l *link) next(st *stream) (*delivery, uint32, error) {
 		if d.finished || d.owner != l || d.sentGen == st.gen {
 			continue // ACKed, moved away, or already on this stream
 		}
+		if l.p.expiredLocked(d, now) {
+			expired = append(expired, d)
+			continue
+		}
 		d.sentGen = st.gen
-		st.sent[d.seq] = time.Now()
+		st.sent[d.seq] = now
 		resends := d.sends
 		d.sends++
-		return d, resends, nil
+		return d, resends, expired, nil
 	}
-	return nil, 0, nil
+	return nil, 0, expired, nil
 }
 
 // needDrainPing reports whether a goaway drain still needs its ping, and

@@ -36,7 +36,9 @@ import (
 // once per Deliver, from a stream's receiving goroutine, so it must not
 // block for long. It returns an error when the ACK's reply breaks the
 // contract (the Pool cannot judge a reply without the device's format); the
-// Pool reports that as ProblemInvalidReply.
+// Pool reports that as ProblemInvalidReply. A nil ack means the delivery
+// expired: its DeliverBy deadline passed before any stream sent it, and no
+// backend ever saw it.
 type AckFunc func(ack *v1.Ack) error
 
 // delivery is one Deliver call until its ACK. Fields are guarded by Pool.mu.
@@ -49,6 +51,20 @@ type delivery struct {
 	sentGen  uint64 // the stream it was last sent on (0: none)
 	sends    uint32
 	finished bool
+	deadline time.Time // DeliverBy's: zero never expires
+}
+
+// expiredLocked reports whether d is past its deadline and was never sent;
+// if so it takes d out of the pool: the caller calls d.done(nil) once it
+// released p.mu.
+func (p *Pool) expiredLocked(d *delivery, now time.Time) bool {
+	if d.finished || d.sends > 0 || d.deadline.IsZero() || now.Before(d.deadline) {
+		return false
+	}
+	delete(p.pending, d.seq)
+	d.finished = true
+	d.part.pending--
+	return true
 }
 
 // partition is a Kafka partition's placement. Guarded by Pool.mu.
@@ -194,6 +210,14 @@ func New(cfg Config, opts ...Option) (*Pool, error) {
 // or until the Pool stops (then done is never called and the record stays
 // un-committed in Kafka).
 func (p *Pool) Deliver(part int32, env *v1.Envelope, done AckFunc) {
+	p.DeliverBy(part, env, time.Time{}, done)
+}
+
+// DeliverBy is Deliver with a deadline for the first send: a delivery no
+// stream has sent by then is not sent at all; done gets a nil ack instead
+// (within about a second, whether or not a backend is up). Once sent, it is
+// delivered like any other. A zero deadline never expires.
+func (p *Pool) DeliverBy(part int32, env *v1.Envelope, deadline time.Time, done AckFunc) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	pt := p.parts[part]
@@ -207,7 +231,7 @@ func (p *Pool) Deliver(part int32, env *v1.Envelope, done AckFunc) {
 		p.placeLocked(pt)
 	}
 	p.seq++
-	d := &delivery{seq: p.seq, part: pt, env: env, done: done, owner: pt.owner}
+	d := &delivery{seq: p.seq, part: pt, env: env, done: done, owner: pt.owner, deadline: deadline}
 	p.pending[d.seq] = d
 	pt.pending++
 	if d.owner != nil {
@@ -396,6 +420,7 @@ func (p *Pool) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
+	wg.Go(func() { p.expireWaiting(ctx) })
 	t := time.NewTimer(0)
 	defer t.Stop()
 	for {
@@ -406,6 +431,32 @@ func (p *Pool) Run(ctx context.Context) error {
 		}
 		p.updateLinks(ctx, &wg, p.resolveAll(ctx))
 		t.Reset(p.cfg.ResolveInterval)
+	}
+}
+
+// expireWaiting ends, every second, the deliveries whose DeliverBy deadline
+// passed while no stream could send them (no backend up, or no credit). A
+// stream about to send one checks too (link.next), so none is sent late.
+func (p *Pool) expireWaiting(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			var expired []*delivery
+			p.mu.Lock()
+			for _, d := range p.pending {
+				if p.expiredLocked(d, now) {
+					expired = append(expired, d)
+				}
+			}
+			p.mu.Unlock()
+			for _, d := range expired {
+				_ = d.done(nil)
+			}
+		}
 	}
 }
 

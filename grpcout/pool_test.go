@@ -524,3 +524,116 @@ func TestOpenTimeout(t *testing.T) {
 		t.Fatal("a stream without Welcome must not count as up")
 	}
 }
+
+// TestDeliverByDeadline: a delivery no stream sent by its deadline is not
+// sent at all and its AckFunc gets nil, with no backend up as with one; a
+// delivery a stream sent once is delivered whatever its deadline (a
+// backend may have acted on it), and a zero deadline never expires.
+func TestDeliverByDeadline(t *testing.T) {
+	var streams atomic.Int64
+	var mu sync.Mutex
+	received := map[string]int{}
+	up := make(chan struct{})
+	addr := serve(t, func(gs grpc.ServiceRegistrar) {
+		v1.RegisterDeliveryServer(gs, &rawServer{stream: func(s v1.Delivery_StreamServer) error {
+			<-up
+			n := streams.Add(1)
+			if err := welcome(s, 0); err != nil {
+				return err
+			}
+			for {
+				f, err := s.Recv()
+				if err != nil {
+					return nil
+				}
+				d := f.GetDeliver()
+				if d == nil {
+					continue
+				}
+				mu.Lock()
+				received[d.Envelope.MessageId]++
+				mu.Unlock()
+				if n == 1 {
+					return errors.New("backend crashed") // before its ACK
+				}
+				if err := s.Send(ackFrame(d)); err != nil {
+					return err
+				}
+			}
+		}})
+	})
+	c, _ := grpcout.New(grpcout.Config{Targets: []string{addr}, Window: 32, Backoff: grpcout.Backoff{Initial: 10 * time.Millisecond}})
+	run(t, c)
+	type answer struct {
+		id  string
+		ack *v1.Ack
+	}
+	answers := make(chan answer, 10)
+	deliver := func(i int, deadline time.Time) string {
+		e := env(i)
+		c.DeliverBy(0, e, deadline, func(ack *v1.Ack) error { answers <- answer{e.MessageId, ack}; return nil })
+		return e.MessageId
+	}
+	wait := func() answer {
+		t.Helper()
+		select {
+		case a := <-answers:
+			return a
+		case <-time.After(20 * time.Second):
+			t.Fatal("no answer within 20s")
+			return answer{}
+		}
+	}
+
+	// Sent on the first stream, which dies before its ACK: resent after
+	// its deadline passed, and ACKed.
+	sentOnce := deliver(0, time.Now().Add(time.Second))
+	close(up)
+	if a := wait(); a.id != sentOnce || a.ack == nil {
+		t.Fatalf("got %s with ack %v, want %s ACKed", a.id, a.ack, sentOnce)
+	}
+	// Past its deadline before a stream could send it: never sent.
+	late := deliver(1, time.Now().Add(-time.Millisecond))
+	// No deadline: delivered.
+	never := deliver(2, time.Time{})
+	got := map[string]*v1.Ack{}
+	for range 2 {
+		a := wait()
+		got[a.id] = a.ack
+	}
+	if ack, ok := got[late]; !ok || ack != nil {
+		t.Errorf("past its deadline: answered %v (%v), want a nil ack", ok, ack)
+	}
+	if ack := got[never]; ack == nil {
+		t.Errorf("without a deadline: ack %v, want the backend's", ack)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if received[sentOnce] != 2 || received[late] != 0 || received[never] != 1 {
+		t.Errorf("the backend received %v, want %s twice, %s never, %s once", received, sentOnce, late, never)
+	}
+}
+
+// TestDeliverByDeadlineWithoutBackend: with no backend up a delivery is
+// answered nil about a second after its deadline.
+func TestDeliverByDeadlineWithoutBackend(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // nothing listens there
+	c, _ := grpcout.New(grpcout.Config{Targets: []string{addr}, Window: 32, Backoff: grpcout.Backoff{Initial: 10 * time.Millisecond}})
+	run(t, c)
+	done := make(chan *v1.Ack, 2)
+	c.DeliverBy(0, env(0), time.Now().Add(100*time.Millisecond), func(ack *v1.Ack) error { done <- ack; return nil })
+	c.Deliver(0, env(1), func(ack *v1.Ack) error { done <- ack; return nil })
+	select {
+	case ack := <-done:
+		if ack != nil {
+			t.Fatalf("ack %v from no backend", ack)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("an expired delivery was not answered within 20s")
+	}
+}

@@ -43,6 +43,12 @@ type ConsumerConfig struct {
 	// dead member's partitions (see member.go). Only for a group this
 	// consumer alone joins under this file. Default: none.
 	MemberFile string
+	// HandedFile, if set, is where the consumer remembers which records it
+	// may have handed to the Handler, so that Message.Redelivered holds
+	// across restarts (see handed.go). Only for a group this consumer alone
+	// joins under this file. Default: none (Redelivered is then set only
+	// for records handed earlier in the same run).
+	HandedFile string
 }
 
 func (c ConsumerConfig) withDefaults() ConsumerConfig {
@@ -72,6 +78,10 @@ type Message struct {
 	Key       []byte
 	Value     []byte
 	Headers   []kafka.Header
+	// Redelivered is set when the record may have been handed to a Handler
+	// before: earlier in this run (a rebalance), or, with HandedFile, by an
+	// earlier run. False means it never was.
+	Redelivered bool
 }
 
 // Handler takes a fetched record that is already in the window. It is called
@@ -96,7 +106,8 @@ type Consumer struct {
 	joined    atomic.Bool           // a generation is running
 	joinErr   atomic.Pointer[error] // why the last join failed; nil after a join
 
-	member string // the member id last written to MemberFile; Run's goroutine only
+	member string       // the member id last written to MemberFile; Run's goroutine only
+	handed *handedMarks // set by Run before the first fetch
 
 	adminMu     sync.RWMutex    // held by Lag while it uses admin
 	admin       *kafka.Client   // Lag's
@@ -156,6 +167,11 @@ func (c *Consumer) Abandon() { c.abandon() }
 // for the window to empty, commits the floors and leaves the group. It
 // blocks until all of that is done.
 func (c *Consumer) Run(ctx context.Context) error {
+	handed, err := openHandedMarks(c.cfg.HandedFile, c.cfg.Topic, c.log, c.endOffset)
+	if err != nil {
+		return err
+	}
+	c.handed = handed
 	c.leavePredecessor(ctx)
 	start := kafka.FirstOffset
 	if c.cfg.StartNewest {
@@ -218,6 +234,9 @@ func (c *Consumer) runGeneration(ctx, genCtx context.Context, gen *kafka.Generat
 		c.win.Assign(int32(a.ID), a.Offset)
 	}
 	c.mu.Unlock()
+	for _, p := range parts {
+		c.handed.start(genCtx, p) // before it reports joined
+	}
 	c.joined.Store(true)
 	defer c.joined.Store(false)
 	c.log.Info("kafkapipe: generation started", "group", c.cfg.GroupID, "generation", gen.ID, "partitions", parts)
@@ -337,7 +356,12 @@ func (c *Consumer) fetch(ctx context.Context, part int32, offset int64) {
 		if err := c.win.Add(ctx, part, m.Offset, m.Time); err != nil {
 			return
 		}
-		msg := Message{Topic: m.Topic, Partition: part, Offset: m.Offset, Key: m.Key, Value: m.Value, Headers: m.Headers}
+		redelivered, err := c.handed.hand(ctx, part, m.Offset)
+		if err != nil {
+			return
+		}
+		msg := Message{Topic: m.Topic, Partition: part, Offset: m.Offset, Key: m.Key, Value: m.Value, Headers: m.Headers,
+			Redelivered: redelivered}
 		if err := c.handle(ctx, msg); err != nil {
 			if ctx.Err() == nil {
 				c.log.Error("kafkapipe: handler", "partition", part, "offset", m.Offset, "err", err)

@@ -3,6 +3,9 @@ package kafkapipe_test
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -256,5 +259,53 @@ func TestLagAfterStop(t *testing.T) {
 	}
 	if _, err := c.Lag(context.Background()); err == nil {
 		t.Fatal("Lag after Run returned: want an error")
+	}
+}
+
+// TestRedelivered: Message.Redelivered is false for a record no run handed
+// before and true for one an earlier run may have handed (it was not
+// ACKed, so a restart hands it again). A run that finds no HandedFile
+// counts what the partition held when it first looked as possibly handed,
+// and what arrives after as new; the next run knows from the file.
+func TestRedelivered(t *testing.T) {
+	addr := broker(t)
+	if err := kafkapipe.EnsureTopics(context.Background(), []string{addr}, kafkapipe.Security{}, 1, "t"); err != nil {
+		t.Fatal(err)
+	}
+	produce(t, addr, 0, 10)
+	file := filepath.Join(t.TempDir(), "handed")
+	run := func(path string, after func()) []bool {
+		t.Helper()
+		got, stop := consume(t, addr, ackwindow.New(100), func(int64) bool { return false },
+			func(c *kafkapipe.ConsumerConfig) { c.HandedFile = path })
+		var re []bool
+		for i := range 15 {
+			if i == 10 && after != nil {
+				after()
+			}
+			m := next(t, got)
+			if m.Offset != int64(i) {
+				t.Fatalf("offset %d, want %d", m.Offset, i)
+			}
+			re = append(re, m.Redelivered)
+		}
+		stop()
+		return re
+	}
+	// Offsets 0..9 were in the partition when the run first looked;
+	// 10..14 are written after.
+	if re := run(file, func() { produce(t, addr, 10, 5) }); slices.Contains(re[:10], false) || slices.Contains(re[10:], true) {
+		t.Fatalf("first run: Redelivered %v, want 10 true then 5 false", re)
+	}
+	raw, err := os.ReadFile(file)
+	if err != nil || !strings.Contains(string(raw), `"handed_below":{"0":4096}`) {
+		t.Fatalf("handed file %q, %v", raw, err)
+	}
+	if re := run(file, nil); slices.Contains(re, false) {
+		t.Fatalf("after a restart (nothing ACKed): Redelivered %v, want all true", re)
+	}
+	// Without a file only this run counts: nothing was handed in it yet.
+	if re := run("", nil); slices.Contains(re, true) {
+		t.Fatalf("without a handed file: Redelivered %v, want all false", re)
 	}
 }

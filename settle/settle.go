@@ -56,6 +56,24 @@ const (
 	ReasonProtocolError    = "protocol_error" // no valid answer MaxAttempts times
 )
 
+// ReasonExpired is the dead-letter reason, and the device reply's reason,
+// of a request no backend was sent within the bridge's max_request_age.
+const ReasonExpired = "request_expired"
+
+// Expired is the decision for a request that reached no backend within
+// maxAge of its receipt: dead-lettered, and the device told REJECTED with
+// code "unavailable" (no backend could take it) and a reason starting
+// "request_expired". No backend saw it, so nothing was processed.
+func (p Policy) Expired(r *Record, maxAge time.Duration, wantReply bool) Decision {
+	detail := fmt.Sprintf("not delivered to a backend within %s of its receipt", maxAge)
+	d := Decision{Action: DeadLetter, Reason: ReasonExpired, Detail: detail}
+	if wantReply {
+		d.Reply = builtReply(r.Envelope, v1.PaymentStatus_PAYMENT_STATUS_REJECTED,
+			Answer{Code: v1.ReasonCode_REASON_CODE_UNAVAILABLE, Reason: ReasonExpired + ": " + detail})
+	}
+	return d
+}
+
 // Protocol problems Decide reports (see Decision.Problem); they are the
 // error label of edgebridge_grpc_stream_protocol_errors_total.
 const (

@@ -121,6 +121,14 @@ func (s *Settler) Settle(r *Record, a Answer) Decision {
 	return d
 }
 
+// Expire settles r, a request no backend was sent within maxAge of its
+// receipt (Policy.Expired), and returns the Decision. It never blocks.
+func (s *Settler) Expire(r *Record, maxAge time.Duration) Decision {
+	d := s.cfg.Policy.Expired(r, maxAge, s.cfg.WantReply && r.ReplyTopic != "")
+	s.queue(r, d)
+	return d
+}
+
 // DeadLetter settles r by dead-lettering it, without a reply: a record
 // that cannot be delivered at all (not an envelope). It never blocks.
 func (s *Settler) DeadLetter(r *Record, reason, detail string) {

@@ -329,7 +329,8 @@ func checkFirstStart(t *testing.T, c corev1.Container, volumes map[string]corev1
 
 // checkAround: the bridge's pod has a PodDisruptionBudget, a Service on
 // its admin port (metrics) and, with netpol, a NetworkPolicy — what README
-// "Deploy" promises.
+// "Deploy" promises; a Service on its MQTT port routes to it while it is
+// not ready.
 func checkAround(t *testing.T, objs []runtime.Object, netpol bool) {
 	var bridge *appsv1.Deployment
 	for _, o := range objs {
@@ -356,6 +357,11 @@ func checkAround(t *testing.T, objs []runtime.Object, netpol bool) {
 		case *corev1.Service:
 			for _, p := range o.Spec.Ports {
 				metrics = metrics || (selects(o.Spec.Selector) && p.TargetPort.String() == "admin")
+				// The bridge is not ready while no backend stream is up, and
+				// devices must reach its MQTT broker all the same.
+				if selects(o.Spec.Selector) && p.TargetPort.String() == "mqtt" && !o.Spec.PublishNotReadyAddresses {
+					t.Errorf("Service %s routes devices to the bridge only while it is ready (no backend: no intake); set publishNotReadyAddresses", o.Name)
+				}
 			}
 		case *networkingv1.NetworkPolicy:
 			policy = policy || selects(o.Spec.PodSelector.MatchLabels)

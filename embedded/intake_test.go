@@ -1,6 +1,9 @@
 package embedded_test
 
 import (
+	"net"
+	"os/exec"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -142,5 +145,48 @@ func TestIntakeClosed(t *testing.T) {
 	}
 	if n := in.Refused(); n < 1 {
 		t.Fatalf("Refused: got %d, want at least 1", n)
+	}
+}
+
+// An MQTT 5 device whose request is not taken in time is told why before
+// its connection closes: DISCONNECT with reason 0x89 (server busy).
+func TestIntakeNotTakenInTimeMQTT5(t *testing.T) {
+	m, in := intakeBroker(t, 300*time.Millisecond)
+	_, port, _ := net.SplitHostPort(m.Addr())
+	pub := exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-V", "5", "-q", "1", "-i", "d5",
+		"-t", "payment/request/d5", "-m", `{"request_id":"r-1"}`, "-d")
+	out, err := pub.CombinedOutput()
+	if msg := <-in.Messages(); msg.Claim() {
+		t.Fatal("Claim of the request the broker gave up on: got true, want false")
+	}
+	if err == nil || !strings.Contains(string(out), "Received DISCONNECT (137)") {
+		t.Fatalf("mosquitto_pub (MQTT 5): %v\n%s\nwant a DISCONNECT with reason 137 (0x89, server busy) and no PUBACK", err, out)
+	}
+	if strings.Contains(string(out), "received PUBACK") || strings.Contains(string(out), "Received PUBACK") {
+		t.Fatalf("the request was PUBACKed:\n%s", out)
+	}
+}
+
+// A QoS 2 publish from an MQTT 3.1.1 device (the broker's maximum is QoS 1,
+// which 3.1.1 cannot announce) is refused: not taken, not PUBACKed (that
+// would be a protocol error for the device), its connection closed.
+func TestIntakeRefusesQoS2(t *testing.T) {
+	m, in := intakeBroker(t, 10*time.Second)
+	_, port, _ := net.SplitHostPort(m.Addr())
+	out, err := exec.Command("mosquitto_pub", "-h", "127.0.0.1", "-p", port, "-V", "311", "-q", "2", "-i", "d2",
+		"-t", "payment/request/d2", "-m", `{"request_id":"r-1"}`, "-d").CombinedOutput()
+	if err == nil || strings.Contains(string(out), "received PUBACK") || strings.Contains(string(out), "received PUBREC") {
+		t.Fatalf("mosquitto_pub -q 2: %v\n%s\nwant the connection closed, unacknowledged", err, out)
+	}
+	// A QoS 1 request after it is the first the intake gets.
+	dev := connectDevice(t, "tcp://"+m.Addr(), "d1", nil, nil)
+	tok := dev.Publish("payment/request/d1", 1, false, []byte(`{"request_id":"r-2"}`))
+	msg := <-in.Messages()
+	if msg.DeviceID != "d1" || !msg.Claim() {
+		t.Fatalf("the intake took %s's request first, want d1's (the QoS 2 one was taken)", msg.DeviceID)
+	}
+	msg.Ack()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("QoS 1 request not PUBACKed: %v", tok.Error())
 	}
 }

@@ -905,6 +905,20 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 	}
 
 	if pk.FixedHeader.Qos > s.Options.Capabilities.MaximumQos {
+		// edgebridge: a client's publish above the maximum QoS is refused,
+		// not downgraded. Downgraded, it was taken (hooks, subscribers) and
+		// answered with the lower QoS's acknowledgement: a PUBACK to a QoS 2
+		// publish, which the client takes for a protocol error and sends the
+		// message again. An MQTT 5 client was told the maximum in CONNACK
+		// and gets DISCONNECT 0x9B [MQTT-3.2.2-11]; an MQTT 3.1.1 client,
+		// which cannot be told, has its connection closed.
+		if !cl.Net.Inline {
+			if cl.Properties.ProtocolVersion == 5 {
+				return s.DisconnectClient(cl, packets.ErrQosNotSupported)
+			}
+			cl.Stop(packets.ErrQosNotSupported) // MQTT 3.1.1 has no server DISCONNECT
+			return packets.ErrQosNotSupported
+		}
 		pk.FixedHeader.Qos = s.Options.Capabilities.MaximumQos // [MQTT-3.2.2-9] Reduce qos based on server max qos capability
 	}
 

@@ -1844,20 +1844,51 @@ func TestServerProcessPacketPublishQos2(t *testing.T) {
 	require.Equal(t, packets.TPacketData[packets.Pubrec].Get(packets.TPubrec).RawBytes, buf)
 }
 
+// edgebridge: a publish above the maximum QoS is refused (the connection
+// closed, nothing routed or acknowledged), not downgraded and PUBACKed.
 func TestServerProcessPacketPublishDowngradeQos(t *testing.T) {
 	s := newServer()
 	s.Options.Capabilities.MaximumQos = 1
 	cl, r, w := newTestClient()
+	sub, _, _ := newTestClient()
+	sub.ID = "sub"
+	sub.Net.Conn = nil // offline: a routed message would wait in its session
+	s.Clients.Add(sub)
+	s.Topics.Subscribe(sub.ID, packets.Subscription{Filter: "a/b/c", Qos: 1})
 
 	go func() {
 		err := s.processPacket(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishQos2).Packet)
-		require.NoError(t, err)
+		require.ErrorIs(t, err, packets.ErrQosNotSupported)
 		_ = w.Close()
 	}()
 
 	buf, err := io.ReadAll(r)
 	require.NoError(t, err)
-	require.Equal(t, packets.TPacketData[packets.Puback].Get(packets.TPuback).RawBytes, buf)
+	require.Empty(t, buf, "an MQTT 3.1.1 client gets no acknowledgement and no DISCONNECT (3.1.1 has none from a server)")
+	require.Equal(t, 0, sub.State.Inflight.Len(), "the refused message was routed")
+	require.True(t, cl.Closed(), "the connection stayed open")
+}
+
+// edgebridge: an MQTT 5 client publishing above the maximum QoS it was
+// told is disconnected with 0x9B.
+func TestEdgebridgePublishAboveMaximumQosMQTT5(t *testing.T) {
+	s := newServer()
+	s.Options.Capabilities.MaximumQos = 1
+	cl, r, w := newTestClient()
+	cl.Properties.ProtocolVersion = 5
+
+	go func() {
+		pk := *packets.TPacketData[packets.Publish].Get(packets.TPublishQos2).Packet
+		pk.ProtocolVersion = 5
+		err := s.processPacket(cl, pk)
+		require.ErrorIs(t, err, packets.ErrQosNotSupported)
+		_ = w.Close()
+	}()
+
+	buf, err := io.ReadAll(r)
+	require.NoError(t, err)
+	require.Equal(t, []byte{packets.Disconnect << 4}, buf[:1])
+	require.Equal(t, packets.ErrQosNotSupported.Code, buf[2], "DISCONNECT reason code") // after the one-byte remaining length
 }
 
 func TestPublishToSubscribersSelfNoLocal(t *testing.T) {

@@ -80,6 +80,7 @@ type Bridge struct {
 	recent   *recentLog                      // the last warnings and errors, for /status
 	poolOpts []grpcout.Option
 	build    *BuildInfo
+	certEnd  func() time.Time // WithServerCertificate
 }
 
 // Option configures optional hooks.
@@ -105,6 +106,13 @@ func WithIntake(in *mqttin.Intake) Option { return func(b *Bridge) { b.intake = 
 // package tracing). Default: none.
 func WithTracerProvider(tp trace.TracerProvider) Option {
 	return func(b *Bridge) { b.traces = newTraces(tp) }
+}
+
+// WithServerCertificate publishes when the embedded MQTT broker's TLS
+// certificate expires (notAfter, read at each scrape) as
+// edgebridge_mqtt_server_cert_expiry_timestamp_seconds.
+func WithServerCertificate(notAfter func() time.Time) Option {
+	return func(b *Bridge) { b.certEnd = notAfter }
 }
 
 // WithDataDisk names the embedded Kafka broker's data directory: intake
@@ -194,6 +202,9 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	b.metrics.observeMQTT(b.mqtt.Subscribed)
 	if b.intake != nil {
 		b.metrics.observeIntake(b.intake.Refused)
+	}
+	if b.certEnd != nil {
+		b.metrics.observeServerCert(b.certEnd)
 	}
 	if b.build != nil {
 		b.metrics.observeBuild(*b.build)

@@ -33,6 +33,7 @@ import (
 //	edgebridge_dapr_events_total{event}        Dapr component: delivered, redelivered, acked, failed,
 //	                                           dead_lettered, published, replied, commanded
 //	edgebridge_dapr_subscriptions              Dapr subscription streams open
+//	edgebridge_mqtt_server_cert_expiry_timestamp_seconds  when the embedded broker's TLS certificate expires
 //	edgebridge_build_info{version,revision,goversion}  1 (with WithBuildInfo)
 //
 // and the gRPC stream metrics of package grpcmetrics (edgebridge_grpc_stream_*).
@@ -143,6 +144,14 @@ func (m *Metrics) observeIntake(refused func() int64) {
 		Name: "edgebridge_mqtt_intake_refused_total",
 		Help: "Device requests the embedded broker did not PUBACK because the bridge could not write them in time (the device was disconnected and sends them again).",
 	}, func() float64 { return float64(refused()) }))
+}
+
+// observeServerCert registers edgebridge_mqtt_server_cert_expiry_timestamp_seconds.
+func (m *Metrics) observeServerCert(notAfter func() time.Time) {
+	m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "edgebridge_mqtt_server_cert_expiry_timestamp_seconds",
+		Help: "When the embedded MQTT broker's TLS certificate expires (Unix time). The site CA renews its own 30 days ahead.",
+	}, func() float64 { return float64(notAfter().Unix()) }))
 }
 
 // setLag replaces the consumer lag series with lag (partitions no longer

@@ -95,12 +95,23 @@ type EmbeddedAuth struct {
 type EmbeddedTLS struct {
 	// Listen address, e.g. 0.0.0.0:8883. Empty: no TLS listener.
 	Listen string `yaml:"listen"`
-	// CertFile and KeyFile: the broker's certificate; re-read when they change.
+	// CertFile and KeyFile: the broker's certificate; re-read when they
+	// change. Empty: the site CA (kafka.data_dir/site, made on the first
+	// start) issues one for Names and renews it before it expires.
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
+	// Names are the DNS names and IP addresses devices dial (the node's
+	// address, a site host name), for the certificate the site CA issues.
+	// Required without cert_file.
+	Names []string `yaml:"names"`
 	// ClientCAFile: require client certificates signed by these CAs; the
 	// certificate's CN is then the device's identity.
 	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+// configured reports whether any embedded_tls setting is given.
+func (e EmbeddedTLS) configured() bool {
+	return e.Listen != "" || e.CertFile != "" || e.KeyFile != "" || e.ClientCAFile != "" || len(e.Names) > 0
 }
 
 // AuthEnabled reports whether the embedded broker authenticates clients.
@@ -544,7 +555,7 @@ func (c *Config) problems() Problems {
 			bad("kafka.tls", "the embedded broker serves TLS only: enable kafka.tls (ca_file: the CA of embedded_tls's certificate)")
 		}
 	}
-	if e := c.MQTT.EmbeddedTLS; e != (EmbeddedTLS{}) || c.MQTT.EmbeddedAuth.PasswordFile != "" {
+	if e := c.MQTT.EmbeddedTLS; e.configured() || c.MQTT.EmbeddedAuth.PasswordFile != "" {
 		if !c.EmbeddedMQTT() {
 			bad("mqtt.embedded_tls", "embedded_auth and embedded_tls configure the embedded broker, but mqtt.broker is not \"embedded\"")
 		}
@@ -553,8 +564,15 @@ func (c *Config) problems() Problems {
 		}
 		if e.Listen != "" {
 			addr("mqtt.embedded_tls.listen", e.Listen)
-			if _, err := (tlsfiles.Files{CAFile: e.ClientCAFile, CertFile: e.CertFile, KeyFile: e.KeyFile}).Server(); err != nil {
-				bad("mqtt.embedded_tls", "%v", err)
+			switch {
+			case (e.CertFile == "") != (e.KeyFile == ""):
+				bad("mqtt.embedded_tls", "cert_file and key_file go together (neither: the site CA issues the certificate)")
+			case e.CertFile == "" && len(e.Names) == 0:
+				bad("mqtt.embedded_tls.names", "the site CA's certificate needs the names or addresses devices dial (no cert_file given)")
+			case e.CertFile != "":
+				if _, err := (tlsfiles.Files{CAFile: e.ClientCAFile, CertFile: e.CertFile, KeyFile: e.KeyFile}).Server(); err != nil {
+					bad("mqtt.embedded_tls", "%v", err)
+				}
 			}
 		}
 	}

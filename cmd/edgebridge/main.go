@@ -9,6 +9,7 @@
 //	edgebridge probe [-url URL]       exit 0 when the bridge's admin endpoint says ready (-tcp: a port accepts)
 //	edgebridge backend-check -target ADDR  check a backend against the Delivery contract
 //	edgebridge status [-admin URL]    a live view of one bridge (/status)
+//	edgebridge site ca [-config FILE] print the site CA certificate devices trust
 //	edgebridge version
 package main
 
@@ -42,6 +43,8 @@ func main() {
 		err = backendCheckCmd(args)
 	case "status":
 		err = statusCmd(args)
+	case "site":
+		err = siteCmd(args)
 	case "version", "--version", "-version":
 		printVersion()
 	case "help", "-h", "--help":

@@ -135,9 +135,12 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 		log.Info("edgebridge: tracing", "endpoint", cfg.Tracing.Endpoint, "sample_ratio", cfg.Tracing.SampleRatio)
 	}
 	if cfg.EmbeddedMQTT() {
-		mc, creds, err := embeddedMQTTConfig(cfg, log)
+		mc, mopts, site, err := embeddedMQTTConfig(cfg, log)
 		if err != nil {
 			return err
+		}
+		if site != nil {
+			go site.keep(ctx)
 		}
 		// Device requests are taken inside the broker: a device's PUBACK
 		// waits for the Kafka write.
@@ -153,9 +156,7 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 		// The bridge is now a client of that broker; its embedded settings are spent.
 		cfg.MQTT.Broker = "tcp://" + m.Addr()
 		cfg.MQTT.EmbeddedAuth, cfg.MQTT.EmbeddedTLS = config.EmbeddedAuth{}, config.EmbeddedTLS{}
-		if creds != nil {
-			opts = append(opts, creds)
-		}
+		opts = append(opts, mopts...)
 		log.Info("edgebridge: embedded mqtt", "addr", m.Addr(), "tls_addr", m.TLSAddr(), "auth", mc.Auth != nil)
 	}
 	b, err := bridge.New(cfg, opts...)
@@ -179,33 +180,45 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 	return errors.Join(err, g.Wait())
 }
 
-// embeddedMQTTConfig is the embedded broker's configuration and, when it
-// authenticates clients, the bridge's own account on it: a password
-// generated now, held in memory only.
-func embeddedMQTTConfig(cfg config.Config, log *slog.Logger) (embedded.MQTTConfig, bridge.Option, error) {
+// embeddedMQTTConfig is the embedded broker's configuration; the bridge's
+// options for it: when it authenticates clients, the bridge's own account
+// on it (a password generated now, held in memory only), and the expiry of
+// a certificate from the site CA; and that site identity (nil with
+// certificates of the user's own), to keep renewed.
+func embeddedMQTTConfig(cfg config.Config, log *slog.Logger) (embedded.MQTTConfig, []bridge.Option, *siteIdentity, error) {
 	mc := embedded.MQTTConfig{Listen: cfg.MQTT.EmbeddedListen, DataDir: cfg.Kafka.DataDir + "/mqtt", Logger: log,
 		MessageExpiry: cfg.MQTT.EmbeddedMessageExpiry}
-	var creds bridge.Option
+	var opts []bridge.Option
 	if cfg.MQTT.AuthEnabled() {
 		secret := make([]byte, 32)
 		if _, err := rand.Read(secret); err != nil {
-			return mc, nil, err
+			return mc, nil, nil, err
 		}
 		user, password := cfg.MQTT.Username, hex.EncodeToString(secret)
 		if user == "" {
 			user = "edgebridge"
 		}
 		mc.Auth = &embedded.Auth{PasswordFile: cfg.MQTT.EmbeddedAuth.PasswordFile, BridgeUser: user, BridgePassword: password}
-		creds = bridge.WithMQTTCredentials(user, func() (string, error) { return password, nil })
+		opts = append(opts, bridge.WithMQTTCredentials(user, func() (string, error) { return password, nil }))
 	}
+	var site *siteIdentity
 	if t := cfg.MQTT.EmbeddedTLS; t.Listen != "" {
-		tc, err := tlsfiles.Files{CAFile: t.ClientCAFile, CertFile: t.CertFile, KeyFile: t.KeyFile}.Server()
+		files := tlsfiles.Files{CAFile: t.ClientCAFile, CertFile: t.CertFile, KeyFile: t.KeyFile}
+		if t.CertFile == "" { // no certificate of the user's: the site CA's
+			var err error
+			if site, err = ensureSiteIdentity(cfg.Kafka.DataDir, t.Names, log); err != nil {
+				return mc, nil, nil, fmt.Errorf("mqtt.embedded_tls: %w", err)
+			}
+			files.CertFile, files.KeyFile = site.site.ServerFiles()
+			opts = append(opts, bridge.WithServerCertificate(site.expiry))
+		}
+		tc, err := files.Server()
 		if err != nil {
-			return mc, nil, fmt.Errorf("mqtt.embedded_tls: %w", err)
+			return mc, nil, nil, fmt.Errorf("mqtt.embedded_tls: %w", err)
 		}
 		mc.TLSListen, mc.TLS, mc.ClientCertIdentity = t.Listen, tc, t.ClientCAFile != ""
 	}
-	return mc, creds, nil
+	return mc, opts, site, nil
 }
 
 // embeddedKafkaConfig is the in-process Kafka broker's configuration: TLS

@@ -95,7 +95,7 @@ scrape_configs:
 		} `json:"data"`
 	}
 	waitFor(t, time.Minute, "Prometheus to load the alert rules", func() bool {
-		return getJSON(api+"rules", &rulesResp) == nil && len(rulesResp.Data.Groups) == 1 && len(rulesResp.Data.Groups[0].Rules) == 8
+		return getJSON(api+"rules", &rulesResp) == nil && len(rulesResp.Data.Groups) == 1 && len(rulesResp.Data.Groups[0].Rules) == 9
 	})
 
 	queries := dashboardQueries(t)

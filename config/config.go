@@ -577,8 +577,12 @@ func (c *Config) problems() Problems {
 		}
 	}
 	if f := c.MQTT.EmbeddedAuth.PasswordFile; f != "" {
-		if _, err := os.Stat(f); err != nil {
+		// A file not there yet is a site with no device provisioned: every
+		// login is refused until `edgebridge device add` writes it.
+		if st, err := os.Stat(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 			bad("mqtt.embedded_auth.password_file", "%v", err)
+		} else if err == nil && st.IsDir() {
+			bad("mqtt.embedded_auth.password_file", "%s is a directory", f)
 		}
 	}
 	if c.MQTT.TLS.Enabled && c.EmbeddedMQTT() {

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -108,7 +110,7 @@ func (p *passwordFile) check(user string, password []byte) bool {
 	if p.path == "" {
 		return false
 	}
-	if err := p.load(); err != nil && p.users == nil {
+	if _, err := p.load(); err != nil && p.users == nil {
 		return false
 	}
 	p.mu.Lock()
@@ -117,26 +119,74 @@ func (p *passwordFile) check(user string, password []byte) bool {
 	return ok && verifyPassword(hash, password)
 }
 
-func (p *passwordFile) load() error {
+// has reports whether user is in the file as last loaded.
+func (p *passwordFile) has(user string) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	_, ok := p.users[user]
+	return ok
+}
+
+// load reads the file again if it changed, and reports whether it did.
+func (p *passwordFile) load() (changed bool, err error) {
 	st, err := os.Stat(p.path)
 	if err != nil {
-		return err
+		return false, err
 	}
-	stamp := fmt.Sprintf("%d:%d", st.ModTime().UnixNano(), st.Size())
+	stamp := fmt.Sprintf("%d:%d:%d", st.ModTime().UnixNano(), st.Size(), inode(st))
 	p.mu.Lock()
 	same := stamp == p.stamp
 	p.mu.Unlock()
 	if same {
-		return nil
+		return false, nil
 	}
 	users, err := readPasswordFile(p.path)
 	if err != nil {
-		return err // keep the last good file
+		return false, err // keep the last good file
 	}
 	p.mu.Lock()
 	p.stamp, p.users = stamp, users
 	p.mu.Unlock()
-	return nil
+	return true, nil
+}
+
+// inode tells a file replaced by a rename (edgebridge device) from the one
+// before, even within the modification time's resolution.
+func inode(st os.FileInfo) uint64 {
+	if s, ok := st.Sys().(*syscall.Stat_t); ok {
+		return s.Ino
+	}
+	return 0
+}
+
+// errDeviceRemoved ends the connections of a device removed from the
+// password file.
+var errDeviceRemoved = errors.New("embedded: the device's password was removed")
+
+// watchPasswords closes the open connections of devices whose password
+// was removed from the file (edgebridge device remove), checking every
+// second until stop is closed: a removed device's next login is refused
+// anyway, and it must not keep a connection it opened before.
+func (h *authHook) watchPasswords(s *mqtt.Server, stop <-chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		if changed, err := h.pw.load(); err != nil || !changed {
+			continue
+		}
+		for _, cl := range s.Clients.GetAll() {
+			user := string(cl.Properties.Username)
+			if cl.Net.Inline || cl.Net.Listener == certListener || user == "" || user == h.auth.BridgeUser || h.pw.has(user) || cl.Closed() {
+				continue
+			}
+			cl.Stop(errDeviceRemoved)
+		}
+	}
 }
 
 // readPasswordFile parses user:hash lines; blank lines and # comments are

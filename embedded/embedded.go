@@ -266,6 +266,7 @@ type MQTT struct {
 	s             *mqtt.Server
 	addr, tlsAddr string
 	once          sync.Once
+	stop          chan struct{} // closed by Close: ends watchPasswords
 }
 
 // ListenMQTT starts the broker. Sessions (clean session off), subscriptions
@@ -314,8 +315,10 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 	caps.MaximumPacketSize = MaxPacketSize
 	s := mqtt.New(&mqtt.Options{Logger: slog.New(quiet{cfg.Logger.Handler()}), Capabilities: caps})
 	var errs []error
+	var ah *authHook
 	if cfg.Auth != nil {
-		errs = append(errs, s.AddHook(&authHook{auth: *cfg.Auth, pw: passwordFile{path: cfg.Auth.PasswordFile}}, nil))
+		ah = &authHook{auth: *cfg.Auth, pw: passwordFile{path: cfg.Auth.PasswordFile}}
+		errs = append(errs, s.AddHook(ah, nil))
 	} else {
 		errs = append(errs, s.AddHook(new(auth.AllowHook), nil))
 	}
@@ -354,7 +357,11 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 		_ = s.Close()
 		return nil, fmt.Errorf("embedded: mqtt serve: %w", err)
 	}
-	return &MQTT{s: s, addr: addr, tlsAddr: tlsAddr}, nil
+	m := &MQTT{s: s, addr: addr, tlsAddr: tlsAddr, stop: make(chan struct{})}
+	if ah != nil && ah.pw.path != "" {
+		go ah.watchPasswords(s, m.stop)
+	}
+	return m, nil
 }
 
 // Addr returns the broker's host:port.
@@ -380,7 +387,7 @@ func (m *MQTT) Retained(topic string) bool {
 }
 
 // Close stops the broker. Safe to call twice.
-func (m *MQTT) Close() { m.once.Do(func() { _ = m.s.Close() }) }
+func (m *MQTT) Close() { m.once.Do(func() { close(m.stop); _ = m.s.Close() }) }
 
 // quiet drops mochi's "failed to get data" error, which its storage hook
 // logs on every first start (no $SYS info stored yet).

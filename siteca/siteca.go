@@ -107,7 +107,7 @@ func Ensure(cfg Config) (s *Site, made string, err error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, "", fmt.Errorf("siteca: %w", err)
 	}
-	unlock, err := lock(filepath.Join(cfg.Dir, lockFile))
+	unlock, err := Lock(cfg.Dir)
 	if err != nil {
 		return nil, "", err
 	}
@@ -223,10 +223,10 @@ func (s *Site) makeCA() error {
 	}
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	// The key first: a ca.pem without its key is refused at the next start.
-	if err := writeFile(filepath.Join(s.cfg.Dir, CAKeyFile), keyPEM, 0o600); err != nil {
+	if err := WriteFile(filepath.Join(s.cfg.Dir, CAKeyFile), keyPEM, 0o600); err != nil {
 		return err
 	}
-	if err := writeFile(filepath.Join(s.cfg.Dir, CAFile), certPEM, 0o644); err != nil {
+	if err := WriteFile(filepath.Join(s.cfg.Dir, CAFile), certPEM, 0o644); err != nil {
 		return err
 	}
 	s.ca, s.caKey, s.caPEM = cert, key, certPEM
@@ -276,14 +276,23 @@ func (s *Site) makeServer() error {
 	}
 	// The key first: a certificate read with the old key fails one
 	// handshake; the broker reads both again on the next.
-	if err := writeFile(filepath.Join(s.cfg.Dir, ServerKey), keyPEM, 0o600); err != nil {
+	if err := WriteFile(filepath.Join(s.cfg.Dir, ServerKey), keyPEM, 0o600); err != nil {
 		return err
 	}
-	if err := writeFile(filepath.Join(s.cfg.Dir, ServerFile), certPEM, 0o644); err != nil {
+	if err := WriteFile(filepath.Join(s.cfg.Dir, ServerFile), certPEM, 0o644); err != nil {
 		return err
 	}
 	s.server, _ = parseCert(certPEM)
 	return nil
+}
+
+// SignCRL signs a revocation list with the site CA.
+func (s *Site) SignCRL(tmpl *x509.RevocationList) ([]byte, error) {
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, s.ca, s.caKey)
+	if err != nil {
+		return nil, fmt.Errorf("siteca: sign CRL: %w", err)
+	}
+	return der, nil
 }
 
 // deviceID is what a device id may be in a certificate or a password
@@ -427,8 +436,9 @@ func serial() *big.Int {
 	return n.Add(n, big.NewInt(1))
 }
 
-// writeFile replaces path with data durably: written aside, synced, renamed.
-func writeFile(path string, data []byte, mode os.FileMode) error {
+// WriteFile replaces path with data durably: written aside, synced,
+// renamed. A reader sees the old or the new content.
+func WriteFile(path string, data []byte, mode os.FileMode) error {
 	tmp := path + ".tmp"
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, mode)
 	if err != nil {
@@ -451,8 +461,10 @@ func writeFile(path string, data []byte, mode os.FileMode) error {
 	return nil
 }
 
-// lock takes an exclusive lock on path (created), waiting for it.
-func lock(path string) (unlock func(), err error) {
+// Lock takes the site directory's exclusive lock, waiting for it: what
+// changes the site's files (Ensure, the device commands) holds it.
+func Lock(dir string) (unlock func(), err error) {
+	path := filepath.Join(dir, lockFile)
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("siteca: %w", err)

@@ -10,6 +10,7 @@
 //	edgebridge backend-check -target ADDR  check a backend against the Delivery contract
 //	edgebridge status [-admin URL]    a live view of one bridge (/status)
 //	edgebridge site ca [-config FILE] print the site CA certificate devices trust
+//	edgebridge device add|cert|remove|list  provision devices (passwords, certificates)
 //	edgebridge version
 package main
 
@@ -45,6 +46,8 @@ func main() {
 		err = statusCmd(args)
 	case "site":
 		err = siteCmd(args)
+	case "device":
+		err = deviceCmd(args, os.Stdin, os.Stdout)
 	case "version", "--version", "-version":
 		printVersion()
 	case "help", "-h", "--help":
@@ -81,6 +84,11 @@ func usage() {
                                      rates, DLQ, recent errors (one snapshot when not on a terminal)
   edgebridge backend-check -target ADDR [-keepalive] [-tls-ca FILE] [-token-file FILE]
                                      check a backend against the Delivery contract (docs/BACKEND.md)
+  edgebridge site ca [-config FILE | -data DIR]
+                                     print the site CA certificate devices must trust
+  edgebridge device add|cert|remove|list [ID] [-config FILE | -data DIR]
+                                     provision devices: a password (printed once), a certificate
+                                     from the site CA (-csr: for the device's own key), removal
   edgebridge version                 version, commit, build time and Go version (also --version)
 
 Every command lists its flags with -h.

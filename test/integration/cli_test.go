@@ -47,7 +47,7 @@ func TestValidateCommand(t *testing.T) {
 // --version print the version, commit, build time and Go version.
 func TestHelpAndVersion(t *testing.T) {
 	for _, args := range [][]string{{"-h"}, {"run", "-h"}, {"demo", "-h"}, {"bench", "-h"}, {"broker", "-h"},
-		{"broker", "kafka", "-h"}, {"validate", "-h"}, {"probe", "-h"}} {
+		{"broker", "kafka", "-h"}, {"validate", "-h"}, {"probe", "-h"}, {"site", "ca", "-h"}, {"device", "add", "-h"}} {
 		out, err := exec.Command(bins.edgebridge, args...).CombinedOutput()
 		if err != nil {
 			t.Errorf("%v: got %v, want exit 0\n%s", args, err, out)

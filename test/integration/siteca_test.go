@@ -7,6 +7,8 @@ import (
 	"encoding/pem"
 	"fmt"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -66,5 +68,105 @@ func TestSiteCA(t *testing.T) {
 	startBridge(t, cfgPath, admin)
 	if again := siteCA(); !bytes.Equal(again, caPEM) {
 		t.Fatal("the restarted bridge made another site CA")
+	}
+}
+
+// TestDeviceProvisioning: devices provisioned with `edgebridge device`
+// (a generated password printed once, a password from stdin) are answered
+// over TLS by the embedded broker; strangers, wrong passwords and invalid
+// ids are refused; `device remove` closes the removed device's open
+// connection and refuses its next login, with no restart, while the other
+// device keeps working.
+func TestDeviceProvisioning(t *testing.T) {
+	pay := startPaymentd(t, freeAddr(t), t.TempDir()+"/ledger.jsonl")
+	dataDir, tlsAddr := t.TempDir(), freeAddr(t)
+	cfgPath, admin := writeBridgeConfig(t, bridgeOpts{mqtt: "embedded", kafka: "embedded", backend: pay.addr,
+		kafkaExtra: "  data_dir: " + dataDir + "\n",
+		mqttExtra: fmt.Sprintf("  embedded_listen: %s\n  embedded_auth: {password_file: %s}\n  embedded_tls: {listen: %s, names: [\"127.0.0.1\"]}\n",
+			freeAddr(t), filepath.Join(dataDir, "site", "passwd"), tlsAddr)})
+	device := func(stdin string, args ...string) (string, error) {
+		cmd := exec.Command(bins.edgebridge, append(append([]string{"device"}, args...), "-config", cfgPath)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := device("", "add", "term-0001")
+	_, pw1, ok := strings.Cut(strings.TrimSpace(out), "(shown only now): ")
+	if err != nil || !ok || len(pw1) < 32 {
+		t.Fatalf("device add term-0001: %v\n%s", err, out)
+	}
+	if out, err := device("given-password-2\n", "add", "term-0002", "-password-stdin"); err != nil || strings.Contains(out, "given-password-2") {
+		t.Fatalf("device add -password-stdin: %v\n%s", err, out)
+	}
+	for _, id := range []string{"a/b", "a:b", "+"} {
+		if out, err := device("", "add", id); err == nil {
+			t.Errorf("device add %q accepted:\n%s", id, out)
+		}
+	}
+	passwords := map[string]string{"term-0001": pw1, "term-0002": "given-password-2"}
+
+	startBridge(t, cfgPath, admin)
+	caOut, err := exec.Command(bins.edgebridge, "site", "ca", "-config", cfgPath).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caOut)
+	tc := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+
+	// A certificate from the site CA, for a device that connects with one.
+	certDir := t.TempDir()
+	if out, err := device("", "cert", "term-0003", "-out", certDir); err != nil {
+		t.Fatalf("device cert: %v\n%s", err, out)
+	}
+	pair, err := tls.LoadX509KeyPair(filepath.Join(certDir, "term-0003.pem"), filepath.Join(certDir, "term-0003.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(pair.Certificate[0])
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil || leaf.Subject.CommonName != "term-0003" {
+		t.Fatalf("term-0003's certificate: CN %q, %v", leaf.Subject.CommonName, err)
+	}
+	res, err := devicesim.Run(withTimeout(t, 2*time.Minute), devicesim.Config{Broker: "ssl://" + tlsAddr, Devices: 2, Requests: 10,
+		DevicePrefix: "term", Drain: time.Minute,
+		Connect: func(id string) devicesim.Conn { return devicesim.Conn{Username: id, Password: passwords[id], TLS: tc} }}, nil)
+	if err != nil || res.Replied != 20 {
+		t.Fatalf("provisioned devices: %d of 20 replied, %v", res.Replied, err)
+	}
+	for what, who := range map[string][2]string{"anonymous": {"", ""}, "a wrong password": {"term-0001", "not-the-password"},
+		"an unknown device": {"term-0009", pw1}} {
+		if c, err := connect("ssl://"+tlsAddr, "probe", who[0], who[1], tc); err == nil {
+			c.Disconnect(0)
+			t.Errorf("%s was accepted", what)
+		}
+	}
+
+	// term-0001 is connected when it is removed.
+	lost := make(chan error, 1)
+	c := paho.NewClient(paho.NewClientOptions().AddBroker("ssl://" + tlsAddr).SetClientID("term-0001").SetUsername("term-0001").
+		SetPassword(pw1).SetTLSConfig(tc).SetAutoReconnect(false).
+		SetConnectionLostHandler(func(_ paho.Client, err error) { lost <- err }))
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("term-0001 connect: %v", tok.Error())
+	}
+	if out, err := device("", "remove", "term-0001"); err != nil {
+		t.Fatalf("device remove: %v\n%s", err, out)
+	}
+	select {
+	case <-lost:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the removed device's open connection was not closed within 20s")
+	}
+	if c, err := connect("ssl://"+tlsAddr, "term-0001", "term-0001", pw1, tc); err == nil {
+		c.Disconnect(0)
+		t.Fatal("the removed device logged in again")
+	}
+	if c, err := connect("ssl://"+tlsAddr, "term-0002", "term-0002", "given-password-2", tc); err != nil {
+		t.Fatalf("term-0002 after term-0001's removal: %v", err)
+	} else {
+		c.Disconnect(0)
+	}
+	if out, err := device("", "list"); err != nil || !strings.Contains(out, "term-0002") || !strings.Contains(out, "term-0003") || strings.Contains(out, "term-0001") {
+		t.Fatalf("device list: %v\n%s", err, out)
 	}
 }

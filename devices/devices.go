@@ -1,0 +1,343 @@
+// Package devices keeps a site's device identities in the files its MQTT
+// broker reads: no admin API, nothing to authenticate but file access.
+//
+// In a site directory (the site CA's, see package siteca):
+//
+//	passwd        devices' passwords, Mosquitto's format (id:$7$...: PBKDF2-SHA512);
+//	              the embedded broker and Mosquitto read it at each login
+//	issued.json   the client certificates the site CA issued: id, serial, dates, revoked
+//	crl.pem       the site CA's revocation list of the revoked ones
+//
+// Every change takes the directory's lock and replaces files whole, so a
+// broker reading them sees the old or the new content.
+package devices
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/pbkdf2"
+	"crypto/rand"
+	"crypto/sha512"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/edgebridge/edgebridge/siteca"
+)
+
+// The files in a site directory.
+const (
+	PasswordFile = "passwd"
+	IssuedFile   = "issued.json"
+	CRLFile      = "crl.pem"
+)
+
+// CRLValidity is how long a CRL is current (its NextUpdate). The process
+// serving MQTT signs it again daily (Refresh), so it never goes stale
+// while that process runs; a broker holding a stale one still applies it.
+const CRLValidity = 30 * 24 * time.Hour
+
+// mosquitto_passwd's parameters (Mosquitto 2.0): PBKDF2-SHA512, 101
+// iterations, a 12-byte salt, a 64-byte key.
+const (
+	iterations = 101
+	saltLen    = 12
+	keyLen     = 64
+)
+
+// ErrExists is returned when adding a device that already has a password.
+var ErrExists = errors.New("devices: the device already has a password (remove it first)")
+
+// Registry is a site directory's devices.
+type Registry struct {
+	dir string
+}
+
+// Open returns the registry in dir (the site directory).
+func Open(dir string) *Registry { return &Registry{dir: dir} }
+
+// Device is one provisioned device as List reports it.
+type Device struct {
+	ID string
+	// Kind is "password" or "certificate" (a device may have both: two
+	// entries).
+	Kind    string
+	Created time.Time // certificates only; a password line has no date
+	// NotAfter and Serial of a certificate.
+	NotAfter time.Time
+	Serial   string
+}
+
+// issued is one certificate in issued.json.
+type issued struct {
+	ID       string    `json:"id"`
+	Serial   string    `json:"serial"` // hex
+	Created  time.Time `json:"created"`
+	NotAfter time.Time `json:"not_after"`
+	Revoked  time.Time `json:"revoked,omitzero"`
+}
+
+// NewPassword returns a random password (24 bytes, base64url: 32 chars).
+func NewPassword() string {
+	b := make([]byte, 24)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+// HashPassword returns password in Mosquitto's $7$ format.
+func HashPassword(password []byte) (string, error) {
+	salt := make([]byte, saltLen)
+	if _, err := rand.Read(salt); err != nil {
+		return "", err
+	}
+	key, err := pbkdf2.Key(sha512.New, string(password), salt, iterations, keyLen)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("$7$%d$%s$%s", iterations, base64.StdEncoding.EncodeToString(salt), base64.StdEncoding.EncodeToString(key)), nil
+}
+
+// AddPassword gives device id a password: only its hash is stored.
+func (r *Registry) AddPassword(id string, password []byte) error {
+	if err := siteca.ValidDeviceID(id); err != nil {
+		return err
+	}
+	if len(password) < 8 || bytes.ContainsAny(password, "\r\n") {
+		return errors.New("devices: a password needs at least 8 characters and no line break")
+	}
+	hash, err := HashPassword(password)
+	if err != nil {
+		return err
+	}
+	return r.locked(func() error {
+		lines, err := r.passwords()
+		if err != nil {
+			return err
+		}
+		if _, ok := lines[id]; ok {
+			return ErrExists
+		}
+		lines[id] = hash
+		return r.writePasswords(lines)
+	})
+}
+
+// Remove takes device id's password away and revokes its certificates;
+// it reports whether it had either. The broker refuses its next login, and
+// the embedded broker closes its open connections when it sees the files
+// change.
+func (r *Registry) Remove(id string) (found bool, err error) {
+	if err := siteca.ValidDeviceID(id); err != nil {
+		return false, err
+	}
+	err = r.locked(func() error {
+		lines, err := r.passwords()
+		if err != nil {
+			return err
+		}
+		if _, ok := lines[id]; ok {
+			found = true
+			delete(lines, id)
+			if err := r.writePasswords(lines); err != nil {
+				return err
+			}
+		}
+		certs, err := r.issued()
+		if err != nil {
+			return err
+		}
+		revoked := false
+		for i := range certs {
+			if certs[i].ID == id && certs[i].Revoked.IsZero() {
+				certs[i].Revoked, found, revoked = time.Now().UTC(), true, true
+			}
+		}
+		if !revoked {
+			return nil
+		}
+		if err := r.writeIssued(certs); err != nil {
+			return err
+		}
+		return r.signCRL(certs)
+	})
+	return found, err
+}
+
+// IssueCertificate issues device id a certificate from the site CA: with a
+// new key (returned) when csrPEM is nil, else for the CSR's key.
+func (r *Registry) IssueCertificate(id string, csrPEM []byte, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	if err := siteca.ValidDeviceID(id); err != nil {
+		return nil, nil, err
+	}
+	ca, err := siteca.Load(r.dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	err = r.locked(func() error {
+		if csrPEM != nil {
+			certPEM, err = ca.SignCSR(id, csrPEM, validity)
+		} else {
+			certPEM, keyPEM, err = ca.Issue(id, validity)
+		}
+		if err != nil {
+			return err
+		}
+		block, _ := pem.Decode(certPEM)
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return err
+		}
+		certs, err := r.issued()
+		if err != nil {
+			return err
+		}
+		certs = append(certs, issued{ID: id, Serial: c.SerialNumber.Text(16), Created: time.Now().UTC(), NotAfter: c.NotAfter.UTC()})
+		return r.writeIssued(certs)
+	})
+	return certPEM, keyPEM, err
+}
+
+// List returns the site's devices: a password entry per device with one,
+// and each certificate not revoked, by id.
+func (r *Registry) List() ([]Device, error) {
+	lines, err := r.passwords()
+	if err != nil {
+		return nil, err
+	}
+	certs, err := r.issued()
+	if err != nil {
+		return nil, err
+	}
+	var out []Device
+	for id := range lines {
+		out = append(out, Device{ID: id, Kind: "password"})
+	}
+	for _, c := range certs {
+		if c.Revoked.IsZero() {
+			out = append(out, Device{ID: c.ID, Kind: "certificate", Created: c.Created, NotAfter: c.NotAfter, Serial: c.Serial})
+		}
+	}
+	slices.SortFunc(out, func(a, b Device) int {
+		return strings.Compare(a.ID+"\x00"+a.Kind+a.Serial, b.ID+"\x00"+b.Kind+b.Serial)
+	})
+	return out, nil
+}
+
+// Refresh signs the CRL again (a new NextUpdate) if there is one: the
+// process serving MQTT calls it daily.
+func (r *Registry) Refresh() error {
+	return r.locked(func() error {
+		certs, err := r.issued()
+		if err != nil || !slices.ContainsFunc(certs, func(c issued) bool { return !c.Revoked.IsZero() }) {
+			return err
+		}
+		return r.signCRL(certs)
+	})
+}
+
+// signCRL writes crl.pem listing the revoked certificates, signed by the
+// site CA.
+func (r *Registry) signCRL(certs []issued) error {
+	ca, err := siteca.Load(r.dir)
+	if err != nil {
+		return err
+	}
+	var entries []x509.RevocationListEntry
+	for _, c := range certs {
+		if c.Revoked.IsZero() {
+			continue
+		}
+		n, ok := new(big.Int).SetString(c.Serial, 16)
+		if !ok {
+			return fmt.Errorf("devices: %s: bad serial %q", IssuedFile, c.Serial)
+		}
+		entries = append(entries, x509.RevocationListEntry{SerialNumber: n, RevocationTime: c.Revoked})
+	}
+	now := time.Now()
+	der, err := ca.SignCRL(&x509.RevocationList{Number: big.NewInt(now.UnixNano()), ThisUpdate: now.Add(-time.Minute),
+		NextUpdate: now.Add(CRLValidity), RevokedCertificateEntries: entries})
+	if err != nil {
+		return err
+	}
+	return siteca.WriteFile(filepath.Join(r.dir, CRLFile), pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}), 0o644)
+}
+
+func (r *Registry) locked(fn func() error) error {
+	unlock, err := siteca.Lock(r.dir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return fn()
+}
+
+// passwords reads the password file: id -> hash (empty if there is none).
+func (r *Registry) passwords() (map[string]string, error) {
+	raw, err := os.ReadFile(filepath.Join(r.dir, PasswordFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return map[string]string{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	lines := map[string]string{}
+	sc := bufio.NewScanner(bytes.NewReader(raw))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		id, hash, ok := strings.Cut(line, ":")
+		if !ok || id == "" || !strings.HasPrefix(hash, "$") {
+			return nil, fmt.Errorf("devices: %s line %d: want id:$hash", PasswordFile, n)
+		}
+		lines[id] = hash
+	}
+	return lines, sc.Err()
+}
+
+func (r *Registry) writePasswords(lines map[string]string) error {
+	ids := make([]string, 0, len(lines))
+	for id := range lines {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	var b bytes.Buffer
+	for _, id := range ids {
+		fmt.Fprintf(&b, "%s:%s\n", id, lines[id])
+	}
+	// 0640: the broker's group may read it (Mosquitto runs as its own user).
+	return siteca.WriteFile(filepath.Join(r.dir, PasswordFile), b.Bytes(), 0o640)
+}
+
+func (r *Registry) issued() ([]issued, error) {
+	raw, err := os.ReadFile(filepath.Join(r.dir, IssuedFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var certs []issued
+	if err := json.Unmarshal(raw, &certs); err != nil {
+		return nil, fmt.Errorf("devices: %s: %w", IssuedFile, err)
+	}
+	return certs, nil
+}
+
+func (r *Registry) writeIssued(certs []issued) error {
+	raw, err := json.MarshalIndent(certs, "", "  ")
+	if err != nil {
+		return err
+	}
+	return siteca.WriteFile(filepath.Join(r.dir, IssuedFile), append(raw, '\n'), 0o644)
+}

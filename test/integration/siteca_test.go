@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -169,4 +170,42 @@ func TestDeviceProvisioning(t *testing.T) {
 	if out, err := device("", "list"); err != nil || !strings.Contains(out, "term-0002") || !strings.Contains(out, "term-0003") || strings.Contains(out, "term-0001") {
 		t.Fatalf("device list: %v\n%s", err, out)
 	}
+}
+
+// TestDevicePasswordsOnMosquitto: the password file `edgebridge device`
+// writes is Mosquitto's own format: the host's Mosquitto lets a provisioned
+// device in with its password and refuses a wrong one, an unknown device
+// and, once it is removed (Mosquitto re-reads the file on SIGHUP), the
+// removed device.
+func TestDevicePasswordsOnMosquitto(t *testing.T) {
+	data := t.TempDir()
+	device := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(bins.edgebridge, append(append([]string{"device"}, args...), "-data", data)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("device %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	_, pw, _ := strings.Cut(strings.TrimSpace(device("add", "term-0001")), "(shown only now): ")
+	m := startMosquittoConf(t, fmt.Sprintf("allow_anonymous false\npassword_file %s\n", filepath.Join(data, "site", "passwd")))
+	for what, who := range map[string][2]string{"the device": {"term-0001", pw}, "a wrong password": {"term-0001", pw + "x"},
+		"an unknown device": {"term-0002", pw}, "anonymous": {"", ""}} {
+		c, err := connect(m.url(), "probe", who[0], who[1], nil)
+		if ok := what == "the device"; (err == nil) != ok {
+			t.Errorf("%s: connect error %v", what, err)
+		}
+		if err == nil {
+			c.Disconnect(0)
+		}
+	}
+	device("remove", "term-0001")
+	signal(t, m.p, syscall.SIGHUP)
+	waitFor(t, 10*time.Second, "Mosquitto to refuse the removed device", func() bool {
+		c, err := connect(m.url(), "probe", "term-0001", pw, nil)
+		if err == nil {
+			c.Disconnect(0)
+		}
+		return err != nil
+	})
 }

@@ -105,18 +105,28 @@ type EmbeddedTLS struct {
 	// Required without cert_file.
 	Names []string `yaml:"names"`
 	// ClientCAFile: require client certificates signed by these CAs; the
-	// certificate's CN is then the device's identity.
+	// certificate's CN is then the device's identity. On cert_listen when
+	// it is set, else on listen.
 	ClientCAFile string `yaml:"client_ca_file"`
+	// CertListen adds a second TLS listener, e.g. 0.0.0.0:8884, for devices
+	// identified by a client certificate (from client_ca_file, or the site
+	// CA when neither cert_file nor client_ca_file is given); listen then
+	// serves devices with passwords.
+	CertListen string `yaml:"cert_listen"`
+	// CRLFile lists revoked client certificates (re-read when it changes).
+	// Default with the site CA: its crl.pem (edgebridge device remove).
+	CRLFile string `yaml:"crl_file"`
 }
 
 // configured reports whether any embedded_tls setting is given.
 func (e EmbeddedTLS) configured() bool {
-	return e.Listen != "" || e.CertFile != "" || e.KeyFile != "" || e.ClientCAFile != "" || len(e.Names) > 0
+	return e.Listen != "" || e.CertFile != "" || e.KeyFile != "" || e.ClientCAFile != "" || len(e.Names) > 0 ||
+		e.CertListen != "" || e.CRLFile != ""
 }
 
 // AuthEnabled reports whether the embedded broker authenticates clients.
 func (m MQTT) AuthEnabled() bool {
-	return m.EmbeddedAuth.PasswordFile != "" || m.EmbeddedTLS.ClientCAFile != ""
+	return m.EmbeddedAuth.PasswordFile != "" || m.EmbeddedTLS.ClientCAFile != "" || m.EmbeddedTLS.CertListen != ""
 }
 
 // Kafka settings.
@@ -561,6 +571,15 @@ func (c *Config) problems() Problems {
 		}
 		if e.ClientCAFile != "" && e.Listen == "" {
 			bad("mqtt.embedded_tls.client_ca_file", "client certificates need embedded_tls.listen")
+		}
+		if e.CertListen != "" {
+			addr("mqtt.embedded_tls.cert_listen", e.CertListen)
+			if e.Listen == "" {
+				bad("mqtt.embedded_tls.cert_listen", "needs embedded_tls.listen (the password listener, and where the server certificate is set)")
+			}
+			if e.ClientCAFile == "" && e.CertFile != "" {
+				bad("mqtt.embedded_tls.client_ca_file", "cert_listen with a certificate of your own needs the CA of the devices' certificates")
+			}
 		}
 		if e.Listen != "" {
 			addr("mqtt.embedded_tls.listen", e.Listen)

@@ -7,6 +7,7 @@ import (
 	"crypto/sha512"
 	"crypto/subtle"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -163,11 +164,16 @@ func inode(st os.FileInfo) uint64 {
 // password file.
 var errDeviceRemoved = errors.New("embedded: the device's password was removed")
 
-// watchPasswords closes the open connections of devices whose password
-// was removed from the file (edgebridge device remove), checking every
-// second until stop is closed: a removed device's next login is refused
-// anyway, and it must not keep a connection it opened before.
-func (h *authHook) watchPasswords(s *mqtt.Server, stop <-chan struct{}) {
+// errCertRevoked ends the connections of a device whose certificate was
+// revoked.
+var errCertRevoked = errors.New("embedded: the device's certificate was revoked")
+
+// watchIdentities closes, checking every second until stop is closed, the
+// open connections of devices whose password was removed from the file or
+// whose certificate revoked (revoked, may be nil): edgebridge device
+// remove. Their next login is refused anyway; they must not keep a
+// connection opened before.
+func (h *authHook) watchIdentities(s *mqtt.Server, revoked func(*x509.Certificate) bool, stop <-chan struct{}) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	for {
@@ -176,15 +182,27 @@ func (h *authHook) watchPasswords(s *mqtt.Server, stop <-chan struct{}) {
 			return
 		case <-t.C:
 		}
-		if changed, err := h.pw.load(); err != nil || !changed {
-			continue
+		pwChanged := false
+		if h.pw.path != "" {
+			changed, err := h.pw.load()
+			pwChanged = err == nil && changed
 		}
 		for _, cl := range s.Clients.GetAll() {
 			user := string(cl.Properties.Username)
-			if cl.Net.Inline || cl.Net.Listener == certListener || user == "" || user == h.auth.BridgeUser || h.pw.has(user) || cl.Closed() {
+			if cl.Net.Inline || user == "" || user == h.auth.BridgeUser || cl.Closed() {
 				continue
 			}
-			cl.Stop(errDeviceRemoved)
+			if cl.Net.Listener == certListener {
+				if tc, ok := cl.Net.Conn.(*tls.Conn); ok && revoked != nil {
+					if certs := tc.ConnectionState().PeerCertificates; len(certs) > 0 && revoked(certs[0]) {
+						cl.Stop(errCertRevoked)
+					}
+				}
+				continue
+			}
+			if pwChanged && !h.pw.has(user) {
+				cl.Stop(errDeviceRemoved)
+			}
 		}
 	}
 }

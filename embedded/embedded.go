@@ -9,6 +9,7 @@ package embedded
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -232,6 +233,14 @@ type MQTTConfig struct {
 	// ClientCertIdentity: on the TLS listener a client's certificate CN is
 	// its identity (Mosquitto's use_identity_as_username), not a password.
 	ClientCertIdentity bool
+	// CertListen adds a second TLS listener with CertTLS (requiring client
+	// certificates) where a client's certificate CN is its identity.
+	CertListen string
+	CertTLS    *tls.Config
+	// Revoked, if set, reports a revoked client certificate: the broker
+	// closes such a client's connection (checked every second; its next
+	// handshake is CertTLS's to refuse).
+	Revoked func(*x509.Certificate) bool
 	// Intake, if set, takes device requests inside the broker: a request
 	// is PUBACKed only once Intake took it (see intakeHook), and never
 	// routed to subscribers. Nil: requests are routed like any publish.
@@ -265,6 +274,7 @@ const MaxPacketSize = 4 << 20
 type MQTT struct {
 	s             *mqtt.Server
 	addr, tlsAddr string
+	certAddr      string
 	once          sync.Once
 	stop          chan struct{} // closed by Close: ends watchPasswords
 }
@@ -349,6 +359,17 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 		}
 		errs = append(errs, s.AddListener(listeners.NewTCP(listeners.Config{ID: id, Address: tlsAddr, TLSConfig: cfg.TLS})))
 	}
+	certAddr := ""
+	if cfg.CertListen != "" {
+		cln, err := net.Listen("tcp", cfg.CertListen)
+		if err != nil {
+			_ = s.Close()
+			return nil, fmt.Errorf("embedded: mqtt certificate listen: %w", err)
+		}
+		certAddr = cln.Addr().String()
+		_ = cln.Close()
+		errs = append(errs, s.AddListener(listeners.NewTCP(listeners.Config{ID: certListener, Address: certAddr, TLSConfig: cfg.CertTLS})))
+	}
 	if err := errors.Join(errs...); err != nil {
 		_ = s.Close()
 		return nil, fmt.Errorf("embedded: mqtt: %w", err)
@@ -357,12 +378,15 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 		_ = s.Close()
 		return nil, fmt.Errorf("embedded: mqtt serve: %w", err)
 	}
-	m := &MQTT{s: s, addr: addr, tlsAddr: tlsAddr, stop: make(chan struct{})}
-	if ah != nil && ah.pw.path != "" {
-		go ah.watchPasswords(s, m.stop)
+	m := &MQTT{s: s, addr: addr, tlsAddr: tlsAddr, certAddr: certAddr, stop: make(chan struct{})}
+	if ah != nil && (ah.pw.path != "" || cfg.Revoked != nil) {
+		go ah.watchIdentities(s, cfg.Revoked, m.stop)
 	}
 	return m, nil
 }
+
+// CertAddr is the client-certificate listener's address; "" without one.
+func (m *MQTT) CertAddr() string { return m.certAddr }
 
 // Addr returns the broker's host:port.
 func (m *MQTT) Addr() string { return m.addr }

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 
 	"github.com/edgebridge/edgebridge/bridge"
 	"github.com/edgebridge/edgebridge/config"
+	"github.com/edgebridge/edgebridge/devices"
 	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/internal/tlsfiles"
 	"github.com/edgebridge/edgebridge/mqttin"
@@ -157,7 +159,7 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 		cfg.MQTT.Broker = "tcp://" + m.Addr()
 		cfg.MQTT.EmbeddedAuth, cfg.MQTT.EmbeddedTLS = config.EmbeddedAuth{}, config.EmbeddedTLS{}
 		opts = append(opts, mopts...)
-		log.Info("edgebridge: embedded mqtt", "addr", m.Addr(), "tls_addr", m.TLSAddr(), "auth", mc.Auth != nil)
+		log.Info("edgebridge: embedded mqtt", "addr", m.Addr(), "tls_addr", m.TLSAddr(), "cert_addr", m.CertAddr(), "auth", mc.Auth != nil)
 	}
 	b, err := bridge.New(cfg, opts...)
 	if err != nil {
@@ -212,11 +214,34 @@ func embeddedMQTTConfig(cfg config.Config, log *slog.Logger) (embedded.MQTTConfi
 			files.CertFile, files.KeyFile = site.site.ServerFiles()
 			opts = append(opts, bridge.WithServerCertificate(site.expiry))
 		}
+		files.CRLFile = t.CRLFile
+		if t.CertListen != "" {
+			// Two listeners: passwords on listen, client certificates (from
+			// client_ca_file or the site CA, revoked in its CRL) on cert_listen.
+			certs := files
+			if certs.CAFile == "" {
+				certs.CAFile = site.site.CAFile()
+				if certs.CRLFile == "" {
+					certs.CRLFile = filepath.Join(siteDir(cfg.Kafka.DataDir), devices.CRLFile)
+				}
+			}
+			ctc, err := certs.Server()
+			if err != nil {
+				return mc, nil, nil, fmt.Errorf("mqtt.embedded_tls.cert_listen: %w", err)
+			}
+			mc.CertListen, mc.CertTLS = t.CertListen, ctc
+			if certs.CRLFile != "" {
+				mc.Revoked = tlsfiles.NewCRL(certs.CRLFile, certs.CAFile).Revoked
+			}
+			files.CAFile, files.CRLFile = "", ""
+		} else if files.CAFile != "" && files.CRLFile != "" {
+			mc.Revoked = tlsfiles.NewCRL(files.CRLFile, files.CAFile).Revoked
+		}
 		tc, err := files.Server()
 		if err != nil {
 			return mc, nil, nil, fmt.Errorf("mqtt.embedded_tls: %w", err)
 		}
-		mc.TLSListen, mc.TLS, mc.ClientCertIdentity = t.Listen, tc, t.ClientCAFile != ""
+		mc.TLSListen, mc.TLS, mc.ClientCertIdentity = t.Listen, tc, files.CAFile != ""
 	}
 	return mc, opts, site, nil
 }

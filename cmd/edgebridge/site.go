@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgebridge/edgebridge/devices"
 	"github.com/edgebridge/edgebridge/siteca"
 )
 
@@ -69,6 +70,10 @@ func (id *siteIdentity) ensure() error {
 	if err != nil {
 		return fmt.Errorf("site CA: %w", err)
 	}
+	// The CRL is signed again, so it never goes stale while this runs.
+	if err := devices.Open(id.cfg.Dir).Refresh(); err != nil {
+		return fmt.Errorf("site CA: the CRL: %w", err)
+	}
 	id.site = s
 	id.notAfter.Store(s.ServerNotAfter().Unix())
 	switch made {
@@ -84,8 +89,9 @@ func (id *siteIdentity) ensure() error {
 // expiry is when the server certificate expires.
 func (id *siteIdentity) expiry() time.Time { return time.Unix(id.notAfter.Load(), 0) }
 
-// keep renews the server certificate when it is due, checking twice a day,
-// until ctx ends. The broker reads the files again when they change.
+// keep renews the server certificate when it is due and signs the CRL
+// again, twice a day, until ctx ends. The broker reads the files again
+// when they change.
 func (id *siteIdentity) keep(ctx context.Context) {
 	t := time.NewTicker(12 * time.Hour)
 	defer t.Stop()

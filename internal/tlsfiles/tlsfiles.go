@@ -24,6 +24,9 @@ type Files struct {
 	// ServerName a client checks in the server's certificate. Empty: the
 	// host it dialled.
 	ServerName string
+	// CRLFile (server, with CAFile): client certificates it lists are
+	// refused (see CRL).
+	CRLFile string
 }
 
 // Client returns a client configuration (TLS 1.2 or later) that verifies
@@ -67,6 +70,10 @@ func (f Files) Server() (*tls.Config, error) {
 	}
 	tc := &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return w.cert() }}
 	if f.CAFile != "" {
+		var crl *CRL
+		if f.CRLFile != "" {
+			crl = NewCRL(f.CRLFile, f.CAFile)
+		}
 		// As for the client: the chain is verified against the pool as it
 		// is now, not as it was when the configuration was built.
 		tc.ClientAuth = tls.RequireAnyClientCert
@@ -79,7 +86,13 @@ func (f Files) Server() (*tls.Config, error) {
 				}
 				chain = append(chain, c)
 			}
-			return verify(chain, w.pool(), "", x509.ExtKeyUsageClientAuth)
+			if err := verify(chain, w.pool(), "", x509.ExtKeyUsageClientAuth); err != nil {
+				return err
+			}
+			if crl != nil && crl.Revoked(chain[0]) {
+				return fmt.Errorf("tlsfiles: client certificate %s (serial %s) is revoked", chain[0].Subject.CommonName, chain[0].SerialNumber.Text(16))
+			}
+			return nil
 		}
 	}
 	return tc, nil

@@ -73,18 +73,19 @@ func TestSiteCA(t *testing.T) {
 }
 
 // TestDeviceProvisioning: devices provisioned with `edgebridge device`
-// (a generated password printed once, a password from stdin) are answered
-// over TLS by the embedded broker; strangers, wrong passwords and invalid
-// ids are refused; `device remove` closes the removed device's open
-// connection and refuses its next login, with no restart, while the other
-// device keeps working.
+// (a generated password printed once, a password from stdin, a certificate
+// from the site CA) are answered over TLS by the embedded broker, passwords
+// on one listener and certificates on another; strangers, wrong passwords
+// and invalid ids are refused; `device remove` closes the removed device's
+// open connection and refuses its next login or handshake, with no
+// restart, while the other devices keep working.
 func TestDeviceProvisioning(t *testing.T) {
 	pay := startPaymentd(t, freeAddr(t), t.TempDir()+"/ledger.jsonl")
-	dataDir, tlsAddr := t.TempDir(), freeAddr(t)
+	dataDir, tlsAddr, certAddr := t.TempDir(), freeAddr(t), freeAddr(t)
 	cfgPath, admin := writeBridgeConfig(t, bridgeOpts{mqtt: "embedded", kafka: "embedded", backend: pay.addr,
 		kafkaExtra: "  data_dir: " + dataDir + "\n",
-		mqttExtra: fmt.Sprintf("  embedded_listen: %s\n  embedded_auth: {password_file: %s}\n  embedded_tls: {listen: %s, names: [\"127.0.0.1\"]}\n",
-			freeAddr(t), filepath.Join(dataDir, "site", "passwd"), tlsAddr)})
+		mqttExtra: fmt.Sprintf("  embedded_listen: %s\n  embedded_auth: {password_file: %s}\n  embedded_tls: {listen: %s, cert_listen: %s, names: [\"127.0.0.1\"]}\n",
+			freeAddr(t), filepath.Join(dataDir, "site", "passwd"), tlsAddr, certAddr)})
 	device := func(stdin string, args ...string) (string, error) {
 		cmd := exec.Command(bins.edgebridge, append(append([]string{"device"}, args...), "-config", cfgPath)...)
 		cmd.Stdin = strings.NewReader(stdin)
@@ -128,11 +129,24 @@ func TestDeviceProvisioning(t *testing.T) {
 	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil || leaf.Subject.CommonName != "term-0003" {
 		t.Fatalf("term-0003's certificate: CN %q, %v", leaf.Subject.CommonName, err)
 	}
-	res, err := devicesim.Run(withTimeout(t, 2*time.Minute), devicesim.Config{Broker: "ssl://" + tlsAddr, Devices: 2, Requests: 10,
+	withCert := &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{pair}}
+
+	// term-0001 and term-0002 log in with passwords, term-0003 with its
+	// certificate on the certificate listener.
+	res, err := devicesim.Run(withTimeout(t, 2*time.Minute), devicesim.Config{Broker: "ssl://" + tlsAddr, Devices: 3, Requests: 10,
 		DevicePrefix: "term", Drain: time.Minute,
-		Connect: func(id string) devicesim.Conn { return devicesim.Conn{Username: id, Password: passwords[id], TLS: tc} }}, nil)
-	if err != nil || res.Replied != 20 {
-		t.Fatalf("provisioned devices: %d of 20 replied, %v", res.Replied, err)
+		Connect: func(id string) devicesim.Conn {
+			if id == "term-0003" {
+				return devicesim.Conn{Broker: "ssl://" + certAddr, TLS: withCert}
+			}
+			return devicesim.Conn{Username: id, Password: passwords[id], TLS: tc}
+		}}, nil)
+	if err != nil || res.Replied != 30 {
+		t.Fatalf("provisioned devices: %d of 30 replied, %v", res.Replied, err)
+	}
+	if c, err := connect("ssl://"+certAddr, "probe", "", "", tc); err == nil {
+		c.Disconnect(0)
+		t.Error("the certificate listener accepted a device without a certificate")
 	}
 	for what, who := range map[string][2]string{"anonymous": {"", ""}, "a wrong password": {"term-0001", "not-the-password"},
 		"an unknown device": {"term-0009", pw1}} {
@@ -167,7 +181,31 @@ func TestDeviceProvisioning(t *testing.T) {
 	} else {
 		c.Disconnect(0)
 	}
-	if out, err := device("", "list"); err != nil || !strings.Contains(out, "term-0002") || !strings.Contains(out, "term-0003") || strings.Contains(out, "term-0001") {
+
+	// term-0003's certificate is revoked while it is connected.
+	lostCert := make(chan error, 1)
+	c3 := paho.NewClient(paho.NewClientOptions().AddBroker("ssl://" + certAddr).SetClientID("term-0003").
+		SetTLSConfig(withCert).SetAutoReconnect(false).
+		SetConnectionLostHandler(func(_ paho.Client, err error) { lostCert <- err }))
+	if tok := c3.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("term-0003 connect: %v", tok.Error())
+	}
+	if out, err := device("", "list"); err != nil || !strings.Contains(out, "term-0003") {
+		t.Fatalf("device list before the revocation: %v\n%s", err, out)
+	}
+	if out, err := device("", "remove", "term-0003"); err != nil {
+		t.Fatalf("device remove term-0003: %v\n%s", err, out)
+	}
+	select {
+	case <-lostCert:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the revoked certificate's open connection was not closed within 20s")
+	}
+	if c, err := connect("ssl://"+certAddr, "term-0003", "", "", withCert); err == nil {
+		c.Disconnect(0)
+		t.Fatal("a revoked certificate connected again")
+	}
+	if out, err := device("", "list"); err != nil || !strings.Contains(out, "term-0002") || strings.Contains(out, "term-0003") || strings.Contains(out, "term-0001") {
 		t.Fatalf("device list: %v\n%s", err, out)
 	}
 }

@@ -352,3 +352,37 @@ func TestDaysOfflineSettings(t *testing.T) {
 		}
 	}
 }
+
+// Warnings name the listeners that expose the site, and nothing in the
+// defaults (everything on 127.0.0.1).
+func TestWarnings(t *testing.T) {
+	for _, tc := range []struct {
+		name, doc string
+		want      []string
+	}{
+		{name: "defaults", doc: "log:\n  level: info\n"},
+		{name: "open broker", doc: "mqtt:\n  embedded_listen: 0.0.0.0:1883\n", want: []string{"mqtt.embedded_listen 0.0.0.0:1883: any client on the network connects without a login or TLS"}},
+		{name: "passwords in clear", doc: "mqtt:\n  embedded_listen: 0.0.0.0:1883\n  embedded_auth: {password_file: /nonexistent-yet/passwd}\n",
+			want: []string{"mqtt.embedded_listen 0.0.0.0:1883: devices' passwords and payments cross the network in clear text"}},
+		{name: "tls without login", doc: "mqtt:\n  embedded_tls: {listen: 0.0.0.0:8883, names: [192.0.2.1]}\n",
+			want: []string{"mqtt.embedded_tls.listen 0.0.0.0:8883: TLS without a login"}},
+		{name: "kafka on the network", doc: "kafka:\n  embedded_listen: 0.0.0.0:9092\n", want: []string{"kafka.embedded_listen 0.0.0.0:9092: the embedded Kafka broker serves"}},
+		{name: "secure", doc: "mqtt:\n  embedded_auth: {password_file: /nonexistent-yet/passwd}\n  embedded_tls: {listen: 0.0.0.0:8883, cert_listen: 0.0.0.0:8884, names: [192.0.2.1]}\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := Parse([]byte(tc.doc))
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := cfg.Warnings()
+			if len(got) != len(tc.want) {
+				t.Fatalf("warnings %q, want %d", got, len(tc.want))
+			}
+			for i, w := range tc.want {
+				if !strings.HasPrefix(got[i], w) {
+					t.Errorf("warning %q, want it to start %q", got[i], w)
+				}
+			}
+		})
+	}
+}

@@ -42,8 +42,12 @@ func validateCmd(args []string) error {
 	if *path == "" {
 		return errors.New("validate: -config is required")
 	}
-	if _, err := config.Load(*path); err != nil {
+	cfg, err := config.Load(*path)
+	if err != nil {
 		return err
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintln(os.Stderr, "warning:", w)
 	}
 	fmt.Println("config ok")
 	return nil
@@ -60,6 +64,9 @@ func runCmd(args []string) error {
 		return err
 	}
 	log := newLogger(cfg.Log)
+	for _, w := range cfg.Warnings() {
+		log.Warn("edgebridge: insecure setting: " + w)
+	}
 	ctx := shutdownContext(log)
 	return runBridge(ctx, cfg, log, nil)
 }

@@ -81,6 +81,7 @@ type Bridge struct {
 	poolOpts []grpcout.Option
 	build    *BuildInfo
 	certEnd  func() time.Time // WithServerCertificate
+	logins   func() int64     // WithLoginFailures
 }
 
 // Option configures optional hooks.
@@ -113,6 +114,12 @@ func WithTracerProvider(tp trace.TracerProvider) Option {
 // edgebridge_mqtt_server_cert_expiry_timestamp_seconds.
 func WithServerCertificate(notAfter func() time.Time) Option {
 	return func(b *Bridge) { b.certEnd = notAfter }
+}
+
+// WithLoginFailures publishes the embedded MQTT broker's refused logins
+// (failed, read at each scrape) as edgebridge_mqtt_login_failures_total.
+func WithLoginFailures(failed func() int64) Option {
+	return func(b *Bridge) { b.logins = failed }
 }
 
 // WithDataDisk names the embedded Kafka broker's data directory: intake
@@ -205,6 +212,9 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	}
 	if b.certEnd != nil {
 		b.metrics.observeServerCert(b.certEnd)
+	}
+	if b.logins != nil {
+		b.metrics.observeLogins(b.logins)
 	}
 	if b.build != nil {
 		b.metrics.observeBuild(*b.build)

@@ -34,6 +34,7 @@ import (
 //	                                           dead_lettered, published, replied, commanded
 //	edgebridge_dapr_subscriptions              Dapr subscription streams open
 //	edgebridge_mqtt_server_cert_expiry_timestamp_seconds  when the embedded broker's TLS certificate expires
+//	edgebridge_mqtt_login_failures_total       CONNECTs the embedded broker refused (bad login, or an address over its limit)
 //	edgebridge_build_info{version,revision,goversion}  1 (with WithBuildInfo)
 //
 // and the gRPC stream metrics of package grpcmetrics (edgebridge_grpc_stream_*).
@@ -152,6 +153,14 @@ func (m *Metrics) observeServerCert(notAfter func() time.Time) {
 		Name: "edgebridge_mqtt_server_cert_expiry_timestamp_seconds",
 		Help: "When the embedded MQTT broker's TLS certificate expires (Unix time). The site CA renews its own 30 days ahead.",
 	}, func() float64 { return float64(notAfter().Unix()) }))
+}
+
+// observeLogins registers edgebridge_mqtt_login_failures_total.
+func (m *Metrics) observeLogins(failed func() int64) {
+	m.Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "edgebridge_mqtt_login_failures_total",
+		Help: "CONNECTs the embedded MQTT broker refused: a wrong or unknown login, or an address past 10 failures a minute (refused unchecked).",
+	}, func() float64 { return float64(failed()) }))
 }
 
 // setLag replaces the consumer lag series with lag (partitions no longer

@@ -11,10 +11,12 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,6 +48,80 @@ type authHook struct {
 	mqtt.HookBase
 	auth Auth
 	pw   passwordFile
+	fail failures
+}
+
+// After maxLoginFailures failed logins for one username from one address
+// within loginFailureWindow, the broker refuses that username's logins
+// from that address without checking them until the window has passed:
+// guessing a device's password gets ten tries a minute per address. Per
+// username too, because devices often share an address (a NAT, or K3s's
+// ServiceLB rewriting sources to the node's): one terminal with a wrong
+// password must not lock every other one out.
+const (
+	maxLoginFailures   = 10
+	loginFailureWindow = time.Minute
+)
+
+// failures counts failed logins, in all and per remote address and
+// username.
+type failures struct {
+	total  atomic.Int64
+	mu     sync.Mutex
+	by     map[string]*failWindow
+	window time.Duration // loginFailureWindow; tests shorten it
+}
+
+type failWindow struct {
+	start time.Time
+	n     int
+}
+
+// blocked reports whether logins under key (address and username) are
+// refused for now.
+func (f *failures) blocked(key string, now time.Time) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	w := f.by[key]
+	return w != nil && now.Sub(w.start) < f.windowLen() && w.n >= maxLoginFailures
+}
+
+// failed counts a failed or refused login under key.
+func (f *failures) failed(key string, now time.Time) {
+	f.total.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.by == nil {
+		f.by = map[string]*failWindow{}
+	}
+	if len(f.by) > 4096 { // bounded: drop the windows that have passed
+		for k, w := range f.by {
+			if now.Sub(w.start) >= f.windowLen() {
+				delete(f.by, k)
+			}
+		}
+	}
+	w := f.by[key]
+	if w == nil || now.Sub(w.start) >= f.windowLen() {
+		w = &failWindow{start: now}
+		f.by[key] = w
+	}
+	w.n++
+}
+
+func (f *failures) windowLen() time.Duration {
+	if f.window > 0 {
+		return f.window
+	}
+	return loginFailureWindow
+}
+
+func remoteIP(cl *mqtt.Client) string {
+	host, _, err := net.SplitHostPort(cl.Net.Remote)
+	if err != nil {
+		return cl.Net.Remote
+	}
+	return host
 }
 
 func (h *authHook) ID() string { return "edgebridge-device-auth" }
@@ -54,7 +130,23 @@ func (h *authHook) Provides(b byte) bool {
 	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
 }
 
+// OnConnectAuthenticate counts every refused login and refuses an
+// address with too many of them (the bridge's own account excepted).
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	key, now := remoteIP(cl)+" "+string(pk.Connect.Username), time.Now()
+	bridge := string(pk.Connect.Username) == h.auth.BridgeUser && h.auth.BridgeUser != "" && cl.Net.Listener != certListener
+	if !bridge && h.fail.blocked(key, now) {
+		h.fail.failed(key, now)
+		return false
+	}
+	if h.authenticate(cl, pk) {
+		return true
+	}
+	h.fail.failed(key, now)
+	return false
+}
+
+func (h *authHook) authenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	if cl.Net.Listener == certListener {
 		tc, ok := cl.Net.Conn.(*tls.Conn)
 		if !ok {

@@ -3,10 +3,15 @@ package embedded
 import (
 	"crypto/sha512"
 	"encoding/base64"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
+
+	paho "github.com/eclipse/paho.mqtt.golang"
 )
 
 // Hashes written by mosquitto_passwd itself verify; others do not.
@@ -65,5 +70,70 @@ func TestMosquittoPasswordFile(t *testing.T) {
 	}
 	if !pf.check("term-2", []byte("s3cond:with:colons")) {
 		t.Error("a malformed rewrite dropped the last good password file")
+	}
+}
+
+// Failed logins are counted; after maxLoginFailures for one device from
+// one address its logins are refused unchecked, even with the right
+// password, until the window has passed; another device at the same
+// address and the bridge's own account are not locked out.
+func TestLoginFailuresLimited(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "passwd")
+	hash := "$6$" + base64.StdEncoding.EncodeToString([]byte("salt")) + "$"
+	sum := sha512.Sum512(append([]byte("right-password"), []byte("salt")...))
+	sum2 := sha512.Sum512(append([]byte("right-password-2"), []byte("salt")...))
+	if err := os.WriteFile(path, []byte("term-1:"+hash+base64.StdEncoding.EncodeToString(sum[:])+"\n"+
+		"term-2:"+hash+base64.StdEncoding.EncodeToString(sum2[:])+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ListenMQTT(MQTTConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(),
+		Auth: &Auth{PasswordFile: path, BridgeUser: "edgebridge", BridgePassword: "bridge-secret"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	m.auth.fail.mu.Lock()
+	m.auth.fail.window = 2 * time.Second
+	m.auth.fail.mu.Unlock()
+	login := func(user, password string) error {
+		c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + m.Addr()).SetClientID(user + "-probe").
+			SetUsername(user).SetPassword(password).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
+		tok := c.Connect()
+		if !tok.WaitTimeout(10 * time.Second) {
+			return errors.New("no answer")
+		}
+		if tok.Error() == nil {
+			c.Disconnect(0)
+		}
+		return tok.Error()
+	}
+	if err := login("term-1", "right-password"); err != nil {
+		t.Fatalf("the right password: %v", err)
+	}
+	for i := range maxLoginFailures {
+		if login("term-1", fmt.Sprintf("guess-%d", i)) == nil {
+			t.Fatal("a wrong password was accepted")
+		}
+	}
+	if login("term-1", "right-password") == nil {
+		t.Fatal("the right password was checked after ten failures from the address")
+	}
+	if err := login("edgebridge", "bridge-secret"); err != nil {
+		t.Fatalf("the bridge's account was locked out: %v", err)
+	}
+	if err := login("term-2", "right-password-2"); err != nil {
+		t.Fatalf("another device at the same address was locked out: %v", err)
+	}
+	// paho tries MQTT 3.1.1, then 3.1: two refused CONNECTs per login.
+	if got := m.LoginFailures(); got < maxLoginFailures+1 {
+		t.Errorf("LoginFailures %d, want at least %d", got, maxLoginFailures+1)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for login("term-1", "right-password") != nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the address was still refused 10s after its 2s window")
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

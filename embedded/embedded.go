@@ -275,6 +275,7 @@ type MQTT struct {
 	s             *mqtt.Server
 	addr, tlsAddr string
 	certAddr      string
+	auth          *authHook // nil without Auth
 	once          sync.Once
 	stop          chan struct{} // closed by Close: ends watchPasswords
 }
@@ -378,7 +379,7 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 		_ = s.Close()
 		return nil, fmt.Errorf("embedded: mqtt serve: %w", err)
 	}
-	m := &MQTT{s: s, addr: addr, tlsAddr: tlsAddr, certAddr: certAddr, stop: make(chan struct{})}
+	m := &MQTT{s: s, addr: addr, tlsAddr: tlsAddr, certAddr: certAddr, stop: make(chan struct{}), auth: ah}
 	if ah != nil && (ah.pw.path != "" || cfg.Revoked != nil) {
 		go ah.watchIdentities(s, cfg.Revoked, m.stop)
 	}
@@ -387,6 +388,14 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 
 // CertAddr is the client-certificate listener's address; "" without one.
 func (m *MQTT) CertAddr() string { return m.certAddr }
+
+// LoginFailures counts the logins refused so far (0 without Auth).
+func (m *MQTT) LoginFailures() int64 {
+	if m.auth == nil {
+		return 0
+	}
+	return m.auth.fail.total.Load()
+}
 
 // Addr returns the broker's host:port.
 func (m *MQTT) Addr() string { return m.addr }

@@ -166,6 +166,9 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 		cfg.MQTT.Broker = "tcp://" + m.Addr()
 		cfg.MQTT.EmbeddedAuth, cfg.MQTT.EmbeddedTLS = config.EmbeddedAuth{}, config.EmbeddedTLS{}
 		opts = append(opts, mopts...)
+		if mc.Auth != nil {
+			opts = append(opts, bridge.WithLoginFailures(m.LoginFailures))
+		}
 		log.Info("edgebridge: embedded mqtt", "addr", m.Addr(), "tls_addr", m.TLSAddr(), "cert_addr", m.CertAddr(), "auth", mc.Auth != nil)
 	}
 	b, err := bridge.New(cfg, opts...)

@@ -107,7 +107,7 @@ func TestDeviceProvisioning(t *testing.T) {
 	}
 	passwords := map[string]string{"term-0001": pw1, "term-0002": "given-password-2"}
 
-	startBridge(t, cfgPath, admin)
+	br := startBridge(t, cfgPath, admin)
 	caOut, err := exec.Command(bins.edgebridge, "site", "ca", "-config", cfgPath).Output()
 	if err != nil {
 		t.Fatal(err)
@@ -154,6 +154,9 @@ func TestDeviceProvisioning(t *testing.T) {
 			c.Disconnect(0)
 			t.Errorf("%s was accepted", what)
 		}
+	}
+	if n, err := br.metric("edgebridge_mqtt_login_failures_total"); err != nil || n < 3 {
+		t.Errorf("edgebridge_mqtt_login_failures_total %v (%v), want the 3 refused logins counted", n, err)
 	}
 
 	// term-0001 is connected when it is removed.

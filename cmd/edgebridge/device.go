@@ -32,8 +32,7 @@ func deviceCmd(args []string, stdin io.Reader, stdout io.Writer) error {
 	}
 	sub := args[0]
 	fs := flag.NewFlagSet("device "+sub, flag.ContinueOnError)
-	path := fs.String("config", "", "the bridge's config file: the site in kafka.data_dir/site")
-	data := fs.String("data", "", "instead of -config: a data directory (broker mqtt -data); the site in DIR/site")
+	site := siteFlags(fs)
 	stdinPw := fs.Bool("password-stdin", false, "add: read the password from stdin instead of generating one")
 	out := fs.String("out", "", "cert: the directory to write ID.pem (and ID.key, ca.pem) to")
 	csr := fs.String("csr", "", "cert: sign this certificate request (PEM) instead of making a key")
@@ -52,15 +51,11 @@ func deviceCmd(args []string, stdin io.Reader, stdout io.Writer) error {
 	if fs.NArg() > 0 || (id == "") != (sub == "list") {
 		return errors.New("device: " + deviceUsage)
 	}
-	dir := *data
-	if dir == "" {
-		cfg, err := loadConfig(*path)
-		if err != nil {
-			return err
-		}
-		dir = cfg.Kafka.DataDir
+	dir, err := site()
+	if err != nil {
+		return err
 	}
-	r := devices.Open(siteDir(dir))
+	r := devices.Open(dir)
 	switch sub {
 	case "add":
 		pw := devices.NewPassword()
@@ -71,7 +66,7 @@ func deviceCmd(args []string, stdin io.Reader, stdout io.Writer) error {
 			}
 			pw = strings.TrimRight(line, "\r\n")
 		}
-		if err := os.MkdirAll(siteDir(dir), 0o700); err != nil {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}
 		if err := r.AddPassword(id, []byte(pw)); err != nil {
@@ -97,7 +92,7 @@ func deviceCmd(args []string, stdin io.Reader, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		ca, err := siteca.Load(siteDir(dir))
+		ca, err := siteca.Load(dir)
 		if err != nil {
 			return err
 		}

@@ -18,6 +18,23 @@ import (
 // siteDir is where a data directory keeps the site CA.
 func siteDir(dataDir string) string { return filepath.Join(dataDir, "site") }
 
+// siteFlags adds -config and -data to fs; the function it returns gives
+// the site directory they name, once fs is parsed.
+func siteFlags(fs *flag.FlagSet) func() (string, error) {
+	path := fs.String("config", "", "the bridge's config file: the site in kafka.data_dir/site")
+	data := fs.String("data", "", "instead of -config: a data directory (broker mqtt -data); the site in DIR/site")
+	return func() (string, error) {
+		if *data != "" {
+			return siteDir(*data), nil
+		}
+		cfg, err := loadConfig(*path)
+		if err != nil {
+			return "", err
+		}
+		return siteDir(cfg.Kafka.DataDir), nil
+	}
+}
+
 // siteCmd runs `edgebridge site ca`: it prints the CA certificate devices
 // must trust, from the data directory of the process that serves MQTT.
 func siteCmd(args []string) error {
@@ -25,20 +42,15 @@ func siteCmd(args []string) error {
 		return errors.New("site: usage: edgebridge site ca [-config FILE | -data DIR]")
 	}
 	fs := flag.NewFlagSet("site ca", flag.ContinueOnError)
-	path := fs.String("config", "", "the bridge's config file: the CA in kafka.data_dir/site")
-	data := fs.String("data", "", "instead of -config: a data directory (broker mqtt -data); the CA in DIR/site")
+	site := siteFlags(fs)
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	dir := *data
-	if dir == "" {
-		cfg, err := loadConfig(*path)
-		if err != nil {
-			return err
-		}
-		dir = cfg.Kafka.DataDir
+	dir, err := site()
+	if err != nil {
+		return err
 	}
-	s, err := siteca.Load(siteDir(dir))
+	s, err := siteca.Load(dir)
 	if err != nil {
 		return err
 	}

@@ -29,12 +29,12 @@ COPY deploy/image/edgebridge.yaml /etc/edgebridge/edgebridge.yaml
 COPY --chown=65532:65532 build/image/data/ /data/
 COPY --chown=65532:65532 build/image/data/ /tmp/
 
-ENV PATH=/usr/local/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+ENV PATH=/usr/local/bin SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt EDGEBRIDGE_CONFIG=/etc/edgebridge/edgebridge.yaml
 USER 65532:65532
 WORKDIR /data
 VOLUME ["/data"]
 # MQTT for devices, the admin endpoint (/metrics, /healthz, /readyz),
 # paymentd's gRPC port.
-EXPOSE 1883 9464 7070
+EXPOSE 8883 8884 9464 7070
 ENTRYPOINT ["edgebridge"]
 CMD ["run", "-config", "/etc/edgebridge/edgebridge.yaml"]

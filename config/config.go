@@ -72,6 +72,13 @@ type MQTT struct {
 	EmbeddedAuth EmbeddedAuth `yaml:"embedded_auth"`
 	// EmbeddedTLS adds a TLS listener to the embedded broker.
 	EmbeddedTLS EmbeddedTLS `yaml:"embedded_tls"`
+	// EmbeddedAllowInsecure lets the embedded broker take devices from the
+	// network without TLS (embedded_listen off loopback) or without a login
+	// (embedded_tls.listen off loopback with neither embedded_auth nor
+	// client certificates). Refused otherwise: for a site still moving its
+	// terminals off plain 1883 (docs/DEPLOY.md "Upgrading a site from plain
+	// 1883"). `validate` warns while it is on. Default: false.
+	EmbeddedAllowInsecure bool `yaml:"embedded_allow_insecure"`
 	// EmbeddedMessageExpiry is how long the embedded broker keeps a reply
 	// or command for a device that is offline (MQTT 3.1.1 and 5).
 	// Default: 168h (embedded.DefaultMessageExpiry).
@@ -102,6 +109,8 @@ type EmbeddedTLS struct {
 	KeyFile  string `yaml:"key_file"`
 	// Names are the DNS names and IP addresses devices dial (the node's
 	// address, a site host name), for the certificate the site CA issues.
+	// An entry may hold several, comma-separated, and empty ones are
+	// dropped, so one environment variable can carry a list or nothing.
 	// Required without cert_file.
 	Names []string `yaml:"names"`
 	// ClientCAFile: require client certificates signed by these CAs; the
@@ -122,6 +131,19 @@ type EmbeddedTLS struct {
 func (e EmbeddedTLS) configured() bool {
 	return e.Listen != "" || e.CertFile != "" || e.KeyFile != "" || e.ClientCAFile != "" || len(e.Names) > 0 ||
 		e.CertListen != "" || e.CRLFile != ""
+}
+
+// splitNames splits comma-separated entries and drops empty ones.
+func splitNames(in []string) []string {
+	var out []string
+	for _, e := range in {
+		for _, n := range strings.Split(e, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
 }
 
 // AuthEnabled reports whether the embedded broker authenticates clients.
@@ -440,6 +462,7 @@ func (c *Config) ApplyDefaults() {
 	def(&c.MQTT.EmbeddedListen, "127.0.0.1:1883")
 	defD(&c.MQTT.EmbeddedMessageExpiry, embedded.DefaultMessageExpiry)
 	def(&c.MQTT.ClientID, "edgebridge-1")
+	c.MQTT.EmbeddedTLS.Names = splitNames(c.MQTT.EmbeddedTLS.Names)
 	if len(c.MQTT.Subscribe) == 0 {
 		c.MQTT.Subscribe = []string{"payment/request/+"}
 	}
@@ -563,6 +586,15 @@ func (c *Config) problems() Problems {
 		}
 		if !c.Kafka.TLS.Enabled {
 			bad("kafka.tls", "the embedded broker serves TLS only: enable kafka.tls (ca_file: the CA of embedded_tls's certificate)")
+		}
+	}
+	if c.EmbeddedMQTT() && !c.MQTT.EmbeddedAllowInsecure {
+		// Secure by default: devices reach the site over TLS with a login.
+		if l := c.MQTT.EmbeddedListen; !loopback(l) {
+			bad("mqtt.embedded_listen", "%s takes devices from the network in clear text: serve them on mqtt.embedded_tls (8883, 8884) and keep embedded_listen on 127.0.0.1, or accept the risk with mqtt.embedded_allow_insecure: true", l)
+		}
+		if l := c.MQTT.EmbeddedTLS.Listen; l != "" && !loopback(l) && !c.MQTT.AuthEnabled() {
+			bad("mqtt.embedded_tls.listen", "%s takes devices without a login: set mqtt.embedded_auth.password_file (edgebridge device add writes kafka.data_dir/site/passwd) or cert_listen, or accept the risk with mqtt.embedded_allow_insecure: true", l)
 		}
 	}
 	if e := c.MQTT.EmbeddedTLS; e.configured() || c.MQTT.EmbeddedAuth.PasswordFile != "" {

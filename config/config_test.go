@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -126,6 +127,11 @@ dapr:
 			want: []string{"mqtt.embedded_auth.password_file: / is a directory", "client certificates need embedded_tls.listen"}},
 		{name: "embedded tls without a certificate or names", doc: "mqtt:\n  embedded_tls: {listen: 127.0.0.1:8883}\n",
 			want: []string{"mqtt.embedded_tls.names: the site CA's certificate needs the names or addresses devices dial"}},
+		{name: "plain device listener on the network", doc: "mqtt:\n  embedded_listen: 0.0.0.0:1883\n  embedded_auth: {password_file: /nonexistent-yet/passwd}\n",
+			want: []string{"mqtt.embedded_listen: 0.0.0.0:1883 takes devices from the network in clear text", "mqtt.embedded_allow_insecure: true"}},
+		{name: "every address is the network", doc: "mqtt:\n  embedded_listen: \":1883\"\n", want: []string{`mqtt.embedded_listen: :1883 takes devices from the network`}},
+		{name: "tls listener without a login", doc: "mqtt:\n  embedded_tls: {listen: \"[::]:8883\", names: [192.0.2.1]}\n",
+			want: []string{"mqtt.embedded_tls.listen: [::]:8883 takes devices without a login"}},
 		{name: "embedded tls with half a key pair", doc: "mqtt:\n  embedded_tls: {listen: 127.0.0.1:8883, cert_file: /nonexistent/c.pem}\n",
 			want: []string{"mqtt.embedded_tls: cert_file and key_file go together"}},
 		{name: "binding topics covering requests", doc: "dapr:\n  enabled: true\n  binding_topics: [\"#\", \"payment/+/+\", \"device/+/command\", \"$SYS/x\"]\n",
@@ -286,6 +292,25 @@ backend:
 	}
 }
 
+// The names of the site CA's certificate may come from environment
+// variables: an entry holds several, comma-separated, and an empty one
+// (a variable not set on this node) is dropped.
+func TestNamesFromEnvironment(t *testing.T) {
+	t.Setenv("EB_NAMES", "192.0.2.7, pay.site.example")
+	t.Setenv("EB_NODE_IP", "")
+	c, err := Parse([]byte("mqtt:\n  embedded_tls:\n    listen: 127.0.0.1:8883\n    names: [\"${EB_NAMES}\", \"${EB_NODE_IP:-}\", localhost]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"192.0.2.7", "pay.site.example", "localhost"}; !slices.Equal(c.MQTT.EmbeddedTLS.Names, want) {
+		t.Fatalf("names %q, want %q", c.MQTT.EmbeddedTLS.Names, want)
+	}
+	_, err = Parse([]byte("mqtt:\n  embedded_tls:\n    listen: 127.0.0.1:8883\n    names: [\"${EB_NODE_IP:-}\"]\n"))
+	if err == nil || !strings.Contains(err.Error(), "mqtt.embedded_tls.names: the site CA's certificate needs the names") {
+		t.Fatalf("got %v, want names required", err)
+	}
+}
+
 // The settings issue 17 and 18 added: a session timeout the embedded
 // broker would refuse, a sample ratio outside (0, 1] and a tracing
 // endpoint that is not host:port are each a problem; the defaults are 6s,
@@ -361,10 +386,10 @@ func TestWarnings(t *testing.T) {
 		want      []string
 	}{
 		{name: "defaults", doc: "log:\n  level: info\n"},
-		{name: "open broker", doc: "mqtt:\n  embedded_listen: 0.0.0.0:1883\n", want: []string{"mqtt.embedded_listen 0.0.0.0:1883: any client on the network connects without a login or TLS"}},
-		{name: "passwords in clear", doc: "mqtt:\n  embedded_listen: 0.0.0.0:1883\n  embedded_auth: {password_file: /nonexistent-yet/passwd}\n",
+		{name: "open broker", doc: "mqtt:\n  embedded_listen: 0.0.0.0:1883\n  embedded_allow_insecure: true\n", want: []string{"mqtt.embedded_listen 0.0.0.0:1883: any client on the network connects without a login or TLS"}},
+		{name: "passwords in clear", doc: "mqtt:\n  embedded_listen: 0.0.0.0:1883\n  embedded_allow_insecure: true\n  embedded_auth: {password_file: /nonexistent-yet/passwd}\n",
 			want: []string{"mqtt.embedded_listen 0.0.0.0:1883: devices' passwords and payments cross the network in clear text"}},
-		{name: "tls without login", doc: "mqtt:\n  embedded_tls: {listen: 0.0.0.0:8883, names: [192.0.2.1]}\n",
+		{name: "tls without login", doc: "mqtt:\n  embedded_allow_insecure: true\n  embedded_tls: {listen: 0.0.0.0:8883, names: [192.0.2.1]}\n",
 			want: []string{"mqtt.embedded_tls.listen 0.0.0.0:8883: TLS without a login"}},
 		{name: "kafka on the network", doc: "kafka:\n  embedded_listen: 0.0.0.0:9092\n", want: []string{"kafka.embedded_listen 0.0.0.0:9092: the embedded Kafka broker serves"}},
 		{name: "secure", doc: "mqtt:\n  embedded_auth: {password_file: /nonexistent-yet/passwd}\n  embedded_tls: {listen: 0.0.0.0:8883, cert_listen: 0.0.0.0:8884, names: [192.0.2.1]}\n"},

@@ -9,12 +9,15 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"github.com/edgebridge/edgebridge/config"
+	"github.com/edgebridge/edgebridge/devices"
 	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/internal/tlsfiles"
+	"github.com/edgebridge/edgebridge/siteca"
 )
 
 // brokerCmd runs one embedded broker as its own process until SIGINT or
@@ -32,7 +35,7 @@ func brokerCmd(args []string) error {
 	partitions := fs.Int("partitions", 8, "partitions of auto-created topics (kafka)")
 	advertise := fs.String("advertise", "", "host:port clients are told to use, if not the listen address (kafka)")
 	fsync := fs.Bool("fsync", true, "fsync every produced batch before acknowledging it (kafka); false = page cache only, as Apache Kafka's default")
-	tlsCert := fs.String("tls-cert", "", "serve TLS only, with this certificate (PEM; re-read when it changes)")
+	tlsCert := fs.String("tls-cert", "", "a certificate of your own (PEM; re-read when it changes): kafka serves TLS only; mqtt uses it on -tls-listen instead of the site CA's")
 	tlsKey := fs.String("tls-key", "", "the key of -tls-cert")
 	saslMech := fs.String("sasl-mechanism", "", "require SASL logins with this mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (kafka)")
 	saslUser := fs.String("sasl-user", "", "the one account -sasl-mechanism accepts (kafka)")
@@ -40,6 +43,14 @@ func brokerCmd(args []string) error {
 	deleteAfter := fs.Duration("delete-committed-after", time.Minute, "delete records every consumer group has committed once committed this long; 0 keeps every record (kafka)")
 	expiry := fs.Duration("message-expiry", embedded.DefaultMessageExpiry, "how long a message waits for a client that is offline (mqtt)")
 	minFree := fs.Int64("min-free-bytes", 256<<20, "refuse produces (KAFKA_STORAGE_ERROR) while the data disk has less free; 0 turns it off (kafka)")
+	var m mqttFlags
+	fs.StringVar(&m.tlsListen, "tls-listen", "", "a TLS listener for devices with passwords, e.g. 0.0.0.0:8883 (mqtt: mqtt.embedded_tls.listen)")
+	fs.StringVar(&m.certListen, "cert-listen", "", "a TLS listener for devices with client certificates, e.g. 0.0.0.0:8884 (mqtt: embedded_tls.cert_listen)")
+	fs.StringVar(&m.names, "names", "", "comma-separated names and addresses devices (and the bridge) dial, for the site CA's certificate (mqtt: embedded_tls.names)")
+	fs.StringVar(&m.clientCA, "client-ca", "", "the CA of devices' certificates, with a -tls-cert of your own (mqtt: embedded_tls.client_ca_file)")
+	fs.StringVar(&m.passwords, "password-file", "", "devices' passwords, Mosquitto's format (mqtt; default with -tls-listen: DATA/site/passwd, what edgebridge device add -data DATA writes)")
+	fs.StringVar(&m.bridgePassword, "bridge-password-file", "", "the bridge's password (user edgebridge), generated into this file when it does not exist: the bridge's mqtt.password_file on a shared volume (mqtt; default with logins: DATA/site/bridge.password)")
+	fs.BoolVar(&m.insecure, "allow-insecure", false, "take devices on a -listen off loopback in clear text, or on -tls-listen without logins (mqtt: embedded_allow_insecure)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "usage: edgebridge broker kafka|mqtt [flags]\n")
 		fs.PrintDefaults()
@@ -81,11 +92,20 @@ func brokerCmd(args []string) error {
 		}
 		addr, closeFn = k.Addr(), k.Close
 	case "mqtt":
-		m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: *listen, DataDir: filepath.Join(*data, "mqtt"), Logger: log, MessageExpiry: *expiry})
+		m.listen, m.data, m.cert, m.key, m.expiry = *listen, *data, *tlsCert, *tlsKey, *expiry
+		mc, site, err := m.config(log)
 		if err != nil {
 			return err
 		}
-		addr, closeFn = m.Addr(), m.Close
+		if site != nil {
+			go site.keep(ctx)
+		}
+		b, err := embedded.ListenMQTT(mc)
+		if err != nil {
+			return err
+		}
+		addr, closeFn = b.Addr(), b.Close
+		log.Info("edgebridge: mqtt listeners", "tls_addr", b.TLSAddr(), "cert_addr", b.CertAddr(), "auth", mc.Auth != nil)
 	}
 	// The first stdout line names the (advertised) address, for scripts that pass port 0.
 	fmt.Printf("edgebridge %s broker listening on %s\n", kind, addr)
@@ -94,4 +114,78 @@ func brokerCmd(args []string) error {
 	log.Info("edgebridge: broker stopping", "kind", kind)
 	closeFn()
 	return nil
+}
+
+// mqttFlags are broker mqtt's flags: the bridge's mqtt.embedded_* settings
+// under other names, checked by the same rules.
+type mqttFlags struct {
+	listen, data, cert, key, clientCA, tlsListen, certListen, names string
+	passwords, bridgePassword                                       string
+	insecure                                                        bool
+	expiry                                                          time.Duration
+}
+
+// flagNames renames config keys in a problem to the flags that set them,
+// longest key first.
+var flagNames = strings.NewReplacer(
+	"mqtt.embedded_tls.client_ca_file", "-client-ca", "mqtt.embedded_tls.cert_listen", "-cert-listen",
+	"mqtt.embedded_tls.listen", "-tls-listen", "mqtt.embedded_tls.names", "-names", "mqtt.embedded_tls", "-tls-listen",
+	"mqtt.embedded_auth.password_file", "-password-file", "mqtt.embedded_allow_insecure: true", "-allow-insecure",
+	"mqtt.embedded_listen", "-listen", "embedded_listen", "-listen", "embedded_auth", "-password-file")
+
+// config is the broker's configuration, built as `run` builds the
+// embedded broker's, and the site identity to keep renewed (nil without
+// one).
+func (m mqttFlags) config(log *slog.Logger) (embedded.MQTTConfig, *siteIdentity, error) {
+	cfg := config.Default()
+	cfg.Kafka.DataDir = m.data
+	cfg.MQTT.EmbeddedListen, cfg.MQTT.EmbeddedMessageExpiry, cfg.MQTT.EmbeddedAllowInsecure = m.listen, m.expiry, m.insecure
+	cfg.MQTT.EmbeddedTLS = config.EmbeddedTLS{Listen: m.tlsListen, CertListen: m.certListen, CertFile: m.cert, KeyFile: m.key,
+		ClientCAFile: m.clientCA, Names: strings.Split(m.names, ",")}
+	cfg.MQTT.EmbeddedAuth.PasswordFile = m.passwords
+	if m.passwords == "" && m.tlsListen != "" {
+		cfg.MQTT.EmbeddedAuth.PasswordFile = filepath.Join(siteDir(m.data), devices.PasswordFile)
+	}
+	cfg.ApplyDefaults()
+	if err := cfg.Validate(); err != nil {
+		return embedded.MQTTConfig{}, nil, errors.New("broker mqtt: " + flagNames.Replace(err.Error()))
+	}
+	var password string
+	if cfg.MQTT.AuthEnabled() {
+		file := m.bridgePassword
+		if file == "" {
+			file = filepath.Join(siteDir(m.data), bridgePasswordFile)
+		}
+		var err error
+		if password, err = generatedSecret(file); err != nil {
+			return embedded.MQTTConfig{}, nil, fmt.Errorf("broker mqtt: -bridge-password-file: %w", err)
+		}
+	}
+	mc, _, site, err := embeddedMQTTConfig(cfg, log, password)
+	return mc, site, err
+}
+
+// bridgePasswordFile is where broker mqtt keeps the bridge's generated
+// password in the site directory.
+const bridgePasswordFile = "bridge.password"
+
+// generatedSecret reads the secret in file, or makes one and writes it
+// there (readable by the file's group: a bridge in another container on a
+// shared volume) when the file does not exist.
+func generatedSecret(file string) (string, error) {
+	raw, err := os.ReadFile(file)
+	switch {
+	case err == nil:
+		if s := strings.TrimRight(string(raw), "\r\n"); s != "" {
+			return s, nil
+		}
+		return "", fmt.Errorf("%s is empty", file)
+	case !errors.Is(err, os.ErrNotExist):
+		return "", err
+	}
+	if err := os.MkdirAll(filepath.Dir(file), 0o750); err != nil {
+		return "", err
+	}
+	s := newSecret()
+	return s, siteca.WriteFile(file, []byte(s+"\n"), 0o640)
 }

@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/devices"
 	"github.com/edgebridge/edgebridge/siteca"
 )
@@ -51,9 +52,13 @@ func deviceCmd(args []string, stdin io.Reader, stdout io.Writer) error {
 	if fs.NArg() > 0 || (id == "") != (sub == "list") {
 		return errors.New("device: " + deviceUsage)
 	}
-	dir, err := site()
+	dir, cfg, err := site()
 	if err != nil {
 		return err
+	}
+	if f := passwordFile(cfg); f != "" && filepath.Clean(f) != filepath.Join(dir, devices.PasswordFile) {
+		return fmt.Errorf("device: mqtt.embedded_auth.password_file is %s, but this command keeps passwords in %s: point the setting there",
+			f, filepath.Join(dir, devices.PasswordFile))
 	}
 	r := devices.Open(dir)
 	switch sub {
@@ -137,6 +142,14 @@ func deviceCmd(args []string, stdin io.Reader, stdout io.Writer) error {
 		return errors.New("device: " + deviceUsage)
 	}
 	return nil
+}
+
+// passwordFile is the embedded broker's password file in cfg, if any.
+func passwordFile(cfg *config.Config) string {
+	if cfg == nil || !cfg.EmbeddedMQTT() {
+		return ""
+	}
+	return cfg.MQTT.EmbeddedAuth.PasswordFile
 }
 
 func day(t time.Time) string {

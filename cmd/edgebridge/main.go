@@ -91,6 +91,6 @@ func usage() {
                                      from the site CA (-csr: for the device's own key), removal
   edgebridge version                 version, commit, build time and Go version (also --version)
 
-Every command lists its flags with -h.
+-config defaults to $EDGEBRIDGE_CONFIG (the image sets it). Every command lists its flags with -h.
 `)
 }

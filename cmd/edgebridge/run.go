@@ -35,12 +35,12 @@ func loadConfig(path string) (config.Config, error) {
 
 func validateCmd(args []string) error {
 	fs := flag.NewFlagSet("validate", flag.ContinueOnError)
-	path := fs.String("config", "", "config file")
+	path := configFlag(fs, "config file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *path == "" {
-		return errors.New("validate: -config is required")
+		return errors.New("validate: -config (or $EDGEBRIDGE_CONFIG) is required")
 	}
 	cfg, err := config.Load(*path)
 	if err != nil {
@@ -55,7 +55,7 @@ func validateCmd(args []string) error {
 
 func runCmd(args []string) error {
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	path := fs.String("config", "", "config file (default: embedded brokers, backend 127.0.0.1:7070)")
+	path := configFlag(fs, "config file; none: embedded brokers, backend 127.0.0.1:7070")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -144,7 +144,7 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 		log.Info("edgebridge: tracing", "endpoint", cfg.Tracing.Endpoint, "sample_ratio", cfg.Tracing.SampleRatio)
 	}
 	if cfg.EmbeddedMQTT() {
-		mc, mopts, site, err := embeddedMQTTConfig(cfg, log)
+		mc, mopts, site, err := embeddedMQTTConfig(cfg, log, "")
 		if err != nil {
 			return err
 		}
@@ -197,16 +197,17 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 // on it (a password generated now, held in memory only), and the expiry of
 // a certificate from the site CA; and that site identity (nil with
 // certificates of the user's own), to keep renewed.
-func embeddedMQTTConfig(cfg config.Config, log *slog.Logger) (embedded.MQTTConfig, []bridge.Option, *siteIdentity, error) {
+//
+// bridgePassword is the bridge's password; empty: one generated now.
+func embeddedMQTTConfig(cfg config.Config, log *slog.Logger, bridgePassword string) (embedded.MQTTConfig, []bridge.Option, *siteIdentity, error) {
 	mc := embedded.MQTTConfig{Listen: cfg.MQTT.EmbeddedListen, DataDir: cfg.Kafka.DataDir + "/mqtt", Logger: log,
 		MessageExpiry: cfg.MQTT.EmbeddedMessageExpiry}
 	var opts []bridge.Option
 	if cfg.MQTT.AuthEnabled() {
-		secret := make([]byte, 32)
-		if _, err := rand.Read(secret); err != nil {
-			return mc, nil, nil, err
+		if bridgePassword == "" {
+			bridgePassword = newSecret()
 		}
-		user, password := cfg.MQTT.Username, hex.EncodeToString(secret)
+		user, password := cfg.MQTT.Username, bridgePassword
 		if user == "" {
 			user = "edgebridge"
 		}
@@ -254,6 +255,13 @@ func embeddedMQTTConfig(cfg config.Config, log *slog.Logger) (embedded.MQTTConfi
 		mc.TLSListen, mc.TLS, mc.ClientCertIdentity = t.Listen, tc, files.CAFile != ""
 	}
 	return mc, opts, site, nil
+}
+
+// newSecret is 32 random bytes in hex: a password no one chose.
+func newSecret() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go 1.24+)
+	return hex.EncodeToString(b)
 }
 
 // embeddedKafkaConfig is the in-process Kafka broker's configuration: TLS

@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/devices"
 	"github.com/edgebridge/edgebridge/siteca"
 )
@@ -18,20 +19,28 @@ import (
 // siteDir is where a data directory keeps the site CA.
 func siteDir(dataDir string) string { return filepath.Join(dataDir, "site") }
 
+// configFlag adds -config to fs, by default $EDGEBRIDGE_CONFIG (the
+// image sets it, so `docker compose exec edgebridge edgebridge device add
+// ID` needs no flag).
+func configFlag(fs *flag.FlagSet, usage string) *string {
+	return fs.String("config", os.Getenv("EDGEBRIDGE_CONFIG"), usage+" (default $EDGEBRIDGE_CONFIG)")
+}
+
 // siteFlags adds -config and -data to fs; the function it returns gives
-// the site directory they name, once fs is parsed.
-func siteFlags(fs *flag.FlagSet) func() (string, error) {
-	path := fs.String("config", "", "the bridge's config file: the site in kafka.data_dir/site")
+// the site directory they name, once fs is parsed, and the config when
+// -config named one.
+func siteFlags(fs *flag.FlagSet) func() (string, *config.Config, error) {
+	path := configFlag(fs, "the bridge's config file: the site in kafka.data_dir/site")
 	data := fs.String("data", "", "instead of -config: a data directory (broker mqtt -data); the site in DIR/site")
-	return func() (string, error) {
+	return func() (string, *config.Config, error) {
 		if *data != "" {
-			return siteDir(*data), nil
+			return siteDir(*data), nil, nil
 		}
 		cfg, err := loadConfig(*path)
 		if err != nil {
-			return "", err
+			return "", nil, err
 		}
-		return siteDir(cfg.Kafka.DataDir), nil
+		return siteDir(cfg.Kafka.DataDir), &cfg, nil
 	}
 }
 
@@ -46,7 +55,7 @@ func siteCmd(args []string) error {
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
 	}
-	dir, err := site()
+	dir, _, err := site()
 	if err != nil {
 		return err
 	}

@@ -16,10 +16,10 @@ import (
 // composeProject runs podman-compose on the repo's compose files as
 // project name, with the host ports the test picked.
 type composeProject struct {
-	name                string
-	mqttPort, adminPort int
-	files               []string
-	dir                 string
+	name                         string
+	tlsPort, certPort, adminPort int
+	files                        []string
+	dir                          string
 }
 
 func (p composeProject) run(t *testing.T, args ...string) string {
@@ -31,7 +31,8 @@ func (p composeProject) run(t *testing.T, args ...string) string {
 	full = append(append(full, "-p", p.name), args...)
 	return run(t, p.dir, containerEnv(
 		"EDGEBRIDGE_IMAGE="+testImage,
-		"EDGEBRIDGE_MQTT_PORT=127.0.0.1:"+strconv.Itoa(p.mqttPort),
+		"EDGEBRIDGE_MQTT_TLS_PORT=127.0.0.1:"+strconv.Itoa(p.tlsPort),
+		"EDGEBRIDGE_MQTT_CERT_PORT=127.0.0.1:"+strconv.Itoa(p.certPort),
 		"EDGEBRIDGE_ADMIN_PORT=127.0.0.1:"+strconv.Itoa(p.adminPort),
 	), "podman-compose", full...)
 }
@@ -51,48 +52,59 @@ func (p composeProject) remove() {
 }
 
 // TestCompose: docker-compose.yml comes up under podman-compose from the
-// image alone; 100 requests from the host get their replies; down and up
-// again, in any start order, keeps Kafka's data and the consumer's offsets (nothing is
+// image alone, secure from its first start (checkSiteSecurity: strangers
+// refused, devices provisioned, removed and given certificates through
+// podman exec); 100 requests from devices added with `device add` get
+// their replies over TLS; down and up again, in any start order, keeps
+// the site CA, Kafka's data and the consumer's offsets (nothing is
 // delivered twice) and the ledger; down -v removes the volumes.
 func TestCompose(t *testing.T) {
-	needContainers(t, "podman-compose", "mosquitto_pub", "mosquitto_sub")
+	needContainers(t, "podman-compose")
 	image(t)
 	p := composeProject{
 		name:      fmt.Sprintf("ebtest%d", os.Getpid()),
-		mqttPort:  freePort(t),
+		tlsPort:   freePort(t),
+		certPort:  freePort(t),
 		adminPort: freePort(t),
 		files:     []string{repo + "/docker-compose.yml"},
 		dir:       t.TempDir(), // podman-compose reads .env from here: none
 	}
 	t.Cleanup(func() { p.remove() })
+	site := siteUnderTest{container: p.name + "_edgebridge_1", volume: p.name + "_edgebridge-data", tlsPort: p.tlsPort, certPort: p.certPort}
 
 	up := time.Now()
 	p.run(t, "up", "-d")
 	waitReady(t, p.adminPort, 2*time.Minute)
 	t.Logf("compose up -d to bridge ready: %s", time.Since(up).Round(time.Millisecond))
-	payFromHost(t, p.mqttPort, 100, "first")
-	t.Logf("bridge RSS in its container after 100 requests: %s", containerRSS(t, p.name+"_edgebridge_1"))
+	checkSiteSecurity(t, site)
+	site.pay(t, "first", 10, 10)
+	t.Logf("bridge RSS in its container after 110 requests: %s", containerRSS(t, site.container))
+	ca, _ := site.ca(t)
+	base := metric(t, p.adminPort, "edgebridge_grpc_stream_deliveries_total")
 
 	// Up again in the worst order: the bridge first, alone, then the
 	// backend and the Kafka broker it needs (the bridge hosts MQTT).
 	p.run(t, "down")
 	p.run(t, "up", "--no-start") // (1.0.3 passes -d on to podman create, which refuses it)
-	podman(t, "start", p.name+"_edgebridge_1")
+	podman(t, "start", site.container)
 	waitAnswer(t, p.adminPort, http.StatusServiceUnavailable, time.Minute)
 	for _, svc := range []string{"paymentd", "kafka"} {
 		podman(t, "start", p.name+"_"+svc+"_1")
 	}
 	waitReady(t, p.adminPort, 2*time.Minute)
-	payFromHost(t, p.mqttPort, 100, "second")
+	if again, _ := site.ca(t); again != ca {
+		t.Errorf("the site CA changed across down and up:\n%s\nthen\n%s", ca, again)
+	}
+	site.pay(t, "second", 10, 10)
 	// Records are consumed in order per partition: had the restart lost
-	// the committed offsets, the first hundred would have been delivered
+	// the committed offsets, the first requests would have been delivered
 	// again before the second.
 	if got := metric(t, p.adminPort, "edgebridge_grpc_stream_deliveries_total"); got != 100 {
-		t.Errorf("deliveries after the restart: %v, want 100 (the first requests were delivered again?)", got)
+		t.Errorf("deliveries after the restart: %v, want 100 (before it: %v; the first requests were delivered again?)", got, base)
 	}
 	ids := ledger(t, p.name+"_paymentd-data")
-	if len(ids) != 200 {
-		t.Errorf("ledger holds %d message ids, want 200", len(ids))
+	if len(ids) != 210 {
+		t.Errorf("ledger holds %d message ids, want 210", len(ids))
 	}
 	for id, n := range ids {
 		if n != 1 {
@@ -140,7 +152,7 @@ func TestComposeUpstream(t *testing.T) {
 		t.Errorf("upstream mqtt network_mode = %v, want service:edgebridge (devices use the bridge's published port)", nm)
 	}
 
-	p := composeProject{name: fmt.Sprintf("ebdry%d", os.Getpid()), mqttPort: 1, adminPort: 2, dir: t.TempDir(),
+	p := composeProject{name: fmt.Sprintf("ebdry%d", os.Getpid()), tlsPort: 1, certPort: 3, adminPort: 2, dir: t.TempDir(),
 		files: []string{repo + "/docker-compose.yml", repo + "/docker-compose.upstream.yml"}}
 	t.Cleanup(func() { p.remove() }) // podman-compose 1.0.3 creates volumes even with --dry-run
 	runs := map[string]string{}

@@ -14,15 +14,18 @@ import (
 
 // TestKubePlay runs the rendered standalone base (through the test overlay
 // in testdata/kubeplay: paymentd in the bridge's pod, host ports, the
-// image under test) with podman kube play: 100 device requests from the
-// host get their replies, and 100 more after the pod is replaced, with
-// nothing delivered twice and the data kept.
+// image under test) with podman kube play: secure from its first start
+// (checkSiteSecurity, provisioning through podman exec as through kubectl
+// exec), 100 requests from devices added with `device add` get their
+// replies over TLS, and 100 more after the pod is replaced, with nothing
+// delivered twice and the data and the site CA kept.
 func TestKubePlay(t *testing.T) {
-	needContainers(t, "mosquitto_pub", "mosquitto_sub")
+	needContainers(t)
 	image(t)
-	mqttPort, adminPort := freePort(t), freePort(t)
+	tlsPort, certPort, adminPort := freePort(t), freePort(t), freePort(t)
 	rendered := strings.NewReplacer(
-		"hostPort: 41883", fmt.Sprintf("hostPort: %d", mqttPort),
+		"hostPort: 48883", fmt.Sprintf("hostPort: %d", tlsPort),
+		"hostPort: 48884", fmt.Sprintf("hostPort: %d", certPort),
 		"hostPort: 49464", fmt.Sprintf("hostPort: %d", adminPort),
 		"localhost/edgebridge:ci", testImage,
 	).Replace(string(kustomizeBuild(t, filepath.Join(repo, "test/deploy/testdata/kubeplay"))))
@@ -38,13 +41,16 @@ func TestKubePlay(t *testing.T) {
 	cleanup := func() { removePlayed(dir, manifest, objs) }
 	cleanup() // what an interrupted run left
 	t.Cleanup(cleanup)
+	site := siteUnderTest{container: "ebkp-edgebridge-pod-0-edgebridge", volume: "ebkp-edgebridge-data", tlsPort: tlsPort, certPort: certPort}
 
 	start := time.Now()
 	run(t, dir, containerEnv(), "podman", "kube", "play", manifest)
 	waitReady(t, adminPort, 2*time.Minute)
 	t.Logf("kube play to bridge ready: %s", time.Since(start).Round(time.Millisecond))
-	payFromHost(t, mqttPort, 100, "play")
-	t.Logf("bridge RSS in its container after 100 requests: %s", containerRSS(t, "ebkp-edgebridge-pod-0-edgebridge"))
+	checkSiteSecurity(t, site)
+	site.pay(t, "play", 10, 10)
+	t.Logf("bridge RSS in its container after 110 requests: %s", containerRSS(t, site.container))
+	ca, _ := site.ca(t)
 
 	// Replace the pod as a rollout does. podman 4.3 refuses to play a
 	// PersistentVolumeClaim whose volume exists, so the second play leaves
@@ -67,13 +73,16 @@ func TestKubePlay(t *testing.T) {
 	run(t, dir, containerEnv(), "podman", "kube", "play", "--replace", replacement)
 	waitReady(t, adminPort, 2*time.Minute)
 	t.Logf("pod replaced and ready in %s", time.Since(start).Round(time.Millisecond))
-	payFromHost(t, mqttPort, 100, "replaced")
+	if again, _ := site.ca(t); again != ca {
+		t.Errorf("the site CA changed when the pod was replaced:\n%s\nthen\n%s", ca, again)
+	}
+	site.pay(t, "replaced", 10, 10)
 	if got := metric(t, adminPort, "edgebridge_grpc_stream_deliveries_total"); got != 100 {
 		t.Errorf("deliveries by the new pod: %v, want 100 (requests of the old pod delivered again?)", got)
 	}
 	ids := ledger(t, "ebkp-paymentd-data")
-	if len(ids) != 200 {
-		t.Errorf("ledger holds %d message ids, want 200", len(ids))
+	if len(ids) != 210 {
+		t.Errorf("ledger holds %d message ids, want 210", len(ids))
 	}
 	for id, n := range ids {
 		if n != 1 {

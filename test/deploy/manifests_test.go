@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -129,6 +130,8 @@ func kustomizeBuild(t *testing.T, dir string) []byte {
 // renders (and whose output decodes strictly and holds together), or an
 // edgebridge config that passes validate.
 func TestManifests(t *testing.T) {
+	// The K3s configs name the node's address from the downward API.
+	t.Setenv("NODE_IP", "192.0.2.1")
 	var kustomizations []string
 	for _, root := range []string{"deploy", "components"} {
 		err := filepath.WalkDir(filepath.Join(repo, root), func(path string, d fs.DirEntry, err error) error {
@@ -359,7 +362,7 @@ func checkAround(t *testing.T, objs []runtime.Object, netpol bool) {
 				metrics = metrics || (selects(o.Spec.Selector) && p.TargetPort.String() == "admin")
 				// The bridge is not ready while no backend stream is up, and
 				// devices must reach its MQTT broker all the same.
-				if selects(o.Spec.Selector) && p.TargetPort.String() == "mqtt" && !o.Spec.PublishNotReadyAddresses {
+				if selects(o.Spec.Selector) && strings.HasPrefix(p.TargetPort.String(), "mqtt") && !o.Spec.PublishNotReadyAddresses {
 					t.Errorf("Service %s routes devices to the bridge only while it is ready (no backend: no intake); set publishNotReadyAddresses", o.Name)
 				}
 			}
@@ -396,9 +399,44 @@ func checkBridge(t *testing.T, d *appsv1.Deployment, c corev1.Container, volumes
 	if !ok {
 		t.Fatalf("ConfigMap %s has no %s", cm.Name, filepath.Base(c.Args[2]))
 	}
+	// The config reads the container's environment: literal values, and
+	// the node's address from the downward API (a documentation address).
+	const nodeIP = "192.0.2.1"
+	for _, e := range c.Env {
+		switch {
+		case e.ValueFrom != nil && e.ValueFrom.FieldRef != nil && e.ValueFrom.FieldRef.FieldPath == "status.hostIP":
+			t.Setenv(e.Name, nodeIP)
+		case e.ValueFrom == nil:
+			t.Setenv(e.Name, e.Value)
+		}
+	}
 	cfg, err := config.Parse([]byte(raw))
 	if err != nil {
 		t.Fatalf("ConfigMap %s: edgebridge validate: %v", cm.Name, err)
+	}
+	if w := cfg.Warnings(); len(w) > 0 {
+		t.Errorf("ConfigMap %s: validate warns: %q", cm.Name, w)
+	}
+	if cfg.EmbeddedMQTT() {
+		// Secure by default: devices only over TLS, each with a login, on
+		// ports the container declares, with the node's address in the
+		// server certificate.
+		e := cfg.MQTT.EmbeddedTLS
+		if !cfg.MQTT.AuthEnabled() || e.Listen == "" || e.CertListen == "" || cfg.MQTT.EmbeddedAllowInsecure {
+			t.Errorf("ConfigMap %s: devices must log in over TLS (embedded_auth, embedded_tls.listen and cert_listen, not embedded_allow_insecure)", cm.Name)
+		}
+		if cfg.MQTT.EmbeddedAuth.PasswordFile != filepath.Join(cfg.Kafka.DataDir, "site/passwd") {
+			t.Errorf("ConfigMap %s: embedded_auth.password_file %s, want kafka.data_dir/site/passwd (where edgebridge device add writes)", cm.Name, cfg.MQTT.EmbeddedAuth.PasswordFile)
+		}
+		if !slices.Contains(e.Names, nodeIP) {
+			t.Errorf("ConfigMap %s: embedded_tls.names %q lack the node's address (downward API status.hostIP)", cm.Name, e.Names)
+		}
+		for _, l := range []string{e.Listen, e.CertListen} {
+			_, port, _ := net.SplitHostPort(l)
+			if !slices.ContainsFunc(c.Ports, func(p corev1.ContainerPort) bool { return strconv.Itoa(int(p.ContainerPort)) == port }) {
+				t.Errorf("deployment %s: the container does not declare port %s (%s)", d.Name, port, l)
+			}
+		}
 	}
 	grace := time.Duration(*d.Spec.Template.Spec.TerminationGracePeriodSeconds) * time.Second
 	if grace < cfg.Shutdown.DrainTimeout+10*time.Second {

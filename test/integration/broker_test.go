@@ -2,12 +2,20 @@ package integration
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/edgebridge/edgebridge/internal/devicesim"
 )
 
 // edgebridge broker kafka: records acknowledged to a producer survive
@@ -109,5 +117,68 @@ func TestBrokerMQTTSurvivesKill(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatalf("got %d of 10 queued messages after kill -9 and restart", len(seen))
 		}
+	}
+}
+
+// TestBrokerMQTTSecure: `edgebridge broker mqtt` takes the embedded
+// broker's security settings as flags, checked by the bridge's rules: it
+// refuses to take devices in clear text off loopback, makes the site CA
+// and its server certificate, serves devices provisioned with `device add
+// -data` over TLS, and generates the bridge's account into a file the
+// bridge reads (a shared volume when they run in separate containers).
+// Anonymous clients are refused on every listener.
+func TestBrokerMQTTSecure(t *testing.T) {
+	for name, c := range map[string]struct {
+		args []string
+		want string
+	}{
+		"plain off loopback":   {[]string{"-listen", "0.0.0.0:0"}, "-listen: 0.0.0.0:0 takes devices from the network in clear text"},
+		"site CA with no name": {[]string{"-listen", "127.0.0.1:0", "-tls-listen", "127.0.0.1:0"}, "-names: the site CA's certificate needs the names"},
+	} {
+		out, err := exec.Command(bins.edgebridge, append([]string{"broker", "mqtt", "-data", t.TempDir()}, c.args...)...).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("%s: broker mqtt %v: %v\n%s\nwant refused: %q", name, c.args, err, out, c.want)
+		}
+	}
+
+	dir, plain, tlsAddr, certAddr := t.TempDir(), freeAddr(t), freeAddr(t), freeAddr(t)
+	startBroker(t, "mqtt", plain, dir, "-tls-listen", tlsAddr, "-cert-listen", certAddr, "-names", "127.0.0.1")
+	waitFor(t, 10*time.Second, "the TLS listeners", func() bool { return dialable(tlsAddr) && dialable(certAddr) })
+	out, err := exec.Command(bins.edgebridge, "device", "add", "term-0001", "-data", dir).CombinedOutput()
+	_, pw, ok := strings.Cut(strings.TrimSpace(string(out)), "(shown only now): ")
+	if err != nil || !ok {
+		t.Fatalf("device add: %v\n%s", err, out)
+	}
+	caFile := filepath.Join(dir, "site", "ca.pem")
+	caPEM, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	for name, o := range map[string]*paho.ClientOptions{
+		"anonymous, loopback": paho.NewClientOptions().AddBroker("tcp://" + plain),
+		"anonymous, TLS":      paho.NewClientOptions().AddBroker("ssl://" + tlsAddr).SetTLSConfig(&tls.Config{RootCAs: roots}),
+		"no certificate":      paho.NewClientOptions().AddBroker("ssl://" + certAddr).SetTLSConfig(&tls.Config{RootCAs: roots}),
+	} {
+		c := paho.NewClient(o.SetClientID("stranger").SetConnectTimeout(5 * time.Second))
+		if tok := c.Connect(); tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+			c.Disconnect(0)
+			t.Errorf("%s: connected, want refused", name)
+		}
+	}
+
+	pay := startPaymentd(t, freeAddr(t), t.TempDir()+"/ledger.jsonl")
+	cfgPath, admin := writeBridgeConfig(t, bridgeOpts{mqtt: "ssl://" + tlsAddr, kafka: "embedded", backend: pay.addr,
+		mqttExtra: fmt.Sprintf("  username: edgebridge\n  password_file: %s\n  tls: {enabled: true, ca_file: %s}\n",
+			filepath.Join(dir, "site", "bridge.password"), caFile)})
+	startBridge(t, cfgPath, admin)
+	res, err := devicesim.Run(withTimeout(t, 2*time.Minute), devicesim.Config{Broker: "ssl://" + tlsAddr, Devices: 1, Requests: 20,
+		DevicePrefix: "term", Drain: time.Minute,
+		Connect: func(string) devicesim.Conn {
+			return devicesim.Conn{Username: "term-0001", Password: pw, TLS: &tls.Config{RootCAs: roots}}
+		}}, nil)
+	if err != nil || res.Replied != 20 {
+		t.Fatalf("term-0001 through broker mqtt over TLS: %d of 20 replied, %v", res.Replied, err)
 	}
 }

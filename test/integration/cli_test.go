@@ -32,13 +32,19 @@ func TestValidateCommand(t *testing.T) {
 			t.Errorf("output does not list %s:\n%s", want, out)
 		}
 	}
-	// An insecure listener is valid: a warning, exit 0.
+	// A plain listener on the network is refused unless the config says
+	// it accepts the risk; then it is valid, with a warning (exit 0).
 	open := filepath.Join(dir, "open.yaml")
 	os.WriteFile(open, []byte("mqtt:\n  embedded_listen: 0.0.0.0:1883\n"), 0o644)
 	out, err = exec.Command(bins.edgebridge, "validate", "-config", open).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "mqtt.embedded_listen: 0.0.0.0:1883 takes devices from the network in clear text") {
+		t.Errorf("validate of an open listener: %v, want refused:\n%s", err, out)
+	}
+	os.WriteFile(open, []byte("mqtt:\n  embedded_listen: 0.0.0.0:1883\n  embedded_allow_insecure: true\n"), 0o644)
+	out, err = exec.Command(bins.edgebridge, "validate", "-config", open).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "warning: mqtt.embedded_listen 0.0.0.0:1883: any client on the network connects without a login") ||
 		!strings.Contains(string(out), "config ok") {
-		t.Errorf("validate of an open listener: %v, want exit 0 and a warning:\n%s", err, out)
+		t.Errorf("validate of an open listener allowed insecure: %v, want exit 0 and a warning:\n%s", err, out)
 	}
 	// One typo and a bad value: both reported, each with its line.
 	typo := filepath.Join(dir, "typo.yaml")

@@ -18,6 +18,7 @@ import (
 	"crypto/pbkdf2"
 	"crypto/rand"
 	"crypto/sha512"
+	"crypto/subtle"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -28,6 +29,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -106,6 +108,39 @@ func HashPassword(password []byte) (string, error) {
 	return fmt.Sprintf("$7$%d$%s$%s", iterations, base64.StdEncoding.EncodeToString(salt), base64.StdEncoding.EncodeToString(key)), nil
 }
 
+// VerifyPassword checks password against a mosquitto_passwd hash:
+// $7$<iterations>$<salt>$<PBKDF2-SHA512> or $6$<salt>$<SHA-512(password salt)>,
+// salt and hash in base64.
+func VerifyPassword(hash string, password []byte) bool {
+	f := strings.Split(hash, "$")
+	var want, got []byte
+	switch {
+	case len(f) == 5 && f[1] == "7":
+		iter, err1 := strconv.Atoi(f[2])
+		salt, err2 := base64.StdEncoding.DecodeString(f[3])
+		w, err3 := base64.StdEncoding.DecodeString(f[4])
+		if errors.Join(err1, err2, err3) != nil || iter < 1 || len(w) == 0 {
+			return false
+		}
+		k, err := pbkdf2.Key(sha512.New, string(password), salt, iter, len(w))
+		if err != nil {
+			return false
+		}
+		want, got = w, k
+	case len(f) == 4 && f[1] == "6":
+		salt, err1 := base64.StdEncoding.DecodeString(f[2])
+		w, err2 := base64.StdEncoding.DecodeString(f[3])
+		if errors.Join(err1, err2) != nil {
+			return false
+		}
+		sum := sha512.Sum512(append(append([]byte{}, password...), salt...))
+		want, got = w, sum[:]
+	default:
+		return false
+	}
+	return subtle.ConstantTimeCompare(want, got) == 1
+}
+
 // AddPassword gives device id a password: only its hash is stored.
 func (r *Registry) AddPassword(id string, password []byte) error {
 	if err := siteca.ValidDeviceID(id); err != nil {
@@ -127,6 +162,22 @@ func (r *Registry) AddPassword(id string, password []byte) error {
 			return ErrExists
 		}
 		lines[id] = hash
+		return r.writePasswords(lines)
+	})
+}
+
+// SetAccount gives user, an account that is not a device (the bridge's
+// own on a Mosquitto broker, siteca.BridgeUser), password, unless its
+// entry already holds it.
+func (r *Registry) SetAccount(user string, password []byte) error {
+	return r.locked(func() error {
+		lines, err := r.passwords()
+		if err != nil || VerifyPassword(lines[user], password) {
+			return err
+		}
+		if lines[user], err = HashPassword(password); err != nil {
+			return err
+		}
 		return r.writePasswords(lines)
 	})
 }
@@ -219,6 +270,9 @@ func (r *Registry) List() ([]Device, error) {
 	}
 	var out []Device
 	for id := range lines {
+		if id == siteca.BridgeUser {
+			continue // the bridge, not a device
+		}
 		out = append(out, Device{ID: id, Kind: "password"})
 	}
 	for _, c := range certs {
@@ -232,12 +286,13 @@ func (r *Registry) List() ([]Device, error) {
 	return out, nil
 }
 
-// Refresh signs the CRL again (a new NextUpdate) if there is one: the
-// process serving MQTT calls it daily.
+// Refresh signs the CRL again (a new NextUpdate), an empty one when
+// nothing is revoked (Mosquitto's crlfile must exist): the process
+// serving MQTT, or keeping Mosquitto's files, calls it twice a day.
 func (r *Registry) Refresh() error {
 	return r.locked(func() error {
 		certs, err := r.issued()
-		if err != nil || !slices.ContainsFunc(certs, func(c issued) bool { return !c.Revoked.IsZero() }) {
+		if err != nil {
 			return err
 		}
 		return r.signCRL(certs)

@@ -158,7 +158,7 @@ func TestCertificatesAndRevocation(t *testing.T) {
 func TestInvalidIDsRefused(t *testing.T) {
 	dir, _ := site(t)
 	r := devices.Open(dir)
-	for _, id := range []string{"", "a:b", "a/b", "a b", "#"} {
+	for _, id := range []string{"", "a:b", "a/b", "a b", "#", siteca.BridgeUser} {
 		if err := r.AddPassword(id, []byte("long-enough-password")); err == nil {
 			t.Errorf("AddPassword(%q) accepted", id)
 		}
@@ -168,5 +168,28 @@ func TestInvalidIDsRefused(t *testing.T) {
 		if _, err := r.Remove(id); err == nil {
 			t.Errorf("Remove(%q) accepted", id)
 		}
+	}
+}
+
+// SetAccount writes the bridge's account (not a device) once and keeps
+// it while the password matches; another password replaces the hash.
+func TestSetAccount(t *testing.T) {
+	dir, _ := site(t)
+	r := devices.Open(dir)
+	if err := r.SetAccount(siteca.BridgeUser, []byte("bridge-secret-1")); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(filepath.Join(dir, devices.PasswordFile))
+	if err := r.SetAccount(siteca.BridgeUser, []byte("bridge-secret-1")); err != nil {
+		t.Fatal(err)
+	}
+	if again, _ := os.ReadFile(filepath.Join(dir, devices.PasswordFile)); string(again) != string(before) || !check(t, dir, siteca.BridgeUser, "bridge-secret-1") {
+		t.Fatalf("the same password rewrote the entry:\n%s\n%s", before, again)
+	}
+	if err := r.SetAccount(siteca.BridgeUser, []byte("bridge-secret-2")); err != nil || !check(t, dir, siteca.BridgeUser, "bridge-secret-2") {
+		t.Fatalf("a new password: %v", err)
+	}
+	if list, err := r.List(); err != nil || len(list) != 0 {
+		t.Errorf("List shows the bridge as a device: %+v, %v", list, err)
 	}
 }

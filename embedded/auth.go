@@ -3,17 +3,13 @@ package embedded
 import (
 	"bufio"
 	"bytes"
-	"crypto/pbkdf2"
-	"crypto/sha512"
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +18,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/edgebridge/edgebridge/devices"
 )
 
 // Auth is who may connect to the embedded MQTT broker and what each may
@@ -209,7 +207,7 @@ func (p *passwordFile) check(user string, password []byte) bool {
 	p.mu.Lock()
 	hash, ok := p.users[user]
 	p.mu.Unlock()
-	return ok && verifyPassword(hash, password)
+	return ok && devices.VerifyPassword(hash, password)
 }
 
 // has reports whether user is in the file as last loaded.
@@ -320,37 +318,4 @@ func readPasswordFile(path string) (map[string]string, error) {
 		users[user] = hash
 	}
 	return users, sc.Err()
-}
-
-// verifyPassword checks password against a mosquitto_passwd hash:
-// $7$<iterations>$<salt>$<PBKDF2-SHA512> or $6$<salt>$<SHA-512(password salt)>,
-// salt and hash in base64.
-func verifyPassword(hash string, password []byte) bool {
-	f := strings.Split(hash, "$")
-	var want, got []byte
-	switch {
-	case len(f) == 5 && f[1] == "7":
-		iter, err1 := strconv.Atoi(f[2])
-		salt, err2 := base64.StdEncoding.DecodeString(f[3])
-		w, err3 := base64.StdEncoding.DecodeString(f[4])
-		if errors.Join(err1, err2, err3) != nil || iter < 1 || len(w) == 0 {
-			return false
-		}
-		k, err := pbkdf2.Key(sha512.New, string(password), salt, iter, len(w))
-		if err != nil {
-			return false
-		}
-		want, got = w, k
-	case len(f) == 4 && f[1] == "6":
-		salt, err1 := base64.StdEncoding.DecodeString(f[2])
-		w, err2 := base64.StdEncoding.DecodeString(f[3])
-		if errors.Join(err1, err2) != nil {
-			return false
-		}
-		sum := sha512.Sum512(append(append([]byte{}, password...), salt...))
-		want, got = w, sum[:]
-	default:
-		return false
-	}
-	return subtle.ConstantTimeCompare(want, got) == 1
 }

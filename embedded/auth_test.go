@@ -12,6 +12,8 @@ import (
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/edgebridge/edgebridge/devices"
 )
 
 // Hashes written by mosquitto_passwd itself verify; others do not.
@@ -53,11 +55,11 @@ func TestMosquittoPasswordFile(t *testing.T) {
 	salt := []byte("0123456789ab")
 	sum := sha512.Sum512(append([]byte("old secret"), salt...))
 	old := "$6$" + base64.StdEncoding.EncodeToString(salt) + "$" + base64.StdEncoding.EncodeToString(sum[:])
-	if !verifyPassword(old, []byte("old secret")) || verifyPassword(old, []byte("old secreT")) {
+	if !devices.VerifyPassword(old, []byte("old secret")) || devices.VerifyPassword(old, []byte("old secreT")) {
 		t.Error("$6$ hash not verified as mosquitto_passwd 1.x wrote it")
 	}
 	for _, bad := range []string{"", "plain", "$7$x$y$z", "$7$101$!!$!!", "$5$a$b", "$7$0$AAAA$AAAA"} {
-		if verifyPassword(bad, []byte("")) || verifyPassword(bad, []byte("x")) {
+		if devices.VerifyPassword(bad, []byte("")) || devices.VerifyPassword(bad, []byte("x")) {
 			t.Errorf("malformed hash %q verified", bad)
 		}
 	}

@@ -92,6 +92,13 @@ type Site struct {
 	server *x509.Certificate
 }
 
+// DirMode is the site directory's mode: its owner's group (a site's
+// Mosquitto in another container) may read what is not owner-only.
+const DirMode = 0o750
+
+// serverKeyMode lets that group read the server's key.
+const serverKeyMode = 0o640
+
 // Ensure loads the site's CA and server certificate from cfg.Dir, creating
 // what is missing and renewing the server certificate when due (see the
 // package comment). It reports what it did in made: "ca", "server" (both
@@ -104,7 +111,13 @@ func Ensure(cfg Config) (s *Site, made string, err error) {
 	if len(cfg.Names) == 0 {
 		return nil, "", errors.New("siteca: no names for the server certificate (the addresses devices dial)")
 	}
-	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+	// The directory and the server's key are readable by the owner's
+	// group: a site's Mosquitto, in another container, reads them as a
+	// member of it (the CA's key stays the owner's only).
+	if err := os.MkdirAll(cfg.Dir, DirMode); err != nil {
+		return nil, "", fmt.Errorf("siteca: %w", err)
+	}
+	if err := os.Chmod(cfg.Dir, DirMode); err != nil {
 		return nil, "", fmt.Errorf("siteca: %w", err)
 	}
 	unlock, err := Lock(cfg.Dir)
@@ -134,6 +147,9 @@ func Ensure(cfg Config) (s *Site, made string, err error) {
 		if made == "" {
 			made = "renewed"
 		}
+	}
+	if err := os.Chmod(filepath.Join(cfg.Dir, ServerKey), serverKeyMode); err != nil { // made 0600 before
+		return nil, "", fmt.Errorf("siteca: %w", err)
 	}
 	return s, made, nil
 }
@@ -276,7 +292,7 @@ func (s *Site) makeServer() error {
 	}
 	// The key first: a certificate read with the old key fails one
 	// handshake; the broker reads both again on the next.
-	if err := WriteFile(filepath.Join(s.cfg.Dir, ServerKey), keyPEM, 0o600); err != nil {
+	if err := WriteFile(filepath.Join(s.cfg.Dir, ServerKey), keyPEM, serverKeyMode); err != nil {
 		return err
 	}
 	if err := WriteFile(filepath.Join(s.cfg.Dir, ServerFile), certPEM, 0o644); err != nil {
@@ -300,10 +316,18 @@ func (s *Site) SignCRL(tmpl *x509.RevocationList) ([]byte, error) {
 // level must not hold + # /.
 var deviceID = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
 
+// BridgeUser is the bridge's own MQTT account on the site's broker (the
+// shipped Mosquitto ACL gives it every request and reply): no device may
+// be provisioned under it.
+const BridgeUser = "edgebridge"
+
 // ValidDeviceID refuses ids a device cannot be provisioned under.
 func ValidDeviceID(id string) error {
 	if !deviceID.MatchString(id) {
 		return fmt.Errorf("siteca: device id %q: want 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit", clip(id))
+	}
+	if id == BridgeUser {
+		return fmt.Errorf("siteca: device id %q is the bridge's own account", id)
 	}
 	return nil
 }

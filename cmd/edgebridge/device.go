@@ -71,7 +71,7 @@ func deviceCmd(args []string, stdin io.Reader, stdout io.Writer) error {
 			}
 			pw = strings.TrimRight(line, "\r\n")
 		}
-		if err := os.MkdirAll(dir, 0o700); err != nil {
+		if err := os.MkdirAll(dir, siteca.DirMode); err != nil {
 			return err
 		}
 		if err := r.AddPassword(id, []byte(pw)); err != nil {

@@ -10,6 +10,7 @@
 //	edgebridge backend-check -target ADDR  check a backend against the Delivery contract
 //	edgebridge status [-admin URL]    a live view of one bridge (/status)
 //	edgebridge site ca [-config FILE] print the site CA certificate devices trust
+//	edgebridge site mosquitto -names LIST  keep a site Mosquitto's certificate, CRL and bridge account
 //	edgebridge device add|cert|remove|list  provision devices (passwords, certificates)
 //	edgebridge version
 package main
@@ -86,6 +87,9 @@ func usage() {
                                      check a backend against the Delivery contract (docs/BACKEND.md)
   edgebridge site ca [-config FILE | -data DIR]
                                      print the site CA certificate devices must trust
+  edgebridge site mosquitto -names LIST [-once] [-config FILE | -data DIR]
+                                     keep the files a site's Mosquitto reads (site CA, its server
+                                     certificate, the CRL, the bridge's account), renewed
   edgebridge device add|cert|remove|list [ID] [-config FILE | -data DIR]
                                      provision devices: a password (printed once), a certificate
                                      from the site CA (-csr: for the device's own key), removal

@@ -23,6 +23,7 @@ import (
 	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/internal/tlsfiles"
 	"github.com/edgebridge/edgebridge/mqttin"
+	"github.com/edgebridge/edgebridge/siteca"
 	"github.com/edgebridge/edgebridge/tracing"
 )
 
@@ -209,7 +210,7 @@ func embeddedMQTTConfig(cfg config.Config, log *slog.Logger, bridgePassword stri
 		}
 		user, password := cfg.MQTT.Username, bridgePassword
 		if user == "" {
-			user = "edgebridge"
+			user = siteca.BridgeUser
 		}
 		mc.Auth = &embedded.Auth{PasswordFile: cfg.MQTT.EmbeddedAuth.PasswordFile, BridgeUser: user, BridgePassword: password}
 		opts = append(opts, bridge.WithMQTTCredentials(user, func() (string, error) { return password, nil }))
@@ -219,7 +220,7 @@ func embeddedMQTTConfig(cfg config.Config, log *slog.Logger, bridgePassword stri
 		files := tlsfiles.Files{CAFile: t.ClientCAFile, CertFile: t.CertFile, KeyFile: t.KeyFile}
 		if t.CertFile == "" { // no certificate of the user's: the site CA's
 			var err error
-			if site, err = ensureSiteIdentity(cfg.Kafka.DataDir, t.Names, log); err != nil {
+			if site, err = ensureSiteIdentity(siteDir(cfg.Kafka.DataDir), t.Names, log); err != nil {
 				return mc, nil, nil, fmt.Errorf("mqtt.embedded_tls: %w", err)
 			}
 			files.CertFile, files.KeyFile = site.site.ServerFiles()

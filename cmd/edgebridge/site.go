@@ -7,8 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/edgebridge/edgebridge/config"
@@ -44,15 +48,29 @@ func siteFlags(fs *flag.FlagSet) func() (string, *config.Config, error) {
 	}
 }
 
-// siteCmd runs `edgebridge site ca`: it prints the CA certificate devices
-// must trust, from the data directory of the process that serves MQTT.
+const siteUsage = `usage:
+  edgebridge site ca [-config FILE | -data DIR]
+      print the site CA certificate devices must trust
+  edgebridge site mosquitto -names LIST [-once] [-config FILE | -data DIR]
+      keep the files a site's Mosquitto reads in the site directory`
+
+// siteCmd runs `edgebridge site ca|mosquitto`.
 func siteCmd(args []string) error {
-	if len(args) == 0 || args[0] != "ca" {
-		return errors.New("site: usage: edgebridge site ca [-config FILE | -data DIR]")
+	switch {
+	case len(args) > 0 && args[0] == "ca":
+		return siteCACmd(args[1:])
+	case len(args) > 0 && args[0] == "mosquitto":
+		return siteMosquittoCmd(args[1:])
 	}
+	return errors.New("site: " + siteUsage)
+}
+
+// siteCACmd runs `edgebridge site ca`: it prints the CA certificate devices
+// must trust, from the data directory of the process that serves MQTT.
+func siteCACmd(args []string) error {
 	fs := flag.NewFlagSet("site ca", flag.ContinueOnError)
 	site := siteFlags(fs)
-	if err := fs.Parse(args[1:]); err != nil {
+	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	dir, _, err := site()
@@ -67,7 +85,52 @@ func siteCmd(args []string) error {
 	return err
 }
 
-// siteIdentity is the embedded broker's TLS certificate from the site CA,
+// siteMosquittoCmd runs `edgebridge site mosquitto`: for a site whose
+// devices connect to Mosquitto, it makes and keeps the files Mosquitto
+// reads in the site directory, as the embedded broker's process does for
+// itself: the site CA, Mosquitto's server certificate for -names (renewed
+// before it expires), the CRL (signed again twice a day) and the bridge's
+// account (a password generated into bridge.password, for the bridge's
+// mqtt.password_file, and its hash in passwd next to the devices'). It
+// runs until SIGINT or SIGTERM, beside Mosquitto (a sidecar); Mosquitto's
+// start script (first-start.sh) reloads it when the files change.
+func siteMosquittoCmd(args []string) error {
+	fs := flag.NewFlagSet("site mosquitto", flag.ContinueOnError)
+	site := siteFlags(fs)
+	names := fs.String("names", "", "comma-separated names and addresses devices dial, for Mosquitto's server certificate (required)")
+	once := fs.Bool("once", false, "make or renew the files, then exit instead of keeping them renewed")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	dir, _, err := site()
+	if err != nil {
+		return err
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	id, err := ensureSiteIdentity(dir, strings.Split(*names, ","), log)
+	if err != nil {
+		return err
+	}
+	pwFile := filepath.Join(dir, bridgePasswordFile)
+	pw, err := generatedSecret(pwFile)
+	if err != nil {
+		return fmt.Errorf("site mosquitto: the bridge's password: %w", err)
+	}
+	if err := devices.Open(dir).SetAccount(siteca.BridgeUser, []byte(pw)); err != nil {
+		return fmt.Errorf("site mosquitto: the bridge's account: %w", err)
+	}
+	log.Info("edgebridge: site files ready for Mosquitto", "dir", dir, "bridge_user", siteca.BridgeUser, "bridge_password_file", pwFile,
+		"server_cert_not_after", id.expiry())
+	if *once {
+		return nil
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	id.keep(ctx)
+	return nil
+}
+
+// siteIdentity is the MQTT broker's TLS certificate from the site CA,
 // renewed while the process runs.
 type siteIdentity struct {
 	cfg      siteca.Config
@@ -76,10 +139,11 @@ type siteIdentity struct {
 	notAfter atomic.Int64 // Unix seconds
 }
 
-// ensureSiteIdentity makes or loads the site CA and a current server
-// certificate for names in dataDir.
-func ensureSiteIdentity(dataDir string, names []string, log *slog.Logger) (*siteIdentity, error) {
-	id := &siteIdentity{cfg: siteca.Config{Dir: siteDir(dataDir), Names: names}, log: log}
+// ensureSiteIdentity makes or loads the site CA in the site directory dir
+// and a current server certificate for names (empty ones dropped).
+func ensureSiteIdentity(dir string, names []string, log *slog.Logger) (*siteIdentity, error) {
+	names = slices.DeleteFunc(names, func(n string) bool { return strings.TrimSpace(n) == "" })
+	id := &siteIdentity{cfg: siteca.Config{Dir: dir, Names: names}, log: log}
 	if err := id.ensure(); err != nil {
 		return nil, err
 	}

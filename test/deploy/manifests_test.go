@@ -248,8 +248,9 @@ func checkRendered(t *testing.T, objs []runtime.Object) {
 	bridges := 0
 	var bridgeCfg *config.Config
 	type site struct {
-		c       corev1.Container
-		volumes map[string]corev1.Volume
+		c          corev1.Container
+		volumes    map[string]corev1.Volume
+		containers []corev1.Container // of its pod
 	}
 	var mosquittos []site
 	for _, d := range deployments {
@@ -290,7 +291,7 @@ func checkRendered(t *testing.T, objs []runtime.Object) {
 				bridgeCfg = checkBridge(t, d, c, volumes, configMaps)
 			}
 			if strings.Contains(c.Image, "eclipse-mosquitto") {
-				mosquittos = append(mosquittos, site{c, volumes})
+				mosquittos = append(mosquittos, site{c, volumes, pod.Containers})
 			}
 		}
 	}
@@ -299,6 +300,7 @@ func checkRendered(t *testing.T, objs []runtime.Object) {
 	}
 	for _, m := range mosquittos {
 		checkFirstStart(t, m.c, m.volumes, configMaps, bridgeCfg)
+		checkSiteFiles(t, m.c, m.volumes, m.containers, bridgeCfg)
 	}
 }
 
@@ -330,6 +332,51 @@ func checkFirstStart(t *testing.T, c corev1.Container, volumes map[string]corev1
 	}
 }
 
+// checkSiteFiles: a site Mosquitto reads the site directory from the
+// volume where a sidecar in its pod keeps it (`edgebridge site mosquitto
+// -data DIR -names ...`), and the bridge in that pod logs in on the
+// loopback listener with the account the sidecar generates.
+func checkSiteFiles(t *testing.T, c corev1.Container, volumes map[string]corev1.Volume, pod []corev1.Container, bridge *config.Config) {
+	var siteVolume string
+	for _, m := range c.VolumeMounts {
+		if m.MountPath == "/edgebridge" && m.ReadOnly {
+			siteVolume = m.Name
+		}
+	}
+	var keeper *corev1.Container
+	for i, k := range pod {
+		if len(k.Args) > 2 && k.Args[0] == "site" && k.Args[1] == "mosquitto" {
+			keeper = &pod[i]
+		}
+	}
+	if siteVolume == "" || keeper == nil {
+		t.Fatalf("mosquitto: want the site directory's volume mounted read-only at /edgebridge (%q) and a site mosquitto sidecar in the pod (%v)", siteVolume, keeper != nil)
+	}
+	data := ""
+	for i, a := range keeper.Args {
+		if a == "-data" && i+1 < len(keeper.Args) {
+			data = keeper.Args[i+1]
+		}
+	}
+	mounted := false
+	for _, m := range keeper.VolumeMounts {
+		mounted = mounted || (m.Name == siteVolume && m.MountPath == data && !m.ReadOnly)
+	}
+	if !mounted || !slices.Contains(keeper.Args, "-names") {
+		t.Errorf("site sidecar %v: want -data on the volume Mosquitto reads (%s), writable, and -names", keeper.Args, siteVolume)
+	}
+	if bridge == nil {
+		return
+	}
+	if bridge.MQTT.Broker != "tcp://127.0.0.1:1883" || bridge.MQTT.Username != "edgebridge" || bridge.MQTT.PasswordFile != filepath.Join(data, "site", "bridge.password") {
+		t.Errorf("bridge mqtt: broker %s, username %q, password_file %s; want Mosquitto's loopback listener tcp://127.0.0.1:1883 as edgebridge with %s/site/bridge.password",
+			bridge.MQTT.Broker, bridge.MQTT.Username, bridge.MQTT.PasswordFile, data)
+	}
+	if bridge.Kafka.DataDir != data {
+		t.Errorf("the bridge's kafka.data_dir %s is not the sidecar's -data %s", bridge.Kafka.DataDir, data)
+	}
+}
+
 // checkAround: the bridge's pod has a PodDisruptionBudget, a Service on
 // its admin port (metrics) and, with netpol, a NetworkPolicy — what README
 // "Deploy" promises; a Service on its MQTT port routes to it while it is
@@ -353,6 +400,14 @@ func checkAround(t *testing.T, objs []runtime.Object, netpol bool) {
 		return len(sel) > 0 && labels.SelectorFromSet(sel).Matches(podLabels)
 	}
 	var pdb, metrics, policy bool
+	portOf := map[string]int32{} // the pod's container ports by name
+	for _, c := range bridge.Spec.Template.Spec.Containers {
+		for _, p := range c.Ports {
+			portOf[p.Name] = p.ContainerPort
+		}
+	}
+	devicePorts := map[int32]bool{} // what Services route to devices
+	admitted := map[int32]bool{}    // what a NetworkPolicy admits from anywhere
 	for _, o := range objs {
 		switch o := o.(type) {
 		case *policyv1.PodDisruptionBudget:
@@ -362,12 +417,27 @@ func checkAround(t *testing.T, objs []runtime.Object, netpol bool) {
 				metrics = metrics || (selects(o.Spec.Selector) && p.TargetPort.String() == "admin")
 				// The bridge is not ready while no backend stream is up, and
 				// devices must reach its MQTT broker all the same.
-				if selects(o.Spec.Selector) && strings.HasPrefix(p.TargetPort.String(), "mqtt") && !o.Spec.PublishNotReadyAddresses {
-					t.Errorf("Service %s routes devices to the bridge only while it is ready (no backend: no intake); set publishNotReadyAddresses", o.Name)
+				if selects(o.Spec.Selector) && strings.HasPrefix(p.TargetPort.String(), "mqtt") {
+					if !o.Spec.PublishNotReadyAddresses {
+						t.Errorf("Service %s routes devices to the bridge only while it is ready (no backend: no intake); set publishNotReadyAddresses", o.Name)
+					}
+					if portOf[p.TargetPort.String()] == 0 {
+						t.Errorf("Service %s targets port %s, which no container of the pod names", o.Name, p.TargetPort.String())
+					}
+					devicePorts[portOf[p.TargetPort.String()]] = true
 				}
 			}
 		case *networkingv1.NetworkPolicy:
-			policy = policy || selects(o.Spec.PodSelector.MatchLabels)
+			if selects(o.Spec.PodSelector.MatchLabels) {
+				policy = true
+				for _, rule := range o.Spec.Ingress {
+					for _, p := range rule.Ports {
+						if len(rule.From) == 0 && p.Port != nil {
+							admitted[p.Port.IntVal] = true
+						}
+					}
+				}
+			}
 		}
 	}
 	if !pdb {
@@ -378,6 +448,11 @@ func checkAround(t *testing.T, objs []runtime.Object, netpol bool) {
 	}
 	if netpol && !policy {
 		t.Errorf("no NetworkPolicy selects the bridge's pod")
+	}
+	for port := range devicePorts {
+		if policy && !admitted[port] {
+			t.Errorf("the NetworkPolicy does not admit devices on port %d, where a Service routes them", port)
+		}
 	}
 }
 
@@ -480,19 +555,28 @@ func checkBridge(t *testing.T, d *appsv1.Deployment, c corev1.Container, volumes
 	return &cfg
 }
 
-// TestSiteMosquittoConf: the site broker's mosquitto.conf (k3s and
-// docker-compose.upstream.yml) is the shipped one with only the listener
-// and the persistence folder changed.
+// TestSiteMosquittoConf: the site broker's mosquitto.conf (K3s and
+// docker-compose.upstream.yml) is the shipped production one with the
+// files of the site directory (mounted at /edgebridge/site) and a loopback
+// listener for the bridge, and its ACL is the shipped one.
 func TestSiteMosquittoConf(t *testing.T) {
 	raw, err := os.ReadFile(filepath.Join(repo, "deploy/k3s/site-mosquitto/mosquitto.conf"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := strings.NewReplacer("listener 1883 127.0.0.1\n", "listener 1883\n",
-		"persistence_location /var/lib/mosquitto/\n", "persistence_location /mosquitto/data/\n").Replace(mosquitto.Shipped)
+	want := strings.NewReplacer(
+		"allow_anonymous false\n", "allow_anonymous false\nlistener 1883 127.0.0.1\n",
+		"/mosquitto/certs/device-ca.pem\n", "/edgebridge/site/ca.pem\n",
+		"/mosquitto/certs/", "/edgebridge/site/",
+		"password_file /mosquitto/config/passwd\n", "password_file /edgebridge/site/passwd\n",
+	).Replace(mosquitto.ShippedProduction)
 	if got, want := settings(string(raw)), settings(want); !reflect.DeepEqual(got, want) {
-		t.Errorf("site mosquitto.conf settings:\n%s\nwant (shipped, listening on all interfaces, data in /mosquitto/data):\n%s",
+		t.Errorf("site mosquitto.conf settings:\n%s\nwant (production, with the site directory's files and a loopback listener):\n%s",
 			strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	acl, err := os.ReadFile(filepath.Join(repo, "deploy/k3s/site-mosquitto/acl"))
+	if err != nil || string(acl) != mosquitto.ShippedACL {
+		t.Errorf("deploy/k3s/site-mosquitto/acl differs from deploy/mosquitto/acl (%v)", err)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -37,9 +38,10 @@ func mosquittoFirstStart(t *testing.T, script bool) {
 	}
 	if script {
 		_, firstPort, _ := net.SplitHostPort(freeAddr(t))
-		startEnv(t, []string{"EDGEBRIDGE_CLIENT_ID=" + clientID, "EDGEBRIDGE_SUBSCRIBE=payment/request/+",
+		sh := startEnv(t, []string{"EDGEBRIDGE_CLIENT_ID=" + clientID, "EDGEBRIDGE_SUBSCRIBE=payment/request/+", "EDGEBRIDGE_SITE=none",
 			"MOSQUITTO_CONF=" + conf, "MOSQUITTO_DATA=" + dir, "MOSQUITTO_FIRST_PORT=" + firstPort},
 			"sh", "../../deploy/k3s/site-mosquitto/first-start.sh")
+		t.Cleanup(func() { stopScript(t, sh) })
 	} else {
 		start(t, "mosquitto", "-c", conf)
 	}
@@ -93,4 +95,13 @@ func mosquittoFirstStart(t *testing.T, script bool) {
 			received, counters.Replied.Load())
 	}
 	t.Logf("without first-start.sh Mosquitto PUBACKed %d requests before the bridge connected and discarded them", counters.Acked.Load())
+}
+
+// stopScript stops first-start.sh as a container engine does, with
+// SIGTERM, and fails t unless it passes the signal on to Mosquitto and
+// exits (a SIGKILL of the script alone would leave Mosquitto running).
+func stopScript(t *testing.T, sh *proc) {
+	if err := sh.stop(t, 15*time.Second); err != nil && !strings.Contains(err.Error(), "exit status") {
+		t.Errorf("first-start.sh on SIGTERM: %v\n%s", err, sh.out.String())
+	}
 }

@@ -119,6 +119,9 @@ func startEnv(t testing.TB, env []string, name string, args ...string) *proc {
 	t.Helper()
 	p := &proc{name: filepath.Base(name), cmd: exec.Command(name, args...), out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
+	// A child the process left behind (a script's) may hold the output
+	// pipe: Wait gives up on it this long after the process exits.
+	p.cmd.WaitDelay = 5 * time.Second
 	if env != nil {
 		p.cmd.Env = append(os.Environ(), env...)
 	}

@@ -50,6 +50,9 @@ func startSite(t *testing.T, passwords map[string]string) *site {
 	if _, err := s.deviceCA.WriteCA(s.dir, "device-ca"); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := s.deviceCA.WriteCRL(s.dir, "crl"); err != nil {
+		t.Fatal(err)
+	}
 	cert, key, err := s.serverCA.Server("mosquitto")
 	if err != nil {
 		t.Fatal(err)

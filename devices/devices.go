@@ -7,6 +7,7 @@
 //	              the embedded broker and Mosquitto read it at each login
 //	issued.json   the client certificates the site CA issued: id, serial, dates, revoked
 //	crl.pem       the site CA's revocation list of the revoked ones
+//	seen.json     when the embedded broker last saw each device (id -> time)
 //
 // Every change takes the directory's lock and replaces files whole, so a
 // broker reading them sees the old or the new content.
@@ -41,6 +42,7 @@ const (
 	PasswordFile = "passwd"
 	IssuedFile   = "issued.json"
 	CRLFile      = "crl.pem"
+	SeenFile     = "seen.json"
 )
 
 // CRLValidity is how long a CRL is current (its NextUpdate). The process
@@ -77,6 +79,37 @@ type Device struct {
 	// NotAfter and Serial of a certificate.
 	NotAfter time.Time
 	Serial   string
+	// LastSeen is when the broker last saw the device logged in, where it
+	// records it (the embedded broker, every 30 seconds); zero: unknown.
+	LastSeen time.Time
+}
+
+// ReadSeen reads a seen.json; a file not there is an empty one.
+func ReadSeen(path string) (map[string]time.Time, error) {
+	seen := map[string]time.Time{}
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return seen, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := json.Unmarshal(raw, &seen); err != nil {
+		return nil, fmt.Errorf("devices: %s: %w", path, err)
+	}
+	return seen, nil
+}
+
+// WriteSeen replaces the seen.json at path.
+func WriteSeen(path string, seen map[string]time.Time) error {
+	raw, err := json.Marshal(seen)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), siteca.DirMode); err != nil {
+		return err
+	}
+	return siteca.WriteFile(path, append(raw, '\n'), 0o644)
 }
 
 // issued is one certificate in issued.json.
@@ -268,16 +301,20 @@ func (r *Registry) List() ([]Device, error) {
 	if err != nil {
 		return nil, err
 	}
+	seen, err := ReadSeen(filepath.Join(r.dir, SeenFile))
+	if err != nil {
+		return nil, err
+	}
 	var out []Device
 	for id := range lines {
 		if id == siteca.BridgeUser {
 			continue // the bridge, not a device
 		}
-		out = append(out, Device{ID: id, Kind: "password"})
+		out = append(out, Device{ID: id, Kind: "password", LastSeen: seen[id]})
 	}
 	for _, c := range certs {
 		if c.Revoked.IsZero() {
-			out = append(out, Device{ID: c.ID, Kind: "certificate", Created: c.Created, NotAfter: c.NotAfter, Serial: c.Serial})
+			out = append(out, Device{ID: c.ID, Kind: "certificate", Created: c.Created, NotAfter: c.NotAfter, Serial: c.Serial, LastSeen: seen[c.ID]})
 		}
 	}
 	slices.SortFunc(out, func(a, b Device) int {

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"strings"
@@ -35,6 +36,46 @@ type Auth struct {
 	// BridgeUser and BridgePassword are the bridge's account, kept in
 	// memory only.
 	BridgeUser, BridgePassword string
+	// SeenFile, if set, records when the broker last saw each device
+	// logged in (devices.SeenFile: what `edgebridge device list` shows),
+	// written at most every seenInterval and when the broker closes.
+	SeenFile string
+}
+
+// seenInterval is how often the last-seen times are written.
+const seenInterval = 30 * time.Second
+
+// seenLog is when each device was last seen logged in.
+type seenLog struct {
+	mu    sync.Mutex
+	at    map[string]time.Time
+	dirty bool
+}
+
+func (l *seenLog) mark(id string, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.at == nil {
+		l.at = map[string]time.Time{}
+	}
+	now = now.Truncate(time.Second).UTC()
+	if !l.at[id].Equal(now) {
+		l.at[id], l.dirty = now, true
+	}
+}
+
+// flush writes the times to path if they changed since the last write.
+func (l *seenLog) flush(path string) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.dirty {
+		return nil
+	}
+	if err := devices.WriteSeen(path, l.at); err != nil {
+		return err
+	}
+	l.dirty = false
+	return nil
 }
 
 // certListener is the id of the listener whose clients are identified by
@@ -47,6 +88,7 @@ type authHook struct {
 	auth Auth
 	pw   passwordFile
 	fail failures
+	seen seenLog
 }
 
 // After maxLoginFailures failed logins for one username from one address
@@ -138,6 +180,9 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		return false
 	}
 	if h.authenticate(cl, pk) {
+		if !bridge && h.auth.SeenFile != "" {
+			h.seen.mark(string(cl.Properties.Username), now)
+		}
 		return true
 	}
 	h.fail.failed(key, now)
@@ -263,14 +308,31 @@ var errCertRevoked = errors.New("embedded: the device's certificate was revoked"
 // whose certificate revoked (revoked, may be nil): edgebridge device
 // remove. Their next login is refused anyway; they must not keep a
 // connection opened before.
-func (h *authHook) watchIdentities(s *mqtt.Server, revoked func(*x509.Certificate) bool, stop <-chan struct{}) {
+//
+// It also marks every device connected as seen, and writes the last-seen
+// times (Auth.SeenFile) every seenInterval and when stop is closed.
+func (h *authHook) watchIdentities(s *mqtt.Server, revoked func(*x509.Certificate) bool, stop <-chan struct{}, log *slog.Logger) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	lastFlush := time.Now()
+	flush := func() {
+		if h.auth.SeenFile == "" {
+			return
+		}
+		if err := h.seen.flush(h.auth.SeenFile); err != nil {
+			log.Warn("embedded: mqtt: cannot record when devices were last seen", "file", h.auth.SeenFile, "err", err)
+		}
+		lastFlush = time.Now()
+	}
+	defer flush()
 	for {
 		select {
 		case <-stop:
 			return
-		case <-t.C:
+		case now := <-t.C:
+			if now.Sub(lastFlush) >= seenInterval {
+				flush()
+			}
 		}
 		pwChanged := false
 		if h.pw.path != "" {
@@ -281,6 +343,9 @@ func (h *authHook) watchIdentities(s *mqtt.Server, revoked func(*x509.Certificat
 			user := string(cl.Properties.Username)
 			if cl.Net.Inline || user == "" || user == h.auth.BridgeUser || cl.Closed() {
 				continue
+			}
+			if h.auth.SeenFile != "" {
+				h.seen.mark(user, time.Now())
 			}
 			if cl.Net.Listener == certListener {
 				if tc, ok := cl.Net.Conn.(*tls.Conn); ok && revoked != nil {

@@ -139,3 +139,45 @@ func TestLoginFailuresLimited(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// The broker records when each device was last seen logged in: written
+// when it closes (and every 30 s), read back by `edgebridge device list`
+// through package devices; the bridge's own account is not a device.
+func TestLastSeenRecorded(t *testing.T) {
+	dir := t.TempDir()
+	reg := devices.Open(dir)
+	if err := reg.AddPassword("term-1", []byte("term-1-password")); err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.AddPassword("term-2", []byte("term-2-password")); err != nil {
+		t.Fatal(err)
+	}
+	seenFile := filepath.Join(dir, devices.SeenFile)
+	m, err := ListenMQTT(MQTTConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir(),
+		Auth: &Auth{PasswordFile: filepath.Join(dir, devices.PasswordFile), BridgeUser: "edgebridge", BridgePassword: "bridge-secret", SeenFile: seenFile}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	before := time.Now().Add(-time.Second)
+	for user, pw := range map[string]string{"term-1": "term-1-password", "edgebridge": "bridge-secret"} {
+		c := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + m.Addr()).SetClientID(user + "-probe").
+			SetUsername(user).SetPassword(pw).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
+		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			t.Fatalf("%s: %v", user, tok.Error())
+		}
+		c.Disconnect(0)
+	}
+	m.Close()
+	list, err := reg.List()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]time.Time{}
+	for _, d := range list {
+		seen[d.ID] = d.LastSeen
+	}
+	if seen["term-1"].Before(before) || seen["term-1"].After(time.Now()) || !seen["term-2"].IsZero() || len(seen) != 2 {
+		t.Fatalf("last seen %v; want term-1 just now, term-2 never, the bridge not listed", seen)
+	}
+}

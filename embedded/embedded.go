@@ -277,7 +277,8 @@ type MQTT struct {
 	certAddr      string
 	auth          *authHook // nil without Auth
 	once          sync.Once
-	stop          chan struct{} // closed by Close: ends watchPasswords
+	stop          chan struct{} // closed by Close: ends watchIdentities
+	watching      chan struct{} // closed when watchIdentities has ended; nil without it
 }
 
 // ListenMQTT starts the broker. Sessions (clean session off), subscriptions
@@ -380,8 +381,12 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 		return nil, fmt.Errorf("embedded: mqtt serve: %w", err)
 	}
 	m := &MQTT{s: s, addr: addr, tlsAddr: tlsAddr, certAddr: certAddr, stop: make(chan struct{}), auth: ah}
-	if ah != nil && (ah.pw.path != "" || cfg.Revoked != nil) {
-		go ah.watchIdentities(s, cfg.Revoked, m.stop)
+	if ah != nil && (ah.pw.path != "" || cfg.Revoked != nil || ah.auth.SeenFile != "") {
+		m.watching = make(chan struct{})
+		go func() {
+			defer close(m.watching)
+			ah.watchIdentities(s, cfg.Revoked, m.stop, cfg.Logger)
+		}()
 	}
 	return m, nil
 }
@@ -420,7 +425,15 @@ func (m *MQTT) Retained(topic string) bool {
 }
 
 // Close stops the broker. Safe to call twice.
-func (m *MQTT) Close() { m.once.Do(func() { close(m.stop); _ = m.s.Close() }) }
+func (m *MQTT) Close() {
+	m.once.Do(func() {
+		close(m.stop)
+		_ = m.s.Close()
+		if m.watching != nil {
+			<-m.watching // its last write of the last-seen times
+		}
+	})
+}
 
 // quiet drops mochi's "failed to get data" error, which its storage hook
 // logs on every first start (no $SYS info stored yet).

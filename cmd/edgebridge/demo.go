@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -15,14 +17,16 @@ import (
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/bridge"
 	"github.com/edgebridge/edgebridge/config"
+	"github.com/edgebridge/edgebridge/devices"
 	"github.com/edgebridge/edgebridge/grpcout"
 	"github.com/edgebridge/edgebridge/internal/devicesim"
 	"github.com/edgebridge/edgebridge/payment"
+	"github.com/edgebridge/edgebridge/siteca"
 )
 
 func demoCmd(args []string) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
-	devices := fs.Int("devices", 50, "simulated devices")
+	nDevices := fs.Int("devices", 50, "simulated devices")
 	requests := fs.Int("requests", 100, "requests per device")
 	outstanding := fs.Int("outstanding", 4, "requests in flight per device")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up after this long")
@@ -57,39 +61,56 @@ func demoCmd(args []string) error {
 	go func() { _ = gs.Serve(bln) }()
 	defer gs.Stop()
 
+	// The embedded brokers as shipped: devices over TLS with the site CA's
+	// certificate, each logging in with a password `edgebridge device add`
+	// would give it (package devices writes the same file).
 	cfg := config.Default()
 	cfg.MQTT.EmbeddedListen = "127.0.0.1:0"
+	cfg.MQTT.EmbeddedAuth.PasswordFile = filepath.Join(siteDir(dir), devices.PasswordFile)
+	cfg.MQTT.EmbeddedTLS = config.EmbeddedTLS{Listen: "127.0.0.1:0", Names: []string{"127.0.0.1"}}
 	cfg.Kafka.EmbeddedListen = "127.0.0.1:0"
 	cfg.Kafka.DataDir = dir
 	cfg.Backend.Targets = []string{bln.Addr().String()}
 	cfg.Admin.Listen = "127.0.0.1:0"
+	sim := devicesim.Config{Devices: *nDevices, Requests: *requests, Outstanding: *outstanding}
+	passwords, err := provisionDemoDevices(siteDir(dir), sim)
+	if err != nil {
+		return err
+	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	started := make(chan config.Config, 1)
+	started := make(chan running, 1)
 	bridgeDone := make(chan error, 1)
-	var br *bridge.Bridge
 	go func() {
-		bridgeDone <- runBridge(ctx, cfg, log, func(b *bridge.Bridge, c config.Config) { br = b; started <- c })
+		bridgeDone <- runBridge(ctx, cfg, log, func(r running) { started <- r })
 	}()
-	var live config.Config
+	var live running
 	select {
 	case live = <-started:
 	case err := <-bridgeDone:
 		return fmt.Errorf("demo: bridge did not start: %w", err)
 	}
-	fmt.Printf("edgebridge demo: mqtt %s, backend %s, admin http://%s/metrics\n", live.MQTT.Broker, bln.Addr(), live.Admin.Listen)
-	if err := waitReady(ctx, br, 30*time.Second); err != nil {
+	site, err := siteca.Load(siteDir(dir))
+	if err != nil {
 		return err
 	}
-	fmt.Printf("sending %d devices x %d requests (%d in flight per device)\n", *devices, *requests, *outstanding)
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(site.CAPEM())
+	sim.Broker = "ssl://" + live.deviceTLS
+	sim.Connect = func(id string) devicesim.Conn {
+		return devicesim.Conn{Username: id, Password: passwords[id], TLS: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
+	}
+	fmt.Printf("edgebridge demo: devices %s (TLS, a password each), backend %s, admin http://%s/metrics\n", sim.Broker, bln.Addr(), live.cfg.Admin.Listen)
+	if err := waitReady(ctx, live.bridge, 30*time.Second); err != nil {
+		return err
+	}
+	fmt.Printf("sending %d devices x %d requests (%d in flight per device)\n", *nDevices, *requests, *outstanding)
 
 	runCtx, stopRun := context.WithTimeout(ctx, *timeout)
 	defer stopRun()
-	total := *devices * *requests
-	res, err := devicesim.Run(runCtx, devicesim.Config{
-		Broker: live.MQTT.Broker, Devices: *devices, Requests: *requests, Outstanding: *outstanding,
-	}, func(sent, replied int) {
+	total := *nDevices * *requests
+	res, err := devicesim.Run(runCtx, sim, func(sent, replied int) {
 		fmt.Printf("  sent %6d/%d  replied %6d/%d\n", sent, total, replied, total)
 	})
 	if err != nil {
@@ -122,6 +143,24 @@ summary
 	}
 	fmt.Println("demo ok: every request got its reply")
 	return nil
+}
+
+// provisionDemoDevices gives every simulated device of sim a password in
+// the site directory, as `edgebridge device add` does, and returns them.
+func provisionDemoDevices(dir string, sim devicesim.Config) (map[string]string, error) {
+	if err := os.MkdirAll(dir, siteca.DirMode); err != nil {
+		return nil, err
+	}
+	reg := devices.Open(dir)
+	passwords := map[string]string{}
+	for i := range sim.Devices {
+		id, pw := sim.DeviceID(i+1), devices.NewPassword() // devicesim counts from 1
+		if err := reg.AddPassword(id, []byte(pw)); err != nil {
+			return nil, err
+		}
+		passwords[id] = pw
+	}
+	return passwords, nil
 }
 
 func waitReady(ctx context.Context, b *bridge.Bridge, limit time.Duration) error {

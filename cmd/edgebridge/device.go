@@ -21,7 +21,7 @@ const deviceUsage = `usage:
   edgebridge device add ID [-password-stdin]     a password for ID, printed once (or read from stdin)
   edgebridge device cert ID -out DIR [-csr FILE]  a client certificate from the site CA (for the CSR's key)
   edgebridge device remove ID                    refuse ID's logins and revoke its certificates
-  edgebridge device list
+  edgebridge device list                         ID, kind, dates, last seen (by the embedded broker)
 each with -config FILE (the bridge's: kafka.data_dir/site) or -data DIR (DIR/site)`
 
 // deviceCmd provisions devices through the files the broker reads (package
@@ -133,9 +133,13 @@ func deviceCmd(args []string, stdin io.Reader, stdout io.Writer) error {
 			return err
 		}
 		w := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(w, "ID\tKIND\tCREATED\tEXPIRES\tSERIAL")
+		fmt.Fprintln(w, "ID\tKIND\tCREATED\tEXPIRES\tLAST SEEN\tSERIAL")
 		for _, d := range list {
-			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", d.ID, d.Kind, day(d.Created), day(d.NotAfter), d.Serial)
+			seen := "-"
+			if !d.LastSeen.IsZero() {
+				seen = d.LastSeen.UTC().Format("2006-01-02 15:04Z")
+			}
+			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", d.ID, d.Kind, day(d.Created), day(d.NotAfter), seen, d.Serial)
 		}
 		return w.Flush()
 	default:

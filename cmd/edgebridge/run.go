@@ -101,10 +101,20 @@ func shutdownContext(log *slog.Logger) context.Context {
 	return ctx
 }
 
+// running is a bridge runBridge started: its config as it runs (brokers'
+// and admin addresses resolved) and the embedded MQTT broker's device TLS
+// listener, if any.
+type running struct {
+	bridge    *bridge.Bridge
+	cfg       config.Config
+	deviceTLS string
+}
+
 // runBridge starts the embedded brokers cfg asks for, then the bridge and its
 // admin server, until ctx ends. ready, if not nil, is called once the bridge
 // is constructed.
-func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(*bridge.Bridge, config.Config)) error {
+func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready func(running)) error {
+	var deviceTLS string
 	var dataDisk string // the embedded Kafka broker's, watched for free space
 	if cfg.EmbeddedKafka() {
 		kc, err := embeddedKafkaConfig(cfg)
@@ -163,6 +173,7 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 		}
 		defer m.Close()
 		defer intake.Close() // before the broker's Close: no device left waiting
+		deviceTLS = m.TLSAddr()
 		// The bridge is now a client of that broker; its embedded settings are spent.
 		cfg.MQTT.Broker = "tcp://" + m.Addr()
 		cfg.MQTT.EmbeddedAuth, cfg.MQTT.EmbeddedTLS = config.EmbeddedAuth{}, config.EmbeddedTLS{}
@@ -183,7 +194,7 @@ func runBridge(ctx context.Context, cfg config.Config, log *slog.Logger, ready f
 	log.Info("edgebridge: admin", "addr", ln.Addr().String())
 	if ready != nil {
 		cfg.Admin.Listen = ln.Addr().String()
-		ready(b, cfg)
+		ready(running{bridge: b, cfg: cfg, deviceTLS: deviceTLS})
 	}
 	adminCtx, stopAdmin := context.WithCancel(context.WithoutCancel(ctx))
 	var g errgroup.Group
@@ -212,7 +223,8 @@ func embeddedMQTTConfig(cfg config.Config, log *slog.Logger, bridgePassword stri
 		if user == "" {
 			user = siteca.BridgeUser
 		}
-		mc.Auth = &embedded.Auth{PasswordFile: cfg.MQTT.EmbeddedAuth.PasswordFile, BridgeUser: user, BridgePassword: password}
+		mc.Auth = &embedded.Auth{PasswordFile: cfg.MQTT.EmbeddedAuth.PasswordFile, BridgeUser: user, BridgePassword: password,
+			SeenFile: filepath.Join(siteDir(cfg.Kafka.DataDir), devices.SeenFile)}
 		opts = append(opts, bridge.WithMQTTCredentials(user, func() (string, error) { return password, nil }))
 	}
 	var site *siteIdentity

@@ -18,6 +18,10 @@ import (
 	"time"
 )
 
+// DefaultSize is the product's window per backend stream and per Dapr
+// subscription: how many deliveries may be un-ACKed at once.
+const DefaultSize = 128
+
 // ErrOutOfOrder is returned by Add when a partition's offsets do not increase.
 var ErrOutOfOrder = errors.New("ackwindow: offset not above the partition's last offset")
 

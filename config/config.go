@@ -17,10 +17,13 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/edgebridge/edgebridge/ackwindow"
 	"github.com/edgebridge/edgebridge/embedded"
+	"github.com/edgebridge/edgebridge/grpcout"
 	"github.com/edgebridge/edgebridge/internal/tlsfiles"
 	"github.com/edgebridge/edgebridge/kafkapipe"
 	"github.com/edgebridge/edgebridge/mqttin"
+	"github.com/edgebridge/edgebridge/settle"
 )
 
 // Embedded is the broker value that selects an in-process broker.
@@ -256,7 +259,7 @@ func (k Kafka) Security() (kafkapipe.Security, error) {
 }
 
 // DefaultMaxMessageBytes is Kafka's default message.max.bytes.
-const DefaultMaxMessageBytes = 1 << 20
+const DefaultMaxMessageBytes = kafkapipe.DefaultMaxMessageBytes
 
 // Backend settings: the gRPC hop to the backends.
 type Backend struct {
@@ -342,17 +345,18 @@ type Keepalive struct {
 	Timeout time.Duration `yaml:"timeout"`
 }
 
-// TLS to the backends.
+// TLS of a connection the bridge makes (to MQTT, Kafka, the backends, the
+// trace collector).
 type TLS struct {
-	// Enabled turns TLS on; with no ca_file the system roots verify the backend.
+	// Enabled turns TLS on; with no ca_file the system roots verify the server.
 	Enabled bool `yaml:"enabled"`
-	// CAFile is a PEM bundle of the CAs that sign backend certificates.
+	// CAFile is a PEM bundle of the CAs that sign the server's certificate.
 	CAFile string `yaml:"ca_file"`
 	// CertFile and KeyFile are the bridge's client certificate (mutual TLS).
 	CertFile string `yaml:"cert_file"`
 	KeyFile  string `yaml:"key_file"`
-	// ServerName overrides the name checked in backend certificates.
-	// Default: each target's host.
+	// ServerName overrides the name checked in the server's certificate.
+	// Default: the host dialed.
 	ServerName string `yaml:"server_name"`
 }
 
@@ -461,7 +465,7 @@ func (c *Config) ApplyDefaults() {
 		}
 	}
 	def(&c.MQTT.Broker, Embedded)
-	def(&c.MQTT.EmbeddedListen, "127.0.0.1:1883")
+	def(&c.MQTT.EmbeddedListen, embedded.DefaultMQTTListen)
 	defD(&c.MQTT.EmbeddedMessageExpiry, embedded.DefaultMessageExpiry)
 	def(&c.MQTT.ClientID, "edgebridge-1")
 	c.MQTT.EmbeddedTLS.Names = splitNames(c.MQTT.EmbeddedTLS.Names)
@@ -473,7 +477,7 @@ func (c *Config) ApplyDefaults() {
 	if len(c.Kafka.Brokers) == 0 {
 		c.Kafka.Brokers = []string{Embedded}
 	}
-	def(&c.Kafka.EmbeddedListen, "127.0.0.1:9092")
+	def(&c.Kafka.EmbeddedListen, embedded.DefaultKafkaListen)
 	def(&c.Kafka.DataDir, "./edgebridge-data")
 	def(&c.Kafka.Topic, "edgebridge.payment.requests")
 	def(&c.Kafka.DLQTopic, "edgebridge.payment.dlq")
@@ -482,40 +486,40 @@ func (c *Config) ApplyDefaults() {
 		c.Kafka.DLQRetentionBytes = DefaultDLQRetentionBytes
 	}
 	def(&c.Kafka.GroupID, "edgebridge")
-	defI(&c.Kafka.Partitions, 8)
-	defD(&c.Kafka.CommitInterval, 200*time.Millisecond)
-	defD(&c.Kafka.SessionTimeout, 6*time.Second)
-	defD(&c.Kafka.HeartbeatInterval, c.Kafka.SessionTimeout/5)
+	defI(&c.Kafka.Partitions, kafkapipe.DefaultPartitions)
+	defD(&c.Kafka.CommitInterval, kafkapipe.DefaultCommitInterval)
+	defD(&c.Kafka.SessionTimeout, kafkapipe.DefaultSessionTimeout)
+	defD(&c.Kafka.HeartbeatInterval, kafkapipe.DefaultHeartbeatInterval(c.Kafka.SessionTimeout))
 	if c.Kafka.MinFreeBytes == 0 {
-		c.Kafka.MinFreeBytes = 256 << 20
+		c.Kafka.MinFreeBytes = embedded.DefaultMinFreeBytes
 	}
-	defD(&c.Kafka.DeleteCommittedAfter, time.Minute)
+	defD(&c.Kafka.DeleteCommittedAfter, embedded.DefaultDeleteCommittedAfter)
 	defI(&c.Kafka.MaxMessageBytes, DefaultMaxMessageBytes)
 	if c.Backend.Targets == nil && !c.Dapr.Enabled {
 		c.Backend.Targets = []string{"127.0.0.1:7070"}
 	}
-	defI(&c.Backend.Window, 128)
-	defI(&c.Backend.MaxAttempts, 5)
-	defD(&c.Backend.RetryBackoff, time.Second)
-	defD(&c.Backend.OpenTimeout, 10*time.Second)
-	defD(&c.Backend.AckTimeout, 30*time.Second)
-	defD(&c.Backend.ResolveInterval, 30*time.Second)
+	defI(&c.Backend.Window, grpcout.DefaultWindow)
+	defI(&c.Backend.MaxAttempts, settle.DefaultMaxAttempts)
+	defD(&c.Backend.RetryBackoff, settle.DefaultBackoff)
+	defD(&c.Backend.OpenTimeout, grpcout.DefaultOpenTimeout)
+	defD(&c.Backend.AckTimeout, grpcout.DefaultAckTimeout)
+	defD(&c.Backend.ResolveInterval, grpcout.DefaultResolveInterval)
 	r := &c.Backend.Reconnect
-	defD(&r.Initial, time.Second)
-	defD(&r.Max, 30*time.Second)
+	defD(&r.Initial, grpcout.DefaultBackoffInitial)
+	defD(&r.Max, grpcout.DefaultBackoffMax)
 	if r.Jitter == 0 {
-		r.Jitter = 0.2
+		r.Jitter = grpcout.DefaultBackoffJitter
 	}
-	defD(&r.ResetAfter, 30*time.Second)
-	defI(&r.HealthCheckAfter, 2)
+	defD(&r.ResetAfter, grpcout.DefaultBackoffResetAfter)
+	defI(&r.HealthCheckAfter, grpcout.DefaultHealthCheckAfter)
 	h := &c.Backend.Heartbeat
-	defD(&h.Interval, 5*time.Second)
-	defD(&h.MinInterval, min(time.Second, h.Interval))
-	defD(&h.Timeout, 3*h.Interval)
-	defD(&h.MaxInterval, max(h.Interval, min(2*h.Interval, h.Timeout*2/3)))
-	defD(&h.SlowRTT, 500*time.Millisecond)
-	defD(&c.Backend.Keepalive.Time, 20*time.Second)
-	defD(&c.Backend.Keepalive.Timeout, 10*time.Second)
+	defD(&h.Interval, grpcout.DefaultHeartbeatInterval)
+	if h.Interval > 0 {
+		h.MinInterval, h.MaxInterval, h.Timeout = grpcout.HeartbeatDefaults(h.Interval, h.MinInterval, h.MaxInterval, h.Timeout)
+	}
+	defD(&h.SlowRTT, grpcout.DefaultHeartbeatSlowRTT)
+	defD(&c.Backend.Keepalive.Time, grpcout.DefaultKeepaliveTime)
+	defD(&c.Backend.Keepalive.Timeout, grpcout.DefaultKeepaliveTimeout)
 	def(&c.Dapr.SocketFolder, os.Getenv(DaprSocketFolderEnv))
 	def(&c.Dapr.SocketFolder, DefaultDaprSocketFolder)
 	def(&c.Dapr.SocketName, "edgebridge")
@@ -523,13 +527,13 @@ func (c *Config) ApplyDefaults() {
 		c.Tracing.SampleRatio = 1
 	}
 	def(&c.Dapr.ReplyTopic, "payment.replies")
-	defI(&c.Dapr.Window, 128)
-	defI(&c.Dapr.MaxAttempts, 5)
-	defD(&c.Dapr.RetryBackoff, time.Second)
+	defI(&c.Dapr.Window, ackwindow.DefaultSize)
+	defI(&c.Dapr.MaxAttempts, settle.DefaultMaxAttempts)
+	defD(&c.Dapr.RetryBackoff, settle.DefaultBackoff)
 	def(&c.Admin.Listen, "127.0.0.1:9464")
 	def(&c.Log.Format, "text")
 	def(&c.Log.Level, "info")
-	defD(&c.Shutdown.DrainTimeout, 30*time.Second)
+	defD(&c.Shutdown.DrainTimeout, kafkapipe.DefaultDrainTimeout)
 }
 
 // EmbeddedMQTT reports whether the MQTT broker runs in-process.

@@ -36,7 +36,9 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/stats"
 
+	"github.com/edgebridge/edgebridge/ackwindow"
 	"github.com/edgebridge/edgebridge/kafkapipe"
+	"github.com/edgebridge/edgebridge/settle"
 )
 
 // Config configures a Server. Zero values mean the default.
@@ -74,7 +76,7 @@ type Config struct {
 	CommitInterval time.Duration
 	// DrainTimeout bounds waiting for ACKs when the server stops. Default: 30s.
 	DrainTimeout time.Duration
-	// SessionTimeout of subscription consumer group members. Default: 10s.
+	// SessionTimeout of subscription consumer group members. Default: 6s (kafkapipe.DefaultSessionTimeout).
 	SessionTimeout time.Duration
 	// HeartbeatInterval of those members. Default: a fifth of SessionTimeout.
 	HeartbeatInterval time.Duration
@@ -92,31 +94,31 @@ func (c Config) withDefaults() Config {
 		c.BindingTopics = DefaultBindingTopics(c.DeviceReplyTopic)
 	}
 	if c.Partitions <= 0 {
-		c.Partitions = 8
+		c.Partitions = kafkapipe.DefaultPartitions
 	}
 	if c.Source == "" {
 		c.Source = "edgebridge"
 	}
 	if c.Window <= 0 {
-		c.Window = 128
+		c.Window = ackwindow.DefaultSize
 	}
 	if c.MaxAttempts <= 0 {
-		c.MaxAttempts = 5
+		c.MaxAttempts = settle.DefaultMaxAttempts
 	}
 	if c.RetryBackoff <= 0 {
-		c.RetryBackoff = time.Second
+		c.RetryBackoff = settle.DefaultBackoff
 	}
 	if c.CommitInterval <= 0 {
-		c.CommitInterval = 200 * time.Millisecond
+		c.CommitInterval = kafkapipe.DefaultCommitInterval
 	}
 	if c.DrainTimeout <= 0 {
-		c.DrainTimeout = 30 * time.Second
+		c.DrainTimeout = kafkapipe.DefaultDrainTimeout
 	}
 	if c.SessionTimeout <= 0 {
-		c.SessionTimeout = 10 * time.Second
+		c.SessionTimeout = kafkapipe.DefaultSessionTimeout
 	}
 	if c.MaxMessageBytes <= kafkapipe.DeadLetterOverhead {
-		c.MaxMessageBytes = 1 << 20
+		c.MaxMessageBytes = kafkapipe.DefaultMaxMessageBytes
 	}
 	return c
 }

@@ -66,6 +66,20 @@ type KafkaConfig struct {
 	MinFreeBytes int64
 }
 
+// Defaults of the embedded brokers: package config and `edgebridge broker`
+// give the product's settings the same values by these names.
+const (
+	DefaultKafkaListen = "127.0.0.1:9092"
+	DefaultMQTTListen  = "127.0.0.1:1883"
+	DefaultPartitions  = 8
+	// DefaultDeleteCommittedAfter: records every group committed are
+	// deleted a minute after (KafkaConfig.DeleteCommittedAfter).
+	DefaultDeleteCommittedAfter = time.Minute
+	// DefaultMinFreeBytes is the bridge's high-water mark of free disk
+	// (kafka.min_free_bytes); `broker kafka` refuses produces below it.
+	DefaultMinFreeBytes = 256 << 20
+)
+
 // retentionInterval is how often the broker applies topic retention.
 const retentionInterval = 5 * time.Minute
 
@@ -87,10 +101,10 @@ type Kafka struct {
 // producer survives kill -9 and a power cut.
 func ListenKafka(cfg KafkaConfig) (*Kafka, error) {
 	if cfg.Listen == "" {
-		cfg.Listen = "127.0.0.1:9092"
+		cfg.Listen = DefaultKafkaListen
 	}
 	if cfg.Partitions <= 0 {
-		cfg.Partitions = 8
+		cfg.Partitions = DefaultPartitions
 	}
 	if cfg.DataDir == "" {
 		return nil, errors.New("embedded: kafka data dir is required")
@@ -289,7 +303,7 @@ type MQTT struct {
 // last messages — the same trade-off as Mosquitto's periodic autosave.
 func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 	if cfg.Listen == "" {
-		cfg.Listen = "127.0.0.1:1883"
+		cfg.Listen = DefaultMQTTListen
 	}
 	if cfg.DataDir == "" {
 		return nil, errors.New("embedded: mqtt data dir is required")

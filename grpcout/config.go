@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"time"
+
+	"github.com/edgebridge/edgebridge/ackwindow"
 )
 
 // Config configures a Pool. Zero values mean the default.
@@ -80,6 +82,40 @@ type Keepalive struct {
 	Timeout time.Duration // close if the ping is not answered. Default: 10s.
 }
 
+// Defaults of Config: package config gives the product's settings the
+// same values by these names.
+const (
+	DefaultWindow            = ackwindow.DefaultSize
+	DefaultOpenTimeout       = 10 * time.Second
+	DefaultAckTimeout        = 30 * time.Second
+	DefaultResolveInterval   = 30 * time.Second
+	DefaultBackoffInitial    = time.Second
+	DefaultBackoffMax        = 30 * time.Second
+	DefaultBackoffJitter     = 0.2
+	DefaultBackoffResetAfter = 30 * time.Second
+	DefaultHealthCheckAfter  = 2
+	DefaultHeartbeatInterval = 5 * time.Second
+	DefaultHeartbeatSlowRTT  = 500 * time.Millisecond
+	DefaultKeepaliveTime     = 20 * time.Second
+	DefaultKeepaliveTimeout  = 10 * time.Second
+)
+
+// HeartbeatDefaults fills the zero durations of a heartbeat whose
+// interval is set: min_interval 1s (or the interval, if shorter), timeout
+// 3 x interval, max_interval 2 x interval but at most 2/3 of the timeout.
+func HeartbeatDefaults(interval, minInterval, maxInterval, timeout time.Duration) (minI, maxI, t time.Duration) {
+	if minInterval == 0 {
+		minInterval = min(time.Second, interval)
+	}
+	if timeout == 0 {
+		timeout = 3 * interval
+	}
+	if maxInterval == 0 {
+		maxInterval = max(interval, min(2*interval, timeout*2/3))
+	}
+	return minInterval, maxInterval, timeout
+}
+
 func (c Config) withDefaults() Config {
 	def := func(d *time.Duration, v time.Duration) {
 		if *d <= 0 {
@@ -90,27 +126,26 @@ func (c Config) withDefaults() Config {
 		c.BridgeID = "edgebridge"
 	}
 	if c.Window <= 0 {
-		c.Window = 128
+		c.Window = DefaultWindow
 	}
 	if c.HealthCheckAfter <= 0 {
-		c.HealthCheckAfter = 2
+		c.HealthCheckAfter = DefaultHealthCheckAfter
 	}
-	def(&c.OpenTimeout, 10*time.Second)
-	def(&c.AckTimeout, 30*time.Second)
-	def(&c.ResolveInterval, 30*time.Second)
-	def(&c.Backoff.Initial, time.Second)
-	def(&c.Backoff.Max, 30*time.Second)
+	def(&c.OpenTimeout, DefaultOpenTimeout)
+	def(&c.AckTimeout, DefaultAckTimeout)
+	def(&c.ResolveInterval, DefaultResolveInterval)
+	def(&c.Backoff.Initial, DefaultBackoffInitial)
+	def(&c.Backoff.Max, DefaultBackoffMax)
 	if c.Backoff.Jitter <= 0 {
-		c.Backoff.Jitter = 0.2
+		c.Backoff.Jitter = DefaultBackoffJitter
 	}
-	def(&c.Backoff.ResetAfter, 30*time.Second)
-	def(&c.Heartbeat.Interval, 5*time.Second)
-	def(&c.Heartbeat.MinInterval, min(time.Second, c.Heartbeat.Interval))
-	def(&c.Heartbeat.Timeout, 3*c.Heartbeat.Interval)
-	def(&c.Heartbeat.MaxInterval, max(c.Heartbeat.Interval, min(2*c.Heartbeat.Interval, c.Heartbeat.Timeout*2/3)))
-	def(&c.Heartbeat.SlowRTT, 500*time.Millisecond)
-	def(&c.Keepalive.Time, 20*time.Second)
-	def(&c.Keepalive.Timeout, 10*time.Second)
+	def(&c.Backoff.ResetAfter, DefaultBackoffResetAfter)
+	h := &c.Heartbeat
+	def(&h.Interval, DefaultHeartbeatInterval)
+	h.MinInterval, h.MaxInterval, h.Timeout = HeartbeatDefaults(h.Interval, max(h.MinInterval, 0), max(h.MaxInterval, 0), max(h.Timeout, 0))
+	def(&h.SlowRTT, DefaultHeartbeatSlowRTT)
+	def(&c.Keepalive.Time, DefaultKeepaliveTime)
+	def(&c.Keepalive.Timeout, DefaultKeepaliveTimeout)
 	return c
 }
 

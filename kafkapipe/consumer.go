@@ -24,7 +24,7 @@ type ConsumerConfig struct {
 	// DrainTimeout bounds how long a stopping consumer waits for in-flight
 	// records to be acknowledged before it commits and leaves. Default: 30s.
 	DrainTimeout time.Duration
-	// SessionTimeout of the group membership. Default: 10s.
+	// SessionTimeout of the group membership. Default: 6s.
 	SessionTimeout time.Duration
 	// HeartbeatInterval of the group membership. Default: a fifth of
 	// SessionTimeout.
@@ -51,18 +51,36 @@ type ConsumerConfig struct {
 	HandedFile string
 }
 
+// Defaults of the consumer and the producer: package config gives the
+// product's settings the same values by these names.
+const (
+	DefaultCommitInterval = 200 * time.Millisecond
+	DefaultDrainTimeout   = 30 * time.Second
+	// DefaultSessionTimeout is the least Kafka brokers accept by default
+	// (group.min.session.timeout.ms), the embedded broker too.
+	DefaultSessionTimeout = 6 * time.Second
+	// DefaultMaxMessageBytes is Kafka's default message.max.bytes.
+	DefaultMaxMessageBytes = 1 << 20
+	DefaultWriteTimeout    = 10 * time.Second
+	// DefaultPartitions of the topics the bridge creates.
+	DefaultPartitions = 8
+)
+
+// DefaultHeartbeatInterval is a fifth of the session timeout.
+func DefaultHeartbeatInterval(session time.Duration) time.Duration { return session / 5 }
+
 func (c ConsumerConfig) withDefaults() ConsumerConfig {
 	if c.CommitInterval <= 0 {
-		c.CommitInterval = 200 * time.Millisecond
+		c.CommitInterval = DefaultCommitInterval
 	}
 	if c.DrainTimeout <= 0 {
-		c.DrainTimeout = 30 * time.Second
+		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.SessionTimeout <= 0 {
-		c.SessionTimeout = 10 * time.Second
+		c.SessionTimeout = DefaultSessionTimeout
 	}
 	if c.HeartbeatInterval <= 0 {
-		c.HeartbeatInterval = c.SessionTimeout / 5
+		c.HeartbeatInterval = DefaultHeartbeatInterval(c.SessionTimeout)
 	}
 	if c.MaxWait <= 0 {
 		c.MaxWait = 250 * time.Millisecond

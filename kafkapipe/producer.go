@@ -39,10 +39,10 @@ type ProducerConfig struct {
 
 func (c ProducerConfig) withDefaults() ProducerConfig {
 	if c.MaxRequestBytes <= 0 {
-		c.MaxRequestBytes = 1 << 20
+		c.MaxRequestBytes = DefaultMaxMessageBytes
 	}
 	if c.WriteTimeout <= 0 {
-		c.WriteTimeout = 10 * time.Second
+		c.WriteTimeout = DefaultWriteTimeout
 	}
 	return c
 }

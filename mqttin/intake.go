@@ -36,7 +36,7 @@ type Intake struct {
 // queue <= 0). It does no I/O.
 func NewIntake(filters []string, queue int) *Intake {
 	if queue <= 0 {
-		queue = defaultQueueSize
+		queue = DefaultQueueSize
 	}
 	return &Intake{filters: filters, msgs: make(chan Message, queue), done: make(chan struct{})}
 }

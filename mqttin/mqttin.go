@@ -87,25 +87,32 @@ type Config struct {
 	TLS *tls.Config
 }
 
-// defaultQueueSize bounds the messages received and not yet taken by the
-// pipeline.
-const defaultQueueSize = 4096
+// Defaults of Config.
+const (
+	// DefaultQueueSize bounds the messages received and not yet taken by
+	// the pipeline.
+	DefaultQueueSize            = 4096
+	DefaultKeepAlive            = 30 * time.Second
+	DefaultConnectTimeout       = 10 * time.Second
+	DefaultMaxReconnectInterval = 10 * time.Second
+	DefaultConnectRetryInterval = time.Second
+)
 
 func (c Config) withDefaults() Config {
 	if c.QueueSize <= 0 {
-		c.QueueSize = defaultQueueSize
+		c.QueueSize = DefaultQueueSize
 	}
 	if c.KeepAlive <= 0 {
-		c.KeepAlive = 30 * time.Second
+		c.KeepAlive = DefaultKeepAlive
 	}
 	if c.ConnectTimeout <= 0 {
-		c.ConnectTimeout = 10 * time.Second
+		c.ConnectTimeout = DefaultConnectTimeout
 	}
 	if c.MaxReconnectInterval <= 0 {
-		c.MaxReconnectInterval = 10 * time.Second
+		c.MaxReconnectInterval = DefaultMaxReconnectInterval
 	}
 	if c.ConnectRetryInterval <= 0 {
-		c.ConnectRetryInterval = time.Second
+		c.ConnectRetryInterval = DefaultConnectRetryInterval
 	}
 	return c
 }

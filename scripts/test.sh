@@ -81,6 +81,13 @@ if ! git diff --quiet -- api examples || [ -n "$(git status --porcelain -- api e
   echo "generated protobuf code is stale: run ./scripts/genproto.sh and commit"; exit 1
 fi
 
+step "config docs regeneration leaves no diff (config/fielddoc_gen.go, docs/CONFIGURATION.md)"
+./scripts/genconfig.sh
+if ! git diff --quiet -- config docs || [ -n "$(git status --porcelain -- config/fielddoc_gen.go docs/CONFIGURATION.md)" ]; then
+  git status --short -- config docs
+  echo "generated config docs are stale: run ./scripts/genconfig.sh and commit"; exit 1
+fi
+
 step "tests of the patched brokers (third_party/mochi, third_party/kfake: their own modules)"
 # The tests of what the patches change and the packages edgebridge uses;
 # upstream's publishToClient tests sleep 100 µs for a write and fail on a

@@ -36,12 +36,19 @@ type Policy struct {
 	ExhaustedReason string
 }
 
+// Defaults of Policy: package config gives backend.max_attempts,
+// retry_backoff and their dapr.* twins the same values by these names.
+const (
+	DefaultMaxAttempts = 5
+	DefaultBackoff     = time.Second
+)
+
 func (p Policy) withDefaults() Policy {
 	if p.MaxAttempts <= 0 {
-		p.MaxAttempts = 5
+		p.MaxAttempts = DefaultMaxAttempts
 	}
 	if p.Backoff <= 0 {
-		p.Backoff = time.Second
+		p.Backoff = DefaultBackoff
 	}
 	if p.ExhaustedReason == "" {
 		p.ExhaustedReason = ReasonRetriesExhausted

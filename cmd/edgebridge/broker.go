@@ -29,10 +29,10 @@ func brokerCmd(args []string) error {
 		kind, args = args[0], args[1:]
 	}
 	fs := flag.NewFlagSet("broker "+kind, flag.ContinueOnError)
-	defListen := map[string]string{"kafka": "127.0.0.1:9092", "mqtt": "127.0.0.1:1883"}[kind]
+	defListen := map[string]string{"kafka": embedded.DefaultKafkaListen, "mqtt": embedded.DefaultMQTTListen}[kind]
 	listen := fs.String("listen", defListen, "listen address (port 0 picks a free one; default 127.0.0.1:9092 for kafka, 127.0.0.1:1883 for mqtt)")
 	data := fs.String("data", "./edgebridge-data", "data directory")
-	partitions := fs.Int("partitions", 8, "partitions of auto-created topics (kafka)")
+	partitions := fs.Int("partitions", embedded.DefaultPartitions, "partitions of auto-created topics (kafka)")
 	advertise := fs.String("advertise", "", "host:port clients are told to use, if not the listen address (kafka)")
 	fsync := fs.Bool("fsync", true, "fsync every produced batch before acknowledging it (kafka); false = page cache only, as Apache Kafka's default")
 	tlsCert := fs.String("tls-cert", "", "a certificate of your own (PEM; re-read when it changes): kafka serves TLS only; mqtt uses it on -tls-listen instead of the site CA's")
@@ -40,9 +40,9 @@ func brokerCmd(args []string) error {
 	saslMech := fs.String("sasl-mechanism", "", "require SASL logins with this mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (kafka)")
 	saslUser := fs.String("sasl-user", "", "the one account -sasl-mechanism accepts (kafka)")
 	saslPassword := fs.String("sasl-password-file", "", "that account's password (the file's content, read at start) (kafka)")
-	deleteAfter := fs.Duration("delete-committed-after", time.Minute, "delete records every consumer group has committed once committed this long; 0 keeps every record (kafka)")
+	deleteAfter := fs.Duration("delete-committed-after", embedded.DefaultDeleteCommittedAfter, "delete records every consumer group has committed once committed this long; 0 keeps every record (kafka)")
 	expiry := fs.Duration("message-expiry", embedded.DefaultMessageExpiry, "how long a message waits for a client that is offline (mqtt)")
-	minFree := fs.Int64("min-free-bytes", 256<<20, "refuse produces (KAFKA_STORAGE_ERROR) while the data disk has less free; 0 turns it off (kafka)")
+	minFree := fs.Int64("min-free-bytes", embedded.DefaultMinFreeBytes, "refuse produces (KAFKA_STORAGE_ERROR) while the data disk has less free; 0 turns it off (kafka)")
 	var m mqttFlags
 	fs.StringVar(&m.tlsListen, "tls-listen", "", "a TLS listener for devices with passwords, e.g. 0.0.0.0:8883 (mqtt: mqtt.embedded_tls.listen)")
 	fs.StringVar(&m.certListen, "cert-listen", "", "a TLS listener for devices with client certificates, e.g. 0.0.0.0:8884 (mqtt: embedded_tls.cert_listen)")

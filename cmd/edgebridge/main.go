@@ -5,6 +5,7 @@
 //	edgebridge demo [flags]           everything in one process, with simulated devices
 //	edgebridge bench [flags]          measure the pipeline against raw MQTT, Kafka and gRPC
 //	edgebridge broker kafka|mqtt      run an embedded broker as its own process
+//	edgebridge config defaults        every setting with its default and meaning
 //	edgebridge validate -config FILE  check a config file, listing every problem
 //	edgebridge probe [-url URL]       exit 0 when the bridge's admin endpoint says ready (-tcp: a port accepts)
 //	edgebridge backend-check -target ADDR  check a backend against the Delivery contract
@@ -37,6 +38,8 @@ func main() {
 		err = benchCmd(args)
 	case "broker":
 		err = brokerCmd(args)
+	case "config":
+		err = configCmd(args, os.Stdout)
 	case "validate":
 		err = validateCmd(args)
 	case "probe":
@@ -77,6 +80,8 @@ func usage() {
   edgebridge broker kafka|mqtt [-listen ADDR] [-data DIR] [-partitions N]
                                      an embedded broker as its own process; data survives restarts
   edgebridge validate -config FILE   exit 0 if valid, else list every problem with its line
+  edgebridge config defaults [-markdown]
+                                     every setting with its default and meaning, as a valid config
   edgebridge probe [-url URL | -tcp ADDR]
                                      exit 0 when the admin endpoint says ready, or ADDR accepts
                                      connections (health checks in an image without a shell)

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -302,4 +303,24 @@ func embeddedKafkaConfig(cfg config.Config) (embedded.KafkaConfig, error) {
 		kc.SASL = &embedded.KafkaUser{Mechanism: s.Mechanism, User: s.Username, Password: pw}
 	}
 	return kc, nil
+}
+
+// configCmd runs `edgebridge config defaults`: every setting with its
+// default and meaning, as YAML that is itself a valid config (-markdown:
+// docs/CONFIGURATION.md).
+func configCmd(args []string, stdout io.Writer) error {
+	if len(args) == 0 || args[0] != "defaults" {
+		return errors.New("config: usage: edgebridge config defaults [-markdown]")
+	}
+	fs := flag.NewFlagSet("config defaults", flag.ContinueOnError)
+	markdown := fs.Bool("markdown", false, "as docs/CONFIGURATION.md")
+	if err := fs.Parse(args[1:]); err != nil {
+		return err
+	}
+	out := config.DefaultsYAML()
+	if *markdown {
+		out = config.DefaultsMarkdown()
+	}
+	_, err := stdout.Write(out)
+	return err
 }

@@ -26,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/edgebridge/edgebridge/ackwindow"
 	"github.com/edgebridge/edgebridge/internal/devicesim"
 )
 
@@ -253,7 +254,7 @@ type Setup struct {
 
 // bridgeWindow is backend.window's default: the gRPC echo baseline keeps
 // the same number of deliveries outstanding on its one stream.
-const bridgeWindow = 128
+const bridgeWindow = ackwindow.DefaultSize
 
 // Run starts everything, runs the scenarios and stops everything. ctx
 // ending stops the run early with its error.

@@ -157,9 +157,11 @@ func TestManifests(t *testing.T) {
 				t.Errorf("%s: %v", rel, err)
 				return nil
 			}
-			if head.Kind == "" { // an edgebridge config
-				if _, err := config.Parse(raw); err != nil {
+			if head.Kind == "" { // an edgebridge config: valid, and nothing exposed (no warning)
+				if cfg, err := config.Parse(raw); err != nil {
 					t.Errorf("%s: edgebridge validate: %v", rel, err)
+				} else if w := cfg.Warnings(); len(w) > 0 {
+					t.Errorf("%s: edgebridge validate warns: %q", rel, w)
 				}
 				return nil
 			}

@@ -19,7 +19,7 @@ import (
 
 // ReasonCorruptEnvelope is the DLQ reason of a record on the requests
 // topic that is not an envelope.
-const ReasonCorruptEnvelope = "corrupt_envelope"
+const ReasonCorruptEnvelope = v1.ReasonCorruptEnvelope
 
 // handleRecord is the consumer's Handler: the record is already in the
 // window; send it to the backend that owns its partition.

@@ -3,7 +3,6 @@ package bridge
 import (
 	"context"
 	"log/slog"
-	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/edgebridge/edgebridge/config"
 )
 
 // Status is a snapshot of one bridge for operators: GET /status on the
@@ -97,7 +98,7 @@ func (b *Bridge) Status() Status {
 		s.Version, s.Revision = b.build.Version, b.build.Revision
 	}
 	s.Ready, s.NotReady = b.Ready()
-	s.MQTT = Broker{Address: redactedURL(b.cfg.MQTT.Broker), Connected: b.mqtt.Subscribed()}
+	s.MQTT = Broker{Address: config.RedactedURL(b.cfg.MQTT.Broker), Connected: b.mqtt.Subscribed()}
 	s.MQTT.Problem, s.MQTT.Detail = b.mqtt.Problem()
 	s.Kafka = Broker{Address: strings.Join(b.cfg.Kafka.Brokers, ","), Connected: b.kafkaOK.Load()}
 	if !s.Kafka.Connected {
@@ -241,13 +242,4 @@ func (h teeHandler) WithGroup(name string) slog.Handler {
 	h.next = h.next.WithGroup(name)
 	h.group = strings.TrimPrefix(h.group+"."+name, ".")
 	return h
-}
-
-// redactedURL is a broker URL without its password.
-func redactedURL(broker string) string {
-	u, err := url.Parse(broker)
-	if err != nil {
-		return "(unparsable URL)"
-	}
-	return u.Redacted()
 }

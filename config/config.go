@@ -565,7 +565,7 @@ func (c *Config) problems() Problems {
 	if !c.EmbeddedMQTT() {
 		u, err := url.Parse(c.MQTT.Broker)
 		if err != nil || (u.Scheme != "tcp" && u.Scheme != "mqtt" && u.Scheme != "ssl" && u.Scheme != "tls") || u.Host == "" {
-			bad("mqtt.broker", "%q must be \"embedded\" or a URL like tcp://host:1883", redactedURL(c.MQTT.Broker))
+			bad("mqtt.broker", "%q must be \"embedded\" or a URL like tcp://host:1883", RedactedURL(c.MQTT.Broker))
 		}
 	}
 	addr("mqtt.embedded_listen", c.MQTT.EmbeddedListen)
@@ -852,8 +852,8 @@ func (t TLS) Config() (*tls.Config, error) {
 	return tlsfiles.Files{CAFile: t.CAFile, CertFile: t.CertFile, KeyFile: t.KeyFile, ServerName: t.ServerName}.Client()
 }
 
-// redactedURL is u without a password, for messages.
-func redactedURL(u string) string {
+// RedactedURL is u without a password, for messages and status.
+func RedactedURL(u string) string {
 	if p, err := url.Parse(u); err == nil {
 		return p.Redacted()
 	}

@@ -26,7 +26,7 @@ const (
 
 // DLQ reasons of records a subscription dead-letters.
 const (
-	ReasonCorrupt     = "corrupt_envelope"
+	ReasonCorrupt     = v1.ReasonCorruptEnvelope
 	ReasonAppFailures = "dapr_max_attempts"
 )
 

@@ -102,9 +102,9 @@ type Problem string
 const (
 	ProblemUnknownSeq      Problem = "unknown_seq"         // an ACK for no delivery outstanding on the stream (dropped)
 	ProblemMessageMismatch Problem = "message_id_mismatch" // an ACK whose message id is not its delivery's (not applied)
-	ProblemUnknownOutcome  Problem = "unknown_outcome"     // an outcome this bridge does not know (handled as RETRY)
-	ProblemUnknownCode     Problem = "unknown_code"        // a reason code this bridge does not know (rendered "unknown")
-	ProblemInvalidReply    Problem = "invalid_reply"       // a reply the AckFunc refused (handled as RETRY)
+	ProblemUnknownOutcome  Problem = v1.ProblemUnknownOutcome
+	ProblemUnknownCode     Problem = "unknown_code"         // a reason code this bridge does not know (rendered "unknown")
+	ProblemInvalidReply    Problem = v1.ProblemInvalidReply // a reply the AckFunc refused
 )
 
 // EventKind enumerates Events.

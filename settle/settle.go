@@ -84,8 +84,8 @@ func (p Policy) Expired(r *Record, maxAge time.Duration, wantReply bool) Decisio
 // Protocol problems Decide reports (see Decision.Problem); they are the
 // error label of edgebridge_grpc_stream_protocol_errors_total.
 const (
-	ProblemUnknownOutcome = "unknown_outcome" // an unset outcome or a number this version does not know
-	ProblemInvalidReply   = "invalid_reply"   // a reply that cannot go to the device
+	ProblemUnknownOutcome = v1.ProblemUnknownOutcome
+	ProblemInvalidReply   = v1.ProblemInvalidReply
 )
 
 // Limits of a backend's reply.

@@ -14,6 +14,15 @@ import (
 	"unicode/utf8"
 )
 
+// Names the bridge, its backends and their dashboards share: protocol
+// problems (the error label of edgebridge_grpc_stream_protocol_errors_total)
+// and the dead-letter reason of a record that is not an envelope.
+const (
+	ProblemUnknownOutcome = "unknown_outcome" // an unset outcome or a number this version does not know (handled as RETRY)
+	ProblemInvalidReply   = "invalid_reply"   // a reply that cannot go to the device (handled as RETRY)
+	ReasonCorruptEnvelope = "corrupt_envelope"
+)
+
 // Limits of the Delivery protocol.
 const (
 	// MaxWindow is the largest Hello.window a bridge sends; a backend

@@ -73,7 +73,7 @@ type MQTT struct {
 	// TLS to the broker (broker URL ssl:// or tls://); off unless enabled.
 	TLS TLS `yaml:"tls"`
 	// EmbeddedAuth makes the embedded broker authenticate every client
-	// and limit each device to its own topics (see README "Security").
+	// and limit each device to its own topics (docs/SECURITY.md).
 	EmbeddedAuth EmbeddedAuth `yaml:"embedded_auth"`
 	// EmbeddedTLS adds a TLS listener to the embedded broker.
 	EmbeddedTLS EmbeddedTLS `yaml:"embedded_tls"`

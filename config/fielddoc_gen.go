@@ -76,7 +76,7 @@ var fieldDoc = map[string]string{
 	"MQTT.Broker":                "Broker URL, or \"embedded\". Default: embedded.",
 	"MQTT.ClientID":              "ClientID must be stable across restarts. Default: edgebridge-1.",
 	"MQTT.EmbeddedAllowInsecure": "EmbeddedAllowInsecure lets the embedded broker take devices from the\nnetwork without TLS (embedded_listen off loopback) or without a login\n(embedded_tls.listen off loopback with neither embedded_auth nor\nclient certificates). Refused otherwise: for a site still moving its\nterminals off plain 1883 (docs/DEPLOY.md \"Upgrading a site from plain\n1883\"). `validate` warns while it is on. Default: false.",
-	"MQTT.EmbeddedAuth":          "EmbeddedAuth makes the embedded broker authenticate every client\nand limit each device to its own topics (see README \"Security\").",
+	"MQTT.EmbeddedAuth":          "EmbeddedAuth makes the embedded broker authenticate every client\nand limit each device to its own topics (docs/SECURITY.md).",
 	"MQTT.EmbeddedListen":        "EmbeddedListen is where the embedded broker listens. Default: 127.0.0.1:1883.",
 	"MQTT.EmbeddedMessageExpiry": "EmbeddedMessageExpiry is how long the embedded broker keeps a reply\nor command for a device that is offline (MQTT 3.1.1 and 5).\nDefault: 168h (embedded.DefaultMessageExpiry).",
 	"MQTT.EmbeddedTLS":           "EmbeddedTLS adds a TLS listener to the embedded broker.",

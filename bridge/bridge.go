@@ -16,12 +16,10 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/sync/errgroup"
 
@@ -317,86 +315,8 @@ func (b *Bridge) newDapr() (*daprcomp.Server, error) {
 		daprcomp.WithLogger(b.log), daprcomp.WithEventHook(b.metrics.observeDapr))
 }
 
-// brokerProblems says what is wrong with the bridge's MQTT and Kafka
-// connections; none when both are fine.
-func (b *Bridge) brokerProblems() []string {
-	var why []string
-	if !b.mqtt.Subscribed() {
-		reason, detail := b.mqtt.Problem()
-		b.metrics.brokerProblem("mqtt", reason)
-		switch reason {
-		case "auth":
-			why = append(why, "mqtt: login refused (mqtt.username, mqtt.password_file): "+clipErr(detail))
-		case "tls":
-			why = append(why, "mqtt: TLS failed (mqtt.tls): "+clipErr(detail))
-		default:
-			why = append(why, "mqtt not subscribed")
-		}
-	} else {
-		b.metrics.brokerProblem("mqtt", "")
-	}
-	if !b.kafkaOK.Load() {
-		if w := b.kafkaWhy.Load(); w != nil {
-			why = append(why, w.why)
-		} else {
-			why = append(why, "kafka unreachable or refusing writes")
-		}
-	}
-	if paused, w := b.diskPaused(); paused {
-		why = append(why, w)
-	}
-	if w := b.stalled.Load(); w != nil {
-		why = append(why, "intake paused, kafka writes failing: "+w.why)
-	}
-	return why
-}
-
-// healthy is nil while MQTT is subscribed and Kafka answers: what the
-// Dapr component needs.
-func (b *Bridge) healthy() error {
-	if why := b.brokerProblems(); len(why) > 0 {
-		return errors.New(strings.Join(why, "; "))
-	}
-	return nil
-}
-
 // Metrics returns the bridge's metrics.
 func (b *Bridge) Metrics() *Metrics { return b.metrics }
-
-// Ready reports whether MQTT is subscribed, Kafka answered recently, the
-// backends' consumer group gave this bridge its partitions, at least one
-// backend stream is up and no backend refuses the bridge's TLS or
-// credentials (a configuration problem must not hide behind a healthy
-// peer); the reasons it is not, otherwise.
-func (b *Bridge) Ready() (bool, []string) {
-	why := b.brokerProblems()
-	if b.dapr != nil && !b.dapr.Serving() {
-		why = append(why, "dapr component socket not serving")
-	}
-	if b.pool == nil {
-		return len(why) == 0, why
-	}
-	if b.consumer != nil && !b.consumer.Joined() {
-		// A restarted bridge waits for the group to let its crashed
-		// predecessor go (kafka.session_timeout): nothing is delivered.
-		if err := b.consumer.JoinError(); err != nil {
-			why = append(why, "kafka consumer group: join refused: "+clipErr(err.Error()))
-		} else {
-			why = append(why, "kafka consumer group: waiting for partitions")
-		}
-	}
-	up := false
-	for _, s := range b.pool.Status() {
-		up = up || s.Up
-		if !s.Up && (s.Reason == grpcout.ReasonTLS || s.Reason == grpcout.ReasonAuth) {
-			why = append(why, fmt.Sprintf("backend %s (%s): %s: %v", s.Target, s.Addr, s.Reason, s.Err))
-		}
-	}
-	if !up {
-		why = append(why, "no backend stream up")
-	}
-	return len(why) == 0, why
-}
 
 // Run runs the pipeline until ctx ends, then shuts down gracefully: it
 // stops taking MQTT messages, lets the backends finish the window (bounded
@@ -468,81 +388,4 @@ func (b *Bridge) ensureTopics(ctx context.Context) error {
 		return fmt.Errorf("bridge: kafka never became ready: %w", ctx.Err())
 	}
 	return nil
-}
-
-// noteKafka records the outcome of talking to Kafka: for /readyz and the
-// edgebridge_broker_problem metric, the cause of a failure (a refused
-// login or certificate is a configuration problem, not an outage), which
-// it returns (nil for success).
-func (b *Bridge) noteKafka(err error) *brokerProblem {
-	if err == nil {
-		b.kafkaOK.Store(true)
-		b.metrics.brokerProblem("kafka", "")
-		return nil
-	}
-	reason, why := kafkaProblem(err)
-	p := &brokerProblem{reason: reason, why: why}
-	b.kafkaWhy.Store(p)
-	b.kafkaOK.Store(false)
-	b.metrics.brokerProblem("kafka", reason)
-	return p
-}
-
-// brokerProblem is why a broker connection fails: a reason word (see
-// kafkaProblem) and the text /readyz shows.
-type brokerProblem struct{ reason, why string }
-
-// kafkaProblem classifies a Kafka failure: auth (a refused login, or a
-// write not authorized), tls, no_space (the broker's disk is full or below
-// its floor), too_large (over max.message.bytes), refused (the broker
-// answered with another error) or unreachable.
-func kafkaProblem(err error) (reason, why string) {
-	msg := err.Error()
-	var kerr kafka.Error // the broker's error code, if it answered with one
-	errors.As(err, &kerr)
-	switch {
-	case errors.Is(err, kafka.SASLAuthenticationFailed) || errors.Is(err, kafka.IllegalSASLState) || errors.Is(err, kafka.UnsupportedSASLMechanism) ||
-		strings.Contains(msg, "SASL"):
-		return "auth", "kafka: SASL login refused (kafka.sasl): " + clipErr(msg)
-	case strings.Contains(msg, "tls:") || strings.Contains(msg, "x509:") || strings.Contains(msg, "certificate"):
-		return "tls", "kafka: TLS failed (kafka.tls): " + clipErr(msg)
-	case kerr == kafka.TopicAuthorizationFailed || kerr == kafka.ClusterAuthorizationFailed || kerr == kafka.GroupAuthorizationFailed:
-		return "auth", "kafka refused the write: not authorized (the broker's ACLs for kafka.sasl's user): " + clipErr(msg)
-	case kerr == kafka.KafkaStorageError:
-		return "no_space", "kafka refused the write: no space on the broker's disk, or below its floor (KAFKA_STORAGE_ERROR): " + clipErr(msg)
-	case kerr == kafka.MessageSizeTooLarge || kerr == kafka.RecordListTooLarge:
-		return "too_large", "kafka refused the write: too large for the topic's max.message.bytes (kafka.max_message_bytes must not exceed it): " + clipErr(msg)
-	case kerr != 0:
-		return "refused", fmt.Sprintf("kafka refused the write: %s (the broker's log says why)", clipErr(msg))
-	}
-	return "unreachable", "kafka unreachable or refusing writes: " + clipErr(msg)
-}
-
-func clipErr(s string) string {
-	if len(s) > 300 {
-		return s[:300] + "…"
-	}
-	return s
-}
-
-func (b *Bridge) watchKafka(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			pctx, cancel := context.WithTimeout(ctx, 4*time.Second)
-			b.noteKafka(kafkapipe.Ping(pctx, b.cfg.Kafka.Brokers, b.kafkaSec))
-			b.brokerProblems() // refreshes edgebridge_broker_problem for MQTT
-			if b.consumer != nil {
-				if lag, err := b.consumer.Lag(pctx); err == nil {
-					b.lag.Store(&lag)
-					b.metrics.setLag(lag)
-				}
-			}
-			cancel()
-		}
-	}
 }

@@ -3,7 +3,6 @@ package bridge
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -228,26 +227,4 @@ func FuzzAdmit(f *testing.F) {
 		a.refused(r, m, kafka.MessageSizeTooLarge)
 		checkAdmission(t, r, m, a)
 	})
-}
-
-// A failed Kafka write says why, in words an operator can act on.
-func TestKafkaProblemClassifiesWriteFailures(t *testing.T) {
-	tests := []struct {
-		err    error
-		reason string
-	}{
-		// As the producer reports a record's failure.
-		{fmt.Errorf("512 of 512 records: edgebridge.payment.requests[0]: %w", kafka.KafkaStorageError), "no_space"},
-		{fmt.Errorf("write: %w", kafka.MessageSizeTooLarge), "too_large"},
-		{kafka.TopicAuthorizationFailed, "auth"},
-		{kafka.SASLAuthenticationFailed, "auth"},
-		{kafka.Unknown, "refused"},
-		{errors.New("dial tcp 127.0.0.1:9092: connect: connection refused"), "unreachable"},
-	}
-	for _, tc := range tests {
-		reason, why := kafkaProblem(tc.err)
-		if reason != tc.reason || why == "" {
-			t.Errorf("%v: reason %q (%s), want %q", tc.err, reason, why, tc.reason)
-		}
-	}
 }

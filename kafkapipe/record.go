@@ -4,7 +4,9 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -137,6 +139,41 @@ var refusals = map[kafka.Error]string{
 	kafka.InvalidTopic:                "kafka_invalid_topic",
 	kafka.TopicAuthorizationFailed:    "kafka_not_authorized",
 	kafka.ClusterAuthorizationFailed:  "kafka_not_authorized",
+}
+
+// Problem classifies a Kafka failure for /readyz and the
+// edgebridge_broker_problem metric: auth (a refused login, or a
+// write not authorized), tls, no_space (the broker's disk is full or below
+// its floor), too_large (over max.message.bytes), refused (the broker
+// answered with another error) or unreachable.
+func Problem(err error) (reason, why string) {
+	msg := err.Error()
+	var kerr kafka.Error // the broker's error code, if it answered with one
+	errors.As(err, &kerr)
+	switch {
+	case errors.Is(err, kafka.SASLAuthenticationFailed) || errors.Is(err, kafka.IllegalSASLState) || errors.Is(err, kafka.UnsupportedSASLMechanism) ||
+		strings.Contains(msg, "SASL"):
+		return "auth", "kafka: SASL login refused (kafka.sasl): " + clipText(msg)
+	case strings.Contains(msg, "tls:") || strings.Contains(msg, "x509:") || strings.Contains(msg, "certificate"):
+		return "tls", "kafka: TLS failed (kafka.tls): " + clipText(msg)
+	case kerr == kafka.TopicAuthorizationFailed || kerr == kafka.ClusterAuthorizationFailed || kerr == kafka.GroupAuthorizationFailed:
+		return "auth", "kafka refused the write: not authorized (the broker's ACLs for kafka.sasl's user): " + clipText(msg)
+	case kerr == kafka.KafkaStorageError:
+		return "no_space", "kafka refused the write: no space on the broker's disk, or below its floor (KAFKA_STORAGE_ERROR): " + clipText(msg)
+	case kerr == kafka.MessageSizeTooLarge || kerr == kafka.RecordListTooLarge:
+		return "too_large", "kafka refused the write: too large for the topic's max.message.bytes (kafka.max_message_bytes must not exceed it): " + clipText(msg)
+	case kerr != 0:
+		return "refused", fmt.Sprintf("kafka refused the write: %s (the broker's log says why)", clipText(msg))
+	}
+	return "unreachable", "kafka unreachable or refusing writes: " + clipText(msg)
+}
+
+// clipText bounds an error text shown to operators.
+func clipText(s string) string {
+	if len(s) > 300 {
+		return s[:300] + "…"
+	}
+	return s
 }
 
 // IsRetryable reports whether sending a record again after err can

@@ -42,7 +42,7 @@ func statusCmd(args []string) error {
 		if err != nil {
 			return err
 		}
-		return s.Write(os.Stdout, nil)
+		return writeStatus(os.Stdout, s, nil)
 	}
 	var prev *bridge.Status
 	t := time.NewTicker(*interval)
@@ -52,7 +52,7 @@ func statusCmd(args []string) error {
 		fmt.Print("\033[H\033[2J") // home, clear screen
 		if err != nil {
 			fmt.Printf("edgebridge status: %v (retrying every %s)\n", err, *interval)
-		} else if err := s.Write(os.Stdout, prev); err != nil {
+		} else if err := writeStatus(os.Stdout, s, prev); err != nil {
 			return err
 		} else {
 			prev = &s

@@ -1,4 +1,4 @@
-package bridge
+package main
 
 import (
 	"fmt"
@@ -9,11 +9,14 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/edgebridge/edgebridge/bridge"
 )
 
-// Write renders s for a terminal. With prev, an earlier snapshot of the
-// same bridge, it also shows rates over the time between them.
-func (s Status) Write(w io.Writer, prev *Status) error {
+// writeStatus renders a bridge's /status for a terminal (edgebridge
+// status). With prev, an earlier snapshot of the same bridge, it also
+// shows rates over the time between them.
+func writeStatus(w io.Writer, s bridge.Status, prev *bridge.Status) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	state := "READY"
 	if !s.Ready {
@@ -26,7 +29,7 @@ func (s Status) Write(w io.Writer, prev *Status) error {
 	fmt.Fprintf(tw, "%s\t%s\t%s\n\n", build, s.Time.Format(time.DateTime), state)
 	for _, b := range []struct {
 		name string
-		b    Broker
+		b    bridge.Broker
 	}{{"MQTT", s.MQTT}, {"Kafka", s.Kafka}} {
 		conn := "connected"
 		if !b.b.Connected {

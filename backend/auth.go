@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/internal/tlsfiles"
 )
 
@@ -49,9 +50,9 @@ func tokenAuth(token func() (string, error)) []grpc.ServerOption {
 		if err != nil {
 			return status.Error(codes.Unavailable, "backend: cannot read its bearer token")
 		}
-		want := []byte("Bearer " + tok)
+		want := []byte(v1.BearerPrefix + tok)
 		md, _ := metadata.FromIncomingContext(ctx)
-		for _, got := range md.Get("authorization") {
+		for _, got := range md.Get(v1.AuthorizationKey) {
 			if subtle.ConstantTimeCompare([]byte(got), want) == 1 {
 				return nil
 			}

@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+
+	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 )
 
 // Reason says why a stream ended or could not be opened. It is the label of
@@ -141,15 +143,16 @@ func (h *handshakes) since(t time.Time) error {
 	return nil
 }
 
-// bearer sends a token with every call.
-type bearer func() (string, error)
+// Bearer sends the token token returns with every call, as the contract's
+// bearer credential, over TLS only.
+type Bearer func() (string, error)
 
-func (b bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+func (b Bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
 	token, err := b()
 	if err != nil {
 		return nil, fmt.Errorf("grpcout: bearer token: %w", err)
 	}
-	return map[string]string{"authorization": "Bearer " + token}, nil
+	return map[string]string{v1.AuthorizationKey: v1.BearerPrefix + token}, nil
 }
 
-func (bearer) RequireTransportSecurity() bool { return true }
+func (Bearer) RequireTransportSecurity() bool { return true }

@@ -109,10 +109,10 @@ func (l *link) dialOptions() []grpc.DialOption {
 	}
 	switch {
 	case cfg.TokenSource != nil:
-		opts = append(opts, grpc.WithPerRPCCredentials(bearer(cfg.TokenSource)))
+		opts = append(opts, grpc.WithPerRPCCredentials(Bearer(cfg.TokenSource)))
 	case cfg.Token != "":
 		token := cfg.Token
-		opts = append(opts, grpc.WithPerRPCCredentials(bearer(func() (string, error) { return token, nil })))
+		opts = append(opts, grpc.WithPerRPCCredentials(Bearer(func() (string, error) { return token, nil })))
 	}
 	if l.p.o.dial != nil {
 		opts = append(opts, grpc.WithContextDialer(l.p.o.dial))

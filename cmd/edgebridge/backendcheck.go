@@ -16,6 +16,7 @@ import (
 
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/conformance"
+	"github.com/edgebridge/edgebridge/grpcout"
 	"github.com/edgebridge/edgebridge/internal/tlsfiles"
 )
 
@@ -55,7 +56,7 @@ func backendCheckCmd(args []string) error {
 		if err != nil {
 			return fmt.Errorf("backend-check: %w", err)
 		}
-		opts = append(opts, grpc.WithPerRPCCredentials(bearerToken(token)))
+		opts = append(opts, grpc.WithPerRPCCredentials(grpcout.Bearer(func() (string, error) { return token, nil })))
 	}
 	dial := func(extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 		return grpc.NewClient(*target, append(append([]grpc.DialOption{}, opts...), extra...)...)
@@ -79,12 +80,3 @@ func backendCheckCmd(args []string) error {
 	fmt.Println("\nall required rules pass")
 	return nil
 }
-
-// bearerToken sends "authorization: Bearer <token>" on every call, over TLS only.
-type bearerToken string
-
-func (t bearerToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
-	return map[string]string{"authorization": "Bearer " + string(t)}, nil
-}
-
-func (bearerToken) RequireTransportSecurity() bool { return true }

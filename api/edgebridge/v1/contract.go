@@ -23,6 +23,13 @@ const (
 	ReasonCorruptEnvelope = "corrupt_envelope"
 )
 
+// The bearer credential a bridge sends on every call (backend.token_file):
+// metadata "authorization: Bearer <token>", over TLS only.
+const (
+	AuthorizationKey = "authorization"
+	BearerPrefix     = "Bearer "
+)
+
 // Limits of the Delivery protocol.
 const (
 	// MaxWindow is the largest Hello.window a bridge sends; a backend

@@ -24,7 +24,6 @@ import (
 	"github.com/edgebridge/edgebridge/bridge"
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/embedded"
-	"github.com/edgebridge/edgebridge/grpcout"
 	"github.com/edgebridge/edgebridge/kafkapipe"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
@@ -109,7 +108,7 @@ func newPipeline(t *testing.T, handle backend.Handler) *pipeline {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
+	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement))
 	backend.NewServer(backend.Config{}, handle, nil).Register(gs)
 	go func() { _ = gs.Serve(ln) }()
 	t.Cleanup(gs.Stop)

@@ -16,7 +16,6 @@ import (
 	"github.com/edgebridge/edgebridge/bridge"
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/embedded"
-	"github.com/edgebridge/edgebridge/grpcout"
 	"github.com/edgebridge/edgebridge/internal/devicesim"
 	"github.com/edgebridge/edgebridge/internal/disktest"
 )
@@ -45,7 +44,7 @@ func TestDiskHighWaterMark(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
+	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement))
 	backend.NewServer(backend.Config{}, func(_ context.Context, env *v1.Envelope) backend.Result {
 		mu.Lock()
 		calls[env.MessageId]++

@@ -62,7 +62,7 @@ func TestWindowFollowsOpenStreams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	second := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
+	second := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement))
 	backend.NewServer(backend.Config{}, func(_ context.Context, env *v1.Envelope) backend.Result { return approve(env) }, nil).Register(second)
 	go func() { _ = second.Serve(ln) }()
 	t.Cleanup(second.Stop)

@@ -25,7 +25,6 @@ import (
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/bridge"
-	"github.com/edgebridge/edgebridge/grpcout"
 	"github.com/edgebridge/edgebridge/internal/syncbuf"
 	"github.com/edgebridge/edgebridge/tracing"
 )
@@ -213,7 +212,7 @@ func TestTraceAcrossHops(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
+	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement))
 	backend.NewServer(backend.Config{}, handle, nil, backend.WithTracerProvider(backendTP)).Register(gs)
 	go func() { _ = gs.Serve(ln) }()
 	t.Cleanup(gs.Stop)

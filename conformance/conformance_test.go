@@ -15,7 +15,6 @@ import (
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/conformance"
-	"github.com/edgebridge/edgebridge/grpcout"
 	"github.com/edgebridge/edgebridge/payment"
 )
 
@@ -257,7 +256,7 @@ func TestKeepaliveRule(t *testing.T) {
 		wantBad bool
 	}{
 		{name: "default enforcement", wantBad: true},
-		{name: "bridge's enforcement", opts: []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement)}},
+		{name: "bridge's enforcement", opts: []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement)}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

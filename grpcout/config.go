@@ -76,7 +76,7 @@ type Heartbeat struct {
 }
 
 // Keepalive are the HTTP/2 keepalive parameters. Backends must allow pings
-// this often (see ServerEnforcement).
+// this often (see backend.ServerEnforcement).
 type Keepalive struct {
 	Time    time.Duration // ping after this much silence. Default: 20s (minimum 10s).
 	Timeout time.Duration // close if the ping is not answered. Default: 10s.

@@ -458,7 +458,7 @@ func TestTLSAndTokenVirtualTime(t *testing.T) {
 }
 
 // HTTP/2 keepalive: the bridge pings an idle connection every
-// Keepalive.Time; a backend with grpcout.ServerEnforcement accepts that for
+// Keepalive.Time; a backend with backend.ServerEnforcement accepts that for
 // hours, one with grpc-go's default policy (5 minutes) kills the
 // connection with "too_many_pings". Application pings are made rare here
 // so only HTTP/2 keepalive keeps the connection busy.
@@ -468,7 +468,7 @@ func TestKeepaliveEnforcementVirtualTime(t *testing.T) {
 		opts     []grpc.ServerOption
 		wantDown bool
 	}{
-		{name: "with ServerEnforcement", opts: []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement)}},
+		{name: "with ServerEnforcement", opts: []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement)}},
 		{name: "grpc-go default policy", wantDown: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -18,7 +18,6 @@ import (
 	"github.com/edgebridge/edgebridge/bridge"
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/devices"
-	"github.com/edgebridge/edgebridge/grpcout"
 	"github.com/edgebridge/edgebridge/internal/devicesim"
 	"github.com/edgebridge/edgebridge/payment"
 	"github.com/edgebridge/edgebridge/siteca"
@@ -56,7 +55,7 @@ func demoCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
+	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement))
 	backend.NewServer(backend.Config{ID: "paymentd-demo"}, payment.Handler(payment.DefaultLimit), ledger, backend.WithLogger(log)).Register(gs)
 	go func() { _ = gs.Serve(bln) }()
 	defer gs.Stop()

@@ -25,7 +25,6 @@ import (
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/grpcmetrics"
-	"github.com/edgebridge/edgebridge/grpcout"
 	"github.com/edgebridge/edgebridge/payment"
 	"github.com/edgebridge/edgebridge/tracing"
 )
@@ -65,7 +64,7 @@ func main() {
 }
 
 func serverOptions(f flags, m *grpcmetrics.Server) ([]grpc.ServerOption, error) {
-	opts := []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement), grpc.StatsHandler(m)}
+	opts := []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement), grpc.StatsHandler(m)}
 	if f.maxConnAge > 0 {
 		opts = append(opts, grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: f.maxConnAge, MaxConnectionAgeGrace: time.Minute}))
 	}

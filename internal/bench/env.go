@@ -27,7 +27,6 @@ import (
 	"github.com/edgebridge/edgebridge/backend"
 	mosquittoconf "github.com/edgebridge/edgebridge/deploy/mosquitto"
 	"github.com/edgebridge/edgebridge/embedded"
-	"github.com/edgebridge/edgebridge/grpcout"
 	"github.com/edgebridge/edgebridge/internal/testpki"
 	"github.com/edgebridge/edgebridge/payment"
 )
@@ -329,7 +328,7 @@ func (e *env) startPaymentd(noFsync bool) error {
 	if err != nil {
 		return err
 	}
-	e.pay = grpc.NewServer(grpc.KeepaliveEnforcementPolicy(grpcout.ServerEnforcement))
+	e.pay = grpc.NewServer(grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement))
 	pay := payment.Handler(payment.DefaultLimit)
 	handle := func(ctx context.Context, env *v1.Envelope) backend.Result {
 		e.hops.add(env)

@@ -1,0 +1,18 @@
+package backend
+
+import (
+	"time"
+
+	"google.golang.org/grpc/keepalive"
+)
+
+// ServerEnforcement is the enforcement policy backends must set
+// (grpc.KeepaliveEnforcementPolicy) so the bridge's keepalive pings
+// (backend.keepalive.time, 20s by default and never below grpc-go's 10s
+// floor) are never refused: grpc-go's default minimum is 5 minutes, and a
+// server that sees pings more often closes the connection with
+// ENHANCE_YOUR_CALM.
+var ServerEnforcement = keepalive.EnforcementPolicy{
+	MinTime:             10 * time.Second,
+	PermitWithoutStream: true,
+}

@@ -3,6 +3,7 @@ package backend
 import (
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
 )
 
@@ -15,4 +16,10 @@ import (
 var ServerEnforcement = keepalive.EnforcementPolicy{
 	MinTime:             10 * time.Second,
 	PermitWithoutStream: true,
+}
+
+// NewGRPCServer is a gRPC server for a backend: ServerEnforcement, then
+// opts (TLS, interceptors, stats handlers). Register a Server on it.
+func NewGRPCServer(opts ...grpc.ServerOption) *grpc.Server {
+	return grpc.NewServer(append([]grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(ServerEnforcement)}, opts...)...)
 }

@@ -108,7 +108,7 @@ func newPipeline(t *testing.T, handle backend.Handler) *pipeline {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement))
+	gs := backend.NewGRPCServer()
 	backend.NewServer(backend.Config{}, handle, nil).Register(gs)
 	go func() { _ = gs.Serve(ln) }()
 	t.Cleanup(gs.Stop)

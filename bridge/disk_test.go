@@ -9,8 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/bridge"
@@ -44,7 +42,7 @@ func TestDiskHighWaterMark(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement))
+	gs := backend.NewGRPCServer()
 	backend.NewServer(backend.Config{}, func(_ context.Context, env *v1.Envelope) backend.Result {
 		mu.Lock()
 		calls[env.MessageId]++

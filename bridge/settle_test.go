@@ -7,8 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
-
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/bridge"
@@ -62,7 +60,7 @@ func TestWindowFollowsOpenStreams(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	second := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement))
+	second := backend.NewGRPCServer()
 	backend.NewServer(backend.Config{}, func(_ context.Context, env *v1.Envelope) backend.Result { return approve(env) }, nil).Register(second)
 	go func() { _ = second.Serve(ln) }()
 	t.Cleanup(second.Stop)

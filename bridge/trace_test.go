@@ -212,7 +212,7 @@ func TestTraceAcrossHops(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement))
+	gs := backend.NewGRPCServer()
 	backend.NewServer(backend.Config{}, handle, nil, backend.WithTracerProvider(backendTP)).Register(gs)
 	go func() { _ = gs.Serve(ln) }()
 	t.Cleanup(gs.Stop)

@@ -29,7 +29,7 @@ func serve(t *testing.T, register func(grpc.ServiceRegistrar)) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement))
+	gs := backend.NewGRPCServer()
 	register(gs)
 	done := make(chan struct{})
 	go func() { _ = gs.Serve(ln); close(done) }()

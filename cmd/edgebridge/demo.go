@@ -12,8 +12,6 @@ import (
 	"path/filepath"
 	"time"
 
-	"google.golang.org/grpc"
-
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/bridge"
 	"github.com/edgebridge/edgebridge/config"
@@ -55,7 +53,7 @@ func demoCmd(args []string) error {
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement))
+	gs := backend.NewGRPCServer()
 	backend.NewServer(backend.Config{ID: "paymentd-demo"}, payment.Handler(payment.DefaultLimit), ledger, backend.WithLogger(log)).Register(gs)
 	go func() { _ = gs.Serve(bln) }()
 	defer gs.Stop()

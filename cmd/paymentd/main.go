@@ -64,7 +64,7 @@ func main() {
 }
 
 func serverOptions(f flags, m *grpcmetrics.Server) ([]grpc.ServerOption, error) {
-	opts := []grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement), grpc.StatsHandler(m)}
+	opts := []grpc.ServerOption{grpc.StatsHandler(m)}
 	if f.maxConnAge > 0 {
 		opts = append(opts, grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionAge: f.maxConnAge, MaxConnectionAgeGrace: time.Minute}))
 	}
@@ -134,7 +134,7 @@ func run(f flags, log *slog.Logger) error {
 	}()
 	srv := backend.NewServer(backend.Config{ID: "paymentd", Credits: uint32(f.credits)}, handler, ledger,
 		backend.WithLogger(log), backend.WithTracerProvider(tp))
-	gs := grpc.NewServer(opts...)
+	gs := backend.NewGRPCServer(opts...)
 	srv.Register(gs)
 	log.Info("paymentd listening", "addr", ln.Addr().String(), "ledger", f.ledger, "entries", ledger.Len())
 

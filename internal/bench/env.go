@@ -328,7 +328,7 @@ func (e *env) startPaymentd(noFsync bool) error {
 	if err != nil {
 		return err
 	}
-	e.pay = grpc.NewServer(grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement))
+	e.pay = backend.NewGRPCServer()
 	pay := payment.Handler(payment.DefaultLimit)
 	handle := func(ctx context.Context, env *v1.Envelope) backend.Result {
 		e.hops.add(env)

@@ -279,7 +279,7 @@ func (b *testBackend) start() {
 	b.addr = ln.Addr().String()
 	srv := backend.NewServer(backend.Config{ID: b.name, Credits: b.credits}, b.handler, b.r.ledger,
 		backend.WithDedupLock(&b.r.lock), backend.WithLogger(slog.New(slog.DiscardHandler)))
-	gs := grpc.NewServer(append([]grpc.ServerOption{grpc.KeepaliveEnforcementPolicy(backend.ServerEnforcement), grpc.ChainStreamInterceptor(b.stats.interceptor)}, b.serverOpts...)...)
+	gs := backend.NewGRPCServer(append([]grpc.ServerOption{grpc.ChainStreamInterceptor(b.stats.interceptor)}, b.serverOpts...)...)
 	if b.raw != nil {
 		v1.RegisterDeliveryServer(gs, b.raw(b))
 	} else {

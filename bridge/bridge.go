@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -152,18 +151,7 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	// backends: backend.window per open stream (one stream's worth while
 	// none is up), resized as streams open and close (newBackends).
 	b.win = ackwindow.New(cfg.Backend.Window)
-	// One finisher per record the configured streams hold: a reply publish
-	// waits for Mosquitto's PUBACK before its record is ACKed, so with fewer
-	// finishers the replies in flight, not the CPU, capped throughput (8
-	// finishers: ~8k msg/s at a 1 ms PUBACK round trip; see
-	// docs/PERFORMANCE.md). Idle finishers cost a few KB each.
-	b.settler = settle.New(settle.Config{
-		Policy:          settle.Policy{MaxAttempts: cfg.Backend.MaxAttempts, Backoff: cfg.Backend.RetryBackoff},
-		Finishers:       cfg.Backend.Window * max(len(cfg.Backend.Targets), 1),
-		DLQTopic:        cfg.Kafka.DLQTopic,
-		MaxMessageBytes: cfg.Kafka.MaxMessageBytes,
-		WantReply:       true,
-	}, sink{b}, settle.WithLogger(b.log))
+	b.settler = settle.New(settleConfig(cfg), sink{b}, settle.WithLogger(b.log))
 	b.rules = ingestRules{dec: transcoder.New(cfg.MQTT.MaxPayload), maxPayload: cfg.MQTT.MaxPayload, maxRecord: cfg.Kafka.MaxMessageBytes,
 		topic: cfg.Kafka.Topic, dlqTopic: cfg.Kafka.DLQTopic, replyTopic: cfg.MQTT.ReplyTopic}
 
@@ -179,22 +167,14 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	if b.mqttUser != "" {
 		user = b.mqttUser
 	}
-	b.mqtt, err = mqttin.New(mqttin.Config{
-		Broker:    cfg.MQTT.Broker,
-		ClientID:  cfg.MQTT.ClientID,
-		Subscribe: cfg.MQTT.Subscribe,
-		Username:  user,
-		Password:  password,
-		TLS:       mqttTLS,
-	}, mqttin.WithLogger(b.log))
+	b.mqtt, err = mqttin.New(mqttConfig(cfg, user, password, mqttTLS), mqttin.WithLogger(b.log))
 	if err != nil {
 		return nil, err
 	}
 	if b.kafkaSec, err = cfg.Kafka.Security(); err != nil {
 		return nil, fmt.Errorf("bridge: kafka security: %w", err)
 	}
-	b.producer, err = kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: cfg.Kafka.Brokers, MaxRequestBytes: cfg.Kafka.MaxMessageBytes, Security: b.kafkaSec,
-		TopicConfigs: cfg.Kafka.TopicConfigs()})
+	b.producer, err = kafkapipe.NewProducer(producerConfig(cfg, b.kafkaSec))
 	if err != nil {
 		return nil, err
 	}
@@ -225,32 +205,11 @@ func New(cfg config.Config, opts ...Option) (*Bridge, error) {
 	return b, nil
 }
 
-// handedFile is where the consumer records what it handed out: only needed
-// (and written) with backend.max_request_age.
-func (b *Bridge) handedFile() string {
-	if b.cfg.Backend.MaxRequestAge <= 0 {
-		return ""
-	}
-	return filepath.Join(b.cfg.Kafka.DataDir, handedFile)
-}
-
 // newBackends sets up the gRPC hop: the consumer of the backends' group
 // and the pool of backend streams.
 func (b *Bridge) newBackends() error {
 	var err error
-	b.consumer, err = kafkapipe.NewConsumer(kafkapipe.ConsumerConfig{
-		Brokers:           b.cfg.Kafka.Brokers,
-		Security:          b.kafkaSec,
-		GroupID:           b.cfg.Kafka.GroupID,
-		Topic:             b.cfg.Kafka.Topic,
-		CommitInterval:    b.cfg.Kafka.CommitInterval,
-		SessionTimeout:    b.cfg.Kafka.SessionTimeout,
-		HeartbeatInterval: b.cfg.Kafka.HeartbeatInterval,
-		DrainTimeout:      b.cfg.Shutdown.DrainTimeout,
-		// A restart after a crash takes the partitions at once.
-		MemberFile: filepath.Join(b.cfg.Kafka.DataDir, backendMemberFile),
-		HandedFile: b.handedFile(),
-	}, b.win, b.handleRecord,
+	b.consumer, err = kafkapipe.NewConsumer(consumerConfig(b.cfg, b.kafkaSec), b.win, b.handleRecord,
 		kafkapipe.WithLogger(b.log),
 		kafkapipe.WithCommitHook(func(p int32, off int64) { b.metrics.Commits.Inc() }))
 	if err != nil {
@@ -268,50 +227,14 @@ func (b *Bridge) newBackends() error {
 		token = b.cfg.Backend.Token // read at every call: a rotated token needs no restart
 	}
 	be := b.cfg.Backend
-	b.pool, err = grpcout.New(grpcout.Config{
-		Targets:          be.Targets,
-		BridgeID:         b.cfg.MQTT.ClientID,
-		Window:           be.Window,
-		OpenTimeout:      be.OpenTimeout,
-		AckTimeout:       be.AckTimeout,
-		ResolveInterval:  be.ResolveInterval,
-		HealthCheckAfter: be.Reconnect.HealthCheckAfter,
-		Backoff: grpcout.Backoff{Initial: be.Reconnect.Initial, Max: be.Reconnect.Max,
-			Jitter: be.Reconnect.Jitter, ResetAfter: be.Reconnect.ResetAfter},
-		Heartbeat: grpcout.Heartbeat{Interval: be.Heartbeat.Interval, MinInterval: be.Heartbeat.MinInterval,
-			MaxInterval: be.Heartbeat.MaxInterval, Timeout: be.Heartbeat.Timeout, SlowRTT: be.Heartbeat.SlowRTT},
-		Keepalive:   grpcout.Keepalive{Time: be.Keepalive.Time, Timeout: be.Keepalive.Timeout},
-		TLS:         tlsConfig,
-		TokenSource: token,
-	}, append([]grpcout.Option{grpcout.WithLogger(b.log), grpcout.WithEventHook(b.metrics.GRPC.Observe),
+	b.pool, err = grpcout.New(poolConfig(b.cfg, tlsConfig, token), append([]grpcout.Option{grpcout.WithLogger(b.log), grpcout.WithEventHook(b.metrics.GRPC.Observe),
 		grpcout.WithStatsHandler(b.metrics.GRPC.Handler),
 		grpcout.WithStreamsHook(func(up int) { b.win.SetCap(be.Window * max(up, 1)) })}, b.poolOpts...)...)
 	return err
 }
 
 func (b *Bridge) newDapr() (*daprcomp.Server, error) {
-	cfg := b.cfg
-	return daprcomp.New(daprcomp.Config{
-		SocketPath:        cfg.Dapr.SocketPath(),
-		Brokers:           cfg.Kafka.Brokers,
-		Security:          b.kafkaSec,
-		Partitions:        cfg.Kafka.Partitions,
-		RequestTopic:      cfg.Kafka.Topic,
-		DLQTopic:          cfg.Kafka.DLQTopic,
-		BackendGroup:      cfg.Kafka.GroupID,
-		ReplyTopic:        cfg.Dapr.ReplyTopic,
-		DeviceReplyTopic:  cfg.MQTT.ReplyTopic,
-		BindingTopics:     cfg.Dapr.BindingTopics,
-		Source:            "edgebridge/" + cfg.MQTT.ClientID,
-		Window:            cfg.Dapr.Window,
-		MaxAttempts:       cfg.Dapr.MaxAttempts,
-		MaxMessageBytes:   cfg.Kafka.MaxMessageBytes,
-		RetryBackoff:      cfg.Dapr.RetryBackoff,
-		CommitInterval:    cfg.Kafka.CommitInterval,
-		SessionTimeout:    cfg.Kafka.SessionTimeout,
-		HeartbeatInterval: cfg.Kafka.HeartbeatInterval,
-		DrainTimeout:      cfg.Shutdown.DrainTimeout,
-	}, daprcomp.Deps{MQTT: b.mqtt, Kafka: b.producer, Healthy: b.healthy},
+	return daprcomp.New(daprConfig(b.cfg, b.kafkaSec), daprcomp.Deps{MQTT: b.mqtt, Kafka: b.producer, Healthy: b.healthy},
 		daprcomp.WithLogger(b.log), daprcomp.WithEventHook(b.metrics.observeDapr))
 }
 

@@ -17,7 +17,7 @@ import (
 	"github.com/edgebridge/edgebridge/devices"
 	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/internal/tlsfiles"
-	"github.com/edgebridge/edgebridge/siteca"
+	"github.com/edgebridge/edgebridge/node"
 )
 
 // brokerCmd runs one embedded broker as its own process until SIGINT or
@@ -98,7 +98,7 @@ func brokerCmd(args []string) error {
 			return err
 		}
 		if site != nil {
-			go site.keep(ctx)
+			go site.Keep(ctx)
 		}
 		b, err := embedded.ListenMQTT(mc)
 		if err != nil {
@@ -136,7 +136,7 @@ var flagNames = strings.NewReplacer(
 // config is the broker's configuration, built as `run` builds the
 // embedded broker's, and the site identity to keep renewed (nil without
 // one).
-func (m mqttFlags) config(log *slog.Logger) (embedded.MQTTConfig, *siteIdentity, error) {
+func (m mqttFlags) config(log *slog.Logger) (embedded.MQTTConfig, *node.Site, error) {
 	cfg := config.Default()
 	cfg.Kafka.DataDir = m.data
 	cfg.MQTT.EmbeddedListen, cfg.MQTT.EmbeddedMessageExpiry, cfg.MQTT.EmbeddedAllowInsecure = m.listen, m.expiry, m.insecure
@@ -144,7 +144,7 @@ func (m mqttFlags) config(log *slog.Logger) (embedded.MQTTConfig, *siteIdentity,
 		ClientCAFile: m.clientCA, Names: strings.Split(m.names, ",")}
 	cfg.MQTT.EmbeddedAuth.PasswordFile = m.passwords
 	if m.passwords == "" && m.tlsListen != "" {
-		cfg.MQTT.EmbeddedAuth.PasswordFile = filepath.Join(siteDir(m.data), devices.PasswordFile)
+		cfg.MQTT.EmbeddedAuth.PasswordFile = filepath.Join(node.SiteDir(m.data), devices.PasswordFile)
 	}
 	cfg.ApplyDefaults()
 	if err := cfg.Validate(); err != nil {
@@ -154,38 +154,13 @@ func (m mqttFlags) config(log *slog.Logger) (embedded.MQTTConfig, *siteIdentity,
 	if cfg.MQTT.AuthEnabled() {
 		file := m.bridgePassword
 		if file == "" {
-			file = filepath.Join(siteDir(m.data), bridgePasswordFile)
+			file = filepath.Join(node.SiteDir(m.data), node.BridgePasswordFile)
 		}
 		var err error
-		if password, err = generatedSecret(file); err != nil {
+		if password, err = node.GeneratedSecret(file); err != nil {
 			return embedded.MQTTConfig{}, nil, fmt.Errorf("broker mqtt: -bridge-password-file: %w", err)
 		}
 	}
-	mc, _, site, err := embeddedMQTTConfig(cfg, log, password)
+	mc, _, site, err := node.EmbeddedMQTT(cfg, log, password)
 	return mc, site, err
-}
-
-// bridgePasswordFile is where broker mqtt keeps the bridge's generated
-// password in the site directory.
-const bridgePasswordFile = "bridge.password"
-
-// generatedSecret reads the secret in file, or makes one and writes it
-// there (readable by the file's group: a bridge in another container on a
-// shared volume) when the file does not exist.
-func generatedSecret(file string) (string, error) {
-	raw, err := os.ReadFile(file)
-	switch {
-	case err == nil:
-		if s := strings.TrimRight(string(raw), "\r\n"); s != "" {
-			return s, nil
-		}
-		return "", fmt.Errorf("%s is empty", file)
-	case !errors.Is(err, os.ErrNotExist):
-		return "", err
-	}
-	if err := os.MkdirAll(filepath.Dir(file), 0o750); err != nil {
-		return "", err
-	}
-	s := newSecret()
-	return s, siteca.WriteFile(file, []byte(s+"\n"), 0o640)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/devices"
 	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/node"
 	"github.com/edgebridge/edgebridge/payment"
 	"github.com/edgebridge/edgebridge/siteca"
 )
@@ -63,43 +64,43 @@ func demoCmd(args []string) error {
 	// would give it (package devices writes the same file).
 	cfg := config.Default()
 	cfg.MQTT.EmbeddedListen = "127.0.0.1:0"
-	cfg.MQTT.EmbeddedAuth.PasswordFile = filepath.Join(siteDir(dir), devices.PasswordFile)
+	cfg.MQTT.EmbeddedAuth.PasswordFile = filepath.Join(node.SiteDir(dir), devices.PasswordFile)
 	cfg.MQTT.EmbeddedTLS = config.EmbeddedTLS{Listen: "127.0.0.1:0", Names: []string{"127.0.0.1"}}
 	cfg.Kafka.EmbeddedListen = "127.0.0.1:0"
 	cfg.Kafka.DataDir = dir
 	cfg.Backend.Targets = []string{bln.Addr().String()}
 	cfg.Admin.Listen = "127.0.0.1:0"
 	sim := devicesim.Config{Devices: *nDevices, Requests: *requests, Outstanding: *outstanding}
-	passwords, err := provisionDemoDevices(siteDir(dir), sim)
+	passwords, err := provisionDemoDevices(node.SiteDir(dir), sim)
 	if err != nil {
 		return err
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	started := make(chan running, 1)
+	started := make(chan node.Running, 1)
 	bridgeDone := make(chan error, 1)
 	go func() {
-		bridgeDone <- runBridge(ctx, cfg, log, func(r running) { started <- r })
+		bridgeDone <- node.Run(ctx, cfg, log, node.WithBuildInfo(buildInfo()), node.OnStart(func(r node.Running) { started <- r }))
 	}()
-	var live running
+	var live node.Running
 	select {
 	case live = <-started:
 	case err := <-bridgeDone:
 		return fmt.Errorf("demo: bridge did not start: %w", err)
 	}
-	site, err := siteca.Load(siteDir(dir))
+	site, err := siteca.Load(node.SiteDir(dir))
 	if err != nil {
 		return err
 	}
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(site.CAPEM())
-	sim.Broker = "ssl://" + live.deviceTLS
+	sim.Broker = "ssl://" + live.DeviceTLS
 	sim.Connect = func(id string) devicesim.Conn {
 		return devicesim.Conn{Username: id, Password: passwords[id], TLS: &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}}
 	}
-	fmt.Printf("edgebridge demo: devices %s (TLS, a password each), backend %s, admin http://%s/metrics\n", sim.Broker, bln.Addr(), live.cfg.Admin.Listen)
-	if err := waitReady(ctx, live.bridge, 30*time.Second); err != nil {
+	fmt.Printf("edgebridge demo: devices %s (TLS, a password each), backend %s, admin http://%s/metrics\n", sim.Broker, bln.Addr(), live.Config.Admin.Listen)
+	if err := waitReady(ctx, live.Bridge, 30*time.Second); err != nil {
 		return err
 	}
 	fmt.Printf("sending %d devices x %d requests (%d in flight per device)\n", *nDevices, *requests, *outstanding)

@@ -9,19 +9,14 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
-	"slices"
 	"strings"
-	"sync/atomic"
 	"syscall"
-	"time"
 
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/devices"
+	"github.com/edgebridge/edgebridge/node"
 	"github.com/edgebridge/edgebridge/siteca"
 )
-
-// siteDir is where a data directory keeps the site CA.
-func siteDir(dataDir string) string { return filepath.Join(dataDir, "site") }
 
 // configFlag adds -config to fs, by default $EDGEBRIDGE_CONFIG (the
 // image sets it, so `docker compose exec edgebridge edgebridge device add
@@ -38,13 +33,13 @@ func siteFlags(fs *flag.FlagSet) func() (string, *config.Config, error) {
 	data := fs.String("data", "", "instead of -config: a data directory (broker mqtt -data); the site in DIR/site")
 	return func() (string, *config.Config, error) {
 		if *data != "" {
-			return siteDir(*data), nil, nil
+			return node.SiteDir(*data), nil, nil
 		}
 		cfg, err := loadConfig(*path)
 		if err != nil {
 			return "", nil, err
 		}
-		return siteDir(cfg.Kafka.DataDir), &cfg, nil
+		return node.SiteDir(cfg.Kafka.DataDir), &cfg, nil
 	}
 }
 
@@ -107,12 +102,12 @@ func siteMosquittoCmd(args []string) error {
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
-	id, err := ensureSiteIdentity(dir, strings.Split(*names, ","), log)
+	id, err := node.EnsureSite(dir, strings.Split(*names, ","), log)
 	if err != nil {
 		return err
 	}
-	pwFile := filepath.Join(dir, bridgePasswordFile)
-	pw, err := generatedSecret(pwFile)
+	pwFile := filepath.Join(dir, node.BridgePasswordFile)
+	pw, err := node.GeneratedSecret(pwFile)
 	if err != nil {
 		return fmt.Errorf("site mosquitto: the bridge's password: %w", err)
 	}
@@ -120,74 +115,12 @@ func siteMosquittoCmd(args []string) error {
 		return fmt.Errorf("site mosquitto: the bridge's account: %w", err)
 	}
 	log.Info("edgebridge: site files ready for Mosquitto", "dir", dir, "bridge_user", siteca.BridgeUser, "bridge_password_file", pwFile,
-		"server_cert_not_after", id.expiry())
+		"server_cert_not_after", id.Expiry())
 	if *once {
 		return nil
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	id.keep(ctx)
+	id.Keep(ctx)
 	return nil
-}
-
-// siteIdentity is the MQTT broker's TLS certificate from the site CA,
-// renewed while the process runs.
-type siteIdentity struct {
-	cfg      siteca.Config
-	log      *slog.Logger
-	site     *siteca.Site
-	notAfter atomic.Int64 // Unix seconds
-}
-
-// ensureSiteIdentity makes or loads the site CA in the site directory dir
-// and a current server certificate for names (empty ones dropped).
-func ensureSiteIdentity(dir string, names []string, log *slog.Logger) (*siteIdentity, error) {
-	names = slices.DeleteFunc(names, func(n string) bool { return strings.TrimSpace(n) == "" })
-	id := &siteIdentity{cfg: siteca.Config{Dir: dir, Names: names}, log: log}
-	if err := id.ensure(); err != nil {
-		return nil, err
-	}
-	return id, nil
-}
-
-func (id *siteIdentity) ensure() error {
-	s, made, err := siteca.Ensure(id.cfg)
-	if err != nil {
-		return fmt.Errorf("site CA: %w", err)
-	}
-	// The CRL is signed again, so it never goes stale while this runs.
-	if err := devices.Open(id.cfg.Dir).Refresh(); err != nil {
-		return fmt.Errorf("site CA: the CRL: %w", err)
-	}
-	id.site = s
-	id.notAfter.Store(s.ServerNotAfter().Unix())
-	switch made {
-	case "ca":
-		id.log.Info("edgebridge: made the site CA; devices must trust it (edgebridge site ca prints it), back up its key",
-			"dir", id.cfg.Dir, "names", id.cfg.Names)
-	case "renewed":
-		id.log.Info("edgebridge: renewed the MQTT server certificate", "names", id.cfg.Names, "not_after", s.ServerNotAfter())
-	}
-	return nil
-}
-
-// expiry is when the server certificate expires.
-func (id *siteIdentity) expiry() time.Time { return time.Unix(id.notAfter.Load(), 0) }
-
-// keep renews the server certificate when it is due and signs the CRL
-// again, twice a day, until ctx ends. The broker reads the files again
-// when they change.
-func (id *siteIdentity) keep(ctx context.Context) {
-	t := time.NewTicker(12 * time.Hour)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := id.ensure(); err != nil {
-				id.log.Error("edgebridge: cannot renew the MQTT server certificate", "err", err, "not_after", id.expiry())
-			}
-		}
-	}
 }

@@ -1,4 +1,4 @@
-package main
+package node
 
 import (
 	"testing"
@@ -24,7 +24,7 @@ func TestEmbeddedKafkaStorageSettings(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		kc, err := embeddedKafkaConfig(cfg)
+		kc, err := embeddedKafka(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -760,11 +760,9 @@ func (c *Config) problems() Problems {
 	if j := c.Backend.Reconnect.Jitter; j < 0 || j >= 1 {
 		bad("backend.reconnect.jitter", "%g must be in [0, 1)", j)
 	}
-	if h := c.Backend.Heartbeat; h.MinInterval <= 0 || h.MinInterval > h.Interval || h.Interval > h.MaxInterval {
-		bad("backend.heartbeat", "intervals must satisfy 0 < min_interval %s <= interval %s <= max_interval %s", h.MinInterval, h.Interval, h.MaxInterval)
-	}
-	if h := c.Backend.Heartbeat; h.Timeout <= h.MaxInterval {
-		bad("backend.heartbeat.timeout", "%s must exceed max_interval %s", h.Timeout, h.MaxInterval)
+	h := c.Backend.Heartbeat
+	if p := (grpcout.Heartbeat{Interval: h.Interval, MinInterval: h.MinInterval, MaxInterval: h.MaxInterval, Timeout: h.Timeout}).Check(); p != nil {
+		bad(strings.TrimSuffix("backend.heartbeat."+p.Field, "."), "%s", p.Msg)
 	}
 	if c.Backend.Keepalive.Time < 10*time.Second {
 		bad("backend.keepalive.time", "%s must be at least 10s (gRPC's floor; backends enforce it)", c.Backend.Keepalive.Time)

@@ -91,6 +91,10 @@ admin:
 			"backend.heartbeat.timeout", "backend.reconnect.max", "backend.reconnect.jitter", "backend.keepalive.time",
 			"cert_file and key_file go together", "/nonexistent/ca.pem", "backend.token_file", "admin.listen"}},
 		{name: "token needs tls", doc: "backend:\n  token_file: /etc/hostname\n", want: []string{"a token requires backend.tls.enabled"}},
+		{name: "heartbeat out of order", doc: "backend:\n  heartbeat: {interval: 5s, max_interval: 4s}\n",
+			want: []string{"backend.heartbeat: intervals must satisfy 0 < min_interval 1s <= interval 5s <= max_interval 4s"}},
+		{name: "heartbeat timeout below max", doc: "backend:\n  heartbeat: {interval: 5s, max_interval: 8s, timeout: 8s}\n",
+			want: []string{"backend.heartbeat.timeout: 8s must exceed max_interval 8s"}},
 		{name: "tls settings without tls", doc: "backend:\n  tls:\n    server_name: x\n", want: []string{"enabled is false"}},
 		{name: "no targets without dapr", doc: "backend:\n  targets: []\n", want: []string{"backend.targets: at least one target"}},
 		{name: "dapr problems", doc: `

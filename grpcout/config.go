@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"time"
 
 	"github.com/edgebridge/edgebridge/ackwindow"
@@ -149,6 +150,25 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// HeartbeatProblem is a heartbeat whose bounds are out of order; Field is
+// the setting at fault: "" (the intervals) or "timeout".
+type HeartbeatProblem struct{ Field, Msg string }
+
+func (p *HeartbeatProblem) Error() string { return p.Msg }
+
+// Check reports the first bound out of order, or nil: a heartbeat needs
+// 0 < min_interval <= interval <= max_interval < timeout. Package config
+// checks backend.heartbeat with it too.
+func (h Heartbeat) Check() *HeartbeatProblem {
+	if h.MinInterval <= 0 || h.MinInterval > h.Interval || h.Interval > h.MaxInterval {
+		return &HeartbeatProblem{Msg: fmt.Sprintf("intervals must satisfy 0 < min_interval %s <= interval %s <= max_interval %s", h.MinInterval, h.Interval, h.MaxInterval)}
+	}
+	if h.Timeout <= h.MaxInterval {
+		return &HeartbeatProblem{Field: "timeout", Msg: fmt.Sprintf("%s must exceed max_interval %s", h.Timeout, h.MaxInterval)}
+	}
+	return nil
+}
+
 // Validate returns every problem in c (after defaults), joined.
 func (c Config) Validate() error {
 	c = c.withDefaults()
@@ -168,12 +188,8 @@ func (c Config) Validate() error {
 	if c.Backoff.Jitter >= 1 {
 		bad("backoff jitter %.2f must be below 1", c.Backoff.Jitter)
 	}
-	h := c.Heartbeat
-	if h.MinInterval > h.Interval || h.Interval > h.MaxInterval {
-		bad("heartbeat intervals must satisfy min %s <= interval %s <= max %s", h.MinInterval, h.Interval, h.MaxInterval)
-	}
-	if h.MaxInterval >= h.Timeout {
-		bad("heartbeat max interval %s must be below the timeout %s", h.MaxInterval, h.Timeout)
+	if p := c.Heartbeat.Check(); p != nil {
+		bad("%s: %s", strings.TrimSpace("heartbeat "+p.Field), p.Msg)
 	}
 	if (c.Token != "" || c.TokenSource != nil) && c.TLS == nil {
 		bad("a token requires TLS")

@@ -7,8 +7,6 @@ package node
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -170,7 +168,7 @@ func EmbeddedMQTT(cfg config.Config, log *slog.Logger, bridgePassword string) (e
 	var opts []bridge.Option
 	if cfg.MQTT.AuthEnabled() {
 		if bridgePassword == "" {
-			bridgePassword = NewSecret()
+			bridgePassword = devices.NewPassword()
 		}
 		user, password := cfg.MQTT.Username, bridgePassword
 		if user == "" {
@@ -221,13 +219,6 @@ func EmbeddedMQTT(cfg config.Config, log *slog.Logger, bridgePassword string) (e
 		mc.TLSListen, mc.TLS, mc.ClientCertIdentity = t.Listen, tc, files.CAFile != ""
 	}
 	return mc, opts, site, nil
-}
-
-// NewSecret is 32 random bytes in hex: a password no one chose.
-func NewSecret() string {
-	b := make([]byte, 32)
-	_, _ = rand.Read(b) // crypto/rand.Read never fails (Go 1.24+)
-	return hex.EncodeToString(b)
 }
 
 // embeddedKafka is the in-process Kafka broker's configuration: TLS
@@ -343,6 +334,6 @@ func GeneratedSecret(file string) (string, error) {
 	if err := os.MkdirAll(filepath.Dir(file), 0o750); err != nil {
 		return "", err
 	}
-	s := NewSecret()
+	s := devices.NewPassword()
 	return s, siteca.WriteFile(file, []byte(s+"\n"), 0o640)
 }

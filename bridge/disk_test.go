@@ -14,8 +14,8 @@ import (
 	"github.com/edgebridge/edgebridge/bridge"
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/embedded"
-	"github.com/edgebridge/edgebridge/internal/devicesim"
-	"github.com/edgebridge/edgebridge/internal/disktest"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
+	"github.com/edgebridge/edgebridge/kit/disktest"
 )
 
 // The data disk's high-water mark: with the embedded Kafka's data on a

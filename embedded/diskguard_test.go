@@ -12,7 +12,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	"github.com/edgebridge/edgebridge/embedded"
-	"github.com/edgebridge/edgebridge/internal/disktest"
+	"github.com/edgebridge/edgebridge/kit/disktest"
 )
 
 // Below its free-space floor the broker refuses produces with

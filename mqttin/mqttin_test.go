@@ -16,6 +16,7 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/edgebridge/edgebridge/embedded"
+	"github.com/edgebridge/edgebridge/internal/await"
 	"github.com/edgebridge/edgebridge/internal/syncbuf"
 	"github.com/edgebridge/edgebridge/mqttin"
 )
@@ -62,13 +63,7 @@ func start(t *testing.T, cfg mqttin.Config, opts ...mqttin.Option) (*mqttin.Clie
 
 func waitUntil(t *testing.T, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10s")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	await.True(t, 10*time.Second, "the condition", cond)
 }
 
 func publisher(t *testing.T, url string) paho.Client {

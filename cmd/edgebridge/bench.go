@@ -8,11 +8,11 @@ import (
 	"os/signal"
 	"syscall"
 
-	"github.com/edgebridge/edgebridge/internal/bench"
+	"github.com/edgebridge/edgebridge/kit/bench"
 )
 
 // benchCmd measures the pipeline against raw MQTT, Kafka and gRPC in the
-// same run; see internal/bench.
+// same run; see kit/bench.
 func benchCmd(args []string) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	var cfg bench.Config

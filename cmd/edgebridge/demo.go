@@ -16,7 +16,8 @@ import (
 	"github.com/edgebridge/edgebridge/bridge"
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/devices"
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/internal/await"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
 	"github.com/edgebridge/edgebridge/node"
 	"github.com/edgebridge/edgebridge/payment"
 	"github.com/edgebridge/edgebridge/siteca"
@@ -162,23 +163,12 @@ func provisionDemoDevices(dir string, sim devicesim.Config) (map[string]string, 
 }
 
 func waitReady(ctx context.Context, b *bridge.Bridge, limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for {
-		ok, why := b.Ready()
-		if ok {
-			return nil
+	return await.Cond(ctx, limit, "demo: bridge ready", func() error {
+		if ok, why := b.Ready(); !ok {
+			return fmt.Errorf("%v", why)
 		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("demo: bridge not ready after %s: %v", limit, why)
-		}
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
+		return nil
+	})
 }
 
 func head(s []string, n int) []string { return s[:min(n, len(s))] }

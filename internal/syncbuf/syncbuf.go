@@ -7,8 +7,12 @@ import (
 	"sync"
 )
 
-// Buffer is safe for concurrent use. The zero value is empty and ready.
+// Buffer is safe for concurrent use. The zero value is empty, unbounded
+// and ready.
 type Buffer struct {
+	// Max, if above zero, is how many bytes it keeps: the last ones written.
+	Max int
+
 	mu sync.Mutex
 	b  bytes.Buffer
 }
@@ -16,10 +20,14 @@ type Buffer struct {
 func (s *Buffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.b.Write(p)
+	n, err := s.b.Write(p)
+	if over := s.b.Len() - s.Max; s.Max > 0 && over > 0 {
+		s.b.Next(over)
+	}
+	return n, err
 }
 
-// String returns what was written so far.
+// String returns what was written so far (the last Max bytes of it).
 func (s *Buffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -6,8 +6,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/edgebridge/edgebridge/internal/testpki"
 	"github.com/edgebridge/edgebridge/internal/tlsfiles"
+	"github.com/edgebridge/edgebridge/kit/testpki"
 )
 
 // serve accepts TLS connections with tc and completes their handshakes,

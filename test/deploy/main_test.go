@@ -15,8 +15,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -26,6 +24,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/edgebridge/edgebridge/internal/await"
+	"github.com/edgebridge/edgebridge/kit/proc"
 )
 
 // repo is the repository root.
@@ -116,12 +117,11 @@ func image(t *testing.T) string {
 // freePort returns a port on 127.0.0.1 that was free a moment ago.
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	port, err := proc.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	return port
 }
 
 // waitReady polls the bridge's /readyz until it answers 200 and returns
@@ -135,24 +135,17 @@ func waitReady(t *testing.T, adminPort int, within time.Duration) time.Duration 
 func waitAnswer(t *testing.T, adminPort, status int, within time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
-	url := fmt.Sprintf("http://127.0.0.1:%d/readyz", adminPort)
-	last := "no answer"
-	for time.Since(start) < within {
-		resp, err := http.Get(url)
-		if err == nil {
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode == status {
-				return time.Since(start)
-			}
-			last = resp.Status + ": " + strings.TrimSpace(string(body))
-		} else {
-			last = err.Error()
+	b := proc.Bridge{Admin: fmt.Sprintf("127.0.0.1:%d", adminPort)}
+	err := await.Cond(context.Background(), within, fmt.Sprintf("/readyz answering %d", status), func() error {
+		if code, body := b.Readyz(); code != status {
+			return fmt.Errorf("%d: %s", code, strings.TrimSpace(body))
 		}
-		time.Sleep(100 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("/readyz did not answer %d within %s: %s", status, within, last)
-	return 0
+	return time.Since(start)
 }
 
 // metric sums the samples of a counter or gauge on the bridge's /metrics.

@@ -34,7 +34,8 @@ import (
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/grpcout"
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/internal/await"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
 	"github.com/edgebridge/edgebridge/payment"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
@@ -458,16 +459,10 @@ func up(addr string) func(grpcout.Event) bool {
 	return func(e grpcout.Event) bool { return e.Kind == grpcout.StreamUp && (addr == "" || e.Addr == addr) }
 }
 
-// waitFor polls cond every 5ms until it holds or timeout passes.
+// waitFor checks cond until it holds, failing the test after timeout.
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	await.True(t, timeout, what, cond)
 }
 
 // requestNumber is n of request id r-%06d.

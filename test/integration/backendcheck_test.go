@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
 )
 
 // pythonBackend is the example backend of examples/python-backend, run
@@ -21,7 +21,7 @@ func startPythonBackend(t *testing.T, addr, ledger string) *paymentd {
 	}
 	p := start(t, "/usr/bin/python3", pythonBackend, "-listen", addr, "-ledger", ledger)
 	waitFor(t, 20*time.Second, "the python backend to listen", func() bool { return dialable(addr) })
-	return &paymentd{proc: p, addr: addr, ledger: ledger}
+	return &paymentd{Process: p, addr: addr, ledger: ledger}
 }
 
 // TestPythonBackend: the second-language reference backend behind the real
@@ -40,14 +40,14 @@ func TestPythonBackend(t *testing.T) {
 	cfg := devicesim.Config{Broker: mqtt, Devices: 10, Requests: 50, Outstanding: 4, Counters: new(devicesim.Counters)}
 	done := runDevices(ctx, cfg)
 	waitFor(t, time.Minute, "the first 100 replies", func() bool { return cfg.Counters.Replied.Load() >= 100 })
-	py.kill()
+	py.Kill()
 	if n := cfg.Counters.Replied.Load(); n >= int64(cfg.Devices*cfg.Requests) {
 		t.Fatalf("all %d replies arrived before the kill: the test proves nothing", n)
 	}
 	py = startPythonBackend(t, py.addr, ledger)
 
 	checkDevices(t, <-done, cfg)
-	if err := bridge.stop(t, 30*time.Second); err != nil {
+	if err := bridge.Stop(30 * time.Second); err != nil {
 		t.Fatalf("bridge exit: %v", err)
 	}
 	checkLedger(t, ledger, cfg)

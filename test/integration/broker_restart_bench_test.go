@@ -28,7 +28,7 @@ func BenchmarkBrokerKafkaRestart(b *testing.B) {
 	// holds, as after a kill -9 of the process, not of the machine).
 	writer := start(b, bins.edgebridgeNoRace, append(args, "-fsync=false")...)
 	waitFor(b, 20*time.Second, "kafka broker listening", func() bool { return dialable(addr) })
-	empty := statusKiB(writer.cmd.Process.Pid, "VmRSS")
+	empty := statusKiB(writer.PID(), "VmRSS")
 
 	cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.AllowAutoTopicCreation(),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerLinger(0))
@@ -53,8 +53,8 @@ func BenchmarkBrokerKafkaRestart(b *testing.B) {
 	if b.Failed() {
 		return
 	}
-	buffered := statusKiB(writer.cmd.Process.Pid, "VmRSS")
-	writer.kill() // SIGKILL
+	buffered := statusKiB(writer.PID(), "VmRSS")
+	writer.Kill() // SIGKILL
 
 	began := time.Now()
 	restarted := start(b, bins.edgebridgeNoRace, args...)
@@ -67,7 +67,7 @@ func BenchmarkBrokerKafkaRestart(b *testing.B) {
 		fetchOldest(b, addr, p)
 	}
 	serving := time.Since(began)
-	peak := statusKiB(restarted.cmd.Process.Pid, "VmHWM")
+	peak := statusKiB(restarted.PID(), "VmHWM")
 
 	b.ReportMetric(float64(buffered-empty)*1024/float64(b.N), "rss-B/batch")
 	b.ReportMetric(float64(peak)/1024, "restart-peak-rss-MiB")

@@ -15,7 +15,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
 )
 
 // edgebridge broker kafka: records acknowledged to a producer survive
@@ -34,7 +34,7 @@ func TestBrokerKafkaSurvivesKill(t *testing.T) {
 		}
 	}
 	cl.Close()
-	b.kill()
+	b.Kill()
 	startBroker(t, "kafka", addr, dir)
 	cons, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.ConsumeTopics("survive"), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
 	if err != nil {
@@ -99,7 +99,7 @@ func TestBrokerMQTTSurvivesKill(t *testing.T) {
 		t.Fatal("barrier message never arrived")
 	}
 	pub.Disconnect(0)
-	b.kill()
+	b.Kill()
 	startBroker(t, "mqtt", addr, dir)
 
 	sub = paho.NewClient(subOpts)

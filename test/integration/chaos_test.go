@@ -21,7 +21,8 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kgo"
 
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
+	"github.com/edgebridge/edgebridge/kit/proc"
 	"github.com/edgebridge/edgebridge/payment"
 )
 
@@ -75,7 +76,7 @@ type chaosRig struct {
 	kafkaAddr      string // what clients dial (the proxy, if any)
 	kafkaListen    string
 	kafkaDir       string
-	kafka          *proc
+	kafka          *proc.Process
 	pay            *paymentd
 	payMetrics     string
 	cfgPath, admin string
@@ -320,7 +321,7 @@ func scenarios() []scenario {
 				if !c.committedOnce(p) {
 					break // the devices finished first
 				}
-				c.bridge.kill()
+				c.bridge.Kill()
 				kills++
 				c.bridge = startBridge(c.t, c.cfgPath, c.admin)
 				worst = max(worst, p.recovered(c.t))
@@ -332,7 +333,7 @@ func scenarios() []scenario {
 		}},
 		{name: "bridge-sigterm", fault: func(c *chaosRig, p *progress) (time.Duration, string) {
 			p.atFraction(c.t, 0.4)
-			if err := c.bridge.stop(c.t, 30*time.Second); err != nil {
+			if err := c.bridge.Stop(30 * time.Second); err != nil {
 				c.t.Errorf("graceful stop: %v", err)
 			}
 			c.bridge = startBridge(c.t, c.cfgPath, c.admin)
@@ -344,16 +345,16 @@ func scenarios() []scenario {
 		}},
 		{name: "kafka-sigkill", fault: func(c *chaosRig, p *progress) (time.Duration, string) {
 			p.atFraction(c.t, 0.3)
-			c.kafka.kill()
+			c.kafka.Kill()
 			time.Sleep(2 * time.Second) // the outage
 			c.startKafka()
 			return p.recovered(c.t), "down 2s"
 		}},
 		{name: "kafka-sigstop", fault: func(c *chaosRig, p *progress) (time.Duration, string) {
 			p.atFraction(c.t, 0.3)
-			_ = c.kafka.cmd.Process.Signal(syscall.SIGSTOP)
+			_ = c.kafka.Signal(syscall.SIGSTOP)
 			time.Sleep(12 * time.Second) // past the 10s produce write timeout
-			_ = c.kafka.cmd.Process.Signal(syscall.SIGCONT)
+			_ = c.kafka.Signal(syscall.SIGCONT)
 			return p.recovered(c.t), "frozen 12s"
 		}},
 		{name: "kafka-partition-30s", opts: chaosOpts{kafkaVia: true}, fault: func(c *chaosRig, p *progress) (time.Duration, string) {
@@ -393,7 +394,7 @@ func scenarios() []scenario {
 		}},
 		{name: "mosquitto-sigterm", fault: func(c *chaosRig, p *progress) (time.Duration, string) {
 			p.atFraction(c.t, 0.3)
-			if err := c.mq.p.stop(c.t, 10*time.Second); err != nil {
+			if err := c.mq.p.Stop(10 * time.Second); err != nil {
 				c.t.Errorf("mosquitto stop: %v", err)
 			}
 			c.mq.start()
@@ -401,7 +402,7 @@ func scenarios() []scenario {
 		}},
 		{name: "mosquitto-sigkill", allowLoss: true, fault: func(c *chaosRig, p *progress) (time.Duration, string) {
 			p.atFraction(c.t, 0.3)
-			c.mq.p.kill()
+			c.mq.p.Kill()
 			c.mq.start()
 			return p.recovered(c.t), "autosave_interval 1s"
 		}},
@@ -423,11 +424,11 @@ func scenarios() []scenario {
 				b2 := startBridge(c.t, cfg2, admin2)
 				select {
 				case <-p.done:
-					_ = b2.stop(c.t, 30*time.Second)
+					_ = b2.Stop(30 * time.Second)
 					break loop
 				case <-time.After(period):
 				}
-				if err := b2.stop(c.t, 30*time.Second); err != nil {
+				if err := b2.Stop(30 * time.Second); err != nil {
 					c.t.Errorf("bridge-2 stop: %v", err)
 				}
 				cycles++
@@ -469,7 +470,7 @@ func noBrokerDrops(t *testing.T, c *chaosRig, _ report) {
 // if the devices finished first.
 func (c *chaosRig) committedOnce(p *progress) bool {
 	for {
-		if n, err := c.bridge.metric("edgebridge_kafka_commits_total"); err == nil && n > 0 {
+		if n, err := c.bridge.Metric("edgebridge_kafka_commits_total"); err == nil && n > 0 {
 			return true
 		}
 		select {

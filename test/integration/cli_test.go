@@ -93,12 +93,12 @@ func TestProbe(t *testing.T) {
 	s.pay = startPaymentd(t, freeAddr(t), filepath.Join(t.TempDir(), "ledger.jsonl"))
 	cfg, admin := writeBridgeConfig(t, bridgeOpts{mqtt: s.mqtt, kafka: s.kafka, backend: s.pay.addr, top: "log:\n  format: json\n  level: debug\n"})
 	s.bridge = startBridge(t, cfg, admin)
-	for _, line := range strings.Split(strings.TrimSpace(s.bridge.out.String()), "\n") {
+	for _, line := range strings.Split(strings.TrimSpace(s.bridge.Output()), "\n") {
 		if !strings.HasPrefix(line, `{"time":`) {
 			t.Errorf("log.format json: got line %q", line)
 		}
 	}
-	url := "http://" + s.bridge.admin + "/readyz"
+	url := "http://" + s.bridge.Admin + "/readyz"
 	if out, err := exec.Command(bins.edgebridge, "probe", "-url", url).CombinedOutput(); err != nil {
 		t.Fatalf("probe of a ready bridge: %v\n%s", err, out)
 	}
@@ -109,7 +109,7 @@ func TestProbe(t *testing.T) {
 	if out, err := exec.Command(bins.edgebridge, "probe", "-tcp", s.pay.addr).CombinedOutput(); err != nil {
 		t.Errorf("probe -tcp of a listening paymentd: %v\n%s", err, out)
 	}
-	s.pay.kill()
+	s.pay.Kill()
 	waitFor(t, 30*time.Second, "probe to fail without a backend", func() bool {
 		out, err := exec.Command(bins.edgebridge, "probe", "-url", url).CombinedOutput()
 		return err != nil && strings.Contains(string(out), "no backend stream up")
@@ -124,30 +124,30 @@ func TestProbe(t *testing.T) {
 func TestSecondSignalAborts(t *testing.T) {
 	s := newStack(t)
 	ctx := withTimeout(t, 2*time.Minute)
-	s.pay.kill()
+	s.pay.Kill()
 	cfg := devicesimConfig(s.mqtt, 3, 10)
 	runDevices(ctx, cfg) // stopped by ctx at cleanup
 	waitFor(t, 30*time.Second, "records in the window", func() bool {
-		v, err := s.bridge.metric("edgebridge_window_in_flight")
+		v, err := s.bridge.Metric("edgebridge_window_in_flight")
 		return err == nil && v > 0
 	})
-	_ = s.bridge.cmd.Process.Signal(syscall.SIGTERM)
+	_ = s.bridge.Signal(syscall.SIGTERM)
 	waitFor(t, 10*time.Second, "the drain to start", func() bool {
-		return strings.Contains(s.bridge.out.String(), "draining; signal again to abort")
+		return strings.Contains(s.bridge.Output(), "draining; signal again to abort")
 	})
 	select {
-	case <-s.bridge.done:
+	case <-s.bridge.Done():
 		t.Fatal("bridge exited although its window could not drain")
 	default:
 	}
-	_ = s.bridge.cmd.Process.Signal(syscall.SIGTERM)
+	_ = s.bridge.Signal(syscall.SIGTERM)
 	select {
-	case <-s.bridge.done:
+	case <-s.bridge.Done():
 	case <-time.After(5 * time.Second):
 		t.Fatal("second signal did not abort within 5s")
 	}
 	var exit *exec.ExitError
-	if !errors.As(s.bridge.err, &exit) || exit.ExitCode() == 0 {
-		t.Fatalf("got exit %v, want non-zero after an abort", s.bridge.err)
+	if !errors.As(s.bridge.Err(), &exit) || exit.ExitCode() == 0 {
+		t.Fatalf("got exit %v, want non-zero after an abort", s.bridge.Err())
 	}
 }

@@ -24,7 +24,8 @@ import (
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/daprcomp"
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
+	"github.com/edgebridge/edgebridge/kit/proc"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
 
@@ -93,7 +94,7 @@ func newDaprStack(t *testing.T) *daprStack {
 
 // daprdProc is a real daprd with fixed ports, so it can be restarted.
 type daprdProc struct {
-	*proc
+	*proc.Process
 	t                         *testing.T
 	bin, sockets, resources   string
 	appPort                   string
@@ -125,7 +126,7 @@ func (d *daprdProc) start() {
 	d.t.Helper()
 	_, grpcPort, _ := net.SplitHostPort(d.grpcAddr)
 	_, httpPort, _ := net.SplitHostPort(d.httpAddr)
-	d.proc = startEnv(d.t, []string{"DAPR_COMPONENTS_SOCKETS_FOLDER=" + d.sockets}, d.bin,
+	d.Process = startEnv(d.t, []string{"DAPR_COMPONENTS_SOCKETS_FOLDER=" + d.sockets}, d.bin,
 		"--app-id", appID, "--app-port", d.appPort, "--app-protocol", "grpc", "--app-channel-address", "127.0.0.1",
 		"--dapr-listen-addresses", "127.0.0.1", "--dapr-grpc-port", grpcPort, "--dapr-http-port", httpPort,
 		"--dapr-internal-grpc-port", d.internalPort, "--dapr-internal-grpc-listen-address", "127.0.0.1",
@@ -133,8 +134,8 @@ func (d *daprdProc) start() {
 		"--resources-path", d.resources, "--log-level", "info")
 	waitFor(d.t, 60*time.Second, "daprd healthy", func() bool {
 		select {
-		case <-d.done:
-			d.t.Fatalf("daprd exited: %v\n%s", d.err, tail(d.out.String(), 4000))
+		case <-d.Done():
+			d.t.Fatalf("daprd exited: %v\n%s", d.Err(), tail(d.Output(), 4000))
 		default:
 		}
 		resp, err := http.Get("http://" + d.httpAddr + "/v1.0/healthz")
@@ -362,7 +363,7 @@ func TestDaprPubSubEndToEnd(t *testing.T) {
 		`edgebridge_dapr_events_total{event="failed"}`:    float64(2 * retried),
 		`edgebridge_dapr_events_total{event="replied"}`:   float64(want),
 	} {
-		if v, err := s.bridge.metric(name); err != nil || v < min {
+		if v, err := s.bridge.Metric(name); err != nil || v < min {
 			t.Errorf("metric %s = %v (%v), want at least %v", name, v, err, min)
 		}
 	}
@@ -379,7 +380,7 @@ func TestDaprdKilledMidStream(t *testing.T) {
 	results := runDevices(ctx, cfg)
 	want := cfg.Devices * cfg.Requests
 	waitFor(t, 2*time.Minute, "a third of the replies", func() bool { return counters.Replied.Load() >= int64(want/3) })
-	s.daprd.kill()
+	s.daprd.Kill()
 	atKill := counters.Replied.Load()
 	killed := time.Now()
 	s.daprd.start()
@@ -398,7 +399,7 @@ func TestDaprdKilledMidStream(t *testing.T) {
 	if processed != want {
 		t.Errorf("app processed %d distinct requests, want %d", processed, want)
 	}
-	if !strings.Contains(s.daprd.out.String(), "pluggable component 'edgebridge' was successfully registered for 'dapr.proto.components.v1.PubSub'") {
+	if !strings.Contains(s.daprd.Output(), "pluggable component 'edgebridge' was successfully registered for 'dapr.proto.components.v1.PubSub'") {
 		t.Error("the restarted daprd did not register the component")
 	}
 }

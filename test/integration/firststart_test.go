@@ -11,7 +11,8 @@ import (
 	"time"
 
 	mosquittoconf "github.com/edgebridge/edgebridge/deploy/mosquitto"
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
+	"github.com/edgebridge/edgebridge/kit/proc"
 )
 
 // TestMosquittoFirstStart: on a site's very first start, devices publish to
@@ -86,7 +87,7 @@ func mosquittoFirstStart(t *testing.T, script bool) {
 	if err != nil || marker.Replied != 1 {
 		t.Fatalf("a request published after the bridge subscribed: answered %d, %v", marker.Replied, err)
 	}
-	received, err := br.metric("edgebridge_mqtt_messages_received_total")
+	received, err := br.Metric("edgebridge_mqtt_messages_received_total")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,8 +101,8 @@ func mosquittoFirstStart(t *testing.T, script bool) {
 // stopScript stops first-start.sh as a container engine does, with
 // SIGTERM, and fails t unless it passes the signal on to Mosquitto and
 // exits (a SIGKILL of the script alone would leave Mosquitto running).
-func stopScript(t *testing.T, sh *proc) {
-	if err := sh.stop(t, 15*time.Second); err != nil && !strings.Contains(err.Error(), "exit status") {
-		t.Errorf("first-start.sh on SIGTERM: %v\n%s", err, sh.out.String())
+func stopScript(t *testing.T, sh *proc.Process) {
+	if err := sh.Stop(15 * time.Second); err != nil && !strings.Contains(err.Error(), "exit status") {
+		t.Errorf("first-start.sh on SIGTERM: %v\n%s", err, sh.Output())
 	}
 }

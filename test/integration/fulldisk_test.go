@@ -14,8 +14,9 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 
-	"github.com/edgebridge/edgebridge/internal/devicesim"
-	"github.com/edgebridge/edgebridge/internal/disktest"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
+	"github.com/edgebridge/edgebridge/kit/disktest"
+	"github.com/edgebridge/edgebridge/kit/proc"
 )
 
 // TestFullDisk: the Kafka data on a small filesystem, the backend
@@ -49,7 +50,7 @@ func fullDisk(t *testing.T, inProcess bool) {
 	payAddr, ledger := freeAddr(t), filepath.Join(t.TempDir(), "ledger.jsonl")
 	pay := startPaymentd(t, payAddr, ledger)
 
-	var broker *proc
+	var broker *proc.Process
 	var restartBroker func() // kill -9 and start again
 	opts := bridgeOpts{mqtt: mqtt, kafka: kafkaAddr, backend: payAddr, kafkaExtra: "  partitions: 2\n"}
 	paused := "no space on the broker's disk"
@@ -61,7 +62,7 @@ func fullDisk(t *testing.T, inProcess bool) {
 		flags := []string{"-partitions", "2", "-min-free-bytes", strconv.Itoa(floor), "-delete-committed-after", "1s"}
 		broker = startBroker(t, "kafka", kafkaAddr, disk, flags...)
 		restartBroker = func() {
-			broker.kill()
+			broker.Kill()
 			broker = startBroker(t, "kafka", kafkaAddr, disk, flags...)
 		}
 	}
@@ -69,12 +70,12 @@ func fullDisk(t *testing.T, inProcess bool) {
 	br := startBridge(t, cfgPath, admin)
 	if inProcess {
 		restartBroker = func() {
-			br.kill()
-			br = &bridgeProc{proc: start(t, bins.edgebridge, "run", "-config", cfgPath), admin: admin}
+			br.Kill()
+			br = &bridgeProc{&proc.Bridge{Process: start(t, bins.edgebridge, "run", "-config", cfgPath), Admin: admin}}
 			waitFor(t, time.Minute, "the embedded broker listening", func() bool { return dialable(kafkaAddr) })
 		}
 	}
-	if err := pay.stop(t, 20*time.Second); err != nil {
+	if err := pay.Stop(20 * time.Second); err != nil {
 		t.Fatalf("paymentd exit: %v", err)
 	}
 	// The ballast stays: the space must come back from the backlog itself.
@@ -87,11 +88,11 @@ func fullDisk(t *testing.T, inProcess bool) {
 
 	start := time.Now()
 	waitFor(t, 2*time.Minute, "the writes to stop at the high-water mark", func() bool {
-		code, body := br.readyz()
+		code, body := br.Readyz()
 		return code == http.StatusServiceUnavailable && strings.Contains(body, paused)
 	})
 	pausedFree := disktest.Free(t, disk)
-	produced, _ := br.metric("edgebridge_kafka_records_produced_total")
+	produced, _ := br.Metric("edgebridge_kafka_records_produced_total")
 	total := devs.Devices * devs.Requests
 	t.Logf("paused %s after the devices started: %d of %d requests in Kafka, %d KiB free (floor %d KiB)",
 		time.Since(start).Round(time.Millisecond), int(produced), total, pausedFree>>10, floor>>10)
@@ -104,16 +105,16 @@ func fullDisk(t *testing.T, inProcess bool) {
 		t.Fatalf("all %d requests written before the pause: the test proves nothing", total)
 	}
 	if inProcess {
-		if v, err := br.metric("edgebridge_intake_paused"); err != nil || v != 1 {
+		if v, err := br.Metric("edgebridge_intake_paused"); err != nil || v != 1 {
 			t.Errorf("edgebridge_intake_paused = %v (%v), want 1", v, err)
 		}
-	} else if v, err := br.metric(`edgebridge_broker_problem{broker="kafka",reason="no_space"}`); err != nil || v != 1 {
+	} else if v, err := br.Metric(`edgebridge_broker_problem{broker="kafka",reason="no_space"}`); err != nil || v != 1 {
 		t.Errorf(`edgebridge_broker_problem{broker="kafka",reason="no_space"} = %v (%v), want 1`, v, err)
 	}
 
 	backendStart := time.Now()
 	pay = startPaymentd(t, payAddr, ledger)
-	waitFor(t, time.Minute, "intake to resume", br.ready)
+	waitFor(t, time.Minute, "intake to resume", br.Ready)
 	resumed := time.Since(backendStart)
 	res := <-done
 	checkDevices(t, res, devs)
@@ -124,7 +125,7 @@ func fullDisk(t *testing.T, inProcess bool) {
 	waitFor(t, time.Minute, "disk use to fall as committed records are deleted", func() bool {
 		return disktest.Free(t, disk) > pausedFree+budget/4
 	})
-	waitFor(t, 30*time.Second, "the bridge ready again", br.ready)
+	waitFor(t, 30*time.Second, "the bridge ready again", br.Ready)
 	t.Logf("free space: %d KiB at the pause, %d KiB after the drain", pausedFree>>10, disktest.Free(t, disk)>>10)
 
 	// kill -9 of the broker once every record is committed: the commits
@@ -134,8 +135,8 @@ func fullDisk(t *testing.T, inProcess bool) {
 		return committed == end
 	})
 	before, _ := offsets(t, kafkaAddr, group, topic, 2)
-	replies, _ := br.metric("edgebridge_mqtt_replies_published_total")
-	generations := strings.Count(br.out.String(), "kafkapipe: generation started")
+	replies, _ := br.Metric("edgebridge_mqtt_replies_published_total")
+	generations := strings.Count(br.Output(), "kafkapipe: generation started")
 	restartBroker()
 	if after, end := offsets(t, kafkaAddr, group, topic, 2); after != before || after != end {
 		t.Fatalf("after kill -9 of the broker: committed %v, log end %v; want both %v", after, end, before)
@@ -147,19 +148,19 @@ func fullDisk(t *testing.T, inProcess bool) {
 	// group: on each partition anything redelivered would come before it,
 	// so the replies count exactly the new requests.
 	waitFor(t, time.Minute, "the bridge to rejoin the group", func() bool {
-		return strings.Count(br.out.String(), "kafkapipe: generation started") > generations
+		return strings.Count(br.Output(), "kafkapipe: generation started") > generations
 	})
-	waitFor(t, time.Minute, "the bridge ready after the broker restart", br.ready)
+	waitFor(t, time.Minute, "the bridge ready after the broker restart", br.Ready)
 	more := devicesim.Config{Broker: mqtt, Devices: 2, Requests: 10, Outstanding: 1, DevicePrefix: "late", Counters: new(devicesim.Counters)}
 	checkDevices(t, <-runDevices(ctx, more), more)
 	waitFor(t, 30*time.Second, "the new round committed", func() bool {
 		committed, end := offsets(t, kafkaAddr, group, topic, 2)
 		return committed == end
 	})
-	if got, _ := br.metric("edgebridge_mqtt_replies_published_total"); got-replies != 20 {
+	if got, _ := br.Metric("edgebridge_mqtt_replies_published_total"); got-replies != 20 {
 		t.Fatalf("%v replies after the broker's kill -9 and 20 new requests, want 20 (no redelivery)", got-replies)
 	}
-	if err := br.stop(t, 30*time.Second); err != nil {
+	if err := br.Stop(30 * time.Second); err != nil {
 		t.Fatalf("bridge exit: %v", err)
 	}
 	checkLedger(t, ledger, devs, more)

@@ -5,12 +5,10 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,14 +16,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	mosquittoconf "github.com/edgebridge/edgebridge/deploy/mosquitto"
-	"github.com/edgebridge/edgebridge/internal/syncbuf"
+	"github.com/edgebridge/edgebridge/internal/await"
+	"github.com/edgebridge/edgebridge/kit/proc"
 )
 
 var bins struct {
@@ -92,105 +90,44 @@ func gitRevision() string {
 
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := proc.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	return addr
 }
 
-// proc is a child process the test started; it is killed at cleanup.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *syncbuf.Buffer
-	done chan struct{}
-	err  error
-}
-
-func start(t testing.TB, name string, args ...string) *proc {
+func start(t testing.TB, name string, args ...string) *proc.Process {
 	t.Helper()
 	return startEnv(t, nil, name, args...)
 }
 
-// startEnv is start with extra environment variables (KEY=value).
-func startEnv(t testing.TB, env []string, name string, args ...string) *proc {
+// startEnv runs name with extra environment variables (KEY=value); it is
+// killed at cleanup, and its output logged if the test failed.
+func startEnv(t testing.TB, env []string, name string, args ...string) *proc.Process {
 	t.Helper()
-	p := &proc{name: filepath.Base(name), cmd: exec.Command(name, args...), out: &syncbuf.Buffer{}, done: make(chan struct{})}
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	// A child the process left behind (a script's) may hold the output
-	// pipe: Wait gives up on it this long after the process exits.
-	p.cmd.WaitDelay = 5 * time.Second
-	if env != nil {
-		p.cmd.Env = append(os.Environ(), env...)
+	p, err := proc.Start(env, name, args...)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if err := p.cmd.Start(); err != nil {
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
-		p.kill()
+		p.Kill()
 		if t.Failed() {
-			t.Logf("--- %s (pid %d) output (tail) ---\n%s", p.name, p.cmd.Process.Pid, tail(p.out.String(), 4000))
+			t.Logf("--- %s (pid %d) output (tail) ---\n%s", p.Name, p.PID(), tail(p.Output(), 4000))
 		}
 	})
 	return p
 }
 
-func tail(s string, n int) string {
-	if len(s) > n {
-		return s[len(s)-n:]
-	}
-	return s
-}
-
-// kill SIGKILLs the process (by its own PID) and waits for it.
-func (p *proc) kill() {
-	select {
-	case <-p.done:
-		return
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGKILL)
-	<-p.done
-}
-
-// stop sends SIGTERM and waits up to limit for the exit; it returns the exit error.
-func (p *proc) stop(t *testing.T, limit time.Duration) error {
-	t.Helper()
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	timer := time.NewTimer(limit)
-	defer timer.Stop()
-	select {
-	case <-p.done:
-		return p.err
-	case <-timer.C:
-		p.kill()
-		return fmt.Errorf("%s did not exit within %s after SIGTERM", p.name, limit)
-	}
-}
+func tail(s string, n int) string { return proc.Tail(s, n) }
 
 // waitFor polls cond every 20ms until it holds or limit passes.
 func waitFor(t testing.TB, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", limit, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	await.True(t, limit, what, cond)
 }
 
-func dialable(addr string) bool {
-	c, err := net.DialTimeout("tcp", addr, 200*time.Millisecond)
-	if err != nil {
-		return false
-	}
-	c.Close()
-	return true
-}
+func dialable(addr string) bool { return proc.Dial(addr) == nil }
 
 // mosquitto starts a real Mosquitto with the project's shipped settings on a
 // free port, persistence in a temp dir.
@@ -203,7 +140,7 @@ func mosquitto(t *testing.T) (url string) {
 type mosq struct {
 	t          *testing.T
 	addr, conf string
-	p          *proc
+	p          *proc.Process
 }
 
 func startMosquitto(t *testing.T) *mosq {
@@ -295,13 +232,13 @@ func kafkaBroker(t *testing.T) string {
 
 // startBroker runs "edgebridge broker KIND" as its own process, with extra
 // flags, and waits until it accepts connections.
-func startBroker(t *testing.T, kind, addr, dir string, extra ...string) *proc {
+func startBroker(t *testing.T, kind, addr, dir string, extra ...string) *proc.Process {
 	t.Helper()
 	return startBrokerBin(t, bins.edgebridge, kind, addr, dir, extra...)
 }
 
 // startBrokerBin is startBroker running bin.
-func startBrokerBin(t *testing.T, bin, kind, addr, dir string, extra ...string) *proc {
+func startBrokerBin(t *testing.T, bin, kind, addr, dir string, extra ...string) *proc.Process {
 	t.Helper()
 	p := start(t, bin, append([]string{"broker", kind, "-listen", addr, "-data", dir, "-partitions", "8"}, extra...)...)
 	waitFor(t, 20*time.Second, kind+" broker listening", func() bool { return dialable(addr) })
@@ -309,7 +246,7 @@ func startBrokerBin(t *testing.T, bin, kind, addr, dir string, extra ...string) 
 }
 
 type paymentd struct {
-	*proc
+	*proc.Process
 	addr, ledger string
 }
 
@@ -322,13 +259,10 @@ func startPaymentdBin(t *testing.T, bin, addr, ledger string, extra ...string) *
 	t.Helper()
 	p := start(t, bin, append([]string{"-listen", addr, "-ledger", ledger}, extra...)...)
 	waitFor(t, 20*time.Second, "paymentd to listen", func() bool { return dialable(addr) })
-	return &paymentd{proc: p, addr: addr, ledger: ledger}
+	return &paymentd{Process: p, addr: addr, ledger: ledger}
 }
 
-type bridgeProc struct {
-	*proc
-	admin string
-}
+type bridgeProc struct{ *proc.Bridge }
 
 type bridgeOpts struct {
 	mqtt, kafka, backend string // backend "": no targets (Dapr only)
@@ -340,52 +274,25 @@ type bridgeOpts struct {
 	subscribe            string // default: payment/request/+
 }
 
+// writeBridgeConfig writes the config of a bridge with the tests' faster
+// reconnects and heartbeats.
 func writeBridgeConfig(t *testing.T, o bridgeOpts) (path, admin string) {
 	t.Helper()
-	admin = freeAddr(t)
-	if o.clientID == "" {
-		o.clientID = "bridge-" + strings.ReplaceAll(t.Name(), "/", "-")
-	}
-	if o.subscribe == "" {
-		o.subscribe = "payment/request/+"
+	c := proc.BridgeConfig{MQTT: o.mqtt, ClientID: o.clientID, Subscribe: o.subscribe, Kafka: []string{o.kafka}, Backend: o.backend,
+		Admin: freeAddr(t), MQTTExtra: o.mqttExtra, KafkaExtra: o.kafkaExtra,
+		BackendExtra: "  window: 128\n  reconnect:\n    initial: 200ms\n    max: 1s\n  heartbeat:\n    interval: 1s\n    timeout: 5s\n" + o.extra,
+		Top:          "shutdown:\n  drain_timeout: 20s\n" + o.top}
+	if c.ClientID == "" {
+		c.ClientID = "bridge-" + strings.ReplaceAll(t.Name(), "/", "-")
 	}
 	if !strings.Contains(o.kafkaExtra, "data_dir:") {
-		// The bridge keeps files there with an external Kafka too.
-		o.kafkaExtra += "  data_dir: " + t.TempDir() + "\n"
+		c.DataDir = t.TempDir()
 	}
-	targets := ""
-	if o.backend != "" {
-		targets = `"` + o.backend + `"`
-	}
-	doc := fmt.Sprintf(`mqtt:
-  broker: %s
-  client_id: %s
-  subscribe: ["%s"]
-  reply_topic: "payment/response/{device_id}"
-%skafka:
-  brokers: ["%s"]
-  topic: edgebridge.payment.requests
-  dlq_topic: edgebridge.payment.dlq
-  group_id: edgebridge
-%sbackend:
-  targets: [%s]
-  window: 128
-  reconnect:
-    initial: 200ms
-    max: 1s
-  heartbeat:
-    interval: 1s
-    timeout: 5s
-%sadmin:
-  listen: %s
-shutdown:
-  drain_timeout: 20s
-%s`, o.mqtt, o.clientID, o.subscribe, o.mqttExtra, o.kafka, o.kafkaExtra, targets, o.extra, admin, o.top)
 	path = filepath.Join(t.TempDir(), "edgebridge.yaml")
-	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+	if err := c.Write(path); err != nil {
 		t.Fatal(err)
 	}
-	return path, admin
+	return path, c.Admin
 }
 
 func startBridge(t *testing.T, cfgPath, admin string) *bridgeProc {
@@ -396,78 +303,31 @@ func startBridge(t *testing.T, cfgPath, admin string) *bridgeProc {
 // startBridgeBin runs "bin run -config cfgPath" and waits until it is ready.
 func startBridgeBin(t *testing.T, bin, cfgPath, admin string) *bridgeProc {
 	t.Helper()
-	p := start(t, bin, "run", "-config", cfgPath)
-	b := &bridgeProc{proc: p, admin: admin}
+	b := &bridgeProc{&proc.Bridge{Process: start(t, bin, "run", "-config", cfgPath), Admin: admin}}
 	t.Cleanup(func() { // runs before the process is killed
 		if t.Failed() {
 			t.Logf("--- bridge metrics at failure ---\n%s", b.metricsText())
 		}
 	})
-	waitFor(t, 60*time.Second, "bridge /readyz", func() bool {
-		select {
-		case <-p.done:
-			t.Fatalf("bridge exited early: %v\n%s", p.err, tail(p.out.String(), 3000))
-		default:
-		}
-		return b.ready()
-	})
+	if err := b.AwaitReady(context.Background(), 60*time.Second); err != nil {
+		t.Fatal(err)
+	}
 	return b
 }
 
-func (b *bridgeProc) ready() bool {
-	code, _ := b.readyz()
-	return code == http.StatusOK
-}
-
-// readyz returns /readyz's status code and body (0 when unreachable).
-func (b *bridgeProc) readyz() (int, string) {
-	resp, err := http.Get("http://" + b.admin + "/readyz")
-	if err != nil {
-		return 0, err.Error()
-	}
-	defer resp.Body.Close()
-	var buf bytes.Buffer
-	_, _ = buf.ReadFrom(resp.Body)
-	return resp.StatusCode, buf.String()
-}
-
+// metricsText is the bridge's own series, without histogram buckets.
 func (b *bridgeProc) metricsText() string {
-	resp, err := http.Get("http://" + b.admin + "/metrics")
+	text, err := b.Metrics()
 	if err != nil {
 		return err.Error()
 	}
-	defer resp.Body.Close()
-	var buf bytes.Buffer
-	_, _ = buf.ReadFrom(resp.Body)
 	var keep []string
-	for _, line := range strings.Split(buf.String(), "\n") {
+	for line := range strings.SplitSeq(text, "\n") {
 		if strings.HasPrefix(line, "edgebridge_") && !strings.Contains(line, "_bucket") {
 			keep = append(keep, line)
 		}
 	}
 	return strings.Join(keep, "\n")
-}
-
-// metric returns the value of a metric from /metrics; name carries its
-// labels as the exposition writes them, e.g. x_total{event="a"}.
-func (b *bridgeProc) metric(name string) (float64, error) {
-	resp, err := http.Get("http://" + b.admin + "/metrics")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(resp.Body); err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(buf.String(), "\n") {
-		if strings.HasPrefix(line, name+" ") {
-			var v float64
-			_, err := fmt.Sscanf(strings.TrimPrefix(line, name+" "), "%g", &v)
-			return v, err
-		}
-	}
-	return 0, errors.New("metric " + name + " not found")
 }
 
 func withTimeout(t *testing.T, d time.Duration) context.Context {
@@ -479,5 +339,5 @@ func withTimeout(t *testing.T, d time.Duration) context.Context {
 // closedCleanly reports whether the bridge logged that it stopped with an
 // empty window.
 func (b *bridgeProc) closedCleanly() bool {
-	return strings.Contains(b.out.String(), `msg="bridge: intake stopped" in_flight=0`)
+	return strings.Contains(b.Output(), `msg="bridge: intake stopped" in_flight=0`)
 }

@@ -20,7 +20,8 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
+	"github.com/edgebridge/edgebridge/kit/proc"
 	"github.com/edgebridge/edgebridge/mqttin"
 	"github.com/edgebridge/edgebridge/payment"
 	"github.com/edgebridge/edgebridge/transcoder"
@@ -112,7 +113,7 @@ func TestHostileDevices(t *testing.T) {
 		return reasons["ret-1/retained"] == 1 && reasons["big-1/payload_too_large"] >= 1 && reasons["reuse-1/conflict"] >= 1 &&
 			reasons[longID[:1024]+"/invalid_device_id"] >= 1 && reasons["utf-1/invalid_utf8"] >= 4 && reasons["utf-1/empty_payload"] >= 1
 	})
-	if rss := peakRSS(t, b.proc); rss > maxBridgeRSS {
+	if rss := peakRSS(t, b.Process); rss > maxBridgeRSS {
 		t.Errorf("bridge peak RSS %d MB with a 2 MB payload, want under %d MB", rss>>20, maxBridgeRSS>>20)
 	} else {
 		t.Logf("bridge peak RSS with the 2 MB payload: %.1f MB", float64(rss)/(1<<20))
@@ -120,7 +121,7 @@ func TestHostileDevices(t *testing.T) {
 
 	waitFor(t, time.Minute, "half of the normal replies", func() bool { return cfg.Counters.Replied.Load() >= 100 })
 	ready.pause()
-	b.kill()
+	b.Kill()
 	b = startBridgeBin(t, bins.edgebridgeNoRace, cfgPath, admin)
 	ready.resume()
 
@@ -129,7 +130,7 @@ func TestHostileDevices(t *testing.T) {
 	// and dead-lettered once; ret-1's was cleared and is not.
 	waitFor(t, time.Minute, "ret-2's retained replay dead-lettered", func() bool { return dlqReasons(t, kafkaAddr)["ret-2/retained"] >= 1 })
 	ready.stop()
-	if err := b.stop(t, 30*time.Second); err != nil {
+	if err := b.Stop(30 * time.Second); err != nil {
 		t.Fatalf("bridge exit: %v", err)
 	}
 	reasons := dlqReasons(t, kafkaAddr)
@@ -172,7 +173,7 @@ func TestHostileDevices(t *testing.T) {
 			t.Errorf("a reply went to %.60q… (%d bytes): the long device id's cut reply topic", topic, len(topic))
 		}
 	}
-	if out := mq.p.out.String(); strings.Contains(out, "malformed") || strings.Contains(out, "exceeded") {
+	if out := mq.p.Output(); strings.Contains(out, "malformed") || strings.Contains(out, "exceeded") {
 		t.Errorf("mosquitto refused a packet:\n%s", tail(out, 2000))
 	}
 	if why := ready.failures(); len(why) > 0 {
@@ -336,9 +337,9 @@ func (r *readiness) failures() []string {
 }
 
 // peakRSS is the process's peak resident memory (VmHWM), in bytes.
-func peakRSS(t *testing.T, p *proc) int {
+func peakRSS(t *testing.T, p *proc.Process) int {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", p.PID()))
 	if err != nil {
 		t.Fatal(err)
 	}

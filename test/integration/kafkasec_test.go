@@ -10,8 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgebridge/edgebridge/internal/testpki"
 	"github.com/edgebridge/edgebridge/kafkapipe"
+	"github.com/edgebridge/edgebridge/kit/proc"
+	"github.com/edgebridge/edgebridge/kit/testpki"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
 
@@ -44,20 +45,20 @@ func TestKafkaSASLAndTLS(t *testing.T) {
 	if res.Replied != 500 || len(res.Missing) > 0 {
 		t.Fatalf("over SASL and TLS: %d of 500 replied, missing %.300v", res.Replied, res.Missing)
 	}
-	if err := b.stop(t, 30*time.Second); err != nil {
+	if err := b.Stop(30 * time.Second); err != nil {
 		t.Error(err)
 	}
-	logs := b.out.String()
+	logs := b.Output()
 
 	os.WriteFile(bridgePW, []byte(wrong+"\n"), 0o600)
-	b = &bridgeProc{proc: start(t, bins.edgebridge, "run", "-config", cfg), admin: admin}
+	b = &bridgeProc{&proc.Bridge{Process: start(t, bins.edgebridge, "run", "-config", cfg), Admin: admin}}
 	waitFor(t, 30*time.Second, "/readyz to name the refused login", func() bool {
-		code, body := b.readyz()
+		code, body := b.Readyz()
 		return code == 503 && strings.Contains(body, "SASL login refused")
 	})
-	_, body := b.readyz()
+	_, body := b.Readyz()
 	t.Logf("/readyz with the wrong Kafka password: %s", strings.TrimSpace(body))
-	if v, err := b.metric(`edgebridge_broker_problem{broker="kafka",reason="auth"}`); err != nil || v != 1 {
+	if v, err := b.Metric(`edgebridge_broker_problem{broker="kafka",reason="auth"}`); err != nil || v != 1 {
 		t.Errorf(`edgebridge_broker_problem{broker="kafka",reason="auth"} = %v (%v), want 1`, v, err)
 	}
 
@@ -83,14 +84,14 @@ func TestKafkaSASLAndTLS(t *testing.T) {
 	if r := dev.await(t, "r-1", transcoder.StatusApproved); r.RequestID != "r-1" {
 		t.Errorf("reply %+v", r)
 	}
-	waitFor(t, 30*time.Second, "ready", b.ready)
-	if err := b.stop(t, 30*time.Second); err != nil {
+	waitFor(t, 30*time.Second, "ready", b.Ready)
+	if err := b.Stop(30 * time.Second); err != nil {
 		t.Error(err)
 	}
-	if n := strings.Count(b.out.String(), "create topics failed"); n != 1 {
-		t.Errorf("the refused login was logged %d times, want once:\n%s", n, b.out.String())
+	if n := strings.Count(b.Output(), "create topics failed"); n != 1 {
+		t.Errorf("the refused login was logged %d times, want once:\n%s", n, b.Output())
 	}
-	for name, out := range map[string]string{"bridge": logs + b.out.String(), "broker": broker.out.String(), "metrics": b.metricsText()} {
+	for name, out := range map[string]string{"bridge": logs + b.Output(), "broker": broker.Output(), "metrics": b.metricsText()} {
 		if strings.Contains(out, secret) || strings.Contains(out, wrong) {
 			t.Errorf("the %s output holds a Kafka password", name)
 		}
@@ -126,10 +127,10 @@ func TestEmbeddedKafkaSASLAndTLS(t *testing.T) {
 			t.Errorf("the embedded broker answered a client with %s", what)
 		}
 	}
-	if err := b.stop(t, 30*time.Second); err != nil {
+	if err := b.Stop(30 * time.Second); err != nil {
 		t.Error(err)
 	}
-	if strings.Contains(b.out.String(), "embedded-plain-secret") {
+	if strings.Contains(b.Output(), "embedded-plain-secret") {
 		t.Error("the bridge logged the Kafka password")
 	}
 }

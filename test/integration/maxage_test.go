@@ -8,7 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
+	"github.com/edgebridge/edgebridge/kit/proc"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
 
@@ -27,9 +28,9 @@ func TestMaxRequestAgeExpires(t *testing.T) {
 	// With no backend up the bridge is not ready: wait until that is all
 	// it lacks (requests written before its consumer first joined count as
 	// possibly handed to a backend by an earlier run, and never expire).
-	br := &bridgeProc{proc: start(t, bins.edgebridge, "run", "-config", cfgPath), admin: admin}
+	br := &bridgeProc{&proc.Bridge{Process: start(t, bins.edgebridge, "run", "-config", cfgPath), Admin: admin}}
 	waitFor(t, time.Minute, "the bridge to be ready but for its backend", func() bool {
-		_, why := br.readyz()
+		_, why := br.Readyz()
 		return strings.TrimSpace(why) == "not ready: no backend stream up"
 	})
 
@@ -43,7 +44,7 @@ func TestMaxRequestAgeExpires(t *testing.T) {
 	}
 	// The device's reply is published before the metric counts it.
 	waitFor(t, 10*time.Second, "30 request_expired dead letters", func() bool {
-		n, err := br.metric(`edgebridge_dlq_messages_total{reason="request_expired"}`)
+		n, err := br.Metric(`edgebridge_dlq_messages_total{reason="request_expired"}`)
 		return err == nil && n == 30
 	})
 
@@ -71,19 +72,19 @@ func TestMaxRequestAgeSpareWhatABackendMayHaveSeen(t *testing.T) {
 		extra: "  max_request_age: " + maxAge.String() + "\n"})
 	br := startBridge(t, cfgPath, admin)
 
-	signal(t, pay.proc, syscall.SIGSTOP) // the stream stays open; nothing is ACKed
+	signal(t, pay.Process, syscall.SIGSTOP) // the stream stays open; nothing is ACKed
 	devs := devicesim.Config{Broker: mqtt, Devices: 2, Requests: 5, Outstanding: 5, Drain: 2 * time.Minute}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	results := runDevices(ctx, devs)
 	waitFor(t, 30*time.Second, "the bridge to hand all 10 requests to the backend", func() bool {
-		n, err := br.metric("edgebridge_window_in_flight")
+		n, err := br.Metric("edgebridge_window_in_flight")
 		return err == nil && n == 10
 	})
 	published := time.Now()
-	br.kill()
+	br.Kill()
 	waitFor(t, 10*time.Second, "the requests to pass max_request_age", func() bool { return time.Since(published) > maxAge })
-	signal(t, pay.proc, syscall.SIGCONT)
+	signal(t, pay.Process, syscall.SIGCONT)
 	startBridge(t, cfgPath, admin)
 
 	res := <-results

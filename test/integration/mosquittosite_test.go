@@ -13,7 +13,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
 )
 
 // TestMosquittoSite runs a site's Mosquitto as the site-mosquitto base and

@@ -10,8 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgebridge/edgebridge/internal/devicesim"
-	"github.com/edgebridge/edgebridge/internal/testpki"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
+	"github.com/edgebridge/edgebridge/kit/proc"
+	"github.com/edgebridge/edgebridge/kit/testpki"
 )
 
 // TestMutualTLSBackend: paymentd with -tls-client-ca refuses a bridge
@@ -74,14 +75,14 @@ func TestMutualTLSBackend(t *testing.T) {
 	cfg, admin := writeBridgeConfig(t, bridgeOpts{mqtt: s.mqtt, kafka: s.kafka, backend: s.pay.addr,
 		extra: fmt.Sprintf("  tls: {enabled: true, ca_file: %s, server_name: localhost}\n", serverCAs)})
 	p := start(t, bins.edgebridge, "run", "-config", cfg)
-	unready := &bridgeProc{proc: p, admin: admin}
+	unready := &bridgeProc{&proc.Bridge{Process: p, Admin: admin}}
 	waitFor(t, 30*time.Second, "/readyz to name the TLS failure", func() bool {
-		code, body := unready.readyz()
+		code, body := unready.Readyz()
 		return code == 503 && strings.Contains(body, "tls")
 	})
-	_, body := unready.readyz()
+	_, body := unready.Readyz()
 	t.Logf("/readyz without a client certificate: %s", strings.TrimSpace(body))
-	if err := unready.stop(t, 30*time.Second); err != nil {
+	if err := unready.Stop(30 * time.Second); err != nil {
 		t.Error(err)
 	}
 
@@ -99,7 +100,7 @@ func TestMutualTLSBackend(t *testing.T) {
 	waitReconnects := func(what string) {
 		t.Helper()
 		from := reconnects()
-		waitFor(t, 30*time.Second, what, func() bool { return reconnects() >= from+2 && s.bridge.ready() })
+		waitFor(t, 30*time.Second, what, func() bool { return reconnects() >= from+2 && s.bridge.Ready() })
 	}
 	waitFor(t, time.Minute, "a quarter of the replies", func() bool { return dcfg.Counters.Replied.Load() >= 250 })
 	// Both CAs trusted, then new certificates from CA 2 on both sides...
@@ -124,11 +125,11 @@ func TestMutualTLSBackend(t *testing.T) {
 		t.Fatalf("replied %d of 1000, lost %d, missing %.300v", res.Replied, res.Lost(), res.Missing)
 	}
 	checkLedger(t, ledger, dcfg)
-	if !bytes.Contains([]byte(s.pay.out.String()), []byte("paymentd listening")) || strings.Count(s.pay.out.String(), "paymentd listening") != 1 {
+	if !bytes.Contains([]byte(s.pay.Output()), []byte("paymentd listening")) || strings.Count(s.pay.Output(), "paymentd listening") != 1 {
 		t.Error("paymentd restarted")
 	}
 	t.Logf("stream reconnects during the run: %v", reconnects())
-	for name, out := range map[string]string{"bridge": s.bridge.out.String(), "paymentd": s.pay.out.String(), "metrics": s.bridge.metricsText()} {
+	for name, out := range map[string]string{"bridge": s.bridge.Output(), "paymentd": s.pay.Output(), "metrics": s.bridge.metricsText()} {
 		if strings.Contains(out, "first-token-5d2e") || strings.Contains(out, "second-token-93af") {
 			t.Errorf("the %s output holds the bearer token", name)
 		}

@@ -132,7 +132,7 @@ func TestPaymentdRefusesHostileFrames(t *testing.T) {
 		if n := <-acked; n != frames {
 			t.Fatalf("got %d ACKs, want %d", n, frames)
 		}
-		if rss := peakRSS(t, pay.proc); rss > maxPaymentdRSS {
+		if rss := peakRSS(t, pay.Process); rss > maxPaymentdRSS {
 			t.Errorf("paymentd peak RSS %d MB under a flood of %d MiB, want under %d MB", rss>>20, frames, maxPaymentdRSS>>20)
 		} else {
 			t.Logf("paymentd peak RSS after a %d MiB flood: %.1f MB", frames, float64(rss)/(1<<20))
@@ -148,7 +148,7 @@ func TestPaymentdRefusesHostileFrames(t *testing.T) {
 		t.Fatalf("after the hostile frames: got %v, want OK", a)
 	}
 	conn.Close() // a graceful stop waits for open streams
-	if err := pay.stop(t, 10*time.Second); err != nil {
+	if err := pay.Stop(10 * time.Second); err != nil {
 		t.Fatalf("paymentd exit: %v", err)
 	}
 	entries, err := payment.ReadLedger(ledger)

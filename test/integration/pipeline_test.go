@@ -13,7 +13,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kgo"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
 	"github.com/edgebridge/edgebridge/payment"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
@@ -142,7 +142,7 @@ func TestPipelineEndToEnd(t *testing.T) {
 	checkDLQ(t, ctx, s.kafka, "poison-1", string(transcoder.ReasonBadAmount), poisonBody)
 
 	// Stop the bridge gracefully so the ledger is complete, then check it.
-	if err := s.bridge.stop(t, 30*time.Second); err != nil {
+	if err := s.bridge.Stop(30 * time.Second); err != nil {
 		t.Fatalf("bridge exit: %v", err)
 	}
 	checkLedger(t, s.pay.ledger, cfg)
@@ -189,12 +189,12 @@ func TestBackendOutage(t *testing.T) {
 	done := runDevices(ctx, cfg)
 
 	waitFor(t, time.Minute, "first replies", func() bool { return cfg.Counters.Replied.Load() >= 300 })
-	s.pay.kill()
+	s.pay.Kill()
 	waitFor(t, 30*time.Second, "/readyz to report the backend gone", func() bool {
-		code, body := s.bridge.readyz()
+		code, body := s.bridge.Readyz()
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "no backend stream up")
 	})
-	producedAtKill, err := s.bridge.metric("edgebridge_kafka_records_produced_total")
+	producedAtKill, err := s.bridge.Metric("edgebridge_kafka_records_produced_total")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -207,7 +207,7 @@ func TestBackendOutage(t *testing.T) {
 	wave := devicesim.Config{Broker: s.mqtt, DevicePrefix: "late", Devices: 5, Requests: 20, Outstanding: 20, Counters: new(devicesim.Counters)}
 	waveDone := runDevices(ctx, wave)
 	waitFor(t, 30*time.Second, "the outage wave to be written to Kafka", func() bool {
-		v, err := s.bridge.metric("edgebridge_kafka_records_produced_total")
+		v, err := s.bridge.Metric("edgebridge_kafka_records_produced_total")
 		return err == nil && v >= producedAtKill+100
 	})
 	ledgerDuring, err := payment.ReadLedger(s.pay.ledger)
@@ -219,11 +219,11 @@ func TestBackendOutage(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second) // the outage lasts a while: the duration is the point here
 	s.pay = startPaymentd(t, s.pay.addr, s.pay.ledger)
-	waitFor(t, 30*time.Second, "/readyz to recover", s.bridge.ready)
+	waitFor(t, 30*time.Second, "/readyz to recover", s.bridge.Ready)
 
 	checkDevices(t, <-done, cfg)
 	checkDevices(t, <-waveDone, wave)
-	if err := s.bridge.stop(t, 30*time.Second); err != nil {
+	if err := s.bridge.Stop(30 * time.Second); err != nil {
 		t.Fatalf("bridge exit: %v", err)
 	}
 	checkLedger(t, s.pay.ledger, cfg, wave)
@@ -238,18 +238,18 @@ func TestGracefulShutdown(t *testing.T) {
 	done := runDevices(ctx, cfg)
 
 	waitFor(t, time.Minute, "first replies", func() bool { return cfg.Counters.Replied.Load() >= 800 })
-	if err := s.bridge.stop(t, 30*time.Second); err != nil {
+	if err := s.bridge.Stop(30 * time.Second); err != nil {
 		t.Fatalf("first SIGTERM: got %v, want a clean exit 0 after draining", err)
 	}
 	if !s.bridge.closedCleanly() {
 		t.Fatal("bridge did not log a completed drain")
 	}
 	// Devices keep publishing into the bridge's persistent MQTT session.
-	s.bridge = startBridge(t, s.cfgPath, s.bridge.admin)
+	s.bridge = startBridge(t, s.cfgPath, s.bridge.Admin)
 
 	res := <-done
 	checkDevices(t, res, cfg)
-	if err := s.bridge.stop(t, 30*time.Second); err != nil {
+	if err := s.bridge.Stop(30 * time.Second); err != nil {
 		t.Fatalf("bridge exit: %v", err)
 	}
 	checkLedger(t, s.pay.ledger, cfg)
@@ -259,12 +259,12 @@ func TestGracefulShutdown(t *testing.T) {
 func TestDemo(t *testing.T) {
 	p := start(t, bins.edgebridge, "demo", "-devices", "5", "-requests", "20")
 	select {
-	case <-p.done:
+	case <-p.Done():
 	case <-withTimeout(t, 3*time.Minute).Done():
 		t.Fatal("demo did not finish")
 	}
-	if p.err != nil {
-		t.Fatalf("demo failed: %v\n%s", p.err, tail(p.out.String(), 3000))
+	if p.Err() != nil {
+		t.Fatalf("demo failed: %v\n%s", p.Err(), tail(p.Output(), 3000))
 	}
 }
 

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
 )
 
 const (
@@ -58,7 +58,7 @@ func TestDashboardQueriesOnRealPrometheus(t *testing.T) {
 	done := runDevices(ctx, cfg)
 	defer func() { cancel(); <-done }()
 
-	resp, err := http.Get("http://" + s.bridge.admin + "/metrics")
+	resp, err := http.Get("http://" + s.bridge.Admin + "/metrics")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +78,7 @@ rule_files: [%q]
 scrape_configs:
 - job_name: edgebridge
   static_configs: [{targets: [%q]}]
-`, rules, s.bridge.admin)
+`, rules, s.bridge.Admin)
 	if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(conf), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -7,7 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
+	"github.com/edgebridge/edgebridge/kit/proc"
 )
 
 // TestBridgeKillRecovery: a bridge killed with SIGKILL and started again
@@ -43,14 +44,14 @@ func bridgeKillRecovery(t *testing.T, kafka string) {
 	waitFor(t, time.Minute, "the first 100 replies", func() bool { return cfg.Counters.Replied.Load() >= 100 })
 
 	killed := time.Now()
-	br.kill()
+	br.Kill()
 	// Replies the old bridge published may still land after the kill, at
 	// most one per outstanding request; more than that came from the new one.
 	base := cfg.Counters.Replied.Load() + int64(cfg.Devices*cfg.Outstanding)
-	br = &bridgeProc{proc: start(t, bins.edgebridge, "run", "-config", cfgPath), admin: admin}
+	br = &bridgeProc{&proc.Bridge{Process: start(t, bins.edgebridge, "run", "-config", cfgPath), Admin: admin}}
 	var ready, replied time.Time
 	for time.Since(killed) < bound+10*time.Second && replied.IsZero() {
-		if code, _ := br.readyz(); code == http.StatusOK && ready.IsZero() {
+		if code, _ := br.Readyz(); code == http.StatusOK && ready.IsZero() {
 			ready = time.Now()
 		}
 		if cfg.Counters.Replied.Load() > base {
@@ -70,7 +71,7 @@ func bridgeKillRecovery(t *testing.T, kafka string) {
 		t.Errorf("/readyz said 200 %s before replies flowed, want at most 1.5s", replied.Sub(ready))
 	}
 	checkDevices(t, <-done, cfg)
-	if err := br.stop(t, 30*time.Second); err != nil {
+	if err := br.Stop(30 * time.Second); err != nil {
 		t.Fatalf("bridge exit: %v", err)
 	}
 	checkLedger(t, pay.ledger, cfg)
@@ -83,11 +84,11 @@ func TestReadyzNamesRefusedJoin(t *testing.T) {
 	mqtt, kafka := mosquitto(t), kafkaBroker(t)
 	pay := startPaymentd(t, freeAddr(t), filepath.Join(t.TempDir(), "ledger.jsonl"))
 	cfgPath, admin := writeBridgeConfig(t, bridgeOpts{mqtt: mqtt, kafka: kafka, backend: pay.addr, kafkaExtra: "  session_timeout: 2s\n"})
-	br := &bridgeProc{proc: start(t, bins.edgebridge, "run", "-config", cfgPath), admin: admin}
+	br := &bridgeProc{&proc.Bridge{Process: start(t, bins.edgebridge, "run", "-config", cfgPath), Admin: admin}}
 	var body string
 	waitFor(t, time.Minute, "/readyz to name the refused join", func() bool {
 		var code int
-		code, body = br.readyz()
+		code, body = br.Readyz()
 		return code == http.StatusServiceUnavailable && strings.Contains(body, "kafka consumer group: join refused: ")
 	})
 	if !strings.Contains(body, "Invalid Session Timeout") {

@@ -18,8 +18,9 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	mosquittoconf "github.com/edgebridge/edgebridge/deploy/mosquitto"
-	"github.com/edgebridge/edgebridge/internal/devicesim"
-	"github.com/edgebridge/edgebridge/internal/testpki"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
+	"github.com/edgebridge/edgebridge/kit/proc"
+	"github.com/edgebridge/edgebridge/kit/testpki"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
 
@@ -189,10 +190,10 @@ func TestDeviceIdentityOnMosquitto(t *testing.T) {
 		identity{"dev-0001", s.passwordURL, "dev-0001", passwords["dev-0001"], s.tlsFor(t, nil, "")},
 		identity{"stranger", s.certURL, "", "", s.tlsFor(t, s.deviceCA, "stranger")})
 
-	if err := b.stop(t, 30*time.Second); err != nil {
+	if err := b.Stop(30 * time.Second); err != nil {
 		t.Error(err)
 	}
-	logs := b.out.String()
+	logs := b.Output()
 
 	// The bridge again, now with a client certificate (CN edgebridge) on
 	// the certificate listener and no password.
@@ -214,11 +215,11 @@ func TestDeviceIdentityOnMosquitto(t *testing.T) {
 	if res.Replied != 100 || len(res.Missing) > 0 {
 		t.Fatalf("with the bridge on a client certificate: %d of 100 replied, missing %.300v", res.Replied, res.Missing)
 	}
-	if err := b.stop(t, 30*time.Second); err != nil {
+	if err := b.Stop(30 * time.Second); err != nil {
 		t.Error(err)
 	}
 	for _, secret := range passwords {
-		if strings.Contains(logs+b.out.String(), secret) {
+		if strings.Contains(logs+b.Output(), secret) {
 			t.Errorf("the bridge's log holds a password")
 		}
 	}
@@ -406,10 +407,10 @@ func TestDeviceIdentityOnEmbedded(t *testing.T) {
 	checkIsolation(t, kafkaAddr, ledger,
 		identity{"dev-0002", tlsURL, "dev-0002", passwords["dev-0002"], s.tlsFor(t, nil, "")},
 		identity{"dev-0001", tlsURL, "dev-0001", passwords["dev-0001"], s.tlsFor(t, nil, "")})
-	if err := b.stop(t, 30*time.Second); err != nil {
+	if err := b.Stop(30 * time.Second); err != nil {
 		t.Error(err)
 	}
-	logs := b.out.String()
+	logs := b.Output()
 
 	// Client certificates: the CN is the device id.
 	b = run(", client_ca_file: " + filepath.Join(s.dir, "device-ca.pem"))
@@ -436,11 +437,11 @@ func TestDeviceIdentityOnEmbedded(t *testing.T) {
 		identity{"cert-0002", tlsURL, "", "", s.tlsFor(t, s.deviceCA, "cert-0002")},
 		identity{"cert-0001", tlsURL, "", "", s.tlsFor(t, s.deviceCA, "cert-0001")},
 		identity{"stranger", tlsURL, "", "", s.tlsFor(t, s.deviceCA, "stranger")})
-	if err := b.stop(t, 30*time.Second); err != nil {
+	if err := b.Stop(30 * time.Second); err != nil {
 		t.Error(err)
 	}
 	for _, secret := range passwords {
-		if strings.Contains(logs+b.out.String(), secret) {
+		if strings.Contains(logs+b.Output(), secret) {
 			t.Errorf("the bridge's log holds a password")
 		}
 	}
@@ -485,18 +486,18 @@ func TestMQTTLoginRefusedThenFixed(t *testing.T) {
 	} {
 		cfg, admin := writeBridgeConfig(t, bridgeOpts{mqtt: s.passwordURL, kafka: kafkaAddr, backend: pay.addr,
 			mqttExtra: fmt.Sprintf("  username: edgebridge\n  password_file: %s\n  tls: {enabled: true, ca_file: %s}\n", pwFile, c.caFile)})
-		b := &bridgeProc{proc: start(t, bins.edgebridge, "run", "-config", cfg), admin: admin}
+		b := &bridgeProc{&proc.Bridge{Process: start(t, bins.edgebridge, "run", "-config", cfg), Admin: admin}}
 		waitFor(t, 30*time.Second, c.name+" named by /readyz", func() bool {
-			code, body := b.readyz()
+			code, body := b.Readyz()
 			return code == 503 && strings.Contains(body, c.want)
 		})
-		_, body := b.readyz()
+		_, body := b.Readyz()
 		t.Logf("%s: /readyz: %s", c.name, strings.TrimSpace(body))
-		if v, err := b.metric(`edgebridge_broker_problem{broker="mqtt",reason="` + c.reason + `"}`); err != nil || v != 1 {
+		if v, err := b.Metric(`edgebridge_broker_problem{broker="mqtt",reason="` + c.reason + `"}`); err != nil || v != 1 {
 			t.Errorf("%s: edgebridge_broker_problem{broker=mqtt,reason=%s} = %v (%v), want 1", c.name, c.reason, v, err)
 		}
 		if c.reason == "tls" {
-			if err := b.stop(t, 30*time.Second); err != nil {
+			if err := b.Stop(30 * time.Second); err != nil {
 				t.Error(err)
 			}
 			continue
@@ -505,14 +506,14 @@ func TestMQTTLoginRefusedThenFixed(t *testing.T) {
 		if err := os.WriteFile(pwFile, []byte(passwords["edgebridge"]+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		waitFor(t, time.Minute, "ready after the password was fixed", b.ready)
+		waitFor(t, time.Minute, "ready after the password was fixed", b.Ready)
 		dev := newAuthedDevice(t, identity{"dev-0001", s.passwordURL, "dev-0001", passwords["dev-0001"], s.tlsFor(t, nil, "")}, "dev-0001")
 		dev.publish(t, "payment/request/dev-0001", `{"request_id":"r-1","amount_minor":100,"currency":"EUR"}`)
 		dev.await(t, "r-1")
-		if err := b.stop(t, 30*time.Second); err != nil {
+		if err := b.Stop(30 * time.Second); err != nil {
 			t.Error(err)
 		}
-		if out := b.out.String(); strings.Contains(out, passwords["edgebridge"]) || strings.Contains(out, "wrong-bridge-password") {
+		if out := b.Output(); strings.Contains(out, passwords["edgebridge"]) || strings.Contains(out, "wrong-bridge-password") {
 			t.Error("the bridge logged its MQTT password")
 		}
 	}

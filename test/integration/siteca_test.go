@@ -15,7 +15,7 @@ import (
 
 	paho "github.com/eclipse/paho.mqtt.golang"
 
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
 )
 
 // TestSiteCA: with mqtt.embedded_tls and no certificate configured, the
@@ -49,7 +49,7 @@ func TestSiteCA(t *testing.T) {
 	if err != nil || res.Replied != 50 {
 		t.Fatalf("devices trusting the site CA: %d of 50 replied, %v", res.Replied, err)
 	}
-	if v, err := br.metric("edgebridge_mqtt_server_cert_expiry_timestamp_seconds"); err != nil ||
+	if v, err := br.Metric("edgebridge_mqtt_server_cert_expiry_timestamp_seconds"); err != nil ||
 		time.Until(time.Unix(int64(v), 0)) < 396*24*time.Hour {
 		t.Errorf("server certificate expiry metric %v (%v), want about 397 days ahead", v, err)
 	}
@@ -63,7 +63,7 @@ func TestSiteCA(t *testing.T) {
 	}
 
 	// A restart reuses the CA.
-	if err := br.stop(t, 30*time.Second); err != nil {
+	if err := br.Stop(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
 	startBridge(t, cfgPath, admin)
@@ -155,7 +155,7 @@ func TestDeviceProvisioning(t *testing.T) {
 			t.Errorf("%s was accepted", what)
 		}
 	}
-	if n, err := br.metric("edgebridge_mqtt_login_failures_total"); err != nil || n < 3 {
+	if n, err := br.Metric("edgebridge_mqtt_login_failures_total"); err != nil || n < 3 {
 		t.Errorf("edgebridge_mqtt_login_failures_total %v (%v), want the 3 refused logins counted", n, err)
 	}
 

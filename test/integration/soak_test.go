@@ -12,7 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
+	"github.com/edgebridge/edgebridge/kit/proc"
 	"github.com/edgebridge/edgebridge/payment"
 )
 
@@ -41,7 +42,7 @@ func TestSoak(t *testing.T) {
 	perDevice := total / devices
 	payAddr, ledger := freeAddr(t), filepath.Join(t.TempDir(), "ledger.jsonl")
 	kafkaAddr, kafkaDir := freeAddr(t), t.TempDir()
-	startKafka := func() *proc {
+	startKafka := func() *proc.Process {
 		return startBrokerBin(t, bins.edgebridgeNoRace, "kafka", kafkaAddr, kafkaDir, "-partitions", "8")
 	}
 	kafka := startKafka()
@@ -50,7 +51,7 @@ func TestSoak(t *testing.T) {
 		mqttExtra: "  embedded_listen: " + mqttAddr + "\n", kafkaExtra: "  data_dir: " + dataDir + "\n"})
 	// Not ready while no backend is up: wait for the broker it hosts.
 	startBridge := func() *bridgeProc {
-		p := &bridgeProc{proc: start(t, bins.edgebridgeNoRace, "run", "-config", cfgPath), admin: admin}
+		p := &bridgeProc{&proc.Bridge{Process: start(t, bins.edgebridgeNoRace, "run", "-config", cfgPath), Admin: admin}}
 		waitFor(t, time.Minute, "the bridge's MQTT broker", func() bool { return dialable(mqttAddr) })
 		return p
 	}
@@ -65,7 +66,7 @@ func TestSoak(t *testing.T) {
 		defer tick.Stop()
 		for {
 			mu.Lock()
-			s.add(statusKiB(br.cmd.Process.Pid, "VmRSS"), statusKiB(kafka.cmd.Process.Pid, "VmRSS"), dirBytes(kafkaDir))
+			s.add(statusKiB(br.PID(), "VmRSS"), statusKiB(kafka.PID(), "VmRSS"), dirBytes(kafkaDir))
 			mu.Unlock()
 			select {
 			case <-stopSampling:
@@ -93,8 +94,8 @@ func TestSoak(t *testing.T) {
 		mu.Unlock()
 		t.Logf("%s killed and restarted at %d offered", name, offered())
 	}
-	kill(40, "bridge", func() { br.kill(); br = startBridge() })
-	kill(70, "kafka broker", func() { kafka.kill(); kafka = startKafka() })
+	kill(40, "bridge", func() { br.Kill(); br = startBridge() })
+	kill(70, "kafka broker", func() { kafka.Kill(); kafka = startKafka() })
 	waitFor(t, time.Hour, "every request offered", func() bool { return offered() >= want })
 	offeredAt := time.Since(s.start)
 
@@ -117,7 +118,7 @@ func TestSoak(t *testing.T) {
 		t.Errorf("soak: want every request PUBACKed and processed exactly once, none lost: %s", rep)
 	}
 	checkDevices(t, res, devs)
-	if err := pay.stop(t, 20*time.Second); err != nil {
+	if err := pay.Stop(20 * time.Second); err != nil {
 		t.Errorf("paymentd exit: %v", err)
 	}
 	if path := os.Getenv("EDGEBRIDGE_SOAK_REPORT"); path != "" {

@@ -10,8 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/edgebridge/edgebridge/internal/devicesim"
-	"github.com/edgebridge/edgebridge/internal/disktest"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
+	"github.com/edgebridge/edgebridge/kit/disktest"
+	"github.com/edgebridge/edgebridge/kit/proc"
 )
 
 // stallLength is how long intake is held back in TestIntakeStall.
@@ -105,7 +106,7 @@ func intakeStall(t *testing.T, shape stallShape) {
 
 	hold()
 	waitFor(t, time.Minute, "/readyz to say intake is held back", func() bool {
-		code, body := br.readyz()
+		code, body := br.Readyz()
 		return code == http.StatusServiceUnavailable && strings.Contains(body, held)
 	})
 	ctx := withTimeout(t, 15*time.Minute)
@@ -114,8 +115,8 @@ func intakeStall(t *testing.T, shape stallShape) {
 	// The stall is the scenario, not a wait for a condition.
 	time.Sleep(stallLength)
 	offered, acked := devs.Counters.Sent.Load(), devs.Counters.Acked.Load()
-	code, body := br.readyz()
-	refused, _ := br.metric("edgebridge_mqtt_intake_refused_total")
+	code, body := br.Readyz()
+	refused, _ := br.Metric("edgebridge_mqtt_intake_refused_total")
 	t.Logf("after a %s stall: %d requests offered, %d PUBACKed, %.0f refused by the broker's intake (device disconnected); /readyz %d %q",
 		time.Since(stallStart).Round(time.Second), offered, acked, refused, code, clip(body, 200))
 	if code == http.StatusOK {
@@ -155,19 +156,19 @@ func intakeStall(t *testing.T, shape stallShape) {
 			t.Errorf("Mosquitto dropped %d messages, want 0", n)
 		}
 	}
-	if err := br.stop(t, 30*time.Second); err != nil {
+	if err := br.Stop(30 * time.Second); err != nil {
 		t.Fatalf("bridge exit: %v", err)
 	}
 	checkLedger(t, ledger, devs)
 }
 
-func signal(t *testing.T, p *proc, sig syscall.Signal) {
+func signal(t *testing.T, p *proc.Process, sig syscall.Signal) {
 	t.Helper()
-	if err := p.cmd.Process.Signal(sig); err != nil {
-		t.Fatalf("%s %s: %v", sig, p.name, err)
+	if err := p.Signal(sig); err != nil {
+		t.Fatalf("%s %s: %v", sig, p.Name, err)
 	}
 	if sig == syscall.SIGSTOP {
-		t.Cleanup(func() { _ = p.cmd.Process.Signal(syscall.SIGCONT) })
+		t.Cleanup(func() { _ = p.Signal(syscall.SIGCONT) })
 	}
 }
 

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/edgebridge/edgebridge/bridge"
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
 )
 
 // TestStatusCommand: `edgebridge status` against a running bridge shows the
@@ -21,7 +21,7 @@ func TestStatusCommand(t *testing.T) {
 	if res, err := devicesim.Run(ctx, cfg, nil); err != nil || res.Replied != 100 {
 		t.Fatalf("devices: %v, %d replies, want 100", err, res.Replied)
 	}
-	admin := "http://" + s.bridge.admin
+	admin := "http://" + s.bridge.Admin
 	var st bridge.Status
 	waitFor(t, 30*time.Second, "/status to show the lag of every partition", func() bool {
 		out, err := exec.Command(bins.edgebridge, "status", "-json", "-admin", admin).Output()

@@ -27,7 +27,7 @@ import (
 	"time"
 
 	"github.com/edgebridge/edgebridge/ackwindow"
-	"github.com/edgebridge/edgebridge/internal/devicesim"
+	"github.com/edgebridge/edgebridge/kit/devicesim"
 )
 
 // Config configures a run. Zero values mean the default.
@@ -500,12 +500,12 @@ func (r *runner) devices(ctx context.Context, prefix string, devices, outstandin
 // measure runs fn and adds the processes' CPU time, the bridge's peak RSS
 // and its most goroutines seen meanwhile.
 func (r *runner) measure(ctx context.Context, throughBridge bool, fn func() (Scenario, error)) (Scenario, error) {
-	procs := map[string]int{"bench": os.Getpid(), "bridge": r.e.bridge.pid()}
+	procs := map[string]int{"bench": os.Getpid(), "bridge": r.e.bridge.PID()}
 	if r.e.mosq != nil {
-		procs["mosquitto"] = r.e.mosq.pid()
+		procs["mosquitto"] = r.e.mosq.PID()
 	}
 	if r.e.kafka != nil {
-		procs["kafka"] = r.e.kafka.pid()
+		procs["kafka"] = r.e.kafka.PID()
 	}
 	before := map[string]procStat{}
 	for name, pid := range procs {
@@ -542,7 +542,7 @@ func (r *runner) measure(ctx context.Context, throughBridge bool, fn func() (Sce
 	if err != nil {
 		return s, err
 	}
-	if err := r.e.bridge.exited(); err != nil {
+	if err := r.e.bridge.Exited(); err != nil {
 		return s, err
 	}
 	s.cpuUsed = map[string]time.Duration{}

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -18,7 +17,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -27,7 +25,9 @@ import (
 	"github.com/edgebridge/edgebridge/backend"
 	mosquittoconf "github.com/edgebridge/edgebridge/deploy/mosquitto"
 	"github.com/edgebridge/edgebridge/embedded"
-	"github.com/edgebridge/edgebridge/internal/testpki"
+	"github.com/edgebridge/edgebridge/internal/await"
+	"github.com/edgebridge/edgebridge/kit/proc"
+	"github.com/edgebridge/edgebridge/kit/testpki"
 	"github.com/edgebridge/edgebridge/payment"
 )
 
@@ -38,9 +38,9 @@ type env struct {
 	mqttURL string
 	brokers []string
 	admin   string
-	bridge  *proc
-	mosq    *proc // nil unless Mosquitto was started here
-	kafka   *proc // nil unless the embedded broker was started here
+	bridge  *proc.Bridge
+	mosq    *proc.Process // nil unless Mosquitto was started here
+	kafka   *proc.Process // nil unless the embedded broker was started here
 	mqttIn  *embedded.MQTT
 	pay     *grpc.Server
 	ledger  *payment.Ledger
@@ -104,110 +104,6 @@ func (h *hops) take() []time.Duration {
 	return l
 }
 
-// proc is a child process and what it wrote.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	out  *tailBuffer
-	done chan struct{}
-	err  error
-}
-
-func startProc(name string, env []string, bin string, args ...string) (*proc, error) {
-	p := &proc{name: name, cmd: exec.Command(bin, args...), out: &tailBuffer{max: 16 << 10}, done: make(chan struct{})}
-	p.cmd.Env = append(os.Environ(), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.out, p.out
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // never outlive the bench
-	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("bench: start %s: %w", name, err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	return p, nil
-}
-
-func (p *proc) pid() int { return p.cmd.Process.Pid }
-
-// stop sends SIGTERM and waits up to limit, then SIGKILL.
-func (p *proc) stop(limit time.Duration) {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(limit):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-func (p *proc) exited() error {
-	select {
-	case <-p.done:
-		return fmt.Errorf("bench: %s exited: %v\n%s", p.name, p.err, p.out.String())
-	default:
-		return nil
-	}
-}
-
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	buf []byte
-	max int
-}
-
-func (t *tailBuffer) Write(b []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, b...)
-	if len(t.buf) > t.max {
-		t.buf = t.buf[len(t.buf)-t.max:]
-	}
-	return len(b), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.buf)
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
-}
-
-// await polls cond every 20ms until it holds or limit passes.
-func await(ctx context.Context, limit time.Duration, what string, cond func() error) error {
-	deadline := time.Now().Add(limit)
-	t := time.NewTicker(20 * time.Millisecond)
-	defer t.Stop()
-	for {
-		err := cond()
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("bench: %s not ready after %s: %w", what, limit, err)
-		}
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
-
-func dial(addr string) error {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err == nil {
-		c.Close()
-	}
-	return err
-}
-
 // startEnv starts what cfg asks for; on error everything already started
 // is stopped.
 func startEnv(ctx context.Context, cfg Config, withTLS bool) (_ *env, err error) {
@@ -241,7 +137,7 @@ func (e *env) startMQTT(ctx context.Context, kind string) error {
 		if err != nil {
 			return errors.New("bench: mosquitto not on PATH (apt-get install -y mosquitto), or use -mqtt embedded")
 		}
-		port, err := freePort()
+		port, err := proc.FreePort()
 		if err != nil {
 			return err
 		}
@@ -259,16 +155,16 @@ func (e *env) startMQTT(ctx context.Context, kind string) error {
 		if err := os.WriteFile(conf, []byte(settings), 0o644); err != nil {
 			return err
 		}
-		if e.mosq, err = startProc("mosquitto", nil, bin, "-c", conf); err != nil {
+		if e.mosq, err = proc.Start(nil, bin, "-c", conf); err != nil {
 			return err
 		}
 		addr := "127.0.0.1:" + strconv.Itoa(port)
 		e.mqttURL = scheme + addr
-		return await(ctx, 10*time.Second, "mosquitto", func() error {
-			if err := e.mosq.exited(); err != nil {
-				return err
+		return await.Cond(ctx, 10*time.Second, "mosquitto", func() error {
+			if err := e.mosq.Exited(); err != nil {
+				return await.Final(err)
 			}
-			return dial(addr)
+			return proc.Dial(addr)
 		})
 	case kind == "embedded":
 		m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: "127.0.0.1:0", DataDir: filepath.Join(e.dir, "mqtt")})
@@ -280,7 +176,7 @@ func (e *env) startMQTT(ctx context.Context, kind string) error {
 		return nil
 	case strings.HasPrefix(kind, "tcp://"):
 		e.mqttURL = kind
-		return dial(strings.TrimPrefix(kind, "tcp://"))
+		return proc.Dial(strings.TrimPrefix(kind, "tcp://"))
 	default:
 		return fmt.Errorf("bench: -mqtt %q: want mosquitto, embedded or tcp://host:port", kind)
 	}
@@ -291,9 +187,9 @@ func (e *env) startMQTT(ctx context.Context, kind string) error {
 func (e *env) startKafka(ctx context.Context, kind string, noFsync bool, bin string) error {
 	if kind != "embedded" {
 		e.brokers = strings.Split(kind, ",")
-		return await(ctx, 10*time.Second, "kafka "+kind, func() error { return dial(e.brokers[0]) })
+		return await.Cond(ctx, 10*time.Second, "kafka "+kind, func() error { return proc.Dial(e.brokers[0]) })
 	}
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return err
 	}
@@ -302,15 +198,16 @@ func (e *env) startKafka(ctx context.Context, kind string, noFsync bool, bin str
 	if e.tls != nil {
 		args = append(args, "-tls-cert", e.tls.certFile, "-tls-key", e.tls.keyFile)
 	}
-	if e.kafka, err = startProc("kafka broker", nil, bin, args...); err != nil {
+	if e.kafka, err = proc.Start(nil, bin, args...); err != nil {
 		return err
 	}
+	e.kafka.Name = "kafka broker"
 	e.brokers = []string{addr}
-	return await(ctx, 30*time.Second, "kafka broker", func() error {
-		if err := e.kafka.exited(); err != nil {
-			return err
+	return await.Cond(ctx, 30*time.Second, "kafka broker", func() error {
+		if err := e.kafka.Exited(); err != nil {
+			return await.Final(err)
 		}
-		return dial(addr)
+		return proc.Dial(addr)
 	})
 }
 
@@ -343,50 +240,20 @@ func (e *env) startPaymentd(noFsync bool) error {
 // startBridge runs `edgebridge run` with the product's defaults, pointed at
 // the brokers and paymentd, and waits for /readyz.
 func (e *env) startBridge(ctx context.Context, cfg Config) error {
-	port, err := freePort()
+	port, err := proc.FreePort()
 	if err != nil {
 		return err
 	}
-	e.admin = "127.0.0.1:" + strconv.Itoa(port)
-	doc := fmt.Sprintf(`mqtt:
-  broker: %s
-  client_id: edgebridge-bench
-  subscribe: ["payment/request/+"]
-  reply_topic: "payment/response/{device_id}"
-%skafka:
-  brokers: [%s]
-  topic: edgebridge.payment.requests
-  dlq_topic: edgebridge.payment.dlq
-  group_id: edgebridge
-  data_dir: %s
-%sbackend:
-  targets: ["%s"]
-admin:
-  listen: %s
-  pprof: %t
-%s`, e.mqttURL, tlsSection(e.tls), strings.Join(e.brokers, ", "), filepath.Join(e.dir, "bridge-data"), tlsSection(e.tls), e.payAddr, e.admin, cfg.ProfileDir != "", cfg.BridgeConfig)
+	bc := proc.BridgeConfig{MQTT: e.mqttURL, ClientID: "edgebridge-bench", Kafka: e.brokers, DataDir: filepath.Join(e.dir, "bridge-data"),
+		Backend: e.payAddr, Admin: "127.0.0.1:" + strconv.Itoa(port), MQTTExtra: tlsSection(e.tls), KafkaExtra: tlsSection(e.tls),
+		AdminExtra: fmt.Sprintf("  pprof: %t\n", cfg.ProfileDir != ""), Top: cfg.BridgeConfig}
 	path := filepath.Join(e.dir, "edgebridge.yaml")
-	if err := os.WriteFile(path, []byte(doc), 0o644); err != nil {
+	if err := bc.Write(path); err != nil {
 		return err
 	}
-	if e.bridge, err = startProc("edgebridge", nil, cfg.Bridge, "run", "-config", path); err != nil {
-		return err
-	}
-	return await(ctx, 60*time.Second, "edgebridge /readyz", func() error {
-		if err := e.bridge.exited(); err != nil {
-			return err
-		}
-		resp, err := adminClient.Get("http://" + e.admin + "/readyz")
-		if err != nil {
-			return err
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			return errors.New(strings.TrimSpace(string(body)))
-		}
-		return nil
-	})
+	e.admin = bc.Admin
+	e.bridge, err = proc.StartBridge(ctx, 60*time.Second, nil, cfg.Bridge, path, bc.Admin)
+	return err
 }
 
 // tlsSection is the bridge's "tls:" setting trusting the bench's CA.
@@ -397,26 +264,10 @@ func tlsSection(t *benchTLS) string {
 	return "  tls: {enabled: true, ca_file: " + t.caFile + "}\n"
 }
 
-// adminClient bounds every request to the bridge's admin server, so a
-// stuck bridge fails the run instead of hanging it.
-var adminClient = &http.Client{Timeout: 5 * time.Second}
-
 // goroutines reads go_goroutines from the bridge's /metrics.
 func (e *env) goroutines() (int, error) {
-	resp, err := adminClient.Get("http://" + e.admin + "/metrics")
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			return int(f), err
-		}
-	}
-	return 0, errors.New("bench: no go_goroutines in the bridge's /metrics")
+	v, err := e.bridge.Metric("go_goroutines")
+	return int(v), err
 }
 
 // profile writes the bridge's CPU profile over the next d, then its
@@ -468,7 +319,7 @@ func (e *env) profile(dir string, d time.Duration) error {
 
 func (e *env) close() {
 	if e.bridge != nil {
-		e.bridge.stop(30 * time.Second)
+		_ = e.bridge.Stop(30 * time.Second)
 	}
 	if e.pay != nil {
 		e.pay.Stop()
@@ -477,10 +328,10 @@ func (e *env) close() {
 		e.ledger.Close()
 	}
 	if e.kafka != nil {
-		e.kafka.stop(10 * time.Second)
+		_ = e.kafka.Stop(10 * time.Second)
 	}
 	if e.mosq != nil {
-		e.mosq.stop(10 * time.Second)
+		_ = e.mosq.Stop(10 * time.Second)
 	}
 	if e.mqttIn != nil {
 		e.mqttIn.Close()

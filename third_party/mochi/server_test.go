@@ -1856,14 +1856,17 @@ func TestServerProcessPacketPublishDowngradeQos(t *testing.T) {
 	s.Clients.Add(sub)
 	s.Topics.Subscribe(sub.ID, packets.Subscription{Filter: "a/b/c", Qos: 1})
 
+	processed := make(chan error, 1)
 	go func() {
-		err := s.processPacket(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishQos2).Packet)
-		require.ErrorIs(t, err, packets.ErrQosNotSupported)
+		processed <- s.processPacket(cl, *packets.TPacketData[packets.Publish].Get(packets.TPublishQos2).Packet)
 		_ = w.Close()
 	}()
 
 	buf, err := io.ReadAll(r)
 	require.NoError(t, err)
+	// Stop closes the connection before it marks the client closed: the
+	// reader may see the end first, so wait for processPacket's return.
+	require.ErrorIs(t, <-processed, packets.ErrQosNotSupported)
 	require.Empty(t, buf, "an MQTT 3.1.1 client gets no acknowledgement and no DISCONNECT (3.1.1 has none from a server)")
 	require.Equal(t, 0, sub.State.Inflight.Len(), "the refused message was routed")
 	require.True(t, cl.Closed(), "the connection stayed open")

@@ -6,18 +6,17 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/kit/grpctest"
 )
 
 func TestMemoryStoreEvictsOldest(t *testing.T) {
@@ -195,20 +194,7 @@ func TestStreamLoad(t *testing.T) {
 // serve runs s on a loopback gRPC server and returns a Delivery client.
 func serve(t *testing.T, s *Server) v1.DeliveryClient {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	s.Register(gs)
-	go func() { _ = gs.Serve(ln) }()
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return v1.NewDeliveryClient(conn)
+	return v1.NewDeliveryClient(grpctest.Dial(t, grpctest.Serve(t, grpc.NewServer(), s.Register)))
 }
 
 // A bridge's frames are not trusted: a window past MaxWindow is clamped
@@ -245,25 +231,13 @@ func TestStreamRefusesHostileFrames(t *testing.T) {
 		}
 		return st
 	}
-	recvAck := func(t *testing.T, st v1.Delivery_StreamClient) *v1.Ack {
-		t.Helper()
-		for {
-			f, err := st.Recv()
-			if err != nil {
-				t.Fatalf("recv: %v", err)
-			}
-			if a := f.GetAck(); a != nil {
-				return a
-			}
-		}
-	}
 
 	t.Run("huge window is clamped", func(t *testing.T) {
 		st := open(t, hello(4294967280))
 		if err := st.Send(deliver(1, "r1")); err != nil {
 			t.Fatal(err)
 		}
-		if a := recvAck(t, st); a.Outcome != v1.Outcome_OUTCOME_OK || a.Seq != 1 {
+		if a := grpctest.NextAck(t, st); a.Outcome != v1.Outcome_OUTCOME_OK || a.Seq != 1 {
 			t.Fatalf("got %v, want OK for seq 1", a)
 		}
 	})

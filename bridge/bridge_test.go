@@ -3,7 +3,6 @@ package bridge_test
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -16,16 +15,15 @@ import (
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"go.uber.org/goleak"
-	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/bridge"
 	"github.com/edgebridge/edgebridge/config"
-	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/internal/await"
 	"github.com/edgebridge/edgebridge/kafkapipe"
+	"github.com/edgebridge/edgebridge/kit/rig"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
 
@@ -51,12 +49,12 @@ func TestOutcomes(t *testing.T) {
 		}
 		return approve(env)
 	})
-	p.cfg.Backend.MaxAttempts = 3
-	p.cfg.Backend.RetryBackoff = 10 * time.Millisecond
-	p.start(t)
+	p.Config.Backend.MaxAttempts = 3
+	p.Config.Backend.RetryBackoff = 10 * time.Millisecond
+	p.StartTest(t)
 
 	replies := make(chan []byte, 10)
-	dev := p.device(t, "dev-1", replies)
+	dev := device(t, p, "dev-1", replies)
 	for _, id := range []string{"retry-twice", "reject", "retry-ever"} {
 		dev.Publish("payment/request/dev-1", 1, false, `{"request_id":"`+id+`","amount_minor":100,"currency":"EUR"}`).Wait()
 	}
@@ -76,86 +74,25 @@ func TestOutcomes(t *testing.T) {
 	}
 	mu.Unlock()
 
-	dlq := readDLQ(t, p.kafka.Addr(), p.cfg.Kafka.DLQTopic, 2)
+	dlq := readDLQ(t, p.Kafka.Addr(), p.Config.Kafka.DLQTopic, 2)
 	if dlq["reject"] != "not_permitted" || dlq["retry-ever"] != "busy" {
 		t.Errorf("got DLQ reasons %v, want reject=not_permitted retry-ever=busy", dlq)
 	}
 }
 
-// pipeline is the bridge in process on embedded brokers, with one backend.
-type pipeline struct {
-	kafka   *embedded.Kafka
-	mqtt    *embedded.MQTT
-	backend *grpc.Server
-	cfg     config.Config // the bridge's, until start
-}
-
-// newPipeline starts the brokers and a backend serving handle; cfg points
-// the bridge at them and may be changed before start.
-func newPipeline(t *testing.T, handle backend.Handler) *pipeline {
+// newPipeline is the bridge in process on embedded brokers of its own,
+// with one backend serving handle; p.Config may be changed before
+// p.StartTest.
+func newPipeline(t *testing.T, handle backend.Handler) *rig.Rig {
 	t.Helper()
-	dir := t.TempDir()
-	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: dir, Partitions: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(k.Close)
-	m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: "127.0.0.1:0", DataDir: dir + "/mqtt"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Close)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := backend.NewGRPCServer()
-	backend.NewServer(backend.Config{}, handle, nil).Register(gs)
-	go func() { _ = gs.Serve(ln) }()
-	t.Cleanup(gs.Stop)
-
-	cfg := config.Default()
-	cfg.Kafka.DataDir = t.TempDir() // the bridge keeps its group member id there
-	cfg.MQTT.Broker = "tcp://" + m.Addr()
-	cfg.Kafka.Brokers = []string{k.Addr()}
-	cfg.Kafka.Partitions = 2
-	cfg.Backend.Targets = []string{ln.Addr().String()}
-	return &pipeline{kafka: k, mqtt: m, backend: gs, cfg: cfg}
-}
-
-// start runs the bridge until the end of the test (then stops it and
-// checks Run's error) and waits until it is ready.
-func (p *pipeline) start(t *testing.T, opts ...bridge.Option) *bridge.Bridge {
-	t.Helper()
-	return runBridge(t, p.cfg, opts...)
-}
-
-// runBridge runs a bridge on cfg until the end of the test (then stops it
-// and checks Run's error) and waits until it is ready.
-func runBridge(t *testing.T, cfg config.Config, opts ...bridge.Option) *bridge.Bridge {
-	t.Helper()
-	b, err := bridge.New(cfg, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	runErr := make(chan error, 1)
-	go func() { runErr <- b.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-runErr; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
-	waitUntil(t, "bridge ready", func() bool { ok, _ := b.Ready(); return ok })
-	return b
+	return rig.Test(t, rig.Handler(handle))
 }
 
 // device connects a device straight to the MQTT broker, subscribed to its
 // reply topic; replies receive the payloads.
-func (p *pipeline) device(t *testing.T, id string, replies chan<- []byte) paho.Client {
+func device(t *testing.T, p *rig.Rig, id string, replies chan<- []byte) paho.Client {
 	t.Helper()
-	dev := paho.NewClient(paho.NewClientOptions().AddBroker("tcp://" + p.mqtt.Addr()).SetClientID(id))
+	dev := paho.NewClient(paho.NewClientOptions().AddBroker(p.DeviceURL()).SetClientID(id))
 	if tok := dev.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
 		t.Fatal(tok.Error())
 	}
@@ -257,10 +194,10 @@ func TestReadyDaprOnly(t *testing.T) {
 func TestKafkaRefusalIsFinalForThatRecordOnly(t *testing.T) {
 	leakCheck(t)
 	p := newPipeline(t, func(_ context.Context, env *v1.Envelope) backend.Result { return approve(env) })
-	p.createTopic(t, p.cfg.Kafka.Topic, 600)
-	b := p.start(t)
+	createTopic(t, p, p.Config.Kafka.Topic, 600)
+	b := p.StartTest(t)
 	replies := make(chan []byte, 10)
-	dev := p.device(t, "dev-1", replies)
+	dev := device(t, p, "dev-1", replies)
 	// A long tracestate makes the one envelope larger than the topic allows.
 	big := `{"request_id":"r-big","amount_minor":100,"currency":"EUR","traceparent":"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01","tracestate":"` +
 		strings.Repeat("s", 500) + `"}`
@@ -293,9 +230,9 @@ func TestKafkaRefusalIsFinalForThatRecordOnly(t *testing.T) {
 func TestReplyToInvalidTopicIsNotPublished(t *testing.T) {
 	leakCheck(t)
 	p := newPipeline(t, func(_ context.Context, env *v1.Envelope) backend.Result { return approve(env) })
-	b := p.start(t)
+	b := p.StartTest(t)
 	replies := make(chan []byte, 1)
-	p.device(t, "dev-2", replies)
+	device(t, p, "dev-2", replies)
 	for _, device := range []string{"dev\x01bad", "dev-2"} {
 		env, err := transcoder.New(0).Decode(transcoder.Input{DeviceID: device, Topic: "payment/request/" + device,
 			Payload: []byte(`{"request_id":"r-1","amount_minor":100,"currency":"EUR"}`)})
@@ -303,11 +240,11 @@ func TestReplyToInvalidTopicIsNotPublished(t *testing.T) {
 			t.Fatal(err)
 		}
 		value, _ := proto.Marshal(env)
-		prod, err := kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: []string{p.kafka.Addr()}})
+		prod, err := kafkapipe.NewProducer(kafkapipe.ProducerConfig{Brokers: []string{p.Kafka.Addr()}})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := prod.Write(context.Background(), kafkapipe.Record{Topic: p.cfg.Kafka.Topic, Key: []byte("same-partition"), Value: value}); err != nil {
+		if err := prod.Write(context.Background(), kafkapipe.Record{Topic: p.Config.Kafka.Topic, Key: []byte("same-partition"), Value: value}); err != nil {
 			t.Fatal(err)
 		}
 		prod.Close()
@@ -320,11 +257,11 @@ func TestReplyToInvalidTopicIsNotPublished(t *testing.T) {
 
 // createTopic creates topic (2 partitions) with max.message.bytes before
 // the bridge does.
-func (p *pipeline) createTopic(t *testing.T, topic string, maxMessageBytes int) {
+func createTopic(t *testing.T, p *rig.Rig, topic string, maxMessageBytes int) {
 	t.Helper()
 	tr := &kafka.Transport{}
 	defer tr.CloseIdleConnections()
-	res, err := (&kafka.Client{Addr: kafka.TCP(p.kafka.Addr()), Transport: tr}).CreateTopics(context.Background(), &kafka.CreateTopicsRequest{
+	res, err := (&kafka.Client{Addr: kafka.TCP(p.Kafka.Addr()), Transport: tr}).CreateTopics(context.Background(), &kafka.CreateTopicsRequest{
 		Topics: []kafka.TopicConfig{{Topic: topic, NumPartitions: 2, ReplicationFactor: 1,
 			ConfigEntries: []kafka.ConfigEntry{{ConfigName: "max.message.bytes", ConfigValue: strconv.Itoa(maxMessageBytes)}}}}})
 	if err != nil || res.Errors[topic] != nil {
@@ -339,9 +276,9 @@ func (p *pipeline) createTopic(t *testing.T, topic string, maxMessageBytes int) 
 func TestDeadLetterRefusedEvenAsStubMakesBridgeUnready(t *testing.T) {
 	leakCheck(t)
 	p := newPipeline(t, func(_ context.Context, env *v1.Envelope) backend.Result { return approve(env) })
-	p.createTopic(t, p.cfg.Kafka.DLQTopic, 200)
-	b := p.start(t)
-	dev := p.device(t, "dev-1", make(chan []byte, 1))
+	createTopic(t, p, p.Config.Kafka.DLQTopic, 200)
+	b := p.StartTest(t)
+	dev := device(t, p, "dev-1", make(chan []byte, 1))
 	dev.Publish("payment/request/dev-1", 1, false, `{"request_id":"r-1","amount_minor":-1,"currency":"EUR"}`)
 	waitUntil(t, "the bridge unready", func() bool {
 		ok, why := b.Ready()

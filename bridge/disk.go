@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/edgebridge/edgebridge/internal/diskspace"
+	"github.com/edgebridge/edgebridge/internal/schedule"
 )
 
 // The data disk's high-water mark. An edge node has one small disk: when
@@ -31,18 +32,13 @@ func (b *Bridge) watchDisk(ctx context.Context) {
 		return
 	}
 	floor := &diskspace.Floor{Min: uint64(b.cfg.Kafka.MinFreeBytes)}
-	t := time.NewTicker(diskCheckEvery)
-	defer t.Stop()
-	for {
+	check := func(time.Time) {
 		if free, err := diskspace.Free(b.dataDisk); err == nil {
 			b.noteDisk(free, floor)
 		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
 	}
+	check(time.Now())
+	schedule.Every(ctx, diskCheckEvery, check)
 }
 
 func (b *Bridge) noteDisk(free uint64, floor *diskspace.Floor) {

@@ -2,7 +2,6 @@ package bridge_test
 
 import (
 	"context"
-	"net"
 	"os"
 	"strings"
 	"sync"
@@ -12,10 +11,9 @@ import (
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/bridge"
-	"github.com/edgebridge/edgebridge/config"
-	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/kit/devicesim"
 	"github.com/edgebridge/edgebridge/kit/disktest"
+	"github.com/edgebridge/edgebridge/kit/rig"
 )
 
 // The data disk's high-water mark: with the embedded Kafka's data on a
@@ -26,48 +24,24 @@ import (
 func TestDiskHighWaterMark(t *testing.T) {
 	leakCheck(t)
 	disk := disktest.Mount(t, "32m")
-	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: disk, Partitions: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(k.Close)
-	m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: "127.0.0.1:0", DataDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Close)
 	var mu sync.Mutex
 	calls := map[string]int{}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := backend.NewGRPCServer()
-	backend.NewServer(backend.Config{}, func(_ context.Context, env *v1.Envelope) backend.Result {
+	p := rig.Test(t, rig.KafkaDir(disk), rig.Handler(func(_ context.Context, env *v1.Envelope) backend.Result {
 		mu.Lock()
 		calls[env.MessageId]++
 		mu.Unlock()
 		return approve(env)
-	}, nil).Register(gs)
-	go func() { _ = gs.Serve(ln) }()
-	t.Cleanup(gs.Stop)
-
+	}))
 	const floor = 8 << 20
-	cfg := config.Default()
-	cfg.Kafka.DataDir = t.TempDir() // the bridge keeps its group member id there
-	cfg.MQTT.Broker = "tcp://" + m.Addr()
-	cfg.Kafka.Brokers = []string{k.Addr()}
-	cfg.Kafka.Partitions = 2
-	cfg.Kafka.MinFreeBytes = floor
-	cfg.Backend.Targets = []string{ln.Addr().String()}
-	b := runBridge(t, cfg, bridge.WithDataDisk(disk))
+	p.Config.Kafka.MinFreeBytes = floor
+	b := p.StartTest(t, bridge.WithDataDisk(disk))
 
 	// Ballast leaves a little more than the floor: the requests' records
 	// use up the rest.
 	ballast := disktest.Fill(t, disk, floor+(192<<10))
 	// More requests than an idle machine answers in the second between
 	// two readings of the disk, so some wait for the space.
-	devs := devicesim.Config{Broker: "tcp://" + m.Addr(), Devices: 5, Requests: 2000, Outstanding: 20, Counters: new(devicesim.Counters)}
+	devs := devicesim.Config{Broker: p.DeviceURL(), Devices: 5, Requests: 2000, Outstanding: 20, Counters: new(devicesim.Counters)}
 	dctx, stopDevices := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer stopDevices()
 	done := make(chan devicesim.Result, 1)

@@ -25,15 +25,15 @@ func TestRepliesInFlightUpToWindow(t *testing.T) {
 	leakCheck(t)
 	const requests = 40
 	p := newPipeline(t, func(_ context.Context, env *v1.Envelope) backend.Result { return approve(env) })
-	proxy := newPubackGate(t, p.mqtt.Addr())
+	proxy := newPubackGate(t, p.MQTT.Addr())
 	t.Cleanup(proxy.close) // after the bridge stops
-	p.cfg.MQTT.Broker = "tcp://" + proxy.addr()
-	if p.cfg.Backend.Window < requests {
-		t.Fatalf("window %d: the test needs at least %d", p.cfg.Backend.Window, requests)
+	p.Config.MQTT.Broker = "tcp://" + proxy.addr()
+	if p.Config.Backend.Window < requests {
+		t.Fatalf("window %d: the test needs at least %d", p.Config.Backend.Window, requests)
 	}
-	p.start(t)
+	p.StartTest(t)
 	replies := make(chan []byte, requests)
-	dev := p.device(t, "dev-1", replies)
+	dev := device(t, p, "dev-1", replies)
 
 	proxy.hold()
 	for i := range requests {

@@ -22,13 +22,13 @@ func TestOperatingMetrics(t *testing.T) {
 	leakCheck(t)
 	release := make(chan struct{})
 	p := newPipeline(t, approveWhen(release))
-	b := p.start(t)
+	b := p.StartTest(t)
 	if got := metric(t, b, "edgebridge_mqtt_connected"); got != 1 {
 		t.Fatalf("got edgebridge_mqtt_connected %v, want 1", got)
 	}
 	const n = 6
 	replies := make(chan []byte, n)
-	dev := p.device(t, "dev-1", replies)
+	dev := device(t, p, "dev-1", replies)
 	for i := range n {
 		dev.Publish("payment/request/dev-1", 1, false, fmt.Sprintf(`{"request_id":"r-%d","amount_minor":100,"currency":"EUR"}`, i)).Wait()
 	}
@@ -64,7 +64,7 @@ func TestStatus(t *testing.T) {
 	leakCheck(t)
 	release := make(chan struct{})
 	p := newPipeline(t, approveWhen(release))
-	b := p.start(t)
+	b := p.StartTest(t)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -76,7 +76,7 @@ func TestStatus(t *testing.T) {
 
 	const n = 3
 	replies := make(chan []byte, n)
-	dev := p.device(t, "dev-1", replies)
+	dev := device(t, p, "dev-1", replies)
 	for i := range n {
 		dev.Publish("payment/request/dev-1", 1, false, fmt.Sprintf(`{"request_id":"r-%d","amount_minor":100,"currency":"EUR"}`, i)).Wait()
 	}
@@ -95,10 +95,10 @@ func TestStatus(t *testing.T) {
 	switch {
 	case !s.Ready || !s.MQTT.Connected || !s.Kafka.Connected:
 		t.Errorf("got ready %v mqtt %+v kafka %+v, want all up", s.Ready, s.MQTT, s.Kafka)
-	case !be.Up || be.UpSince == nil || be.Credits != p.cfg.Backend.Window || be.InFlight != n || be.Partitions != 1 || be.Addr != p.cfg.Backend.Targets[0]:
-		t.Errorf("got backend %+v, want up with %d credits, %d in flight, 1 partition (one device)", be, p.cfg.Backend.Window, n)
-	case s.Window != (bridge.Window{Capacity: p.cfg.Backend.Window, InFlight: n}):
-		t.Errorf("got window %+v, want capacity %d, %d in flight", s.Window, p.cfg.Backend.Window, n)
+	case !be.Up || be.UpSince == nil || be.Credits != p.Config.Backend.Window || be.InFlight != n || be.Partitions != 1 || be.Addr != p.Config.Backend.Targets[0]:
+		t.Errorf("got backend %+v, want up with %d credits, %d in flight, 1 partition (one device)", be, p.Config.Backend.Window, n)
+	case s.Window != (bridge.Window{Capacity: p.Config.Backend.Window, InFlight: n}):
+		t.Errorf("got window %+v, want capacity %d, %d in flight", s.Window, p.Config.Backend.Window, n)
 	case lagSum(s) != n || len(s.Lag) != 2:
 		t.Errorf("got lag %v, want %d over 2 partitions", s.Lag, n)
 	case s.Counters.Received != n || s.Counters.Produced != n:
@@ -109,7 +109,7 @@ func TestStatus(t *testing.T) {
 	close(release)
 	awaitReplies(t, replies, n)
 
-	p.backend.Stop()
+	p.StopBackend()
 	waitUntil(t, "the status to show the backend down", func() bool {
 		s := b.Status()
 		return !s.Ready && len(s.Backends) == 1 && !s.Backends[0].Up && s.Backends[0].Reason != "" && len(s.RecentErrors) > 0
@@ -118,7 +118,7 @@ func TestStatus(t *testing.T) {
 	if s.Counters.Replies != n || !slices.Contains(s.NotReady, "no backend stream up") {
 		t.Fatalf("got replies %d, not ready %q; want %d and no backend stream up", s.Counters.Replies, s.NotReady, n)
 	}
-	if e := s.RecentErrors[len(s.RecentErrors)-1]; e.Level != "WARN" && e.Level != "ERROR" || !strings.Contains(e.Message+e.Attrs, p.cfg.Backend.Targets[0]) {
+	if e := s.RecentErrors[len(s.RecentErrors)-1]; e.Level != "WARN" && e.Level != "ERROR" || !strings.Contains(e.Message+e.Attrs, p.Config.Backend.Targets[0]) {
 		t.Fatalf("got last error %+v, want a warning naming the backend", e)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/internal/schedule"
 	"github.com/edgebridge/edgebridge/kafkapipe"
 )
 
@@ -123,23 +124,16 @@ func clipErr(s string) string {
 }
 
 func (b *Bridge) watchKafka(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			pctx, cancel := context.WithTimeout(ctx, 4*time.Second)
-			b.noteKafka(kafkapipe.Ping(pctx, b.cfg.Kafka.Brokers, b.kafkaSec))
-			b.brokerProblems() // refreshes edgebridge_broker_problem for MQTT
-			if b.consumer != nil {
-				if lag, err := b.consumer.Lag(pctx); err == nil {
-					b.lag.Store(&lag)
-					b.metrics.setLag(lag)
-				}
+	schedule.Every(ctx, 5*time.Second, func(time.Time) {
+		pctx, cancel := context.WithTimeout(ctx, 4*time.Second)
+		defer cancel()
+		b.noteKafka(kafkapipe.Ping(pctx, b.cfg.Kafka.Brokers, b.kafkaSec))
+		b.brokerProblems() // refreshes edgebridge_broker_problem for MQTT
+		if b.consumer != nil {
+			if lag, err := b.consumer.Lag(pctx); err == nil {
+				b.lag.Store(&lag)
+				b.metrics.setLag(lag)
 			}
-			cancel()
 		}
-	}
+	})
 }

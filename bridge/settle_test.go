@@ -27,18 +27,18 @@ func TestInvalidReplyIsAProtocolError(t *testing.T) {
 		mu.Unlock()
 		return backend.Result{Outcome: v1.Outcome_OUTCOME_OK, Reply: &v1.PaymentReply{Status: v1.PaymentStatus_PAYMENT_STATUS_REJECTED}}
 	})
-	p.cfg.Backend.MaxAttempts = 3
-	p.cfg.Backend.RetryBackoff = 10 * time.Millisecond
-	b := p.start(t)
+	p.Config.Backend.MaxAttempts = 3
+	p.Config.Backend.RetryBackoff = 10 * time.Millisecond
+	b := p.StartTest(t)
 
 	replies := make(chan []byte, 1)
-	dev := p.device(t, "dev-1", replies)
+	dev := device(t, p, "dev-1", replies)
 	dev.Publish("payment/request/dev-1", 1, false, `{"request_id":"bad-reply","amount_minor":100,"currency":"EUR"}`).Wait()
 	got := awaitReplies(t, replies, 1)["bad-reply"]
 	if got.Status != "ERROR" {
 		t.Fatalf("got reply %+v, want ERROR", got)
 	}
-	if dlq := readDLQ(t, p.kafka.Addr(), p.cfg.Kafka.DLQTopic, 1); dlq["bad-reply"] != "protocol_error" {
+	if dlq := readDLQ(t, p.Kafka.Addr(), p.Config.Kafka.DLQTopic, 1); dlq["bad-reply"] != "protocol_error" {
 		t.Fatalf("got DLQ reasons %v, want bad-reply=protocol_error", dlq)
 	}
 	if n := metric(t, b, "edgebridge_grpc_stream_protocol_errors_total", "error", string(grpcout.ProblemInvalidReply)); n != 3 {
@@ -64,9 +64,9 @@ func TestWindowFollowsOpenStreams(t *testing.T) {
 	backend.NewServer(backend.Config{}, func(_ context.Context, env *v1.Envelope) backend.Result { return approve(env) }, nil).Register(second)
 	go func() { _ = second.Serve(ln) }()
 	t.Cleanup(second.Stop)
-	p.cfg.Backend.Targets = append(p.cfg.Backend.Targets, ln.Addr().String())
-	p.cfg.Backend.Window = 32
-	b := p.start(t)
+	p.Config.Backend.Targets = append(p.Config.Backend.Targets, ln.Addr().String())
+	p.Config.Backend.Window = 32
+	b := p.StartTest(t)
 
 	capacity := func() int { return int(metric(t, b, "edgebridge_window_capacity")) }
 	waitUntil(t, "a window of 2 x 32 with both streams up", func() bool { return capacity() == 64 })

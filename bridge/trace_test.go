@@ -216,9 +216,9 @@ func TestTraceAcrossHops(t *testing.T) {
 	backend.NewServer(backend.Config{}, handle, nil, backend.WithTracerProvider(backendTP)).Register(gs)
 	go func() { _ = gs.Serve(ln) }()
 	t.Cleanup(gs.Stop)
-	p.cfg.Backend.Targets = []string{ln.Addr().String()}
-	p.cfg.Backend.RetryBackoff = 10 * time.Millisecond
-	p.start(t, bridge.WithTracerProvider(bridgeTP))
+	p.Config.Backend.Targets = []string{ln.Addr().String()}
+	p.Config.Backend.RetryBackoff = 10 * time.Millisecond
+	p.StartTest(t, bridge.WithTracerProvider(bridgeTP))
 
 	const (
 		okTrace     = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -227,7 +227,7 @@ func TestTraceAcrossHops(t *testing.T) {
 		poisonSpan  = "b7ad6b7169203331"
 	)
 	replies := make(chan []byte, 2)
-	dev := p.device(t, "dev-1", replies)
+	dev := device(t, p, "dev-1", replies)
 	dev.Publish("payment/request/dev-1", 1, false,
 		`{"request_id":"traced","amount_minor":100,"currency":"EUR","traceparent":"00-`+okTrace+`-`+okParent+`-01"}`).Wait()
 	dev.Publish("payment/request/dev-1", 1, false,
@@ -287,7 +287,7 @@ func TestTraceAcrossHops(t *testing.T) {
 	// The Kafka record carries the receive span's context, in its header
 	// and in the envelope (what backends and Dapr apps continue from).
 	wantParent := "00-" + okTrace + "-" + ok[0].SpanID + "-01"
-	if h, envTrace := requestTrace(t, p.kafka.Addr(), p.cfg.Kafka.Topic, "traced"); h != wantParent || envTrace != wantParent {
+	if h, envTrace := requestTrace(t, p.Kafka.Addr(), p.Config.Kafka.Topic, "traced"); h != wantParent || envTrace != wantParent {
 		t.Errorf("request record: traceparent header %q, envelope %q; want both %q (the mqtt receive span)", h, envTrace, wantParent)
 	}
 

@@ -20,6 +20,7 @@ import (
 	"github.com/edgebridge/edgebridge/ackwindow"
 	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/internal/defaults"
 	"github.com/edgebridge/edgebridge/internal/tlsfiles"
 	"github.com/edgebridge/edgebridge/kafkapipe"
 	"github.com/edgebridge/edgebridge/mqttin"
@@ -449,91 +450,68 @@ func (k Kafka) TopicConfigs() map[string]map[string]string {
 
 // ApplyDefaults fills every zero field with its default.
 func (c *Config) ApplyDefaults() {
-	def := func(s *string, v string) {
-		if *s == "" {
-			*s = v
-		}
-	}
-	defD := func(d *time.Duration, v time.Duration) {
-		if *d == 0 {
-			*d = v
-		}
-	}
-	defI := func(i *int, v int) {
-		if *i == 0 {
-			*i = v
-		}
-	}
-	def(&c.MQTT.Broker, Embedded)
-	def(&c.MQTT.EmbeddedListen, embedded.DefaultMQTTListen)
-	defD(&c.MQTT.EmbeddedMessageExpiry, embedded.DefaultMessageExpiry)
-	def(&c.MQTT.ClientID, "edgebridge-1")
+	defaults.Zero(&c.MQTT.Broker, Embedded)
+	defaults.Zero(&c.MQTT.EmbeddedListen, embedded.DefaultMQTTListen)
+	defaults.Zero(&c.MQTT.EmbeddedMessageExpiry, embedded.DefaultMessageExpiry)
+	defaults.Zero(&c.MQTT.ClientID, "edgebridge-1")
 	c.MQTT.EmbeddedTLS.Names = splitNames(c.MQTT.EmbeddedTLS.Names)
 	if len(c.MQTT.Subscribe) == 0 {
 		c.MQTT.Subscribe = []string{"payment/request/+"}
 	}
-	def(&c.MQTT.ReplyTopic, "payment/response/{device_id}")
-	defI(&c.MQTT.MaxPayload, 16<<10)
+	defaults.Zero(&c.MQTT.ReplyTopic, "payment/response/{device_id}")
+	defaults.Zero(&c.MQTT.MaxPayload, 16<<10)
 	if len(c.Kafka.Brokers) == 0 {
 		c.Kafka.Brokers = []string{Embedded}
 	}
-	def(&c.Kafka.EmbeddedListen, embedded.DefaultKafkaListen)
-	def(&c.Kafka.DataDir, "./edgebridge-data")
-	def(&c.Kafka.Topic, "edgebridge.payment.requests")
-	def(&c.Kafka.DLQTopic, "edgebridge.payment.dlq")
-	defD(&c.Kafka.DLQRetention, DefaultDLQRetention)
-	if c.Kafka.DLQRetentionBytes == 0 {
-		c.Kafka.DLQRetentionBytes = DefaultDLQRetentionBytes
-	}
-	def(&c.Kafka.GroupID, "edgebridge")
-	defI(&c.Kafka.Partitions, kafkapipe.DefaultPartitions)
-	defD(&c.Kafka.CommitInterval, kafkapipe.DefaultCommitInterval)
-	defD(&c.Kafka.SessionTimeout, kafkapipe.DefaultSessionTimeout)
-	defD(&c.Kafka.HeartbeatInterval, kafkapipe.DefaultHeartbeatInterval(c.Kafka.SessionTimeout))
-	if c.Kafka.MinFreeBytes == 0 {
-		c.Kafka.MinFreeBytes = embedded.DefaultMinFreeBytes
-	}
-	defD(&c.Kafka.DeleteCommittedAfter, embedded.DefaultDeleteCommittedAfter)
-	defI(&c.Kafka.MaxMessageBytes, DefaultMaxMessageBytes)
+	defaults.Zero(&c.Kafka.EmbeddedListen, embedded.DefaultKafkaListen)
+	defaults.Zero(&c.Kafka.DataDir, "./edgebridge-data")
+	defaults.Zero(&c.Kafka.Topic, "edgebridge.payment.requests")
+	defaults.Zero(&c.Kafka.DLQTopic, "edgebridge.payment.dlq")
+	defaults.Zero(&c.Kafka.DLQRetention, DefaultDLQRetention)
+	defaults.Zero(&c.Kafka.DLQRetentionBytes, DefaultDLQRetentionBytes)
+	defaults.Zero(&c.Kafka.GroupID, "edgebridge")
+	defaults.Zero(&c.Kafka.Partitions, kafkapipe.DefaultPartitions)
+	defaults.Zero(&c.Kafka.CommitInterval, kafkapipe.DefaultCommitInterval)
+	defaults.Zero(&c.Kafka.SessionTimeout, kafkapipe.DefaultSessionTimeout)
+	defaults.Zero(&c.Kafka.HeartbeatInterval, kafkapipe.DefaultHeartbeatInterval(c.Kafka.SessionTimeout))
+	defaults.Zero(&c.Kafka.MinFreeBytes, embedded.DefaultMinFreeBytes)
+	defaults.Zero(&c.Kafka.DeleteCommittedAfter, embedded.DefaultDeleteCommittedAfter)
+	defaults.Zero(&c.Kafka.MaxMessageBytes, DefaultMaxMessageBytes)
 	if c.Backend.Targets == nil && !c.Dapr.Enabled {
 		c.Backend.Targets = []string{"127.0.0.1:7070"}
 	}
-	defI(&c.Backend.Window, grpcout.DefaultWindow)
-	defI(&c.Backend.MaxAttempts, settle.DefaultMaxAttempts)
-	defD(&c.Backend.RetryBackoff, settle.DefaultBackoff)
-	defD(&c.Backend.OpenTimeout, grpcout.DefaultOpenTimeout)
-	defD(&c.Backend.AckTimeout, grpcout.DefaultAckTimeout)
-	defD(&c.Backend.ResolveInterval, grpcout.DefaultResolveInterval)
+	defaults.Zero(&c.Backend.Window, grpcout.DefaultWindow)
+	defaults.Zero(&c.Backend.MaxAttempts, settle.DefaultMaxAttempts)
+	defaults.Zero(&c.Backend.RetryBackoff, settle.DefaultBackoff)
+	defaults.Zero(&c.Backend.OpenTimeout, grpcout.DefaultOpenTimeout)
+	defaults.Zero(&c.Backend.AckTimeout, grpcout.DefaultAckTimeout)
+	defaults.Zero(&c.Backend.ResolveInterval, grpcout.DefaultResolveInterval)
 	r := &c.Backend.Reconnect
-	defD(&r.Initial, grpcout.DefaultBackoffInitial)
-	defD(&r.Max, grpcout.DefaultBackoffMax)
-	if r.Jitter == 0 {
-		r.Jitter = grpcout.DefaultBackoffJitter
-	}
-	defD(&r.ResetAfter, grpcout.DefaultBackoffResetAfter)
-	defI(&r.HealthCheckAfter, grpcout.DefaultHealthCheckAfter)
+	defaults.Zero(&r.Initial, grpcout.DefaultBackoffInitial)
+	defaults.Zero(&r.Max, grpcout.DefaultBackoffMax)
+	defaults.Zero(&r.Jitter, grpcout.DefaultBackoffJitter)
+	defaults.Zero(&r.ResetAfter, grpcout.DefaultBackoffResetAfter)
+	defaults.Zero(&r.HealthCheckAfter, grpcout.DefaultHealthCheckAfter)
 	h := &c.Backend.Heartbeat
-	defD(&h.Interval, grpcout.DefaultHeartbeatInterval)
+	defaults.Zero(&h.Interval, grpcout.DefaultHeartbeatInterval)
 	if h.Interval > 0 {
 		h.MinInterval, h.MaxInterval, h.Timeout = grpcout.HeartbeatDefaults(h.Interval, h.MinInterval, h.MaxInterval, h.Timeout)
 	}
-	defD(&h.SlowRTT, grpcout.DefaultHeartbeatSlowRTT)
-	defD(&c.Backend.Keepalive.Time, grpcout.DefaultKeepaliveTime)
-	defD(&c.Backend.Keepalive.Timeout, grpcout.DefaultKeepaliveTimeout)
-	def(&c.Dapr.SocketFolder, os.Getenv(DaprSocketFolderEnv))
-	def(&c.Dapr.SocketFolder, DefaultDaprSocketFolder)
-	def(&c.Dapr.SocketName, "edgebridge")
-	if c.Tracing.SampleRatio == 0 {
-		c.Tracing.SampleRatio = 1
-	}
-	def(&c.Dapr.ReplyTopic, "payment.replies")
-	defI(&c.Dapr.Window, ackwindow.DefaultSize)
-	defI(&c.Dapr.MaxAttempts, settle.DefaultMaxAttempts)
-	defD(&c.Dapr.RetryBackoff, settle.DefaultBackoff)
-	def(&c.Admin.Listen, "127.0.0.1:9464")
-	def(&c.Log.Format, "text")
-	def(&c.Log.Level, "info")
-	defD(&c.Shutdown.DrainTimeout, kafkapipe.DefaultDrainTimeout)
+	defaults.Zero(&h.SlowRTT, grpcout.DefaultHeartbeatSlowRTT)
+	defaults.Zero(&c.Backend.Keepalive.Time, grpcout.DefaultKeepaliveTime)
+	defaults.Zero(&c.Backend.Keepalive.Timeout, grpcout.DefaultKeepaliveTimeout)
+	defaults.Zero(&c.Dapr.SocketFolder, os.Getenv(DaprSocketFolderEnv))
+	defaults.Zero(&c.Dapr.SocketFolder, DefaultDaprSocketFolder)
+	defaults.Zero(&c.Dapr.SocketName, "edgebridge")
+	defaults.Zero(&c.Tracing.SampleRatio, 1)
+	defaults.Zero(&c.Dapr.ReplyTopic, "payment.replies")
+	defaults.Zero(&c.Dapr.Window, ackwindow.DefaultSize)
+	defaults.Zero(&c.Dapr.MaxAttempts, settle.DefaultMaxAttempts)
+	defaults.Zero(&c.Dapr.RetryBackoff, settle.DefaultBackoff)
+	defaults.Zero(&c.Admin.Listen, "127.0.0.1:9464")
+	defaults.Zero(&c.Log.Format, "text")
+	defaults.Zero(&c.Log.Level, "info")
+	defaults.Zero(&c.Shutdown.DrainTimeout, kafkapipe.DefaultDrainTimeout)
 }
 
 // EmbeddedMQTT reports whether the MQTT broker runs in-process.
@@ -769,8 +747,8 @@ func (c *Config) problems() Problems {
 	}
 	checkTLS(bad, "backend.tls", c.Backend.TLS)
 	if c.Backend.TokenFile != "" {
-		if !c.Backend.TLS.Enabled {
-			bad("backend.token_file", "a token requires backend.tls.enabled")
+		if grpcout.CheckToken(true, c.Backend.TLS.Enabled) != nil {
+			bad("backend.token_file", "a token requires backend.tls.enabled") // grpcout.ErrTokenWithoutTLS, by config's name
 		}
 		if _, err := c.Backend.Token(); err != nil {
 			bad("backend.token_file", "%v", err)

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/internal/defaults"
 	"github.com/edgebridge/edgebridge/settle"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
@@ -96,15 +97,9 @@ type Options struct {
 }
 
 func (o Options) withDefaults() Options {
-	if o.Timeout <= 0 {
-		o.Timeout = 10 * time.Second
-	}
-	if o.Window <= 0 {
-		o.Window = 16
-	}
-	if o.KeepaliveHold <= 0 {
-		o.KeepaliveHold = 45 * time.Second
-	}
+	defaults.Positive(&o.Timeout, 10*time.Second)
+	defaults.Positive(&o.Window, 16)
+	defaults.Positive(&o.KeepaliveHold, 45*time.Second)
 	return o
 }
 

@@ -15,6 +15,7 @@ import (
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/conformance"
+	"github.com/edgebridge/edgebridge/kit/grpctest"
 	"github.com/edgebridge/edgebridge/payment"
 )
 
@@ -144,20 +145,7 @@ func (b *flawed) Stream(s v1.Delivery_StreamServer) error {
 
 func serve(t *testing.T, register func(grpc.ServiceRegistrar)) *grpc.ClientConn {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer()
-	register(gs)
-	go func() { _ = gs.Serve(ln) }()
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
+	return grpctest.Dial(t, grpctest.Serve(t, grpc.NewServer(), register))
 }
 
 func statuses(rep conformance.Report) map[string]conformance.Status {

@@ -36,6 +36,7 @@ import (
 	"github.com/edgebridge/edgebridge/embedded"
 	"github.com/edgebridge/edgebridge/internal/await"
 	"github.com/edgebridge/edgebridge/kafkapipe"
+	kitrig "github.com/edgebridge/edgebridge/kit/rig"
 	"github.com/edgebridge/edgebridge/mqttin"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
@@ -50,6 +51,7 @@ const (
 // and MQTT behind it, the bridge's real MQTT client and Kafka producer,
 // and an MQTT subscriber standing in for devices.
 type rig struct {
+	brokers  *kitrig.Rig
 	t        *testing.T
 	socket   string
 	kafka    *embedded.Kafka
@@ -79,19 +81,10 @@ func (r *rig) eventCounts() map[daprcomp.EventKind]int {
 
 func newRig(t *testing.T, cfg daprcomp.Config) *rig {
 	t.Helper()
-	dir := t.TempDir()
-	k, err := embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: filepath.Join(dir, "kafka"), Partitions: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(k.Close)
-	m, err := embedded.ListenMQTT(embedded.MQTTConfig{Listen: "127.0.0.1:0", DataDir: filepath.Join(dir, "mqtt")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m.Close)
+	brokers := kitrig.Test(t, kitrig.NoBackend()) // the component runs, not the bridge
+	dir, k, m := brokers.Dir, brokers.Kafka, brokers.MQTT
 
-	r := &rig{t: t, socket: filepath.Join(dir, "sockets", "edgebridge.sock"), kafka: k, mqttMsgs: make(chan paho.Message, 100),
+	r := &rig{brokers: brokers, t: t, socket: filepath.Join(dir, "sockets", "edgebridge.sock"), kafka: k, mqttMsgs: make(chan paho.Message, 100),
 		events: map[daprcomp.EventKind]int{}}
 	r.unhealth.Store(errNone)
 	client, err := mqttin.New(mqttin.Config{Broker: "tcp://" + m.Addr(), ClientID: "bridge"})
@@ -272,21 +265,7 @@ func (r *rig) committed(group, topic string) int64 {
 // records reads every record of topic.
 func (r *rig) records(topic string, n int) []*kgo.Record {
 	r.t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(r.kafka.Addr()), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	defer cl.Close()
-	var out []*kgo.Record
-	c := ctx(r.t)
-	for len(out) < n {
-		fs := cl.PollFetches(c)
-		if c.Err() != nil {
-			r.t.Fatalf("read %d of %d records of %s", len(out), n, topic)
-		}
-		out = append(out, fs.Records()...)
-	}
-	return out
+	return r.brokers.RecordsTest(r.t, topic, n)
 }
 
 // traceparent is the W3C trace context every test device request carries.

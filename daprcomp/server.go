@@ -37,6 +37,7 @@ import (
 	"google.golang.org/grpc/stats"
 
 	"github.com/edgebridge/edgebridge/ackwindow"
+	"github.com/edgebridge/edgebridge/internal/defaults"
 	"github.com/edgebridge/edgebridge/kafkapipe"
 	"github.com/edgebridge/edgebridge/settle"
 )
@@ -93,30 +94,14 @@ func (c Config) withDefaults() Config {
 	if len(c.BindingTopics) == 0 {
 		c.BindingTopics = DefaultBindingTopics(c.DeviceReplyTopic)
 	}
-	if c.Partitions <= 0 {
-		c.Partitions = kafkapipe.DefaultPartitions
-	}
-	if c.Source == "" {
-		c.Source = "edgebridge"
-	}
-	if c.Window <= 0 {
-		c.Window = ackwindow.DefaultSize
-	}
-	if c.MaxAttempts <= 0 {
-		c.MaxAttempts = settle.DefaultMaxAttempts
-	}
-	if c.RetryBackoff <= 0 {
-		c.RetryBackoff = settle.DefaultBackoff
-	}
-	if c.CommitInterval <= 0 {
-		c.CommitInterval = kafkapipe.DefaultCommitInterval
-	}
-	if c.DrainTimeout <= 0 {
-		c.DrainTimeout = kafkapipe.DefaultDrainTimeout
-	}
-	if c.SessionTimeout <= 0 {
-		c.SessionTimeout = kafkapipe.DefaultSessionTimeout
-	}
+	defaults.Positive(&c.Partitions, kafkapipe.DefaultPartitions)
+	defaults.Zero(&c.Source, "edgebridge")
+	defaults.Positive(&c.Window, ackwindow.DefaultSize)
+	defaults.Positive(&c.MaxAttempts, settle.DefaultMaxAttempts)
+	defaults.Positive(&c.RetryBackoff, settle.DefaultBackoff)
+	defaults.Positive(&c.CommitInterval, kafkapipe.DefaultCommitInterval)
+	defaults.Positive(&c.DrainTimeout, kafkapipe.DefaultDrainTimeout)
+	defaults.Positive(&c.SessionTimeout, kafkapipe.DefaultSessionTimeout)
 	if c.MaxMessageBytes <= kafkapipe.DeadLetterOverhead {
 		c.MaxMessageBytes = kafkapipe.DefaultMaxMessageBytes
 	}

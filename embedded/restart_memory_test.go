@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/edgebridge/edgebridge/kit/kafkaload"
 )
 
 // TestRestartMemoryDoesNotScaleWithBacklog: the broker's start after an
@@ -138,30 +140,13 @@ func BenchmarkRestartAfterCrash(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	cl, err := kgo.NewClient(kgo.SeedBrokers(k.Addr()), kgo.AllowAutoTopicCreation(),
-		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerLinger(0))
-	if err != nil {
+	before := heapInUse()
+	if err := kafkaload.Backlog(context.Background(), k.Addr(), parts, b.N, 1<<10); err != nil {
 		b.Fatal(err)
 	}
-	ctx := context.Background()
-	before := heapInUse()
-	value := make([]byte, 1<<10)
-	var wg sync.WaitGroup
-	for p := range int32(parts) {
-		wg.Go(func() {
-			for i := int(p); i < b.N; i += parts { // one record in flight: one batch each
-				if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "backlog", Partition: p, Value: value}).FirstErr(); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
 	buffered := heapInUse() - before
 	crashed := b.TempDir()
 	copyTree(b, dir, crashed)
-	cl.Close()
 	k.Close()
 
 	start := time.Now()

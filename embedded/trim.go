@@ -9,6 +9,8 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"github.com/edgebridge/edgebridge/internal/schedule"
 )
 
 // Storage bounded by the backlog. The embedded broker keeps every record
@@ -107,16 +109,7 @@ func newTrimmer(c *kfake.Cluster, groupsLog []byte, after time.Duration, log *sl
 }
 
 func (t *trimmer) loop(ctx context.Context) {
-	tick := time.NewTicker(trimEvery)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-tick.C:
-			t.trim(now)
-		}
-	}
+	schedule.Every(ctx, trimEvery, t.trim)
 }
 
 // trim deletes, on every partition some group holds, the records below the

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/edgebridge/edgebridge/ackwindow"
+	"github.com/edgebridge/edgebridge/internal/defaults"
 )
 
 // Config configures a Pool. Zero values mean the default.
@@ -118,35 +119,22 @@ func HeartbeatDefaults(interval, minInterval, maxInterval, timeout time.Duration
 }
 
 func (c Config) withDefaults() Config {
-	def := func(d *time.Duration, v time.Duration) {
-		if *d <= 0 {
-			*d = v
-		}
-	}
-	if c.BridgeID == "" {
-		c.BridgeID = "edgebridge"
-	}
-	if c.Window <= 0 {
-		c.Window = DefaultWindow
-	}
-	if c.HealthCheckAfter <= 0 {
-		c.HealthCheckAfter = DefaultHealthCheckAfter
-	}
-	def(&c.OpenTimeout, DefaultOpenTimeout)
-	def(&c.AckTimeout, DefaultAckTimeout)
-	def(&c.ResolveInterval, DefaultResolveInterval)
-	def(&c.Backoff.Initial, DefaultBackoffInitial)
-	def(&c.Backoff.Max, DefaultBackoffMax)
-	if c.Backoff.Jitter <= 0 {
-		c.Backoff.Jitter = DefaultBackoffJitter
-	}
-	def(&c.Backoff.ResetAfter, DefaultBackoffResetAfter)
+	defaults.Zero(&c.BridgeID, "edgebridge")
+	defaults.Positive(&c.Window, DefaultWindow)
+	defaults.Positive(&c.HealthCheckAfter, DefaultHealthCheckAfter)
+	defaults.Positive(&c.OpenTimeout, DefaultOpenTimeout)
+	defaults.Positive(&c.AckTimeout, DefaultAckTimeout)
+	defaults.Positive(&c.ResolveInterval, DefaultResolveInterval)
+	defaults.Positive(&c.Backoff.Initial, DefaultBackoffInitial)
+	defaults.Positive(&c.Backoff.Max, DefaultBackoffMax)
+	defaults.Positive(&c.Backoff.Jitter, DefaultBackoffJitter)
+	defaults.Positive(&c.Backoff.ResetAfter, DefaultBackoffResetAfter)
 	h := &c.Heartbeat
-	def(&h.Interval, DefaultHeartbeatInterval)
+	defaults.Positive(&h.Interval, DefaultHeartbeatInterval)
 	h.MinInterval, h.MaxInterval, h.Timeout = HeartbeatDefaults(h.Interval, max(h.MinInterval, 0), max(h.MaxInterval, 0), max(h.Timeout, 0))
-	def(&h.SlowRTT, DefaultHeartbeatSlowRTT)
-	def(&c.Keepalive.Time, DefaultKeepaliveTime)
-	def(&c.Keepalive.Timeout, DefaultKeepaliveTimeout)
+	defaults.Positive(&h.SlowRTT, DefaultHeartbeatSlowRTT)
+	defaults.Positive(&c.Keepalive.Time, DefaultKeepaliveTime)
+	defaults.Positive(&c.Keepalive.Timeout, DefaultKeepaliveTimeout)
 	return c
 }
 
@@ -191,8 +179,19 @@ func (c Config) Validate() error {
 	if p := c.Heartbeat.Check(); p != nil {
 		bad("%s: %s", strings.TrimSpace("heartbeat "+p.Field), p.Msg)
 	}
-	if (c.Token != "" || c.TokenSource != nil) && c.TLS == nil {
-		bad("a token requires TLS")
+	if err := CheckToken(c.Token != "" || c.TokenSource != nil, c.TLS != nil); err != nil {
+		bad("%v", err)
 	}
 	return errors.Join(errs...)
+}
+
+// ErrTokenWithoutTLS: a bearer token would cross the network in clear text.
+var ErrTokenWithoutTLS = errors.New("a token requires TLS")
+
+// CheckToken is the rule for a bearer token: only over TLS.
+func CheckToken(token, tls bool) error {
+	if token && !tls {
+		return ErrTokenWithoutTLS
+	}
+	return nil
 }

@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/stats"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/internal/schedule"
 )
 
 // AckFunc receives the backend's ACK for a delivery. It is called exactly
@@ -438,26 +439,19 @@ func (p *Pool) Run(ctx context.Context) error {
 // passed while no stream could send them (no backend up, or no credit). A
 // stream about to send one checks too (link.next), so none is sent late.
 func (p *Pool) expireWaiting(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case now := <-t.C:
-			var expired []*delivery
-			p.mu.Lock()
-			for _, d := range p.pending {
-				if p.expiredLocked(d, now) {
-					expired = append(expired, d)
-				}
-			}
-			p.mu.Unlock()
-			for _, d := range expired {
-				_ = d.done(nil)
+	schedule.Every(ctx, time.Second, func(now time.Time) {
+		var expired []*delivery
+		p.mu.Lock()
+		for _, d := range p.pending {
+			if p.expiredLocked(d, now) {
+				expired = append(expired, d)
 			}
 		}
-	}
+		p.mu.Unlock()
+		for _, d := range expired {
+			_ = d.done(nil)
+		}
+	})
 }
 
 // resolveAll maps each target to its addresses; a target that fails to

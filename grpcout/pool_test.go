@@ -18,6 +18,7 @@ import (
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/kit/grpctest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -25,16 +26,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // serve runs srv on a loopback port until the test ends.
 func serve(t *testing.T, register func(grpc.ServiceRegistrar)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := backend.NewGRPCServer()
-	register(gs)
-	done := make(chan struct{})
-	go func() { _ = gs.Serve(ln); close(done) }()
-	t.Cleanup(func() { gs.Stop(); <-done })
-	return ln.Addr().String()
+	return grpctest.Serve(t, backend.NewGRPCServer(), register)
 }
 
 // run starts c.Run until the test ends and waits for it at cleanup.
@@ -153,6 +145,22 @@ func welcome(s v1.Delivery_StreamServer, credits uint32) error {
 	return s.Send(&v1.ServerFrame{Frame: &v1.ServerFrame_Welcome{Welcome: w}})
 }
 
+// eachDelivery receives frames on s until the stream ends (nil) and calls
+// handle with each delivery; handle's error ends the stream with it.
+func eachDelivery(s v1.Delivery_StreamServer, handle func(d *v1.Deliver) error) error {
+	for {
+		f, err := s.Recv()
+		if err != nil {
+			return nil
+		}
+		if d := f.GetDeliver(); d != nil {
+			if err := handle(d); err != nil {
+				return err
+			}
+		}
+	}
+}
+
 func ackFrame(d *v1.Deliver) *v1.ServerFrame {
 	return &v1.ServerFrame{Frame: &v1.ServerFrame_Ack{Ack: &v1.Ack{Seq: d.Seq, MessageId: d.Envelope.MessageId, Outcome: v1.Outcome_OUTCOME_OK}}}
 }
@@ -205,15 +213,7 @@ func TestProtocolErrorsReportedNotApplied(t *testing.T) {
 			if err := welcome(s, 0); err != nil {
 				return err
 			}
-			for {
-				f, err := s.Recv()
-				if err != nil {
-					return nil
-				}
-				d := f.GetDeliver()
-				if d == nil {
-					continue
-				}
+			return eachDelivery(s, func(d *v1.Deliver) error {
 				for _, a := range []*v1.Ack{
 					{Seq: d.Seq + 1000, MessageId: d.Envelope.MessageId, Outcome: v1.Outcome_OUTCOME_OK},
 					{Seq: d.Seq, MessageId: "someone-else", Outcome: v1.Outcome_OUTCOME_OK},
@@ -224,7 +224,8 @@ func TestProtocolErrorsReportedNotApplied(t *testing.T) {
 						return err
 					}
 				}
-			}
+				return nil
+			})
 		}})
 	})
 	var mu sync.Mutex
@@ -276,15 +277,7 @@ func TestResendUnackedAfterStreamFailure(t *testing.T) {
 				return err
 			}
 			count := 0
-			for {
-				f, err := s.Recv()
-				if err != nil {
-					return nil
-				}
-				d := f.GetDeliver()
-				if d == nil {
-					continue
-				}
+			return eachDelivery(s, func(d *v1.Deliver) error {
 				mu.Lock()
 				received[d.Envelope.MessageId]++
 				mu.Unlock()
@@ -293,12 +286,10 @@ func TestResendUnackedAfterStreamFailure(t *testing.T) {
 					return errors.New("backend crashed")
 				}
 				if n == 1 && count%2 == 0 {
-					continue // first stream: leave every second delivery un-ACKed
+					return nil // first stream: leave every second delivery un-ACKed
 				}
-				if err := s.Send(ackFrame(d)); err != nil {
-					return err
-				}
-			}
+				return s.Send(ackFrame(d))
+			})
 		}})
 	})
 	// A long heartbeat: only noticing the dead stream itself can recover in time.
@@ -384,17 +375,7 @@ func TestHeartbeatTimeoutReplacesSilentStream(t *testing.T) {
 				<-s.Context().Done() // frozen: never answers pings
 				return nil
 			}
-			for {
-				f, err := s.Recv()
-				if err != nil {
-					return nil
-				}
-				if d := f.GetDeliver(); d != nil {
-					if err := s.Send(ackFrame(d)); err != nil {
-						return err
-					}
-				}
-			}
+			return eachDelivery(s, func(d *v1.Deliver) error { return s.Send(ackFrame(d)) })
 		}})
 	})
 	var down atomic.Value
@@ -541,25 +522,15 @@ func TestDeliverByDeadline(t *testing.T) {
 			if err := welcome(s, 0); err != nil {
 				return err
 			}
-			for {
-				f, err := s.Recv()
-				if err != nil {
-					return nil
-				}
-				d := f.GetDeliver()
-				if d == nil {
-					continue
-				}
+			return eachDelivery(s, func(d *v1.Deliver) error {
 				mu.Lock()
 				received[d.Envelope.MessageId]++
 				mu.Unlock()
 				if n == 1 {
 					return errors.New("backend crashed") // before its ACK
 				}
-				if err := s.Send(ackFrame(d)); err != nil {
-					return err
-				}
-			}
+				return s.Send(ackFrame(d))
+			})
 		}})
 	})
 	c, _ := grpcout.New(grpcout.Config{Targets: []string{addr}, Window: 32, Backoff: grpcout.Backoff{Initial: 10 * time.Millisecond}})

@@ -25,6 +25,7 @@ import (
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/grpcout"
+	kitrig "github.com/edgebridge/edgebridge/kit/rig"
 )
 
 // These tests run the real Pool against a real gRPC server over an
@@ -67,33 +68,7 @@ func (n *vnet) serve(gs *grpc.Server) (stop func()) {
 }
 
 // events records Pool events with their (virtual) time.
-type events struct {
-	mu  sync.Mutex
-	all []timedEvent
-}
-
-type timedEvent struct {
-	at time.Time
-	grpcout.Event
-}
-
-func (e *events) hook(ev grpcout.Event) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.all = append(e.all, timedEvent{time.Now(), ev})
-}
-
-func (e *events) of(kind grpcout.EventKind) []timedEvent {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	var out []timedEvent
-	for _, ev := range e.all {
-		if ev.Kind == kind {
-			out = append(out, ev)
-		}
-	}
-	return out
-}
+type events = kitrig.PoolEvents
 
 // startPool runs a Pool to target over n until the bubble's test ends.
 func startPool(t *testing.T, n *vnet, cfg grpcout.Config, ev *events, opts ...grpcout.Option) *grpcout.Pool {
@@ -102,7 +77,7 @@ func startPool(t *testing.T, n *vnet, cfg grpcout.Config, ev *events, opts ...gr
 	p, err := grpcout.New(cfg, append([]grpcout.Option{
 		grpcout.WithDialer(n.dial),
 		grpcout.WithResolver(func(context.Context, string) ([]string, error) { return []string{target}, nil }),
-		grpcout.WithEventHook(ev.hook),
+		grpcout.WithEventHook(ev.Hook),
 		grpcout.WithLogger(slog.New(slog.DiscardHandler)),
 	}, opts...)...)
 	if err != nil {
@@ -130,13 +105,13 @@ func TestBackoffVirtualTime(t *testing.T) {
 		ev := &events{}
 		startPool(t, n, grpcout.Config{}, ev)
 		time.Sleep(2 * time.Minute)
-		downs := ev.of(grpcout.StreamDown)
+		downs := ev.Of(grpcout.StreamDown)
 		want := []time.Duration{1, 2, 4, 8, 16, 30, 30}
 		if len(downs) < len(want)+1 {
 			t.Fatalf("got %d failed attempts in 2 minutes, want at least %d", len(downs), len(want)+1)
 		}
 		for i, w := range want {
-			gap := downs[i+1].at.Sub(downs[i].at)
+			gap := downs[i+1].At.Sub(downs[i].At)
 			within(t, "gap after failure", gap, w*time.Second*8/10, w*time.Second*12/10)
 			if r := downs[i].Reason; r != grpcout.ReasonUnavailable {
 				t.Errorf("failure %d: got reason %q, want %q", i, r, grpcout.ReasonUnavailable)
@@ -150,17 +125,17 @@ func TestBackoffVirtualTime(t *testing.T) {
 		stop := n.serve(gs)
 		defer stop()
 		time.Sleep(40 * time.Second) // > the 30s cap +20% jitter: the stream is up
-		if ups := ev.of(grpcout.StreamUp); len(ups) != 1 {
+		if ups := ev.Of(grpcout.StreamUp); len(ups) != 1 {
 			t.Fatalf("got %d streams up, want 1", len(ups))
 		}
 		time.Sleep(30 * time.Second)
-		before := len(ev.of(grpcout.StreamDown))
+		before := len(ev.Of(grpcout.StreamDown))
 		n.mu.Lock()
 		n.ln = nil // refuse new connections; the next line breaks the open one
 		n.mu.Unlock()
 		gs.Stop()
 		time.Sleep(5 * time.Second)
-		downs = ev.of(grpcout.StreamDown)[before:]
+		downs = ev.Of(grpcout.StreamDown)[before:]
 		if len(downs) < 3 {
 			t.Fatalf("got %d failures after the backend went away, want >= 3", len(downs))
 		}
@@ -168,8 +143,8 @@ func TestBackoffVirtualTime(t *testing.T) {
 		if downs[0].Reason != grpcout.ReasonNetwork {
 			t.Errorf("got %q when the open stream broke, want %q", downs[0].Reason, grpcout.ReasonNetwork)
 		}
-		within(t, "first delay after a long healthy stream", downs[1].at.Sub(downs[0].at), 800*time.Millisecond, 1200*time.Millisecond)
-		within(t, "second delay", downs[2].at.Sub(downs[1].at), 1600*time.Millisecond, 2400*time.Millisecond)
+		within(t, "first delay after a long healthy stream", downs[1].At.Sub(downs[0].At), 800*time.Millisecond, 1200*time.Millisecond)
+		within(t, "second delay", downs[2].At.Sub(downs[1].At), 1600*time.Millisecond, 2400*time.Millisecond)
 	})
 }
 
@@ -200,14 +175,14 @@ func TestHeartbeatTimeoutVirtualTime(t *testing.T) {
 		ev := &events{}
 		startPool(t, n, grpcout.Config{Heartbeat: grpcout.Heartbeat{Interval: 5 * time.Second, Timeout: 15 * time.Second}}, ev)
 		time.Sleep(20 * time.Second)
-		ups, downs := ev.of(grpcout.StreamUp), ev.of(grpcout.StreamDown)
+		ups, downs := ev.Of(grpcout.StreamUp), ev.Of(grpcout.StreamDown)
 		if len(ups) == 0 || len(downs) == 0 {
 			t.Fatalf("got %d ups and %d downs, want a stream replaced", len(ups), len(downs))
 		}
 		if downs[0].Reason != grpcout.ReasonHeartbeat {
 			t.Fatalf("got reason %q, want %q", downs[0].Reason, grpcout.ReasonHeartbeat)
 		}
-		within(t, "detection time", downs[0].at.Sub(ups[0].at), 15*time.Second, 16*time.Second)
+		within(t, "detection time", downs[0].At.Sub(ups[0].At), 15*time.Second, 16*time.Second)
 	})
 }
 
@@ -241,7 +216,7 @@ func TestAdaptiveHeartbeatVirtualTime(t *testing.T) {
 		hb := grpcout.Heartbeat{Interval: 4 * time.Second, MinInterval: time.Second, MaxInterval: 16 * time.Second, Timeout: 30 * time.Second}
 		startPool(t, n, grpcout.Config{Heartbeat: hb}, ev)
 		time.Sleep(3 * time.Minute)
-		pongs := ev.of(grpcout.Pong)
+		pongs := ev.Of(grpcout.Pong)
 		if len(pongs) == 0 || pongs[len(pongs)-1].Interval != hb.MaxInterval {
 			t.Fatalf("after slow pongs the interval is %v, want %s", last(pongs), hb.MaxInterval)
 		}
@@ -250,17 +225,17 @@ func TestAdaptiveHeartbeatVirtualTime(t *testing.T) {
 		}
 		delay.Store(0)
 		time.Sleep(6 * time.Minute) // 5 fast pongs per step: 16s, 10.7s, 7.1s, ... 1s
-		pongs = ev.of(grpcout.Pong)
+		pongs = ev.Of(grpcout.Pong)
 		if got := pongs[len(pongs)-1].Interval; got != hb.MinInterval {
 			t.Fatalf("after fast pongs the interval is %s, want %s", got, hb.MinInterval)
 		}
-		if downs := ev.of(grpcout.StreamDown); len(downs) != 0 {
+		if downs := ev.Of(grpcout.StreamDown); len(downs) != 0 {
 			t.Fatalf("the stream went down: %v", downs[0].Err)
 		}
 	})
 }
 
-func last(es []timedEvent) any {
+func last(es []kitrig.PoolEvent) any {
 	if len(es) == 0 {
 		return "no pong"
 	}
@@ -290,11 +265,11 @@ func TestAckDeadlineVirtualTime(t *testing.T) {
 		got := make(chan *v1.Ack, 1)
 		p.Deliver(0, env(1), func(a *v1.Ack) error { got <- a; return nil })
 		time.Sleep(45 * time.Second)
-		downs := ev.of(grpcout.StreamDown)
+		downs := ev.Of(grpcout.StreamDown)
 		if len(downs) == 0 || downs[0].Reason != grpcout.ReasonAckTimeout {
 			t.Fatalf("got stream ends %v, want %q", downs, grpcout.ReasonAckTimeout)
 		}
-		within(t, "ACK deadline", downs[0].at.Sub(sent), 30*time.Second, 31*time.Second)
+		within(t, "ACK deadline", downs[0].At.Sub(sent), 30*time.Second, 31*time.Second)
 		close(release)
 		a := <-got
 		if a.MessageId != env(1).MessageId || (a.Outcome != v1.Outcome_OUTCOME_OK && a.Outcome != v1.Outcome_OUTCOME_DUPLICATE) {
@@ -328,7 +303,7 @@ func TestCredentialFailuresVirtualTime(t *testing.T) {
 				logs := &countingHandler{}
 				p := startPool(t, n, grpcout.Config{TLS: &tls.Config{RootCAs: tc.trust}, Token: tc.token}, ev, grpcout.WithLogger(slog.New(logs)))
 				time.Sleep(100 * time.Second)
-				downs := ev.of(grpcout.StreamDown)
+				downs := ev.Of(grpcout.StreamDown)
 				if len(downs) < 3 || len(downs) > 5 {
 					t.Fatalf("got %d attempts in 100s, want 3 to 5 (one per 30s ±20%%)", len(downs))
 				}
@@ -337,7 +312,7 @@ func TestCredentialFailuresVirtualTime(t *testing.T) {
 						t.Fatalf("attempt %d: got reason %q (%v), want %q", i, d.Reason, d.Err, tc.reason)
 					}
 					if i > 0 {
-						within(t, "gap", d.at.Sub(downs[i-1].at), 24*time.Second, 36*time.Second)
+						within(t, "gap", d.At.Sub(downs[i-1].At), 24*time.Second, 36*time.Second)
 					}
 				}
 				if got := logs.errors.Load(); got != 1 {
@@ -392,24 +367,24 @@ func TestHealthCheckBeforeReconnectVirtualTime(t *testing.T) {
 		ev := &events{}
 		startPool(t, n, grpcout.Config{}, ev)
 		time.Sleep(5 * time.Second)
-		if len(ev.of(grpcout.StreamUp)) != 1 {
+		if len(ev.Of(grpcout.StreamUp)) != 1 {
 			t.Fatal("no stream up")
 		}
 		drained := time.Now()
 		srv.Drain("emptying this replica")
 		time.Sleep(2 * time.Minute)
-		var notServing []timedEvent
-		for _, d := range ev.of(grpcout.StreamDown) {
+		var notServing []kitrig.PoolEvent
+		for _, d := range ev.Of(grpcout.StreamDown) {
 			if d.Reason == grpcout.ReasonNotServing {
 				notServing = append(notServing, d)
 			}
 		}
 		if len(notServing) == 0 {
-			t.Fatalf("no %q failure after the drain: %v", grpcout.ReasonNotServing, ev.of(grpcout.StreamDown))
+			t.Fatalf("no %q failure after the drain: %v", grpcout.ReasonNotServing, ev.Of(grpcout.StreamDown))
 		}
-		ups := ev.of(grpcout.StreamUp)
-		if last := ups[len(ups)-1]; last.at.After(notServing[0].at) {
-			t.Fatalf("a stream opened at %s after the health check said NOT_SERVING", last.at.Sub(drained))
+		ups := ev.Of(grpcout.StreamUp)
+		if last := ups[len(ups)-1]; last.At.After(notServing[0].At) {
+			t.Fatalf("a stream opened at %s after the health check said NOT_SERVING", last.At.Sub(drained))
 		}
 	})
 }
@@ -484,7 +459,7 @@ func TestKeepaliveEnforcementVirtualTime(t *testing.T) {
 					Heartbeat: grpcout.Heartbeat{Interval: time.Hour, MaxInterval: time.Hour, Timeout: 3 * time.Hour},
 				}, ev)
 				time.Sleep(2 * time.Hour)
-				downs := ev.of(grpcout.StreamDown)
+				downs := ev.Of(grpcout.StreamDown)
 				if tc.wantDown && len(downs) == 0 {
 					t.Fatal("a server with the default policy kept the connection: the test does not exercise keepalive")
 				}

@@ -12,6 +12,7 @@ import (
 	"github.com/segmentio/kafka-go"
 
 	"github.com/edgebridge/edgebridge/ackwindow"
+	"github.com/edgebridge/edgebridge/internal/defaults"
 )
 
 // ConsumerConfig configures a Consumer. Zero values mean the default.
@@ -70,21 +71,11 @@ const (
 func DefaultHeartbeatInterval(session time.Duration) time.Duration { return session / 5 }
 
 func (c ConsumerConfig) withDefaults() ConsumerConfig {
-	if c.CommitInterval <= 0 {
-		c.CommitInterval = DefaultCommitInterval
-	}
-	if c.DrainTimeout <= 0 {
-		c.DrainTimeout = DefaultDrainTimeout
-	}
-	if c.SessionTimeout <= 0 {
-		c.SessionTimeout = DefaultSessionTimeout
-	}
-	if c.HeartbeatInterval <= 0 {
-		c.HeartbeatInterval = DefaultHeartbeatInterval(c.SessionTimeout)
-	}
-	if c.MaxWait <= 0 {
-		c.MaxWait = 250 * time.Millisecond
-	}
+	defaults.Positive(&c.CommitInterval, DefaultCommitInterval)
+	defaults.Positive(&c.DrainTimeout, DefaultDrainTimeout)
+	defaults.Positive(&c.SessionTimeout, DefaultSessionTimeout)
+	defaults.Positive(&c.HeartbeatInterval, DefaultHeartbeatInterval(c.SessionTimeout))
+	defaults.Positive(&c.MaxWait, 250*time.Millisecond)
 	return c
 }
 

@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/segmentio/kafka-go"
+
+	"github.com/edgebridge/edgebridge/internal/defaults"
 )
 
 // ProducerConfig configures a Producer. Zero values mean the default.
@@ -38,12 +40,8 @@ type ProducerConfig struct {
 }
 
 func (c ProducerConfig) withDefaults() ProducerConfig {
-	if c.MaxRequestBytes <= 0 {
-		c.MaxRequestBytes = DefaultMaxMessageBytes
-	}
-	if c.WriteTimeout <= 0 {
-		c.WriteTimeout = DefaultWriteTimeout
-	}
+	defaults.Positive(&c.MaxRequestBytes, DefaultMaxMessageBytes)
+	defaults.Positive(&c.WriteTimeout, DefaultWriteTimeout)
 	return c
 }
 

@@ -22,6 +22,7 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/internal/defaults"
 )
 
 // ErrClosed is returned by Publish after the client stopped.
@@ -99,21 +100,11 @@ const (
 )
 
 func (c Config) withDefaults() Config {
-	if c.QueueSize <= 0 {
-		c.QueueSize = DefaultQueueSize
-	}
-	if c.KeepAlive <= 0 {
-		c.KeepAlive = DefaultKeepAlive
-	}
-	if c.ConnectTimeout <= 0 {
-		c.ConnectTimeout = DefaultConnectTimeout
-	}
-	if c.MaxReconnectInterval <= 0 {
-		c.MaxReconnectInterval = DefaultMaxReconnectInterval
-	}
-	if c.ConnectRetryInterval <= 0 {
-		c.ConnectRetryInterval = DefaultConnectRetryInterval
-	}
+	defaults.Positive(&c.QueueSize, DefaultQueueSize)
+	defaults.Positive(&c.KeepAlive, DefaultKeepAlive)
+	defaults.Positive(&c.ConnectTimeout, DefaultConnectTimeout)
+	defaults.Positive(&c.MaxReconnectInterval, DefaultMaxReconnectInterval)
+	defaults.Positive(&c.ConnectRetryInterval, DefaultConnectRetryInterval)
 	return c
 }
 

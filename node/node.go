@@ -24,6 +24,7 @@ import (
 	"github.com/edgebridge/edgebridge/config"
 	"github.com/edgebridge/edgebridge/devices"
 	"github.com/edgebridge/edgebridge/embedded"
+	"github.com/edgebridge/edgebridge/internal/schedule"
 	"github.com/edgebridge/edgebridge/internal/tlsfiles"
 	"github.com/edgebridge/edgebridge/mqttin"
 	"github.com/edgebridge/edgebridge/siteca"
@@ -36,6 +37,7 @@ type Option func(*options)
 type options struct {
 	onStart func(Running)
 	build   bridge.BuildInfo
+	bridge  []bridge.Option
 }
 
 // OnStart calls f once the bridge is constructed, with its config as it
@@ -44,6 +46,12 @@ func OnStart(f func(Running)) Option { return func(o *options) { o.onStart = f }
 
 // WithBuildInfo is the version the bridge reports (metrics, /status, traces).
 func WithBuildInfo(bi bridge.BuildInfo) Option { return func(o *options) { o.build = bi } }
+
+// WithBridgeOptions are more options for the bridge, after the node's own
+// (tests: the pool's event hook, a logger).
+func WithBridgeOptions(opts ...bridge.Option) Option {
+	return func(o *options) { o.bridge = append(o.bridge, opts...) }
+}
 
 // Running is a bridge Run started: its config as it runs (brokers'
 // and admin addresses resolved) and the embedded MQTT broker's device TLS
@@ -133,7 +141,7 @@ func Run(ctx context.Context, cfg config.Config, log *slog.Logger, opts ...Optio
 		}
 		log.Info("edgebridge: embedded mqtt", "addr", m.Addr(), "tls_addr", m.TLSAddr(), "cert_addr", m.CertAddr(), "auth", mc.Auth != nil)
 	}
-	b, err := bridge.New(cfg, bopts...)
+	b, err := bridge.New(cfg, append(bopts, o.bridge...)...)
 	if err != nil {
 		return err
 	}
@@ -299,18 +307,11 @@ func (id *Site) Expiry() time.Time { return time.Unix(id.notAfter.Load(), 0) }
 // again, twice a day, until ctx ends. The broker reads the files again
 // when they change.
 func (id *Site) Keep(ctx context.Context) {
-	t := time.NewTicker(12 * time.Hour)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			if err := id.ensure(); err != nil {
-				id.log.Error("edgebridge: cannot renew the MQTT server certificate", "err", err, "not_after", id.Expiry())
-			}
+	schedule.Every(ctx, 12*time.Hour, func(time.Time) {
+		if err := id.ensure(); err != nil {
+			id.log.Error("edgebridge: cannot renew the MQTT server certificate", "err", err, "not_after", id.Expiry())
 		}
-	}
+	})
 }
 
 // BridgePasswordFile is where broker mqtt and `site mosquitto` keep the bridge's generated

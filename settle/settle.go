@@ -19,6 +19,7 @@ import (
 	"unicode/utf8"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/internal/defaults"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
 
@@ -44,15 +45,9 @@ const (
 )
 
 func (p Policy) withDefaults() Policy {
-	if p.MaxAttempts <= 0 {
-		p.MaxAttempts = DefaultMaxAttempts
-	}
-	if p.Backoff <= 0 {
-		p.Backoff = DefaultBackoff
-	}
-	if p.ExhaustedReason == "" {
-		p.ExhaustedReason = ReasonRetriesExhausted
-	}
+	defaults.Positive(&p.MaxAttempts, DefaultMaxAttempts)
+	defaults.Positive(&p.Backoff, DefaultBackoff)
+	defaults.Zero(&p.ExhaustedReason, ReasonRetriesExhausted)
 	return p
 }
 

@@ -33,6 +33,8 @@ import (
 	"slices"
 	"syscall"
 	"time"
+
+	"github.com/edgebridge/edgebridge/internal/defaults"
 )
 
 // The files in Config.Dir.
@@ -68,18 +70,10 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.SiteName == "" {
-		c.SiteName = "edgebridge site CA"
-	}
-	if c.CAValidity <= 0 {
-		c.CAValidity = DefaultCAValidity
-	}
-	if c.ServerValidity <= 0 {
-		c.ServerValidity = DefaultServerValidity
-	}
-	if c.RenewBefore <= 0 {
-		c.RenewBefore = DefaultRenewBefore
-	}
+	defaults.Zero(&c.SiteName, "edgebridge site CA")
+	defaults.Positive(&c.CAValidity, DefaultCAValidity)
+	defaults.Positive(&c.ServerValidity, DefaultServerValidity)
+	defaults.Positive(&c.RenewBefore, DefaultRenewBefore)
 	return c
 }
 

@@ -10,9 +10,9 @@ import (
 )
 
 // Every is how often a condition is checked.
-const Every = 10 * time.Millisecond
+const Every = 20 * time.Millisecond
 
-// Cond checks cond every 10 ms until it returns nil, ctx ends or limit
+// Cond checks cond every 20 ms until it returns nil, ctx ends or limit
 // passes; the error then names what, with cond's last error. An error
 // cond marks with Final ends the wait at once.
 func Cond(ctx context.Context, limit time.Duration, what string, cond func() error) error {
@@ -56,7 +56,7 @@ type TB interface {
 
 var errNotYet = errors.New("condition false")
 
-// True checks cond every 10 ms until it holds, and fails the test when
+// True checks cond every 20 ms until it holds, and fails the test when
 // limit passes first.
 func True(t TB, limit time.Duration, what string, cond func() bool) {
 	t.Helper()

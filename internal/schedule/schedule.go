@@ -170,3 +170,17 @@ func RetryLogged(ctx context.Context, log *slog.Logger, what string, fn func() e
 	}
 	return ok
 }
+
+// Every calls f with the time every d until ctx ends (the first call after d).
+func Every(ctx context.Context, d time.Duration, f func(now time.Time)) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			f(now)
+		}
+	}
+}

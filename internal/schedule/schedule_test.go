@@ -104,3 +104,18 @@ level=INFO msg="kafka write succeeded after failures" partition=3
 		}
 	})
 }
+
+// Every calls f once a period, from one period after the start, until
+// the context ends (virtual time).
+func TestEvery(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 3500*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		var at []time.Duration
+		Every(ctx, time.Second, func(now time.Time) { at = append(at, now.Sub(start)) })
+		if want := []time.Duration{time.Second, 2 * time.Second, 3 * time.Second}; !slices.Equal(at, want) {
+			t.Fatalf("called at %v, want %v", at, want)
+		}
+	})
+}

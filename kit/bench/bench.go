@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/edgebridge/edgebridge/ackwindow"
+	"github.com/edgebridge/edgebridge/internal/defaults"
 	"github.com/edgebridge/edgebridge/kit/devicesim"
 )
 
@@ -90,12 +91,8 @@ func (c Config) withDefaults() Config {
 			*v = d
 		}
 	}
-	if c.MQTT == "" {
-		c.MQTT = "mosquitto"
-	}
-	if c.Kafka == "" {
-		c.Kafka = "embedded"
-	}
+	defaults.Zero(&c.MQTT, "mosquitto")
+	defaults.Zero(&c.Kafka, "embedded")
 	def(&c.Devices, 50)
 	def(&c.Outstanding, 4)
 	def(&c.PayloadSize, 1024)
@@ -103,9 +100,7 @@ func (c Config) withDefaults() Config {
 	def(&c.LowLoad, 20)
 	def(&c.Curve, 5)
 	def(&c.Partitions, 8)
-	if c.Duration <= 0 {
-		c.Duration = 15 * time.Second
-	}
+	defaults.Positive(&c.Duration, 15*time.Second)
 	if c.Log == nil {
 		c.Log = io.Discard
 	}

@@ -20,6 +20,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
+	"github.com/edgebridge/edgebridge/internal/defaults"
 	"github.com/edgebridge/edgebridge/internal/schedule"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
@@ -77,30 +78,18 @@ type Counters struct {
 }
 
 func (c Config) withDefaults() Config {
-	if c.Devices <= 0 {
-		c.Devices = 50
-	}
+	defaults.Positive(&c.Devices, 50)
 	if c.Requests <= 0 {
 		c.Requests = 100
 		if c.Duration > 0 {
 			c.Requests = math.MaxInt32 // the clock ends the run
 		}
 	}
-	if c.Drain <= 0 {
-		c.Drain = 30 * time.Second
-	}
-	if c.Outstanding <= 0 {
-		c.Outstanding = 4
-	}
-	if c.DevicePrefix == "" {
-		c.DevicePrefix = "dev"
-	}
-	if c.RequestTopic == "" {
-		c.RequestTopic = "payment/request/{device_id}"
-	}
-	if c.ReplyTopic == "" {
-		c.ReplyTopic = "payment/response/{device_id}"
-	}
+	defaults.Positive(&c.Drain, 30*time.Second)
+	defaults.Positive(&c.Outstanding, 4)
+	defaults.Zero(&c.DevicePrefix, "dev")
+	defaults.Zero(&c.RequestTopic, "payment/request/{device_id}")
+	defaults.Zero(&c.ReplyTopic, "payment/response/{device_id}")
 	return c
 }
 

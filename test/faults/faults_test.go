@@ -34,7 +34,7 @@ func TestBackendKilledAndRestarted(t *testing.T) {
 		restarted := time.Now()
 		b.start()
 		upAt := r.events.waitEvent(t, "stream up again", restarted, 10*time.Second, up(""))
-		t.Logf("backend down %s; stream up %s after the restart", restarted.Sub(killed).Round(time.Millisecond), upAt.at.Sub(restarted).Round(time.Millisecond))
+		t.Logf("backend down %s; stream up %s after the restart", restarted.Sub(killed).Round(time.Millisecond), upAt.At.Sub(restarted).Round(time.Millisecond))
 	})
 	r.check(res, true)
 }
@@ -63,8 +63,8 @@ func TestBackendFrozen(t *testing.T) {
 		frozen := time.Now()
 		once.Do(func() { close(freeze) })
 		e := r.events.waitEvent(t, "ACK deadline", frozen, 10*time.Second, down(grpcout.ReasonAckTimeout))
-		t.Logf("frozen backend detected by the ACK deadline (%s) after %s", r.cfg.Backend.AckTimeout, e.at.Sub(frozen).Round(time.Millisecond))
-		if _, hb := r.events.first(frozen, down(grpcout.ReasonHeartbeat)); hb {
+		t.Logf("frozen backend detected by the ACK deadline (%s) after %s", r.cfg.Backend.AckTimeout, e.At.Sub(frozen).Round(time.Millisecond))
+		if _, hb := r.events.First(frozen, down(grpcout.ReasonHeartbeat)); hb {
 			t.Error("a slow but answering backend was declared dead by the heartbeat")
 		}
 		close(gate)
@@ -84,7 +84,7 @@ func TestHalfOpenConnection(t *testing.T) {
 		holed := time.Now()
 		heal := b.toxic("timeout", `{"timeout":0}`)
 		e := r.events.waitEvent(t, "heartbeat timeout", holed, 10*time.Second, down(grpcout.ReasonHeartbeat))
-		detect := e.at.Sub(holed)
+		detect := e.At.Sub(holed)
 		bound := r.cfg.Backend.Heartbeat.Timeout + r.cfg.Backend.Heartbeat.Timeout/10
 		t.Logf("half-open stream detected after %s (bound %s)", detect.Round(time.Millisecond), bound)
 		// Scheduling on a loaded 2-core machine may add some slack.
@@ -94,7 +94,7 @@ func TestHalfOpenConnection(t *testing.T) {
 		healed := time.Now()
 		heal()
 		upAt := r.events.waitEvent(t, "stream up after healing", healed, 10*time.Second, up(""))
-		t.Logf("recovered %s after the network healed", upAt.at.Sub(healed).Round(time.Millisecond))
+		t.Logf("recovered %s after the network healed", upAt.At.Sub(healed).Round(time.Millisecond))
 	})
 	r.check(res, true)
 }
@@ -110,8 +110,8 @@ func TestConnectionReset(t *testing.T) {
 		clear := b.toxic("reset_peer", `{"timeout":0}`, "downstream")
 		e := r.events.waitEvent(t, "stream reset", reset, 10*time.Second, down(grpcout.ReasonNetwork))
 		clear()
-		upAt := r.events.waitEvent(t, "stream up after the reset", e.at, 10*time.Second, up(""))
-		t.Logf("reset detected after %s, stream up %s later", e.at.Sub(reset).Round(time.Millisecond), upAt.at.Sub(e.at).Round(time.Millisecond))
+		upAt := r.events.waitEvent(t, "stream up after the reset", e.At, 10*time.Second, up(""))
+		t.Logf("reset detected after %s, stream up %s later", e.At.Sub(reset).Round(time.Millisecond), upAt.At.Sub(e.At).Round(time.Millisecond))
 	})
 	r.check(res, true)
 }
@@ -127,13 +127,9 @@ func TestAddedLatency(t *testing.T) {
 	res := r.run(0, nil)
 	r.check(res, true)
 	var rtt time.Duration
-	r.events.mu.Lock()
-	for _, e := range r.events.all {
-		if e.Kind == grpcout.Pong {
-			rtt = max(rtt, e.RTT)
-		}
+	for _, e := range r.events.Of(grpcout.Pong) {
+		rtt = max(rtt, e.RTT)
 	}
-	r.events.mu.Unlock()
 	if rtt < 60*time.Millisecond {
 		t.Errorf("got max heartbeat RTT %s, want >= 60ms with 2 x 40ms added", rtt)
 	}
@@ -149,7 +145,7 @@ func TestMaxConnectionAge(t *testing.T) {
 	r.startBridge()
 	res := r.run(0, nil)
 	r.check(res, true)
-	if n := r.events.reasons()[grpcout.ReasonGoAway]; n < 2 {
+	if n := r.events.Reasons()[grpcout.ReasonGoAway]; n < 2 {
 		t.Errorf("got %d goaway stream ends, want several", n)
 	}
 }
@@ -497,7 +493,7 @@ func TestTwoBackendsOneKilled(t *testing.T) {
 		e := r.events.waitEvent(t, "partitions moved", killed, 10*time.Second, func(e grpcout.Event) bool {
 			return e.Kind == grpcout.Moved && e.Addr == alive.proxy.Listen
 		})
-		t.Logf("%d partitions moved to the live backend %s after the kill", e.Partitions, e.at.Sub(killed).Round(time.Millisecond))
+		t.Logf("%d partitions moved to the live backend %s after the kill", e.Partitions, e.At.Sub(killed).Round(time.Millisecond))
 	})
 	r.check(res, true)
 }

@@ -36,6 +36,7 @@ import (
 	"github.com/edgebridge/edgebridge/grpcout"
 	"github.com/edgebridge/edgebridge/internal/await"
 	"github.com/edgebridge/edgebridge/kit/devicesim"
+	kitrig "github.com/edgebridge/edgebridge/kit/rig"
 	"github.com/edgebridge/edgebridge/payment"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
@@ -66,9 +67,8 @@ type rig struct {
 	events   *eventLog
 	poolOpts []grpcout.Option
 
-	stopBridge context.CancelFunc
-	bridgeDone chan error
-	bridge     *bridge.Bridge
+	base   *kitrig.Rig // brokers and the node running the bridge
+	bridge *bridge.Bridge
 }
 
 type rigOpts struct {
@@ -79,7 +79,7 @@ type rigOpts struct {
 	credits uint32
 	// serverOpts for every backend's gRPC server.
 	serverOpts []grpc.ServerOption
-	// tweak adjusts the bridge config before defaults are applied.
+	// tweak adjusts the bridge config, then defaults are applied.
 	tweak func(*config.Config)
 	// raw, if set, serves the Delivery service instead of backend.Server.
 	raw func(b *testBackend) v1.DeliveryServer
@@ -90,18 +90,9 @@ type rigOpts struct {
 func newRig(t *testing.T, o rigOpts) *rig {
 	t.Helper()
 	skipUnlessIntegration(t)
-	r := &rig{t: t, dir: t.TempDir(), events: &eventLog{}}
+	base := kitrig.Test(t, kitrig.Partitions(4), kitrig.NoBackend())
+	r := &rig{t: t, base: base, dir: base.Dir, kafka: base.Kafka, mqtt: base.MQTT, events: &eventLog{}}
 	var err error
-	r.kafka, err = embedded.ListenKafka(embedded.KafkaConfig{Listen: "127.0.0.1:0", DataDir: filepath.Join(r.dir, "kafka"), Partitions: 4})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.kafka.Close)
-	r.mqtt, err = embedded.ListenMQTT(embedded.MQTTConfig{Listen: "127.0.0.1:0", DataDir: filepath.Join(r.dir, "mqtt")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(r.mqtt.Close)
 	r.ledger, err = payment.OpenLedger(filepath.Join(r.dir, "ledger.jsonl"))
 	if err != nil {
 		t.Fatal(err)
@@ -131,12 +122,8 @@ func newRig(t *testing.T, o rigOpts) *rig {
 		targets = append(targets, b.proxy.Listen)
 	}
 
-	var c config.Config
-	c.MQTT.Broker = "tcp://" + r.mqtt.Addr()
+	c := base.Config
 	c.MQTT.ClientID = "bridge-faults"
-	c.Kafka.Brokers = []string{r.kafka.Addr()}
-	c.Kafka.Partitions = 4
-	c.Kafka.DataDir = filepath.Join(r.dir, "bridge") // its group member id
 	c.Kafka.CommitInterval = 50 * time.Millisecond
 	c.Backend.Targets = targets
 	c.Backend.Window = 32
@@ -166,26 +153,13 @@ func (r *rig) startBridge() {
 // startBridgeUnready runs the bridge without waiting for it to be ready.
 func (r *rig) startBridgeUnready() {
 	r.t.Helper()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	b, err := bridge.New(r.cfg, bridge.WithLogger(log), bridge.WithPoolOptions(append(r.poolOpts, grpcout.WithEventHook(r.events.hook))...))
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r.bridge, r.stopBridge, r.bridgeDone = b, cancel, make(chan error, 1)
-	done := r.bridgeDone
-	go func() { done <- b.Run(ctx) }()
-	r.t.Cleanup(func() { r.stop() })
+	r.base.Config = r.cfg
+	r.bridge = r.base.StartUnreadyTest(r.t, bridge.WithPoolOptions(append(r.poolOpts, grpcout.WithEventHook(r.events.Hook))...))
 }
 
 // stop stops the bridge gracefully and waits for it.
 func (r *rig) stop() {
-	if r.stopBridge == nil {
-		return
-	}
-	r.stopBridge()
-	r.stopBridge = nil
-	if err := <-r.bridgeDone; err != nil {
+	if err := r.base.Stop(); err != nil {
 		r.t.Errorf("bridge Run: %v", err)
 	}
 }
@@ -246,7 +220,7 @@ func (r *rig) check(res devicesim.Result, order bool) {
 		r.t.Errorf("per-device order broken %d times at the backend, want 0", a.Reordered)
 	}
 	r.t.Logf("sent %d, replied %d, processed %d, twice %d, reordered %d, reconnects %v, p50 %s p99 %s",
-		res.Sent, res.Replied, len(a.Processed), a.Twice, a.Reordered, r.events.reasons(), res.Percentile(50), res.Percentile(99))
+		res.Sent, res.Replied, len(a.Processed), a.Twice, a.Reordered, r.events.Reasons(), res.Percentile(50), res.Percentile(99))
 }
 
 // testBackend is a backend.Server on a fixed loopback port behind a proxy.
@@ -398,57 +372,19 @@ func (c *countingStream) SendMsg(m any) error {
 }
 
 // eventLog records the bridge's stream events with their times.
-type eventLog struct {
-	mu  sync.Mutex
-	all []loggedEvent
-}
-
-type loggedEvent struct {
-	at time.Time
-	grpcout.Event
-}
-
-func (l *eventLog) hook(e grpcout.Event) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	l.all = append(l.all, loggedEvent{time.Now(), e})
-}
-
-// first returns the first event after t that matches.
-func (l *eventLog) first(after time.Time, match func(grpcout.Event) bool) (loggedEvent, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, e := range l.all {
-		if !e.at.Before(after) && match(e.Event) {
-			return e, true
-		}
-	}
-	return loggedEvent{}, false
-}
+// eventLog is the bridge's pool events.
+type eventLog struct{ kitrig.PoolEvents }
 
 // waitEvent waits for the first matching event after t.
-func (l *eventLog) waitEvent(t *testing.T, what string, after time.Time, timeout time.Duration, match func(grpcout.Event) bool) loggedEvent {
+func (l *eventLog) waitEvent(t *testing.T, what string, after time.Time, timeout time.Duration, match func(grpcout.Event) bool) kitrig.PoolEvent {
 	t.Helper()
-	var got loggedEvent
+	var got kitrig.PoolEvent
 	waitFor(t, what, timeout, func() bool {
 		var ok bool
-		got, ok = l.first(after, match)
+		got, ok = l.First(after, match)
 		return ok
 	})
 	return got
-}
-
-// reasons counts StreamDown events by reason.
-func (l *eventLog) reasons() map[grpcout.Reason]int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	out := map[grpcout.Reason]int{}
-	for _, e := range l.all {
-		if e.Kind == grpcout.StreamDown {
-			out[e.Reason]++
-		}
-	}
-	return out
 }
 
 func down(r grpcout.Reason) func(grpcout.Event) bool {
@@ -484,21 +420,7 @@ func leakCheck(t *testing.T) {
 // records reads topic from the start until n records arrived.
 func (r *rig) records(topic string, n int) []*kgo.Record {
 	r.t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(r.kafka.Addr()), kgo.ConsumeTopics(topic), kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()))
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	var out []*kgo.Record
-	for len(out) < n && ctx.Err() == nil {
-		cl.PollFetches(ctx).EachRecord(func(rec *kgo.Record) { out = append(out, rec) })
-	}
-	if len(out) < n {
-		r.t.Fatalf("got %d records from %s, want %d", len(out), topic, n)
-	}
-	return out
+	return r.base.RecordsTest(r.t, topic, n)
 }
 
 func header(rec *kgo.Record, key string) string {

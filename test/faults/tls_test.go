@@ -65,8 +65,8 @@ func TestUntrustedBackendMakesBridgeUnready(t *testing.T) {
 	})
 	t.Logf("/readyz reasons: %v", why)
 	first := r.events.waitEvent(t, "a tls failure", time.Time{}, 10*time.Second, down(grpcout.ReasonTLS))
-	second := r.events.waitEvent(t, "a second tls failure", first.at.Add(time.Millisecond), 10*time.Second, down(grpcout.ReasonTLS))
-	if gap := second.at.Sub(first.at); gap < r.cfg.Backend.Reconnect.Max*8/10 {
+	second := r.events.waitEvent(t, "a second tls failure", first.At.Add(time.Millisecond), 10*time.Second, down(grpcout.ReasonTLS))
+	if gap := second.At.Sub(first.At); gap < r.cfg.Backend.Reconnect.Max*8/10 {
 		t.Errorf("TLS failures %s apart, want the maximum backoff %s", gap, r.cfg.Backend.Reconnect.Max)
 	}
 }

@@ -3,11 +3,12 @@ package integration
 import (
 	"context"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+
+	"github.com/edgebridge/edgebridge/kit/kafkaload"
 )
 
 // BenchmarkBrokerKafkaRestart runs `edgebridge broker kafka` (built without
@@ -30,28 +31,8 @@ func BenchmarkBrokerKafkaRestart(b *testing.B) {
 	waitFor(b, 20*time.Second, "kafka broker listening", func() bool { return dialable(addr) })
 	empty := statusKiB(writer.PID(), "VmRSS")
 
-	cl, err := kgo.NewClient(kgo.SeedBrokers(addr), kgo.AllowAutoTopicCreation(),
-		kgo.RecordPartitioner(kgo.ManualPartitioner()), kgo.ProducerLinger(0))
-	if err != nil {
+	if err := kafkaload.Backlog(context.Background(), addr, parts, b.N, 1<<10); err != nil {
 		b.Fatal(err)
-	}
-	ctx := context.Background()
-	value := make([]byte, 1<<10)
-	var wg sync.WaitGroup
-	for p := range int32(parts) {
-		wg.Go(func() {
-			for i := int(p); i < b.N; i += parts { // one record in flight: one batch each
-				if err := cl.ProduceSync(ctx, &kgo.Record{Topic: "backlog", Partition: p, Value: value}).FirstErr(); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	cl.Close()
-	if b.Failed() {
-		return
 	}
 	buffered := statusKiB(writer.PID(), "VmRSS")
 	writer.Kill() // SIGKILL

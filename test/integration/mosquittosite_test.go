@@ -133,7 +133,7 @@ func TestMosquittoSite(t *testing.T) {
 		"no certificate on 8884":  paho.NewClientOptions().AddBroker(certURL).SetTLSConfig(tc),
 		"a device as the bridge":  paho.NewClientOptions().AddBroker("tcp://" + bridgeAddr).SetUsername("edgebridge").SetPassword(pw1),
 	} {
-		if c, err := connect2(o); err == nil {
+		if c, err := connectWith(o); err == nil {
 			c.Disconnect(0)
 			t.Errorf("%s: connected, want refused", name)
 		}
@@ -145,7 +145,7 @@ func TestMosquittoSite(t *testing.T) {
 	var lost2 chan error
 	waitFor(t, 20*time.Second, "Mosquitto to reload the password file", func() bool {
 		lost2 = make(chan error, 1)
-		c, err := connect2(paho.NewClientOptions().AddBroker(tlsURL).SetUsername("term-0002").SetPassword(pw2).SetTLSConfig(tc).
+		c, err := connectWith(paho.NewClientOptions().AddBroker(tlsURL).SetUsername("term-0002").SetPassword(pw2).SetTLSConfig(tc).
 			SetConnectionLostHandler(func(_ paho.Client, err error) { lost2 <- err }))
 		c2 = c
 		return err == nil
@@ -184,12 +184,12 @@ func TestMosquittoSite(t *testing.T) {
 		t.Error("device remove: term-0002's open connection is still up after 20s")
 	}
 	waitFor(t, 20*time.Second, "Mosquitto to refuse the removed devices", func() bool {
-		c, err := connect2(paho.NewClientOptions().AddBroker(tlsURL).SetUsername("term-0002").SetPassword(pw2).SetTLSConfig(tc))
+		c, err := connectWith(paho.NewClientOptions().AddBroker(tlsURL).SetUsername("term-0002").SetPassword(pw2).SetTLSConfig(tc))
 		if err == nil {
 			c.Disconnect(0)
 			return false
 		}
-		c, err = connect2(paho.NewClientOptions().AddBroker(certURL).SetTLSConfig(withCert))
+		c, err = connectWith(paho.NewClientOptions().AddBroker(certURL).SetTLSConfig(withCert))
 		if err == nil {
 			c.Disconnect(0)
 		}
@@ -203,15 +203,7 @@ func TestMosquittoSite(t *testing.T) {
 	if !watch.IsConnectionOpen() {
 		t.Fatal("term-0001, connected all along, is not connected")
 	}
-	_ = keeper
-}
-
-// connect2 connects a client with o (a fresh client id, no reconnects).
-func connect2(o *paho.ClientOptions) (paho.Client, error) {
-	c := paho.NewClient(o.SetClientID(fmt.Sprintf("probe-%d", time.Now().UnixNano())).SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
-	tok := c.Connect()
-	if !tok.WaitTimeout(10 * time.Second) {
-		return nil, fmt.Errorf("connect: no answer within 10s")
+	if err := keeper.Exited(); err != nil {
+		t.Fatalf("the site sidecar (keeps the certificate and the CRL current) stopped: %v", err)
 	}
-	return c, tok.Error()
 }

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/kit/grpctest"
 	"github.com/edgebridge/edgebridge/payment"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
@@ -81,7 +82,7 @@ func TestPaymentdRefusesHostileFrames(t *testing.T) {
 			if err := st.Send(&v1.ClientFrame{Frame: &v1.ClientFrame_Deliver{Deliver: &v1.Deliver{Seq: 1, Envelope: tc.env}}}); err != nil {
 				t.Fatal(err)
 			}
-			a := nextAck(t, st)
+			a := grpctest.NextAck(t, st)
 			if a.Outcome != tc.want || a.Code != tc.code || a.Duplicate != tc.dup || a.Seq != 1 {
 				t.Fatalf("got %v %v duplicate %v (%s), want %v %v duplicate %v", a.Outcome, a.Code, a.Duplicate, a.Reason, tc.want, tc.code, tc.dup)
 			}
@@ -144,7 +145,7 @@ func TestPaymentdRefusesHostileFrames(t *testing.T) {
 	if err := st.Send(&v1.ClientFrame{Frame: &v1.ClientFrame_Deliver{Deliver: &v1.Deliver{Seq: 1, Envelope: valid("d4", "r-1", 100)}}}); err != nil {
 		t.Fatal(err)
 	}
-	if a := nextAck(t, st); a.Outcome != v1.Outcome_OUTCOME_OK {
+	if a := grpctest.NextAck(t, st); a.Outcome != v1.Outcome_OUTCOME_OK {
 		t.Fatalf("after the hostile frames: got %v, want OK", a)
 	}
 	conn.Close() // a graceful stop waits for open streams
@@ -187,17 +188,4 @@ func openStream(t *testing.T, c v1.DeliveryClient, window uint32) v1.Delivery_St
 		t.Fatalf("got %v %v, want Welcome", f, err)
 	}
 	return st
-}
-
-func nextAck(t *testing.T, st v1.Delivery_StreamClient) *v1.Ack {
-	t.Helper()
-	for {
-		f, err := st.Recv()
-		if err != nil {
-			t.Fatalf("recv: %v", err)
-		}
-		if a := f.GetAck(); a != nil {
-			return a
-		}
-	}
 }

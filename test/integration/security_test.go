@@ -116,8 +116,17 @@ func (s *site) tlsFor(t *testing.T, ca *testpki.CA, cn string) *tls.Config {
 
 // connect opens an MQTT session (clean) and returns it or the error.
 func connect(broker, clientID, user, password string, tc *tls.Config) (paho.Client, error) {
-	c := paho.NewClient(paho.NewClientOptions().AddBroker(broker).SetClientID(clientID).SetCleanSession(true).
-		SetUsername(user).SetPassword(password).SetTLSConfig(tc).SetConnectTimeout(5 * time.Second).SetAutoReconnect(false))
+	return connectWith(paho.NewClientOptions().AddBroker(broker).SetClientID(clientID).SetCleanSession(true).
+		SetUsername(user).SetPassword(password).SetTLSConfig(tc))
+}
+
+// connectWith connects a client with o (a fresh client id unless o has
+// one, no reconnects) and returns it or the error.
+func connectWith(o *paho.ClientOptions) (paho.Client, error) {
+	if o.ClientID == "" {
+		o.SetClientID(fmt.Sprintf("probe-%d", time.Now().UnixNano()))
+	}
+	c := paho.NewClient(o.SetAutoReconnect(false).SetConnectTimeout(5 * time.Second))
 	tok := c.Connect()
 	if !tok.WaitTimeout(10 * time.Second) {
 		return nil, fmt.Errorf("connect: no answer within 10s")

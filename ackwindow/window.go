@@ -33,11 +33,16 @@ type Window struct {
 	parts    map[int32]*partition
 	room     chan struct{} // closed and replaced when held drops or capacity grows, if waiters > 0
 	waiters  int           // Adds blocked on room
-	emptied  chan struct{} // closed and replaced when the window becomes empty
+	emptied  chan struct{} // made by WaitEmpty, closed (and dropped) when the window becomes empty
 }
+
+// keepEntries is the largest backing array (entries) a partition keeps
+// while it holds no record.
+const keepEntries = 4096
 
 type partition struct {
 	entries []entry // in offset order; entries[0] is the oldest un-committable record
+	base    []entry // entries' backing array from its start: reused when entries empties
 	floor   int64   // next offset to commit; -1 until known
 	dirty   bool    // floor moved since the last Commits
 }
@@ -55,7 +60,6 @@ func New(capacity int) *Window {
 		capacity: max(capacity, 1),
 		parts:    make(map[int32]*partition),
 		room:     make(chan struct{}),
-		emptied:  make(chan struct{}),
 	}
 }
 
@@ -120,7 +124,13 @@ func (w *Window) Add(ctx context.Context, part int32, offset int64, at time.Time
 	if n := len(p.entries); (n > 0 && offset <= p.entries[n-1].offset) || offset < p.floor {
 		return fmt.Errorf("%w: partition %d offset %d", ErrOutOfOrder, part, offset)
 	}
+	if len(p.entries) == 0 {
+		p.entries = p.base[:0] // a window that drains after each record allocates nothing
+	}
 	p.entries = append(p.entries, entry{offset: offset, at: at})
+	if cap(p.entries) > cap(p.base) { // append moved entries to a new array
+		p.base = p.entries[:0]
+	}
 	w.held++
 	return nil
 }
@@ -168,7 +178,10 @@ func (w *Window) Ack(part int32, offset int64) bool {
 		p.dirty = true
 		p.entries = p.entries[n:]
 		if len(p.entries) == 0 {
-			p.entries = nil // let a large backing array go
+			p.entries = nil
+			if cap(p.base) > keepEntries {
+				p.base = nil // let a large backing array go
+			}
 		}
 		w.release(n)
 	}
@@ -236,7 +249,11 @@ func (w *Window) InFlight() int {
 func (w *Window) WaitEmpty(ctx context.Context) error {
 	for {
 		w.mu.Lock()
-		empty, ch := w.held == 0, w.emptied
+		empty := w.held == 0
+		if !empty && w.emptied == nil {
+			w.emptied = make(chan struct{})
+		}
+		ch := w.emptied
 		w.mu.Unlock()
 		if empty {
 			return nil
@@ -254,9 +271,9 @@ func (w *Window) WaitEmpty(ctx context.Context) error {
 func (w *Window) release(n int) {
 	w.held -= n
 	w.signalRoom()
-	if w.held == 0 {
+	if w.held == 0 && w.emptied != nil {
 		close(w.emptied)
-		w.emptied = make(chan struct{})
+		w.emptied = nil
 	}
 }
 

@@ -123,13 +123,14 @@ func (r ingestRules) admit(m mqttin.Message, traced func(device map[string]strin
 		}
 		return a
 	}
+	deviceID := []byte(env.DeviceId) // the key and a header, both read only
 	a := admission{rec: kafkapipe.Record{
 		Topic: r.topic,
-		Key:   []byte(env.DeviceId),
+		Key:   deviceID,
 		Value: value,
 		Headers: []kafka.Header{
 			{Key: kafkapipe.HeaderMessageID, Value: []byte(env.MessageId)},
-			{Key: kafkapipe.HeaderDeviceID, Value: []byte(env.DeviceId)},
+			{Key: kafkapipe.HeaderDeviceID, Value: deviceID},
 			{Key: kafkapipe.HeaderContentType, Value: envelopeContentType},
 		},
 	}, replyTopic: replyTopic, requestID: env.RequestId}

@@ -93,7 +93,8 @@ step "tests of the patched brokers (third_party/mochi, third_party/kfake: their 
 # upstream's publishToClient tests sleep 100 µs for a write and fail on a
 # loaded machine.
 (cd third_party/mochi && go test -race -count=1 -run 'Edgebridge|IDInUse|ExceedClientWritesPending|ProcessPacketPublish|ProcessPacketSubscribe|ProcessPacketUnsubscribe|Inflight' . &&
-  go test -race -count=1 ./hooks/... ./packets/...)
+  go test -race -count=1 ./hooks/... ./packets/... &&
+  go test -race -count=1 -run Edgebridge ./listeners)
 (cd third_party/kfake && go test -count=1 -run 'Persist|Crash|Replay|Restart|Edgebridge' .)
 
 step "go test -race -shuffle=on ./..."
@@ -106,6 +107,9 @@ fi
 
 step "benchmarks run (one iteration each; figures come from -benchtime runs and edgebridge bench)"
 go test -run '^$' -bench . -benchtime 1x ./transcoder ./ackwindow ./grpcout ./kafkapipe >/dev/null
+
+step "allocations per message on the hot path (without -race: its sync.Pool drops items at random)"
+go test -count=1 -run 'Allocs$' ./bridge ./ackwindow
 
 step "fuzz the transcoder and the whole ingest decision (short)"
 # Execution counts (about 15 s each here), not durations: a -fuzztime

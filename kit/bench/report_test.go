@@ -43,13 +43,18 @@ func TestMergeSumsRounds(t *testing.T) {
 }
 
 func TestTargets(t *testing.T) {
-	r := &Report{ThroughputVsMQTT: 0.6, LowLoadLatency: Latency{P99: 12}, BridgeRSSMax: 40 << 20}
+	r := &Report{ThroughputVsMQTT: 0.6, SiteRateLatency: Latency{P99: 8}, ClosedLoopLatency: Latency{P99: 12}, BridgeRSSMax: 40 << 20}
 	got := targets(r)
-	met := map[string]bool{}
-	for _, tg := range got {
-		met[tg.Name[:8]] = tg.Met
+	met := func(prefix string) bool {
+		for _, tg := range got {
+			if strings.HasPrefix(tg.Name, prefix) {
+				return tg.Met
+			}
+		}
+		t.Fatalf("no target %q in %+v", prefix, got)
+		return false
 	}
-	if !met["throughp"] || met["p99 late"] || !met["bridge p"] || !met["lost mes"] {
+	if !met("throughput vs raw MQTT") || !met("p99 latency at a site's rate") || met("p99 latency closed loop") || !met("bridge peak RSS") || !met("lost messages") {
 		t.Fatalf("targets %+v", got)
 	}
 }

@@ -21,13 +21,13 @@ import (
 func TestBenchCommand(t *testing.T) {
 	dir := t.TempDir()
 	jsonPath, plotPath := filepath.Join(dir, "bench.json"), filepath.Join(dir, "plot.svg")
-	cmd := exec.Command(bins.edgebridge, "bench", "-duration", "1s", "-rounds", "1", "-devices", "10", "-low-load", "5",
+	cmd := exec.Command(bins.edgebridge, "bench", "-duration", "1s", "-rounds", "1", "-devices", "10", "-closed-loop", "5",
 		"-curve", "2", "-json", jsonPath, "-plot", plotPath, "-profile", filepath.Join(dir, "prof"), "-q")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, out)
 	}
-	for _, want := range []string{"mqtt raw", "pipeline", "kafka raw", "grpc echo", "pipeline low load", "pipeline open loop", "targets:"} {
+	for _, want := range []string{"mqtt raw", "pipeline", "kafka raw", "grpc echo", "pipeline closed loop 5 x 1", "pipeline at a site's rate", "pipeline open loop", "targets:"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}

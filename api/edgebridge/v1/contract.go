@@ -57,7 +57,9 @@ func MessageID(deviceID, requestID string) string {
 	var buf [2*MaxIDLen + 1]byte // on the stack for ids within the limits
 	b := append(append(append(buf[:0], deviceID...), 0), requestID...)
 	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:16])
+	var out [32]byte
+	hex.Encode(out[:], sum[:16])
+	return string(out[:]) // one allocation; hex.EncodeToString makes two
 }
 
 // Fingerprint is the SHA-256 (hex) of a payment request's business content:
@@ -74,7 +76,9 @@ func Fingerprint(req *PaymentRequest) string {
 	b = appendField(b, "currency", req.GetCurrency())
 	b = appendField(b, "merchant_id", req.GetMerchantId())
 	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:])
+	var out [64]byte
+	hex.Encode(out[:], sum[:])
+	return string(out[:])
 }
 
 func appendField(b []byte, name, value string) []byte {

@@ -6,6 +6,7 @@ package listeners
 
 import (
 	"crypto/tls"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -82,9 +83,11 @@ func (l *TCP) Serve(establish EstablishFn) {
 
 		if atomic.LoadUint32(&l.end) == 0 {
 			go func() {
-				err = establish(l.id, conn)
-				if err != nil {
-					l.log.Warn("", "error", err)
+				// edgebridge: the connection's own err (upstream wrote the
+				// accept loop's from every connection's goroutine), and no
+				// warning for a connection the server closed (its shutdown).
+				if err := establish(l.id, conn); err != nil && !errors.Is(err, net.ErrClosed) {
+					l.log.Warn("client connection ended", "error", err)
 				}
 			}()
 		}

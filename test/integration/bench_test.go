@@ -41,7 +41,7 @@ func TestBenchCommand(t *testing.T) {
 	if err := json.Unmarshal(raw, &keys); err != nil {
 		t.Fatal(err)
 	}
-	for _, k := range []string{"throughput_msgs_per_sec", "baseline_mqtt_msgs_per_sec", "latency_ms", "lost", "bridge_rss_max_bytes"} {
+	for _, k := range []string{"throughput_msgs_per_sec", "baseline_mqtt_msgs_per_sec", "latency_ms", "closed_loop_latency_ms", "site_rate_latency_ms", "lost", "bridge_rss_max_bytes"} {
 		if _, ok := keys[k]; !ok {
 			t.Errorf("JSON lacks %q", k)
 		}
@@ -82,8 +82,8 @@ func TestBenchCommand(t *testing.T) {
 	if rep.RSS < 1<<20 || rep.CPU <= 0 || rep.Goroutines <= 0 {
 		t.Errorf("bridge figures not measured: rss %d, cpu %.1f ms/1k, goroutines %d", rep.RSS, rep.CPU, rep.Goroutines)
 	}
-	if len(rep.Scenarios) != 5 {
-		t.Errorf("got %d scenarios, want 5", len(rep.Scenarios))
+	if len(rep.Scenarios) != 6 { // the 4 in rounds, the closed loop N x 1, a site's rate
+		t.Errorf("got %d scenarios, want 6", len(rep.Scenarios))
 	}
 	for _, s := range rep.Scenarios {
 		if s.Messages == 0 || s.Lost != 0 {

@@ -3,9 +3,12 @@
 package bridge
 
 import (
+	"context"
 	"fmt"
 	"strings"
 	"testing"
+
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/transcoder"
@@ -42,8 +45,9 @@ func TestReplyAllocs(t *testing.T) {
 // Of admit's 23, encoding/json's decode of the request makes 10,
 // proto.Marshal 3.
 const (
-	admitAllocs = 23
-	replyAllocs = 2
+	admitAllocs          = 23
+	replyAllocs          = 2
+	unsampledTraceAllocs = 15
 )
 
 func checkAllocs(t *testing.T, what string, budget float64, f func()) {
@@ -52,5 +56,30 @@ func checkAllocs(t *testing.T, what string, budget float64, f func()) {
 	t.Logf("%s: %.0f allocations per message (budget %.0f)", what, got, budget)
 	if got > budget {
 		t.Errorf("%s: %.0f allocations per message, budget %.0f", what, got, budget)
+	}
+}
+
+// With tracing on, a request the sampler leaves out (ratio 0.01: 99 in
+// 100) costs little more than with tracing off: its receive and produce
+// spans are not recorded. What it still pays for: the trace context it
+// carries on, so the backend and the reply stay in its (unsampled) trace.
+func TestUnsampledTraceAllocs(t *testing.T) {
+	r := testRules()
+	m := message("payment/request/dev-0001", []byte(`{"request_id":"r-000042","amount_minor":1250,"currency":"EUR","merchant_id":"m-1"}`), false)
+	ingest := func(tr traces) func() {
+		return func() {
+			spans := tr.receiving(1)
+			adms := []admission{r.admit(m, spans.admit(0, m))}
+			spans.producing([]int{0}, adms).end(nil)
+			spans.end()
+		}
+	}
+	off := testing.AllocsPerRun(200, ingest(newTraces(nil)))
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0))))
+	defer tp.Shutdown(context.Background())
+	on := testing.AllocsPerRun(200, ingest(newTraces(tp)))
+	t.Logf("ingest of one request: %.0f allocations, %.0f with tracing on and the request not sampled (budget %d more)", off, on, unsampledTraceAllocs)
+	if on-off > unsampledTraceAllocs {
+		t.Errorf("an unsampled request costs %.0f allocations more than with tracing off, budget %d", on-off, unsampledTraceAllocs)
 	}
 }

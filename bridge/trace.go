@@ -35,15 +35,21 @@ func newTraces(tp trace.TracerProvider) traces {
 // receiveSpans are the "mqtt receive" spans of one ingest batch.
 type receiveSpans struct {
 	t     traces
-	ctxs  []context.Context
-	spans []trace.Span
+	slots []receiveSlot // one a message of the batch
+}
+
+// receiveSlot is one message's receive span and its context; empty for a
+// message not traced.
+type receiveSlot struct {
+	ctx  context.Context
+	span trace.Span
 }
 
 func (t traces) receiving(n int) *receiveSpans {
 	if !t.on {
 		return &receiveSpans{t: t}
 	}
-	return &receiveSpans{t: t, ctxs: make([]context.Context, n), spans: make([]trace.Span, n)}
+	return &receiveSpans{t: t, slots: make([]receiveSlot, n)}
 }
 
 // admit returns the trace hook of message i for ingestRules.admit: it
@@ -55,13 +61,21 @@ func (s *receiveSpans) admit(i int, m mqttin.Message) func(map[string]string) ma
 	}
 	return func(device map[string]string) map[string]string {
 		ctx, span := s.t.tracer.Start(tracing.Extract(context.Background(), device), "mqtt receive",
-			trace.WithSpanKind(trace.SpanKindConsumer), trace.WithTimestamp(m.ReceivedAt),
-			trace.WithAttributes(attribute.String("messaging.system", "mqtt"), attribute.String("messaging.destination.name", m.Topic),
-				attribute.String("edgebridge.device_id", m.DeviceID)))
-		s.ctxs[i], s.spans[i] = ctx, span
+			consumerKind, trace.WithTimestamp(m.ReceivedAt))
+		if span.IsRecording() { // sampled: an unsampled request pays for no attribute
+			span.SetAttributes(attribute.String("messaging.system", "mqtt"), attribute.String("messaging.destination.name", m.Topic),
+				attribute.String("edgebridge.device_id", m.DeviceID))
+		}
+		s.slots[i] = receiveSlot{ctx, span}
 		return tracing.Inject(ctx, maps.Clone(device))
 	}
 }
+
+// The span kinds, made once: an option made at each call is an allocation.
+var (
+	consumerKind = trace.WithSpanKind(trace.SpanKindConsumer)
+	producerKind = trace.WithSpanKind(trace.SpanKindProducer)
+)
 
 // producing starts a "kafka produce" span for each pending record (a
 // request or its dead letter).
@@ -69,16 +83,18 @@ func (s *receiveSpans) producing(pending []int, adms []admission) produceSpans {
 	if !s.t.on {
 		return nil
 	}
-	out := make(produceSpans, 0, len(pending))
+	var out produceSpans
 	for _, i := range pending {
-		if s.ctxs[i] == nil {
+		// The sampler is parent-based (tracing.Setup): the child of a
+		// request not sampled is not sampled either, so it is not made.
+		if s.slots[i].ctx == nil || !s.slots[i].span.IsRecording() {
 			continue
 		}
 		attrs := []attribute.KeyValue{attribute.String("messaging.system", "kafka"), attribute.String("messaging.destination.name", adms[i].rec.Topic)}
 		if d := adms[i].dead; d != nil {
 			attrs = append(attrs, attribute.String("edgebridge.dlq_reason", d.Reason))
 		}
-		_, span := s.t.tracer.Start(s.ctxs[i], "kafka produce", trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
+		_, span := s.t.tracer.Start(s.slots[i].ctx, "kafka produce", producerKind, trace.WithAttributes(attrs...))
 		out = append(out, span)
 	}
 	return out
@@ -98,10 +114,10 @@ func (p produceSpans) end(errs []error) {
 
 // replying starts the "mqtt reply" span of message i's REJECTED reply.
 func (s *receiveSpans) replying(i int, topic string) trace.Span {
-	if !s.t.on || s.ctxs[i] == nil {
+	if !s.t.on || s.slots[i].ctx == nil || !s.slots[i].span.IsRecording() {
 		return noopSpan
 	}
-	_, span := s.t.tracer.Start(s.ctxs[i], "mqtt reply", trace.WithSpanKind(trace.SpanKindProducer),
+	_, span := s.t.tracer.Start(s.slots[i].ctx, "mqtt reply", producerKind,
 		trace.WithAttributes(attribute.String("messaging.destination.name", topic)))
 	return span
 }
@@ -109,9 +125,9 @@ func (s *receiveSpans) replying(i int, topic string) trace.Span {
 // end ends every receive span: the messages were PUBACKed (or the batch
 // was abandoned at shutdown).
 func (s *receiveSpans) end() {
-	for _, span := range s.spans {
-		if span != nil {
-			span.End()
+	for _, sl := range s.slots {
+		if sl.span != nil {
+			sl.span.End()
 		}
 	}
 }
@@ -124,17 +140,19 @@ func (t traces) consuming(r *settle.Record) {
 	if !t.on {
 		return
 	}
-	_, r.Span = t.tracer.Start(tracing.Extract(context.Background(), r.Envelope.GetTraceContext()), "kafka consume",
-		trace.WithSpanKind(trace.SpanKindConsumer),
-		trace.WithAttributes(attribute.String("messaging.system", "kafka"), attribute.String("messaging.destination.name", r.Source),
+	_, r.Span = t.tracer.Start(tracing.Extract(context.Background(), r.Envelope.GetTraceContext()), "kafka consume", consumerKind)
+	if r.Span.IsRecording() {
+		r.Span.SetAttributes(attribute.String("messaging.system", "kafka"), attribute.String("messaging.destination.name", r.Source),
 			attribute.Int("messaging.kafka.destination.partition", int(r.Partition)), attribute.Int64("messaging.kafka.message.offset", r.Offset),
-			attribute.String("edgebridge.message_id", r.Envelope.GetMessageId())))
+			attribute.String("edgebridge.message_id", r.Envelope.GetMessageId()))
+	}
 }
 
 // delivering starts the "deliver" span of r's current attempt and puts its
-// context in the envelope, so the backend's span is its child.
+// context in the envelope, so the backend's span is its child. A request
+// not sampled keeps the context it carries (its trace, not sampled).
 func (t traces) delivering(r *settle.Record) trace.Span {
-	if !t.on || r.Span == nil {
+	if !t.on || r.Span == nil || !r.Span.IsRecording() {
 		return noopSpan
 	}
 	ctx, span := t.tracer.Start(trace.ContextWithSpan(context.Background(), r.Span), "deliver",
@@ -158,7 +176,7 @@ func acked(span trace.Span, ack *v1.Ack, d settle.Decision) {
 
 // child starts a span named name under r's consume span.
 func (t traces) child(r *settle.Record, name string, kind trace.SpanKind, attrs ...attribute.KeyValue) trace.Span {
-	if !t.on || r.Span == nil {
+	if !t.on || r.Span == nil || !r.Span.IsRecording() {
 		return noopSpan
 	}
 	_, span := t.tracer.Start(trace.ContextWithSpan(context.Background(), r.Span), name, trace.WithSpanKind(kind), trace.WithAttributes(attrs...))
@@ -176,6 +194,10 @@ func ended(span trace.Span, err error) {
 // settled ends r's consume span with its terminal outcome.
 func settledSpan(r *settle.Record, d settle.Decision) {
 	if r.Span == nil {
+		return
+	}
+	if !r.Span.IsRecording() {
+		r.Span.End()
 		return
 	}
 	r.Span.SetAttributes(attribute.String("edgebridge.settled", d.Action.String()), attribute.String("edgebridge.attempts", strconv.Itoa(r.Attempt)))

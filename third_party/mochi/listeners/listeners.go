@@ -6,6 +6,7 @@ package listeners
 
 import (
 	"crypto/tls"
+	"errors"
 	"net"
 	"sync"
 
@@ -132,4 +133,14 @@ func (l *Listeners) CloseAll(closer CloseFn) {
 		l.Close(id, closer)
 	}
 	l.ClientsWg.Wait()
+}
+
+// connectionEnded reports how a client connection ended. edgebridge: each
+// connection's goroutine passes its own error (upstream wrote the accept
+// loop's err from all of them: a data race), and a connection the server
+// closed (at its shutdown) is not warned about.
+func connectionEnded(log *slog.Logger, err error) {
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		log.Warn("client connection ended", "error", err)
+	}
 }

@@ -6,7 +6,6 @@ package listeners
 
 import (
 	"crypto/tls"
-	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -82,14 +81,7 @@ func (l *TCP) Serve(establish EstablishFn) {
 		}
 
 		if atomic.LoadUint32(&l.end) == 0 {
-			go func() {
-				// edgebridge: the connection's own err (upstream wrote the
-				// accept loop's from every connection's goroutine), and no
-				// warning for a connection the server closed (its shutdown).
-				if err := establish(l.id, conn); err != nil && !errors.Is(err, net.ErrClosed) {
-					l.log.Warn("client connection ended", "error", err)
-				}
-			}()
+			go func() { connectionEnded(l.log, establish(l.id, conn)) }() // edgebridge: see connectionEnded
 		}
 	}
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -111,27 +112,20 @@ func Tail(s string, n int) string {
 	return s
 }
 
-// FreeAddr is a loopback address with a port nothing listens on now.
-func FreeAddr() (string, error) {
+// FreePort is a loopback port nothing listens on now.
+func FreePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return "", err
+		return 0, err
 	}
 	defer ln.Close()
-	return ln.Addr().String(), nil
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// FreePort is FreeAddr's port.
-func FreePort() (int, error) {
-	addr, err := FreeAddr()
-	if err != nil {
-		return 0, err
-	}
-	a, err := net.ResolveTCPAddr("tcp", addr)
-	if err != nil {
-		return 0, err
-	}
-	return a.Port, nil
+// FreeAddr is FreePort's address.
+func FreeAddr() (string, error) {
+	port, err := FreePort()
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), err
 }
 
 // Dial is nil when addr accepts a TCP connection.

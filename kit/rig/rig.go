@@ -66,7 +66,6 @@ type settings struct {
 	handler    backend.Handler
 	backendOK  bool
 	shipped    bool
-	noFsync    bool
 	log        *slog.Logger
 	nodeOpts   []node.Option
 }
@@ -89,9 +88,6 @@ func NoBackend() Option { return func(s *settings) { s.backendOK = false } }
 
 // Shipped runs the brokers inside the node, as shipped.
 func Shipped() Option { return func(s *settings) { s.shipped = true } }
-
-// NoFsync: the ledger is not fsynced.
-func NoFsync() Option { return func(s *settings) { s.noFsync = true } }
 
 // Logger is the node's and the backend's (default: warnings to stderr).
 func Logger(l *slog.Logger) Option { return func(s *settings) { s.log = l } }
@@ -152,12 +148,8 @@ func (r *Rig) startBackend() error {
 	handle := r.set.handler
 	var results backend.Store
 	if handle == nil {
-		var lopts []payment.LedgerOption
-		if r.set.noFsync {
-			lopts = append(lopts, payment.NoFsync())
-		}
 		var err error
-		if r.Ledger, err = payment.OpenLedger(filepath.Join(r.Dir, "ledger.jsonl"), lopts...); err != nil {
+		if r.Ledger, err = payment.OpenLedger(filepath.Join(r.Dir, "ledger.jsonl")); err != nil {
 			return err
 		}
 		handle, results = payment.Handler(payment.DefaultLimit), r.Ledger

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/edgebridge/edgebridge/kit/bench"
 )
@@ -28,10 +29,11 @@ func benchCmd(args []string) error {
 	fs.IntVar(&cfg.Curve, "curve", 5, "open-loop steps for the latency-vs-load plot (-1: none)")
 	fs.Float64Var(&cfg.Rate, "rate", bench.SiteRate, "requests/s of the open-loop scenario every run has: a site's rate (-1: none)")
 	fs.BoolVar(&cfg.TLS, "tls", false, "also run the pipeline with TLS on MQTT (devices and bridge) and Kafka, interleaved in the same rounds")
-	fs.StringVar(&cfg.Tracing, "tracing", "", "an OTLP/gRPC collector host:port: also run the pipeline traced at sample ratios 1 and 0.01, interleaved in the same rounds")
+	fs.StringVar(&cfg.Tracing, "tracing", "", "an OTLP/gRPC collector host:port, or local (a receiver in the bench that counts spans): also run the pipeline traced at sample ratios 1 and 0.01, interleaved in the same rounds")
+	fs.DurationVar(&cfg.Idle, "idle", 10*time.Second, "after 5 timed fresh starts of the node as shipped (edgebridge run, brokers in-process), read its footprint after this long idle (-1s: skip)")
 	jsonPath := fs.String("json", "", "write the report as JSON to this file")
 	plotPath := fs.String("plot", "", "write the latency-vs-load plot as SVG to this file")
-	fs.StringVar(&cfg.ProfileDir, "profile", "", "write the bridge's CPU (first pipeline round) and allocation profiles to this directory")
+	fs.StringVar(&cfg.ProfileDir, "profile", "", "write the bridge's CPU and allocation profiles of the first pipeline round (cpu.pprof, allocs.pprof) and of the site-rate scenario (rate-*.pprof) to this directory")
 	quiet := fs.Bool("q", false, "no progress lines")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -30,13 +30,27 @@ const (
 	rawReplyTopic   = "bench/response/{device_id}"
 )
 
-// reflector is the raw MQTT baseline's stand-in for the bridge: one client
-// that answers every request with a reply to the device's reply topic, both
-// QoS 1, without Kafka or a backend in between.
-type reflector struct{ c paho.Client }
+// reflector is the raw MQTT baseline's stand-in for the bridge: clients
+// (responders) that answer every request with a reply to the device's
+// reply topic, both QoS 1, without Kafka or a backend in between. They
+// share one subscription ($share/...), so the broker hands each request to
+// one of them; Run adds responders until one more does not raise the
+// round trip's throughput.
+type reflector struct {
+	broker string
+	cs     []paho.Client
+}
+
+// maxResponders bounds the reflector's responders.
+const maxResponders = 8
 
 func startReflector(broker string) (*reflector, error) {
-	r := &reflector{}
+	r := &reflector{broker: broker}
+	return r, r.add()
+}
+
+// add connects one more responder.
+func (r *reflector) add() error {
 	handle := func(c paho.Client, m paho.Message) {
 		var req struct {
 			RequestID string `json:"request_id"`
@@ -48,21 +62,28 @@ func startReflector(broker string) (*reflector, error) {
 		topic := mqttin.ReplyTopic(rawReplyTopic, mqttin.DeviceID(m.Topic()))
 		c.Publish(topic, 1, false, reply) // the broker's PUBACK is not waited for
 	}
-	opts := paho.NewClientOptions().AddBroker(broker).SetClientID("edgebridge-bench-reflector").
-		SetCleanSession(true).SetOrderMatters(false).SetAutoReconnect(true)
-	r.c = paho.NewClient(opts)
-	if tok := r.c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		return nil, fmt.Errorf("bench: reflector connect: %v", tok.Error())
+	// The handler is the default one: paho's router does not match a
+	// message's topic against a $share filter.
+	opts := paho.NewClientOptions().AddBroker(r.broker).SetClientID(fmt.Sprintf("edgebridge-bench-reflector-%d", len(r.cs)+1)).
+		SetCleanSession(true).SetOrderMatters(false).SetAutoReconnect(true).SetDefaultPublishHandler(handle)
+	c := paho.NewClient(opts)
+	if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		return fmt.Errorf("bench: reflector connect: %v", tok.Error())
 	}
-	tok := r.c.Subscribe(mqttin.ReplyTopic(rawRequestTopic, "+"), 1, handle)
+	tok := c.Subscribe("$share/edgebridge-bench/"+mqttin.ReplyTopic(rawRequestTopic, "+"), 1, nil)
 	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		r.c.Disconnect(0)
-		return nil, fmt.Errorf("bench: reflector subscribe: %v", tok.Error())
+		c.Disconnect(0)
+		return fmt.Errorf("bench: reflector subscribe: %v", tok.Error())
 	}
-	return r, nil
+	r.cs = append(r.cs, c)
+	return nil
 }
 
-func (r *reflector) close() { r.c.Disconnect(100) }
+func (r *reflector) close() {
+	for _, c := range r.cs {
+		c.Disconnect(100)
+	}
+}
 
 // window is a closed loop's bounded set of outstanding messages, each
 // with its start time, and the latencies of those that came back.

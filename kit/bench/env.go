@@ -271,10 +271,10 @@ func (e *env) goroutines() (int, error) {
 }
 
 // profile writes the bridge's CPU profile over the next d, then its
-// allocation profile (since start), as cpu.pprof and allocs.pprof in dir,
-// and this process's CPU profile over the same time (the simulated devices
-// and paymentd) as bench-cpu.pprof.
-func (e *env) profile(dir string, d time.Duration) error {
+// allocation profile (since start), as <prefix>cpu.pprof and
+// <prefix>allocs.pprof in dir, and this process's CPU profile over the
+// same time (the simulated devices and paymentd) as <prefix>bench-cpu.pprof.
+func (e *env) profile(dir, prefix string, d time.Duration) error {
 	client := &http.Client{Timeout: d + 30*time.Second} // the CPU profile takes d
 	get := func(path, file string) error {
 		resp, err := client.Get("http://" + e.admin + path)
@@ -285,7 +285,7 @@ func (e *env) profile(dir string, d time.Duration) error {
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("bench: profile %s: %s", path, resp.Status)
 		}
-		f, err := os.Create(filepath.Join(dir, file))
+		f, err := os.Create(filepath.Join(dir, prefix+file))
 		if err != nil {
 			return err
 		}
@@ -298,7 +298,7 @@ func (e *env) profile(dir string, d time.Duration) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	own, err := os.Create(filepath.Join(dir, "bench-cpu.pprof"))
+	own, err := os.Create(filepath.Join(dir, prefix+"bench-cpu.pprof"))
 	if err != nil {
 		return err
 	}

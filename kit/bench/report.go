@@ -16,6 +16,14 @@ func (r *Report) WriteTable(w io.Writer) error {
 	s := r.Setup
 	fmt.Fprintf(w, "edgebridge bench: %s, kafka %s (%s), %d devices x %d outstanding, %d B QoS 1, %s in %d rounds; %d CPUs (%s), %s\n\n",
 		s.MQTT, s.Kafka, s.Durability, s.Devices, s.Outstanding, s.PayloadSize, s.Duration, s.Rounds, s.CPUs, s.CPUModel, s.GoVersion)
+	if len(r.Responders) > 0 {
+		steps := make([]string, len(r.Responders))
+		for i, st := range r.Responders {
+			steps[i] = fmt.Sprintf("%d: %.0f", st.Responders, st.Throughput)
+		}
+		fmt.Fprintf(w, "mqtt raw: the broker crossed twice, %d responders sharing one subscription (msg/s as each was added: %s)\n\n",
+			s.Responders, strings.Join(steps, ", "))
+	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "scenario\tdevices\toutstanding\tmsgs\tmsg/s\tp50 ms\tp90 ms\tp99 ms\tmax ms\tlost\tbridge CPU ms/1k\tbridge RSS MB\tgoroutines\t")
 	rows := append(append([]Scenario{}, r.Scenarios...), r.Curve...)
@@ -76,13 +84,20 @@ func (r *Report) WriteTable(w io.Writer) error {
 		return err
 	}
 
+	if f := r.Footprint; f.BinaryBytes > 0 {
+		fmt.Fprintf(w, "\nthe node as shipped (edgebridge run, brokers in-process), before a message arrives:\n")
+		fmt.Fprintf(w, "  exec to /readyz 200, empty data dir: %.0f ms (median of %v)\n", f.ReadyMillis, f.ReadyRuns)
+		fmt.Fprintf(w, "  idle for %s: RSS %.1f MB, %d goroutines, CPU %.2f %% of a core; binary %.1f MB\n",
+			f.IdleFor, float64(f.IdleRSSBytes)/(1<<20), f.IdleGoroutines, f.IdleCPUPercent, float64(f.BinaryBytes)/(1<<20))
+	}
+
 	fmt.Fprintln(w, "\ntargets:")
 	for _, t := range r.Targets {
 		mark := "met"
 		if !t.Met {
 			mark = "NOT MET"
 		}
-		fmt.Fprintf(w, "  %-50s want %-6s got %8.2f  %s\n", t.Name, t.Want, t.Got, mark)
+		fmt.Fprintf(w, "  %-55s want %-6s got %8.2f  %s\n", t.Name, t.Want, t.Got, mark)
 	}
 	return nil
 }

@@ -22,12 +22,13 @@ func TestBenchCommand(t *testing.T) {
 	dir := t.TempDir()
 	jsonPath, plotPath := filepath.Join(dir, "bench.json"), filepath.Join(dir, "plot.svg")
 	cmd := exec.Command(bins.edgebridge, "bench", "-duration", "1s", "-rounds", "1", "-devices", "10", "-closed-loop", "5",
-		"-curve", "2", "-json", jsonPath, "-plot", plotPath, "-profile", filepath.Join(dir, "prof"), "-q")
+		"-curve", "2", "-idle", "1s", "-tracing", "local", "-json", jsonPath, "-plot", plotPath, "-profile", filepath.Join(dir, "prof"), "-q")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, out)
 	}
-	for _, want := range []string{"mqtt raw", "pipeline", "kafka raw", "grpc echo", "pipeline closed loop 5 x 1", "pipeline at a site's rate", "pipeline open loop", "targets:"} {
+	for _, want := range []string{"mqtt raw", "responders", "pipeline", "kafka raw", "grpc echo", "pipeline traced 1", "pipeline traced 0.01",
+		"pipeline closed loop 5 x 1", "pipeline at a site's rate", "pipeline open loop", "the node as shipped", "tracing 0.01: throughput lost", "targets:"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
 		}
@@ -66,6 +67,18 @@ func TestBenchCommand(t *testing.T) {
 			Offered  float64 `json:"offered_msgs_per_sec"`
 			Messages int     `json:"messages"`
 		} `json:"load_curve"`
+		Responders []struct {
+			Responders int     `json:"responders"`
+			Throughput float64 `json:"msgs_per_sec"`
+		} `json:"raw_responders"`
+		Footprint struct {
+			Binary     int64     `json:"binary_bytes"`
+			Ready      float64   `json:"ready_ms"`
+			ReadyRuns  []float64 `json:"ready_runs_ms"`
+			RSS        int64     `json:"idle_rss_bytes"`
+			Goroutines int       `json:"idle_goroutines"`
+		} `json:"footprint"`
+		Spans int64 `json:"spans_received"`
 	}
 	if err := json.Unmarshal(raw, &rep); err != nil {
 		t.Fatal(err)
@@ -82,8 +95,18 @@ func TestBenchCommand(t *testing.T) {
 	if rep.RSS < 1<<20 || rep.CPU <= 0 || rep.Goroutines <= 0 {
 		t.Errorf("bridge figures not measured: rss %d, cpu %.1f ms/1k, goroutines %d", rep.RSS, rep.CPU, rep.Goroutines)
 	}
-	if len(rep.Scenarios) != 6 { // the 4 in rounds, the closed loop N x 1, a site's rate
-		t.Errorf("got %d scenarios, want 6", len(rep.Scenarios))
+	if len(rep.Scenarios) != 8 { // the 4 in rounds, 2 traced, the closed loop N x 1, a site's rate
+		t.Errorf("got %d scenarios, want 8", len(rep.Scenarios))
+	}
+	// The raw round trip added responders until one more did not help.
+	if n := len(rep.Responders); n < 2 || rep.Responders[0].Responders != 1 || rep.Responders[n-1].Responders != n || rep.Responders[0].Throughput <= 0 {
+		t.Errorf("raw responders %+v", rep.Responders)
+	}
+	if f := rep.Footprint; f.Binary < 1<<20 || f.Ready <= 0 || len(f.ReadyRuns) != 5 || f.RSS < 1<<20 || f.Goroutines <= 0 {
+		t.Errorf("footprint not measured: %+v", f)
+	}
+	if rep.Spans == 0 {
+		t.Error("-tracing local received no spans")
 	}
 	for _, s := range rep.Scenarios {
 		if s.Messages == 0 || s.Lost != 0 {

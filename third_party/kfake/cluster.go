@@ -73,6 +73,7 @@ type (
 		// groups.log, pids.log, etc.) only write when persist().
 		storageDir         string
 		ix                 *indexCache // edgebridge: nil unless IndexBudget
+		gc                 groupCommit // edgebridge: see group_commit.go
 		fs                 fs
 		groupsLogFile      file
 		pidsLogFile        file
@@ -474,6 +475,11 @@ outer:
 			handled bool
 		)
 
+		// edgebridge: fsync and answer what is held before waiting.
+		if c.flushDue() && !c.flush() {
+			return
+		}
+
 		select {
 		case <-c.die:
 			return
@@ -504,6 +510,11 @@ outer:
 			continue
 
 		case admin := <-c.adminCh:
+			// edgebridge: an admin function (a shutdown, a test's
+			// look at the state) sees what is held flushed.
+			if !c.flush() {
+				return
+			}
 			admin()
 			// If the admin function closed c.die (shutdown persist),
 			// exit immediately. We can't rely on the outer select
@@ -780,6 +791,9 @@ outer:
 			continue
 		}
 
+		if c.hold(creq, kresp, err) { // edgebridge: group commit
+			continue
+		}
 		select {
 		case creq.cc.respCh <- clientResp{kresp: kresp, corr: creq.corr, err: err}:
 		case <-creq.cc.done:

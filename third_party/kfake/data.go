@@ -142,6 +142,7 @@ type (
 		// Index files (.idx) contain per-batch metadata (epoch, timestamp, flags).
 		activeSegFile file          // open handle for active segment
 		activeIdxFile file          // open handle for active index
+		unsynced      bool          // edgebridge: written since the last group commit fsync
 		segments      []segmentInfo // all segments, sorted by base offset
 	}
 
@@ -655,6 +656,7 @@ func (pd *partData) legacyOffsetsBefore(ts int64, maxNum int32) []int64 {
 }
 
 func (pd *partData) closeActiveFiles(doSync bool) {
+	doSync = doSync || pd.unsynced // edgebridge: group commit
 	if pd.activeSegFile != nil {
 		if doSync {
 			pd.activeSegFile.Sync()

@@ -1884,9 +1884,10 @@ func (c *Cluster) persistBatchToSegment(pd *partData, b *partBatch) int64 {
 	// With SyncWrites, fsync every batch for immediate durability.
 	// Without it, we rely on the OS page cache and sync only on
 	// segment roll and shutdown (like real Kafka's default).
+	// edgebridge: the fsync is the loop's next group commit
+	// (group_commit.go), which the request's response waits for.
 	if c.cfg.syncWrites {
-		pd.activeSegFile.Sync()
-		pd.activeIdxFile.Sync()
+		c.markUnsynced(pd)
 	}
 
 	active.size += batchSize

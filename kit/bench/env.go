@@ -342,6 +342,7 @@ func (e *env) close() {
 type procStat struct {
 	CPU     time.Duration // user + system
 	RSS     int64         // resident now
+	Anon    int64         // resident and anonymous now: not the binary's pages
 	PeakRSS int64         // high-water mark since start
 }
 
@@ -381,6 +382,8 @@ func readProcStat(pid int) (procStat, error) {
 			s.RSS = kb << 10
 		case "VmHWM":
 			s.PeakRSS = kb << 10
+		case "RssAnon":
+			s.Anon = kb << 10
 		}
 	}
 	return s, nil

@@ -22,7 +22,10 @@ type Footprint struct {
 	ReadyMillis float64   `json:"ready_ms"`
 	ReadyRuns   []float64 `json:"ready_runs_ms"`
 	// Idle figures, over IdleFor after ready.
-	IdleRSSBytes   int64   `json:"idle_rss_bytes"`
+	IdleRSSBytes int64 `json:"idle_rss_bytes"`
+	// IdleAnonBytes is the part of the RSS that is not the binary's pages
+	// (clean, in the page cache, shared by every process running it).
+	IdleAnonBytes  int64   `json:"idle_anon_bytes"`
 	IdleGoroutines int     `json:"idle_goroutines"`
 	IdleCPUPercent float64 `json:"idle_cpu_percent_of_a_core"`
 	IdleFor        string  `json:"idle_for"`
@@ -79,7 +82,7 @@ func (f *Footprint) idle(ctx context.Context, b *proc.Bridge, d time.Duration) e
 	if err != nil {
 		return err
 	}
-	f.IdleRSSBytes, f.IdleGoroutines, f.IdleFor = after.RSS, int(n), d.String()
+	f.IdleRSSBytes, f.IdleAnonBytes, f.IdleGoroutines, f.IdleFor = after.RSS, after.Anon, int(n), d.String()
 	f.IdleCPUPercent = 100 * float64(after.CPU-before.CPU) / float64(d)
 	return nil
 }

@@ -87,8 +87,8 @@ func (r *Report) WriteTable(w io.Writer) error {
 	if f := r.Footprint; f.BinaryBytes > 0 {
 		fmt.Fprintf(w, "\nthe node as shipped (edgebridge run, brokers in-process), before a message arrives:\n")
 		fmt.Fprintf(w, "  exec to /readyz 200, empty data dir: %.0f ms (median of %v)\n", f.ReadyMillis, f.ReadyRuns)
-		fmt.Fprintf(w, "  idle for %s: RSS %.1f MB, %d goroutines, CPU %.2f %% of a core; binary %.1f MB\n",
-			f.IdleFor, float64(f.IdleRSSBytes)/(1<<20), f.IdleGoroutines, f.IdleCPUPercent, float64(f.BinaryBytes)/(1<<20))
+		fmt.Fprintf(w, "  idle for %s: RSS %.1f MB (%.1f MB of it anonymous, the rest the binary's pages), %d goroutines, CPU %.2f %% of a core; binary %.1f MB\n",
+			f.IdleFor, float64(f.IdleRSSBytes)/(1<<20), float64(f.IdleAnonBytes)/(1<<20), f.IdleGoroutines, f.IdleCPUPercent, float64(f.BinaryBytes)/(1<<20))
 	}
 
 	fmt.Fprintln(w, "\ntargets:")

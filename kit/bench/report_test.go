@@ -42,21 +42,66 @@ func TestMergeSumsRounds(t *testing.T) {
 	}
 }
 
+// The targets are the goals; the ones a run did not measure are
+// left out, and the latency goals follow the stores' durability.
 func TestTargets(t *testing.T) {
-	r := &Report{ThroughputVsMQTT: 0.6, SiteRateLatency: Latency{P99: 8}, ClosedLoopLatency: Latency{P99: 12}, BridgeRSSMax: 40 << 20}
-	got := targets(r)
-	met := func(prefix string) bool {
-		for _, tg := range got {
-			if strings.HasPrefix(tg.Name, prefix) {
-				return tg.Met
+	r := &Report{
+		ThroughputVsMQTT: 0.92, SiteRateLatency: Latency{P99: 8}, ClosedLoopLatency: Latency{P99: 12}, BridgeRSSMax: 40 << 20,
+		Setup: Setup{Durability: "fsync"},
+		Scenarios: []Scenario{
+			{Name: "pipeline", Throughput: 1000, CPU: map[string]float64{"bridge": 100, "mosquitto": 90, "kafka": 50}},
+			{Name: "pipeline at a site's rate", CPU: map[string]float64{"bridge": 280, "kafka": 310}},
+			{Name: "pipeline traced 0.01", Throughput: 980, CPU: map[string]float64{"bridge": 102}},
+			{Name: "pipeline traced 1", Throughput: 800, CPU: map[string]float64{"bridge": 110}},
+		},
+		Footprint: Footprint{BinaryBytes: 25 << 20, ReadyMillis: 70, IdleRSSBytes: 19 << 20},
+	}
+	check := func(r *Report, want map[string]bool) {
+		t.Helper()
+		got := map[string]Target{}
+		for _, tg := range targets(r) {
+			got[tg.Name] = tg
+		}
+		if len(got) != len(want) {
+			t.Errorf("got %d targets, want %d: %+v", len(got), len(want), got)
+		}
+		for name, met := range want {
+			tg, ok := got[name]
+			if !ok {
+				t.Errorf("no target %q in %+v", name, got)
+			} else if tg.Met != met {
+				t.Errorf("%q: met %v, want %v (%+v)", name, tg.Met, met, tg)
 			}
 		}
-		t.Fatalf("no target %q in %+v", prefix, got)
-		return false
 	}
-	if !met("throughput vs raw MQTT") || !met("p99 latency at a site's rate") || met("p99 latency closed loop") || !met("bridge peak RSS") || !met("lost messages") {
-		t.Fatalf("targets %+v", got)
-	}
+	check(r, map[string]bool{
+		"throughput vs the raw MQTT round trip":           true,
+		"p99 latency at a site's rate (open loop), ms":    true,  // 8 <= 10 with fsync
+		"bridge CPU at a site's rate, ms per 1k":          true,  // 280
+		"Kafka broker CPU at a site's rate, ms per 1k":    false, // 310
+		"bridge CPU per message / Mosquitto's, full load": false, // 100 / 90
+		"bridge peak RSS, MB":                             true,
+		"idle RSS of the node as shipped, MB":             true,
+		"exec to ready, empty data dir, ms":               true,
+		"binary, MB":                                      false, // 25
+		"tracing 0.01: throughput lost, %":                true,  // 2 %
+		"tracing 0.01: bridge CPU per message added, %":   true,  // 2 %
+		"tracing 1: throughput lost, %":                   false, // 20 %
+		"tracing 1: bridge CPU per message added, %":      true,  // 10 %
+		"lost messages":                                   true,
+	})
+
+	// Page cache only: p99 <= 5 at a site's rate, and the closed loop's
+	// p99 <= 10 becomes a goal; a run without the footprint or traced
+	// scenarios has no targets for them.
+	r = &Report{SiteRateLatency: Latency{P99: 8}, ClosedLoopLatency: Latency{P99: 9}, Setup: Setup{Durability: "no fsync"}, Lost: 1}
+	check(r, map[string]bool{
+		"throughput vs the raw MQTT round trip":        false,
+		"p99 latency at a site's rate (open loop), ms": false, // 8 > 5
+		"p99 latency closed loop N x 1 (queueing), ms": true,
+		"bridge peak RSS, MB":                          false, // not measured
+		"lost messages":                                false,
+	})
 }
 
 func TestWritePlotAndTable(t *testing.T) {

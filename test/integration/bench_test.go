@@ -76,6 +76,7 @@ func TestBenchCommand(t *testing.T) {
 			Ready      float64   `json:"ready_ms"`
 			ReadyRuns  []float64 `json:"ready_runs_ms"`
 			RSS        int64     `json:"idle_rss_bytes"`
+			Anon       int64     `json:"idle_anon_bytes"`
 			Goroutines int       `json:"idle_goroutines"`
 		} `json:"footprint"`
 		Spans int64 `json:"spans_received"`
@@ -102,7 +103,7 @@ func TestBenchCommand(t *testing.T) {
 	if n := len(rep.Responders); n < 2 || rep.Responders[0].Responders != 1 || rep.Responders[n-1].Responders != n || rep.Responders[0].Throughput <= 0 {
 		t.Errorf("raw responders %+v", rep.Responders)
 	}
-	if f := rep.Footprint; f.Binary < 1<<20 || f.Ready <= 0 || len(f.ReadyRuns) != 5 || f.RSS < 1<<20 || f.Goroutines <= 0 {
+	if f := rep.Footprint; f.Binary < 1<<20 || f.Ready <= 0 || len(f.ReadyRuns) != 5 || f.RSS < 1<<20 || f.Anon < 1<<20 || f.Anon > f.RSS || f.Goroutines <= 0 {
 		t.Errorf("footprint not measured: %+v", f)
 	}
 	if rep.Spans == 0 {

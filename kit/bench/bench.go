@@ -86,7 +86,8 @@ type Config struct {
 	BridgeConfig string
 	// ProfileDir, if set, receives the bridge's CPU profile of the first
 	// full-load pipeline round (cpu.pprof) and its allocations
-	// (allocs.pprof), and the same of the site-rate scenario (rate-*.pprof).
+	// (allocs.pprof), and the same of the site-rate scenarios (rate-*.pprof,
+	// and shipped-rate-*.pprof: the node as shipped, brokers in-process).
 	ProfileDir string
 	// Dir holds the brokers' data. Default: a temp dir, removed afterwards.
 	Dir string
@@ -218,7 +219,13 @@ type Report struct {
 	ThroughputVsMQTT  float64 `json:"throughput_vs_mqtt_baseline"`
 	Latency           Latency `json:"latency_ms"`
 	ClosedLoopLatency Latency `json:"closed_loop_latency_ms"`
-	SiteRateLatency   Latency `json:"site_rate_latency_ms"`
+	// SiteRateLatency is the node as shipped's when it ran (with fsync),
+	// else the separate layout's.
+	SiteRateLatency Latency `json:"site_rate_latency_ms"`
+	// The node as shipped (`edgebridge run`) at full load, when it ran.
+	ShippedThroughput float64 `json:"shipped_msgs_per_sec,omitempty"`
+	ShippedLatency    Latency `json:"shipped_latency_ms"`
+	ShippedRSSMax     int64   `json:"shipped_rss_max_bytes,omitempty"`
 	Lost              int     `json:"lost"`
 	BridgeRSSMax      int64   `json:"bridge_rss_max_bytes"`
 	BridgeCPUPer1k    float64 `json:"bridge_cpu_ms_per_1k_msgs"`
@@ -319,6 +326,20 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 
+	var shipped *runner // the node as shipped; not with NoFsync: its broker always fsyncs
+	if !cfg.NoFsync {
+		logf("starting the node as shipped (edgebridge run, both brokers in-process) against the same paymentd")
+		es, err := startShippedEnv(ctx, cfg, e)
+		if err != nil {
+			return nil, err
+		}
+		defer es.close()
+		shipped = &runner{cfg: cfg, e: es, suffix: "as shipped"}
+		if _, err := shipped.devices(ctx, "warm-shipped", cfg.Devices, cfg.Outstanding, time.Second, 0, false); err != nil {
+			return nil, err
+		}
+	}
+
 	var traced []*runner // with cfg.Tracing: one per sample ratio
 	if cfg.Tracing == "local" {
 		sink, err := startSpanSink()
@@ -397,6 +418,11 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				return rt.devices(ctx, fmt.Sprintf("pipetls%d", round), cfg.Devices, cfg.Outstanding, per, 0, false)
 			})
 		}
+		if shipped != nil {
+			steps = append(steps, func() (Scenario, error) {
+				return shipped.devices(ctx, fmt.Sprintf("pipeshipped%d", round), cfg.Devices, cfg.Outstanding, per, 0, false)
+			})
+		}
 		for k, tr := range traced {
 			steps = append(steps, func() (Scenario, error) {
 				return tr.devices(ctx, fmt.Sprintf("pipetr%d-%d", k, round), cfg.Devices, cfg.Outstanding, per, 0, false)
@@ -432,6 +458,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	rep.BaselineKafka = merged["kafka raw"].Throughput
 	rep.BaselineGRPC = merged["grpc echo"].Throughput
 	rep.ClosedLoopLatency = low.Latency
+	if s, ok := merged["pipeline as shipped"]; ok {
+		rep.ShippedThroughput, rep.ShippedLatency = s.Throughput, s.Latency
+	}
 	if rep.BaselineMQTT > 0 {
 		rep.ThroughputVsMQTT = rep.Throughput / rep.BaselineMQTT
 	}
@@ -450,16 +479,27 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	if cfg.Rate > 0 {
-		done := r.profile("rate-", cfg.Duration)
-		s, err := r.devices(ctx, "rate", cfg.Devices, 64, cfg.Duration, cfg.Rate, false)
-		if err != nil {
-			return nil, err
+		// In the separate layout (CPU per process), then as shipped (the
+		// headline latency).
+		for _, rr := range []*runner{r, shipped} {
+			if rr == nil {
+				continue
+			}
+			prefix := "rate-"
+			if rr == shipped {
+				prefix = "shipped-rate-"
+			}
+			done := rr.profile(prefix, cfg.Duration)
+			s, err := rr.devices(ctx, "rate", cfg.Devices, 64, cfg.Duration, cfg.Rate, false)
+			if err != nil {
+				return nil, err
+			}
+			done()
+			s.Name += " at a site's rate"
+			rep.Scenarios = append(rep.Scenarios, s)
+			rep.SiteRateLatency = s.Latency
+			logf("  %s, %.0f msg/s offered: %.0f msg/s  p50 %.2f ms  p99 %.2f ms", s.Name, cfg.Rate, s.Throughput, s.Latency.P50, s.Latency.P99)
 		}
-		done()
-		s.Name = "pipeline at a site's rate"
-		rep.Scenarios = append(rep.Scenarios, s)
-		rep.SiteRateLatency = s.Latency
-		logf("  %s, %.0f msg/s offered: %.0f msg/s  p50 %.2f ms  p99 %.2f ms", s.Name, cfg.Rate, s.Throughput, s.Latency.P50, s.Latency.P99)
 	}
 
 	if cfg.Idle > 0 {
@@ -474,6 +514,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 
 	for _, s := range append(slices.Clone(rep.Scenarios), rep.Curve...) {
 		rep.Lost += s.Lost
+		if strings.Contains(s.Name, "as shipped") { // the whole node's figures
+			rep.ShippedRSSMax = max(rep.ShippedRSSMax, s.BridgeRSSMax)
+			continue
+		}
 		rep.BridgeRSSMax = max(rep.BridgeRSSMax, s.BridgeRSSMax)
 		rep.BridgeGoroutines = max(rep.BridgeGoroutines, s.BridgeGoroutinesMax)
 	}
@@ -538,6 +582,9 @@ func targets(r *Report) []Target {
 	}
 	if m := pipe.CPU["mosquitto"]; m > 0 {
 		ts = append(ts, le("bridge CPU per message / Mosquitto's, full load", "<= 1.0", pipe.CPU["bridge"]/m, 1))
+		if s, ok := named["pipeline as shipped"]; ok && s.CPU["bridge"] > 0 {
+			ts = append(ts, le("node as shipped CPU per message / (Mosquitto's + Kafka broker's)", "<= 1.0", s.CPU["bridge"]/(m+pipe.CPU["kafka"]), 1))
+		}
 	}
 	ts = append(ts, le("bridge peak RSS, MB", "<= 48", float64(r.BridgeRSSMax)/(1<<20), 48))
 	if f := r.Footprint; f.BinaryBytes > 0 {

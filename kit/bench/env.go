@@ -45,7 +45,7 @@ type env struct {
 	pay     *grpc.Server
 	ledger  *payment.Ledger
 	payAddr string
-	hops    hops
+	hops    *hops     // paymentd's; shared with the shipped node's env
 	tls     *benchTLS // nil: plain TCP
 }
 
@@ -107,7 +107,7 @@ func (h *hops) take() []time.Duration {
 // startEnv starts what cfg asks for; on error everything already started
 // is stopped.
 func startEnv(ctx context.Context, cfg Config, withTLS bool) (_ *env, err error) {
-	e := &env{dir: cfg.Dir}
+	e := &env{dir: cfg.Dir, hops: &hops{}}
 	defer func() {
 		if err != nil {
 			e.close()
@@ -387,4 +387,20 @@ func readProcStat(pid int) (procStat, error) {
 		}
 	}
 	return s, nil
+}
+
+// startShippedEnv runs the node as shipped (`edgebridge run`, both brokers
+// in-process, Kafka fsync) against pay's paymentd, and waits until it is
+// ready. Its CPU and RSS are the whole node's ("bridge").
+func startShippedEnv(ctx context.Context, cfg Config, pay *env) (*env, error) {
+	dir := filepath.Join(cfg.Dir, "shipped")
+	n, err := startShipped(cfg.Bridge, dir, pay.payAddr, cfg.ProfileDir != "")
+	if err != nil {
+		return nil, err
+	}
+	if err := n.AwaitReady(ctx, 60*time.Second); err != nil {
+		n.Kill()
+		return nil, err
+	}
+	return &env{dir: dir, mqttURL: "tcp://" + n.MQTT, admin: n.Admin, bridge: n.Bridge, payAddr: pay.payAddr, hops: pay.hops}, nil
 }

@@ -46,7 +46,7 @@ func measureFootprint(ctx context.Context, bin, dir, backend string, idle time.D
 	f.BinaryBytes = st.Size()
 	for i := range footprintStarts {
 		last := i == footprintStarts-1
-		ms, err := startShipped(ctx, bin, filepath.Join(dir, fmt.Sprintf("start%d", i)), backend, func(b *proc.Bridge) error {
+		ms, err := timeToReady(ctx, bin, filepath.Join(dir, fmt.Sprintf("start%d", i)), backend, func(b *proc.Bridge) error {
 			if !last {
 				return nil
 			}
@@ -87,33 +87,51 @@ func (f *Footprint) idle(ctx context.Context, b *proc.Bridge, d time.Duration) e
 	return nil
 }
 
-// startShipped runs `edgebridge run` with the shipped settings but its
-// own ports and data directory, returns the milliseconds from exec to
-// /readyz 200 and, before stopping it, runs with.
-func startShipped(ctx context.Context, bin, dir, backend string, with func(*proc.Bridge) error) (float64, error) {
+// shippedNode is `edgebridge run` with the shipped settings but its own
+// ports and data directory: both brokers in-process, devices on the
+// embedded MQTT broker's loopback listener.
+type shippedNode struct {
+	*proc.Bridge
+	MQTT string // the embedded MQTT broker's host:port
+}
+
+// startShipped starts a shipped node pointed at paymentd at backend; it
+// returns when the process runs, not when it is ready.
+func startShipped(bin, dir, backend string, pprof bool) (*shippedNode, error) {
 	var addrs [3]string
 	for i := range addrs {
 		a, err := proc.FreeAddr()
 		if err != nil {
-			return 0, err
+			return nil, err
 		}
 		addrs[i] = a
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return 0, err
+		return nil, err
 	}
 	conf := filepath.Join(dir, "edgebridge.yaml")
-	yaml := fmt.Sprintf("mqtt:\n  embedded_listen: %s\nkafka:\n  embedded_listen: %s\n  data_dir: %s\nbackend:\n  targets: [%q]\nadmin:\n  listen: %s\n",
-		addrs[0], addrs[1], filepath.Join(dir, "data"), backend, addrs[2])
+	yaml := fmt.Sprintf("mqtt:\n  embedded_listen: %s\nkafka:\n  embedded_listen: %s\n  data_dir: %s\nbackend:\n  targets: [%q]\nadmin:\n  listen: %s\n  pprof: %t\n",
+		addrs[0], addrs[1], filepath.Join(dir, "data"), backend, addrs[2], pprof)
 	if err := os.WriteFile(conf, []byte(yaml), 0o644); err != nil {
-		return 0, err
+		return nil, err
 	}
-	start := time.Now()
 	p, err := proc.Start(nil, bin, "run", "-config", conf)
+	if err != nil {
+		return nil, err
+	}
+	p.Name = "edgebridge run (as shipped)"
+	return &shippedNode{Bridge: &proc.Bridge{Process: p, Admin: addrs[2]}, MQTT: addrs[0]}, nil
+}
+
+// timeToReady starts a shipped node, returns the milliseconds from exec
+// to /readyz 200 and, before stopping it, runs with.
+func timeToReady(ctx context.Context, bin, dir, backend string, with func(*proc.Bridge) error) (float64, error) {
+	start := time.Now()
+	n, err := startShipped(bin, dir, backend, false)
 	if err != nil {
 		return 0, err
 	}
-	b := &proc.Bridge{Process: p, Admin: addrs[2]}
+	b := n.Bridge
 	defer func() { _ = b.Stop(30 * time.Second) }()
 	// Polled every millisecond: the figure's resolution.
 	deadline := time.Now().Add(30 * time.Second)

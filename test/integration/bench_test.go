@@ -27,7 +27,7 @@ func TestBenchCommand(t *testing.T) {
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, out)
 	}
-	for _, want := range []string{"mqtt raw", "responders", "pipeline", "kafka raw", "grpc echo", "pipeline traced 1", "pipeline traced 0.01",
+	for _, want := range []string{"mqtt raw", "responders", "pipeline", "kafka raw", "grpc echo", "pipeline as shipped", "pipeline traced 1", "pipeline traced 0.01",
 		"pipeline closed loop 5 x 1", "pipeline at a site's rate", "pipeline open loop", "the node as shipped", "tracing 0.01: throughput lost", "targets:"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("table lacks %q:\n%s", want, out)
@@ -79,7 +79,9 @@ func TestBenchCommand(t *testing.T) {
 			Anon       int64     `json:"idle_anon_bytes"`
 			Goroutines int       `json:"idle_goroutines"`
 		} `json:"footprint"`
-		Spans int64 `json:"spans_received"`
+		Spans      int64   `json:"spans_received"`
+		Shipped    float64 `json:"shipped_msgs_per_sec"`
+		ShippedRSS int64   `json:"shipped_rss_max_bytes"`
 	}
 	if err := json.Unmarshal(raw, &rep); err != nil {
 		t.Fatal(err)
@@ -96,8 +98,13 @@ func TestBenchCommand(t *testing.T) {
 	if rep.RSS < 1<<20 || rep.CPU <= 0 || rep.Goroutines <= 0 {
 		t.Errorf("bridge figures not measured: rss %d, cpu %.1f ms/1k, goroutines %d", rep.RSS, rep.CPU, rep.Goroutines)
 	}
-	if len(rep.Scenarios) != 8 { // the 4 in rounds, 2 traced, the closed loop N x 1, a site's rate
-		t.Errorf("got %d scenarios, want 8", len(rep.Scenarios))
+	// The 4 in rounds, as shipped, 2 traced, the closed loop N x 1, a
+	// site's rate in the separate layout and as shipped.
+	if len(rep.Scenarios) != 10 {
+		t.Errorf("got %d scenarios, want 10", len(rep.Scenarios))
+	}
+	if rep.Shipped <= 0 || rep.ShippedRSS < 1<<20 {
+		t.Errorf("the node as shipped not measured: %.0f msg/s, peak RSS %d", rep.Shipped, rep.ShippedRSS)
 	}
 	// The raw round trip added responders until one more did not help.
 	if n := len(rep.Responders); n < 2 || rep.Responders[0].Responders != 1 || rep.Responders[n-1].Responders != n || rep.Responders[0].Throughput <= 0 {

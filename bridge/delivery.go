@@ -111,10 +111,17 @@ func (s sink) Reply(ctx context.Context, r *settle.Record, payload []byte) error
 	return err
 }
 
-// publishReply makes one attempt to publish a device reply.
+// publishReply makes one attempt to publish a device reply: inside the
+// embedded broker when its intake publishes replies, else over the
+// bridge's MQTT connection.
 func (b *Bridge) publishReply(ctx context.Context, topic string, payload []byte) error {
 	return b.publishOnce(ctx, "reply", topic, func() error {
-		err := b.mqtt.Publish(ctx, topic, payload)
+		var err error
+		if b.intake != nil && b.intake.CanReply() {
+			err = b.intake.Reply(topic, payload)
+		} else {
+			err = b.mqtt.Publish(ctx, topic, payload)
+		}
 		if err == nil {
 			b.metrics.Replies.Inc()
 		}

@@ -258,6 +258,8 @@ type MQTTConfig struct {
 	// Intake, if set, takes device requests inside the broker: a request
 	// is PUBACKed only once Intake took it (see intakeHook), and never
 	// routed to subscribers. Nil: requests are routed like any publish.
+	// An Intake that is also Replies is given the broker's in-process
+	// publish for the bridge's replies (MQTT.reply).
 	Intake Taker
 	// IntakeWait bounds how long one request waits for Intake, at most
 	// half the device's keepalive. Default: DefaultIntakeWait.
@@ -291,6 +293,8 @@ type MQTT struct {
 	certAddr      string
 	auth          *authHook // nil without Auth
 	once          sync.Once
+	closing       sync.RWMutex // reply holds it to read, Close to write: no reply while the broker closes
+	closed        bool
 	stop          chan struct{} // closed by Close: ends watchIdentities
 	watching      chan struct{} // closed when watchIdentities has ended; nil without it
 }
@@ -339,7 +343,9 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 	// Like the shipped Mosquitto (max_packet_size): a client sending a
 	// larger packet is disconnected before the broker buffers it.
 	caps.MaximumPacketSize = MaxPacketSize
-	s := mqtt.New(&mqtt.Options{Logger: slog.New(quiet{cfg.Logger.Handler()}), Capabilities: caps})
+	replies, _ := cfg.Intake.(Replies)
+	// The inline client is mochi's in-process publisher, for replies.
+	s := mqtt.New(&mqtt.Options{Logger: slog.New(quiet{cfg.Logger.Handler()}), Capabilities: caps, InlineClient: replies != nil})
 	var errs []error
 	var ah *authHook
 	if cfg.Auth != nil {
@@ -347,6 +353,9 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 		errs = append(errs, s.AddHook(ah, nil))
 	} else {
 		errs = append(errs, s.AddHook(new(auth.AllowHook), nil))
+	}
+	if replies != nil {
+		errs = append(errs, s.AddHook(new(inlineIDHook), nil))
 	}
 	if cfg.Intake != nil {
 		wait := cfg.IntakeWait
@@ -395,6 +404,9 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 		return nil, fmt.Errorf("embedded: mqtt serve: %w", err)
 	}
 	m := &MQTT{s: s, addr: addr, tlsAddr: tlsAddr, certAddr: certAddr, stop: make(chan struct{}), auth: ah}
+	if replies != nil {
+		replies.SetReplier(m.reply)
+	}
 	if ah != nil && (ah.pw.path != "" || cfg.Revoked != nil || ah.auth.SeenFile != "") {
 		m.watching = make(chan struct{})
 		go func() {
@@ -403,6 +415,23 @@ func ListenMQTT(cfg MQTTConfig) (*MQTT, error) {
 		}()
 	}
 	return m, nil
+}
+
+// errClosed is a reply's error once the broker is closing.
+var errClosed = errors.New("embedded: mqtt broker closed")
+
+// reply publishes a device reply from the broker's own inline client, QoS
+// 1: mochi routes it to the topic's subscribers and stores it in each
+// offline persistent session (in bbolt, as for a client's publish) before
+// it returns, which is all a PUBACK to a publishing client would mean. The
+// topic is the caller's to check (mochi does not check an inline client's).
+func (m *MQTT) reply(topic string, payload []byte) error {
+	m.closing.RLock()
+	defer m.closing.RUnlock()
+	if m.closed {
+		return errClosed
+	}
+	return m.s.Publish(topic, payload, false, 1)
 }
 
 // CertAddr is the client-certificate listener's address; "" without one.
@@ -441,6 +470,9 @@ func (m *MQTT) Retained(topic string) bool {
 // Close stops the broker. Safe to call twice.
 func (m *MQTT) Close() {
 	m.once.Do(func() {
+		m.closing.Lock()
+		m.closed = true
+		m.closing.Unlock()
 		close(m.stop)
 		_ = m.s.Close()
 		if m.watching != nil {

@@ -25,6 +25,13 @@ type Taker interface {
 	Take(topic string, payload []byte, dup bool, wait time.Duration) bool
 }
 
+// Replies is a Taker that also publishes the bridge's replies through
+// the broker (mqttin.Intake): ListenMQTT gives it the broker's in-process
+// publish, so replies do not cross a connection to the broker either.
+type Replies interface {
+	SetReplier(publish func(topic string, payload []byte) error)
+}
+
 // errIntakeBusy is why the broker closes a device's connection whose
 // request the bridge did not take in time.
 var errIntakeBusy = errors.New("embedded: request not taken in time (intake held back); the device resends it after reconnecting")
@@ -67,4 +74,20 @@ func (h *intakeHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pack
 	}
 	cl.Stop(errIntakeBusy)
 	return pk, packets.ErrRejectPacket
+}
+
+// inlineIDHook refuses a client connecting with the inline client's id
+// (with Replies on): mochi would give it the inline client's place, a
+// session takeover, and the bridge's replies would stop.
+type inlineIDHook struct{ mqtt.HookBase }
+
+func (h *inlineIDHook) ID() string { return "edgebridge-inline-id" }
+
+func (h *inlineIDHook) Provides(b byte) bool { return b == mqtt.OnConnect }
+
+func (h *inlineIDHook) OnConnect(cl *mqtt.Client, _ packets.Packet) error {
+	if cl.ID == mqtt.InlineClientId {
+		return packets.ErrClientIdentifierNotValid
+	}
+	return nil
 }

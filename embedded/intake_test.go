@@ -194,3 +194,91 @@ func TestIntakeRefusesQoS2(t *testing.T) {
 		t.Fatalf("QoS 1 request not PUBACKed: %v", tok.Error())
 	}
 }
+
+// The intake publishes the bridge's replies inside the broker: a device
+// subscribed gets them QoS 1, an offline device on a persistent session
+// gets the one sent meanwhile when it is back, replies go on after the
+// intake stopped taking requests (a draining bridge), and once the broker
+// closed a reply is an error, never a silent drop.
+func TestIntakeReplies(t *testing.T) {
+	m, in := intakeBroker(t, 30*time.Second)
+	if !in.CanReply() {
+		t.Fatal("the broker did not give the intake its in-process publish")
+	}
+	url := "tcp://" + m.Addr()
+	got := make(chan string, 4)
+	handler := func(_ paho.Client, msg paho.Message) { got <- msg.Topic() + " " + string(msg.Payload()) }
+	dev := connectDeviceOpts(t, url, "d1", nil, handler, false)
+	if tok := dev.Subscribe("payment/response/d1", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	if err := in.Reply("payment/response/d1", []byte("r1")); err != nil {
+		t.Fatal(err)
+	}
+	if r := awaitMessage(t, got); r != "payment/response/d1 r1" {
+		t.Fatalf("device got %q", r)
+	}
+
+	dev.Disconnect(100)
+	if err := in.Reply("payment/response/d1", []byte("r2")); err != nil {
+		t.Fatal(err)
+	}
+	// r1's PUBACK may not have reached the broker before the disconnect:
+	// then it is held too, and sent again first.
+	if n := m.Inflight("d1"); n < 1 {
+		t.Fatalf("the offline device's session holds %d messages, want the reply", n)
+	}
+	connectDeviceOpts(t, url, "d1", nil, handler, false)
+	for r := awaitMessage(t, got); r != "payment/response/d1 r2"; r = awaitMessage(t, got) {
+		if r != "payment/response/d1 r1" {
+			t.Fatalf("device got %q after reconnecting", r)
+		}
+	}
+
+	in.Close() // the bridge stopped taking requests: its replies still go out
+	if err := in.Reply("payment/response/d1", []byte("r3")); err != nil {
+		t.Fatalf("a reply after the intake closed: %v", err)
+	}
+	if r := awaitMessage(t, got); r != "payment/response/d1 r3" {
+		t.Fatalf("device got %q", r)
+	}
+	m.Close()
+	if err := in.Reply("payment/response/d1", []byte("r4")); err == nil {
+		t.Fatal("a reply after the broker closed was taken")
+	}
+}
+
+// A client may not take the inline client's id: mochi would hand it the
+// inline client's place, and replies would stop.
+func TestIntakeRefusesInlineClientID(t *testing.T) {
+	m, in := intakeBroker(t, 30*time.Second)
+	url := "tcp://" + m.Addr()
+	o := paho.NewClientOptions().AddBroker(url).SetClientID("inline").SetAutoReconnect(false).SetConnectRetry(false)
+	c := paho.NewClient(o)
+	if tok := c.Connect(); tok.WaitTimeout(10*time.Second) && tok.Error() == nil {
+		c.Disconnect(0)
+		t.Fatal("a client connected as \"inline\"")
+	}
+	got := make(chan string, 1)
+	dev := connectDeviceOpts(t, url, "d2", nil, func(_ paho.Client, msg paho.Message) { got <- string(msg.Payload()) }, false)
+	if tok := dev.Subscribe("payment/response/d2", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
+	}
+	if err := in.Reply("payment/response/d2", []byte("r")); err != nil {
+		t.Fatal(err)
+	}
+	if r := awaitMessage(t, got); r != "r" {
+		t.Fatalf("device got %q", r)
+	}
+}
+
+func awaitMessage(t *testing.T, ch <-chan string) string {
+	t.Helper()
+	select {
+	case m := <-ch:
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message in 10s")
+		return ""
+	}
+}

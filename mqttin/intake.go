@@ -1,6 +1,7 @@
 package mqttin
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -23,13 +24,21 @@ const (
 // Take is called on the publishing connection's own goroutine and blocks
 // it; the pipeline reads Messages, claims each (Message.Claim) and calls
 // Message.Ack after the write. Safe for concurrent use.
+//
+// Replies go back the same way: the broker sets its in-process publish
+// (SetReplier) and the bridge publishes each reply through Reply instead
+// of over a connection to the broker.
 type Intake struct {
 	filters []string
 	msgs    chan Message
 	done    chan struct{}
 	once    sync.Once
 	refused atomic.Int64
+	replier atomic.Pointer[func(topic string, payload []byte) error]
 }
+
+// ErrNoReplier is Reply's error while no broker set its replier.
+var ErrNoReplier = errors.New("mqttin: no broker publishes the intake's replies")
 
 // NewIntake returns an Intake for the request topic filters, holding at
 // most queue messages that wait for the pipeline (default 4096 when
@@ -98,6 +107,33 @@ func (in *Intake) Messages() <-chan Message { return in.msgs }
 // Refused counts the publishes Take gave up on (the devices were not
 // PUBACKed and send them again).
 func (in *Intake) Refused() int64 { return in.refused.Load() }
+
+// SetReplier sets how the broker publishes a device reply inside its
+// process: QoS 1 to the topic's subscribers, kept in an offline device's
+// session, returning once that is done (what the broker's PUBACK to a
+// client means).
+func (in *Intake) SetReplier(publish func(topic string, payload []byte) error) {
+	in.replier.Store(&publish)
+}
+
+// CanReply reports whether a broker set its replier.
+func (in *Intake) CanReply() bool { return in.replier.Load() != nil }
+
+// Reply publishes a device reply through the broker's replier. A topic no
+// broker accepts is ErrInvalidTopic (the broker's in-process publish does
+// not check it). Close does not stop replies: a draining bridge still
+// answers what it settles, until the broker itself closes (its replier
+// then fails).
+func (in *Intake) Reply(topic string, payload []byte) error {
+	if err := ValidTopic(topic); err != nil {
+		return err
+	}
+	r := in.replier.Load()
+	if r == nil {
+		return ErrNoReplier
+	}
+	return (*r)(topic, payload)
+}
 
 // Close makes every waiting and later Take return false at once: the
 // pipeline takes no more. Safe to call more than once.

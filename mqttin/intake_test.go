@@ -1,6 +1,7 @@
 package mqttin_test
 
 import (
+	"errors"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -127,5 +128,41 @@ func TestIntakeTakes(t *testing.T) {
 		if got := in.Takes(tc.topic); got != tc.want {
 			t.Errorf("Takes(%q): got %v, want %v", tc.topic, got, tc.want)
 		}
+	}
+}
+
+// Reply goes through the replier the broker set, after the checks the
+// broker's in-process publish does not make, also once takes stopped.
+func TestIntakeReply(t *testing.T) {
+	in := mqttin.NewIntake([]string{"payment/request/+"}, 1)
+	if in.CanReply() {
+		t.Fatal("CanReply before a broker set its replier")
+	}
+	if err := in.Reply("payment/response/d1", []byte("r")); !errors.Is(err, mqttin.ErrNoReplier) {
+		t.Fatalf("Reply without a replier: %v, want mqttin.ErrNoReplier", err)
+	}
+	var got []string
+	in.SetReplier(func(topic string, payload []byte) error {
+		got = append(got, topic+" "+string(payload))
+		return nil
+	})
+	if !in.CanReply() {
+		t.Fatal("CanReply: false after SetReplier")
+	}
+	if err := in.Reply("payment/response/d1", []byte("r1")); err != nil {
+		t.Fatal(err)
+	}
+	for _, topic := range []string{"payment/response/+", "payment/#", "", "payment/response/d1\x00"} {
+		if err := in.Reply(topic, []byte("x")); !errors.Is(err, mqttin.ErrInvalidTopic) {
+			t.Errorf("Reply to %q: %v, want mqttin.ErrInvalidTopic", topic, err)
+		}
+	}
+	// Close stops takes, not replies: a draining bridge still answers.
+	in.Close()
+	if err := in.Reply("payment/response/d1", []byte("r2")); err != nil {
+		t.Fatalf("Reply after Close: %v", err)
+	}
+	if len(got) != 2 || got[0] != "payment/response/d1 r1" || got[1] != "payment/response/d1 r2" {
+		t.Fatalf("the replier got %q, want the two valid replies", got)
 	}
 }

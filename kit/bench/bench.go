@@ -362,7 +362,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			}
 			defer et.close()
 			tr := &runner{cfg: cfg, e: et, suffix: "traced " + ratio}
-			if _, err := tr.devices(ctx, "warm-traced", cfg.Devices, cfg.Outstanding, time.Second, 0, false); err != nil {
+			if _, err := tr.devices(ctx, fmt.Sprintf("warm-traced%d", len(traced)), cfg.Devices, cfg.Outstanding, time.Second, 0, false); err != nil {
 				return nil, err
 			}
 			traced = append(traced, tr)
@@ -485,12 +485,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			if rr == nil {
 				continue
 			}
-			prefix := "rate-"
+			// Each run has its own devices: paymentd would answer the
+			// second's requests from its store, as redeliveries.
+			devices, prefix := "rate", "rate-"
 			if rr == shipped {
-				prefix = "shipped-rate-"
+				devices, prefix = "rateshipped", "shipped-rate-"
 			}
 			done := rr.profile(prefix, cfg.Duration)
-			s, err := rr.devices(ctx, "rate", cfg.Devices, 64, cfg.Duration, cfg.Rate, false)
+			s, err := rr.devices(ctx, devices, cfg.Devices, 64, cfg.Duration, cfg.Rate, false)
 			if err != nil {
 				return nil, err
 			}

@@ -98,13 +98,9 @@ type shippedNode struct {
 // startShipped starts a shipped node pointed at paymentd at backend; it
 // returns when the process runs, not when it is ready.
 func startShipped(bin, dir, backend string, pprof bool) (*shippedNode, error) {
-	var addrs [3]string
-	for i := range addrs {
-		a, err := proc.FreeAddr()
-		if err != nil {
-			return nil, err
-		}
-		addrs[i] = a
+	addrs, err := proc.FreeAddrs(3)
+	if err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err

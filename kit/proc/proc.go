@@ -128,6 +128,22 @@ func FreeAddr() (string, error) {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), err
 }
 
+// FreeAddrs is n different loopback addresses nothing listens on now, for
+// one process's listeners: FreeAddr called n times can hand out the same
+// port twice (the kernel reuses a port closed a moment ago).
+func FreeAddrs(n int) ([]string, error) {
+	addrs := make([]string, n)
+	for i := range addrs {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer ln.Close() // held until all n are taken
+		addrs[i] = ln.Addr().String()
+	}
+	return addrs, nil
+}
+
 // Dial is nil when addr accepts a TCP connection.
 func Dial(addr string) error {
 	c, err := net.DialTimeout("tcp", addr, time.Second)

@@ -141,7 +141,8 @@ func TestBrokerMQTTSecure(t *testing.T) {
 		}
 	}
 
-	dir, plain, tlsAddr, certAddr := t.TempDir(), freeAddr(t), freeAddr(t), freeAddr(t)
+	a := freeAddrs(t, 3)
+	dir, plain, tlsAddr, certAddr := t.TempDir(), a[0], a[1], a[2]
 	startBroker(t, "mqtt", plain, dir, "-tls-listen", tlsAddr, "-cert-listen", certAddr, "-names", "127.0.0.1")
 	waitFor(t, 10*time.Second, "the TLS listeners", func() bool { return dialable(tlsAddr) && dialable(certAddr) })
 	out, err := exec.Command(bins.edgebridge, "device", "add", "term-0001", "-data", dir).CombinedOutput()

@@ -114,10 +114,15 @@ func startDaprd(t *testing.T, sockets, appPort string) *daprdProc {
 			t.Fatal(err)
 		}
 	}
-	port := func() string { _, p, _ := net.SplitHostPort(freeAddr(t)); return p }
+	// Three different ports: one at a time, two could be the same.
+	addrs, err := proc.FreeAddrs(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, internalPort, _ := net.SplitHostPort(addrs[0])
 	d := &daprdProc{t: t, bin: daprdPath(t), sockets: sockets, resources: resources, appPort: appPort,
-		internalPort: port()}
-	d.grpcAddr, d.httpAddr = "127.0.0.1:"+port(), "127.0.0.1:"+port()
+		internalPort: internalPort}
+	d.grpcAddr, d.httpAddr = addrs[1], addrs[2]
 	d.start()
 	return d
 }

@@ -97,6 +97,16 @@ func freeAddr(t testing.TB) string {
 	return addr
 }
 
+// freeAddrs is n different free addresses, for one process's listeners.
+func freeAddrs(t testing.TB, n int) []string {
+	t.Helper()
+	addrs, err := proc.FreeAddrs(n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addrs
+}
+
 func start(t testing.TB, name string, args ...string) *proc.Process {
 	t.Helper()
 	return startEnv(t, nil, name, args...)

@@ -59,7 +59,8 @@ func TestMosquittoSite(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bridgeAddr, tlsAddr, certAddr, firstAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	a := freeAddrs(t, 4)
+	bridgeAddr, tlsAddr, certAddr, firstAddr := a[0], a[1], a[2], a[3]
 	for _, d := range []string{"config", "data"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o700); err != nil {
 			t.Fatal(err)

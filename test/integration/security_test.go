@@ -76,7 +76,8 @@ func startSite(t *testing.T, passwords map[string]string) *site {
 	if err := os.WriteFile(filepath.Join(s.dir, "acl"), []byte(mosquittoconf.ShippedACL), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	pwAddr, certAddr := freeAddr(t), freeAddr(t)
+	a := freeAddrs(t, 2)
+	pwAddr, certAddr := a[0], a[1]
 	conf := filepath.Join(s.dir, "mosquitto.conf")
 	if err := os.WriteFile(conf, []byte(mosquittoconf.Production(port(pwAddr), port(certAddr), s.dir)), 0o644); err != nil {
 		t.Fatal(err)
@@ -380,7 +381,8 @@ func TestDeviceIdentityOnEmbedded(t *testing.T) {
 	ledger := filepath.Join(t.TempDir(), "ledger.jsonl")
 	pay := startPaymentd(t, freeAddr(t), ledger)
 	dataDir := t.TempDir()
-	plainAddr, tlsAddr := freeAddr(t), freeAddr(t)
+	a := freeAddrs(t, 2)
+	plainAddr, tlsAddr := a[0], a[1]
 	tlsURL := "ssl://" + tlsAddr
 	run := func(extra string) *bridgeProc {
 		cfg, admin := writeBridgeConfig(t, bridgeOpts{mqtt: "embedded", kafka: kafkaAddr, backend: pay.addr,

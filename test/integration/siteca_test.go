@@ -81,7 +81,8 @@ func TestSiteCA(t *testing.T) {
 // restart, while the other devices keep working.
 func TestDeviceProvisioning(t *testing.T) {
 	pay := startPaymentd(t, freeAddr(t), t.TempDir()+"/ledger.jsonl")
-	dataDir, tlsAddr, certAddr := t.TempDir(), freeAddr(t), freeAddr(t)
+	a := freeAddrs(t, 2)
+	dataDir, tlsAddr, certAddr := t.TempDir(), a[0], a[1]
 	cfgPath, admin := writeBridgeConfig(t, bridgeOpts{mqtt: "embedded", kafka: "embedded", backend: pay.addr,
 		kafkaExtra: "  data_dir: " + dataDir + "\n",
 		mqttExtra: fmt.Sprintf("  embedded_listen: %s\n  embedded_auth: {password_file: %s}\n  embedded_tls: {listen: %s, cert_listen: %s, names: [\"127.0.0.1\"]}\n",

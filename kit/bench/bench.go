@@ -307,7 +307,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	defer refl.close()
 	r := &runner{cfg: cfg, e: e}
-	var rt *runner // the TLS env's, with cfg.TLS
+	var extra []*env // the TLS and traced stacks: closed after the rounds
+	var rt *runner   // the TLS env's, with cfg.TLS
 	if cfg.TLS {
 		if cfg.MQTT != "mosquitto" || cfg.Kafka != "embedded" {
 			return nil, fmt.Errorf("bench: -tls needs -mqtt mosquitto and -kafka embedded")
@@ -320,6 +321,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, err
 		}
 		defer et.close()
+		extra = append(extra, et)
 		rt = &runner{cfg: cfg, e: et}
 		if _, err := rt.devices(ctx, "warm-tls", cfg.Devices, cfg.Outstanding, time.Second, 0, false); err != nil {
 			return nil, err
@@ -361,6 +363,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				return nil, err
 			}
 			defer et.close()
+			extra = append(extra, et)
 			tr := &runner{cfg: cfg, e: et, suffix: "traced " + ratio}
 			if _, err := tr.devices(ctx, fmt.Sprintf("warm-traced%d", len(traced)), cfg.Devices, cfg.Outstanding, time.Second, 0, false); err != nil {
 				return nil, err
@@ -438,6 +441,37 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			logf("  round %d %-10s %8.0f msg/s  p50 %6.2f ms  p99 %6.2f ms  lost %d", round, s.Name, s.Throughput, s.Latency.P50, s.Latency.P99, s.Lost)
 		}
 	}
+	// From here one stack runs at a time, as on a node: the others, idle
+	// in the background, would put their periodic work (trims, heartbeats,
+	// span exports) into these scenarios' latency tails.
+	for _, x := range extra {
+		x.close()
+	}
+	var rates []Scenario // at a site's rate: as shipped, then the separate layout
+	siteRate := func(rr *runner, devices, profile string) error {
+		done := rr.profile(profile, cfg.Duration)
+		s, err := rr.devices(ctx, devices, cfg.Devices, 64, cfg.Duration, cfg.Rate, false)
+		if err != nil {
+			return err
+		}
+		done()
+		s.Name += " at a site's rate"
+		rates = append(rates, s)
+		logf("  %s, %.0f msg/s offered: %.0f msg/s  p50 %.2f ms  p99 %.2f ms", s.Name, cfg.Rate, s.Throughput, s.Latency.P50, s.Latency.P99)
+		return nil
+	}
+	if shipped != nil {
+		// As shipped first (the separate layout idle meanwhile), then
+		// the node is stopped. Its devices are its own: paymentd would
+		// answer the same ids from its store, as redeliveries.
+		if cfg.Rate > 0 {
+			if err := siteRate(shipped, "rateshipped", "shipped-rate-"); err != nil {
+				return nil, err
+			}
+		}
+		shipped.e.close()
+	}
+
 	low, err := r.devices(ctx, "closed", cfg.ClosedLoop, 1, max(per, 3*time.Second), 0, false)
 	if err != nil {
 		return nil, err
@@ -479,30 +513,17 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	if cfg.Rate > 0 {
-		// In the separate layout (CPU per process), then as shipped (the
-		// headline latency).
-		for _, rr := range []*runner{r, shipped} {
-			if rr == nil {
-				continue
-			}
-			// Each run has its own devices: paymentd would answer the
-			// second's requests from its store, as redeliveries.
-			devices, prefix := "rate", "rate-"
-			if rr == shipped {
-				devices, prefix = "rateshipped", "shipped-rate-"
-			}
-			done := rr.profile(prefix, cfg.Duration)
-			s, err := rr.devices(ctx, devices, cfg.Devices, 64, cfg.Duration, cfg.Rate, false)
-			if err != nil {
-				return nil, err
-			}
-			done()
-			s.Name += " at a site's rate"
-			rep.Scenarios = append(rep.Scenarios, s)
-			rep.SiteRateLatency = s.Latency
-			logf("  %s, %.0f msg/s offered: %.0f msg/s  p50 %.2f ms  p99 %.2f ms", s.Name, cfg.Rate, s.Throughput, s.Latency.P50, s.Latency.P99)
+		if err := siteRate(r, "rate", "rate-"); err != nil {
+			return nil, err
+		}
+		// The headline: the node as shipped when it ran (the first).
+		rep.SiteRateLatency = rates[0].Latency
+		rep.Scenarios = append(rep.Scenarios, rates[len(rates)-1])
+		if len(rates) > 1 {
+			rep.Scenarios = append(rep.Scenarios, rates[0])
 		}
 	}
+	e.stopStack() // the footprint's nodes use paymentd alone
 
 	if cfg.Idle > 0 {
 		logf("the node as shipped: %d fresh starts, then %s idle", footprintStarts, cfg.Idle)

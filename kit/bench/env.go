@@ -47,6 +47,8 @@ type env struct {
 	payAddr string
 	hops    *hops     // paymentd's; shared with the shipped node's env
 	tls     *benchTLS // nil: plain TCP
+
+	stackOnce, payOnce sync.Once
 }
 
 // benchTLS is a throwaway CA and the brokers' certificate it signed.
@@ -317,25 +319,35 @@ func (e *env) profile(dir, prefix string, d time.Duration) error {
 	return get("/debug/pprof/allocs", "allocs.pprof")
 }
 
+// stopStack stops the brokers and the bridge, not paymentd; once.
+func (e *env) stopStack() {
+	e.stackOnce.Do(func() {
+		if e.bridge != nil {
+			_ = e.bridge.Stop(30 * time.Second)
+		}
+		if e.kafka != nil {
+			_ = e.kafka.Stop(10 * time.Second)
+		}
+		if e.mosq != nil {
+			_ = e.mosq.Stop(10 * time.Second)
+		}
+		if e.mqttIn != nil {
+			e.mqttIn.Close()
+		}
+	})
+}
+
+// close stops everything it started; safe to call more than once.
 func (e *env) close() {
-	if e.bridge != nil {
-		_ = e.bridge.Stop(30 * time.Second)
-	}
-	if e.pay != nil {
-		e.pay.Stop()
-	}
-	if e.ledger != nil {
-		e.ledger.Close()
-	}
-	if e.kafka != nil {
-		_ = e.kafka.Stop(10 * time.Second)
-	}
-	if e.mosq != nil {
-		_ = e.mosq.Stop(10 * time.Second)
-	}
-	if e.mqttIn != nil {
-		e.mqttIn.Close()
-	}
+	e.stopStack()
+	e.payOnce.Do(func() {
+		if e.pay != nil {
+			e.pay.Stop()
+		}
+		if e.ledger != nil {
+			e.ledger.Close()
+		}
+	})
 }
 
 // procStat is a process's CPU time and memory, from /proc.

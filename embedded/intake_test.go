@@ -11,6 +11,7 @@ import (
 	paho "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/edgebridge/edgebridge/embedded"
+	"github.com/edgebridge/edgebridge/internal/await"
 	"github.com/edgebridge/edgebridge/mqttin"
 )
 
@@ -207,15 +208,11 @@ func TestIntakeReplies(t *testing.T) {
 	}
 	url := "tcp://" + m.Addr()
 	got := make(chan string, 4)
-	handler := func(_ paho.Client, msg paho.Message) { got <- msg.Topic() + " " + string(msg.Payload()) }
-	dev := connectDeviceOpts(t, url, "d1", nil, handler, false)
-	if tok := dev.Subscribe("payment/response/d1", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe: %v", tok.Error())
-	}
+	dev := replyDevice(t, url, "d1", got)
 	if err := in.Reply("payment/response/d1", []byte("r1")); err != nil {
 		t.Fatal(err)
 	}
-	if r := awaitMessage(t, got); r != "payment/response/d1 r1" {
+	if r := awaitReply(t, got); r != "payment/response/d1 r1" {
 		t.Fatalf("device got %q", r)
 	}
 
@@ -228,8 +225,8 @@ func TestIntakeReplies(t *testing.T) {
 	if n := m.Inflight("d1"); n < 1 {
 		t.Fatalf("the offline device's session holds %d messages, want the reply", n)
 	}
-	connectDeviceOpts(t, url, "d1", nil, handler, false)
-	for r := awaitMessage(t, got); r != "payment/response/d1 r2"; r = awaitMessage(t, got) {
+	replyDevice(t, url, "d1", got)
+	for r := awaitReply(t, got); r != "payment/response/d1 r2"; r = awaitReply(t, got) {
 		if r != "payment/response/d1 r1" {
 			t.Fatalf("device got %q after reconnecting", r)
 		}
@@ -239,7 +236,7 @@ func TestIntakeReplies(t *testing.T) {
 	if err := in.Reply("payment/response/d1", []byte("r3")); err != nil {
 		t.Fatalf("a reply after the intake closed: %v", err)
 	}
-	if r := awaitMessage(t, got); r != "payment/response/d1 r3" {
+	if r := awaitReply(t, got); r != "payment/response/d1 r3" {
 		t.Fatalf("device got %q", r)
 	}
 	m.Close()
@@ -260,25 +257,27 @@ func TestIntakeRefusesInlineClientID(t *testing.T) {
 		t.Fatal("a client connected as \"inline\"")
 	}
 	got := make(chan string, 1)
-	dev := connectDeviceOpts(t, url, "d2", nil, func(_ paho.Client, msg paho.Message) { got <- string(msg.Payload()) }, false)
-	if tok := dev.Subscribe("payment/response/d2", 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-		t.Fatalf("subscribe: %v", tok.Error())
-	}
+	replyDevice(t, url, "d2", got)
 	if err := in.Reply("payment/response/d2", []byte("r")); err != nil {
 		t.Fatal(err)
 	}
-	if r := awaitMessage(t, got); r != "r" {
+	if r := awaitReply(t, got); r != "payment/response/d2 r" {
 		t.Fatalf("device got %q", r)
 	}
 }
 
-func awaitMessage(t *testing.T, ch <-chan string) string {
+// replyDevice connects device id on a persistent session, subscribed QoS
+// 1 to its reply topic; got receives each message as "topic payload".
+func replyDevice(t *testing.T, url, id string, got chan<- string) paho.Client {
 	t.Helper()
-	select {
-	case m := <-ch:
-		return m
-	case <-time.After(10 * time.Second):
-		t.Fatal("no message in 10s")
-		return ""
+	dev := connectDeviceOpts(t, url, id, nil, func(_ paho.Client, msg paho.Message) { got <- msg.Topic() + " " + string(msg.Payload()) }, false)
+	if tok := dev.Subscribe("payment/response/"+id, 1, nil); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Fatalf("subscribe: %v", tok.Error())
 	}
+	return dev
+}
+
+func awaitReply(t *testing.T, got <-chan string) string {
+	t.Helper()
+	return await.Receive(t, got, 10*time.Second, "reply")
 }

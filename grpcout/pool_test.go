@@ -18,6 +18,7 @@ import (
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
 	"github.com/edgebridge/edgebridge/backend"
 	"github.com/edgebridge/edgebridge/grpcout"
+	"github.com/edgebridge/edgebridge/internal/await"
 	"github.com/edgebridge/edgebridge/kit/grpctest"
 )
 
@@ -547,13 +548,7 @@ func TestDeliverByDeadline(t *testing.T) {
 	}
 	wait := func() answer {
 		t.Helper()
-		select {
-		case a := <-answers:
-			return a
-		case <-time.After(20 * time.Second):
-			t.Fatal("no answer within 20s")
-			return answer{}
-		}
+		return await.Receive(t, answers, 20*time.Second, "answer")
 	}
 
 	// Sent on the first stream, which dies before its ACK: resent after

@@ -14,6 +14,7 @@ import (
 
 	"github.com/edgebridge/edgebridge/ackwindow"
 	"github.com/edgebridge/edgebridge/embedded"
+	"github.com/edgebridge/edgebridge/internal/await"
 	"github.com/edgebridge/edgebridge/kafkapipe"
 )
 
@@ -65,13 +66,7 @@ func consume(t *testing.T, addr string, win *ackwindow.Window, ack func(int64) b
 
 func next(t *testing.T, ch <-chan kafkapipe.Message) kafkapipe.Message {
 	t.Helper()
-	select {
-	case m := <-ch:
-		return m
-	case <-time.After(20 * time.Second):
-		t.Fatal("no message within 20s")
-		return kafkapipe.Message{}
-	}
+	return await.Receive(t, ch, 20*time.Second, "message")
 }
 
 // Records 0..9 are fetched; all but offset 3 are ACKed. Only the contiguous

@@ -70,3 +70,17 @@ func True(t TB, limit time.Duration, what string, cond func() bool) {
 		t.Fatalf("%v", err)
 	}
 }
+
+// Receive returns the next value from ch, and fails the test when limit
+// passes first.
+func Receive[T any](t TB, ch <-chan T, limit time.Duration, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(limit):
+		t.Fatalf("no %s within %s", what, limit)
+		var zero T
+		return zero
+	}
+}

@@ -61,3 +61,15 @@ func TestFinalEndsTheWaitAtOnce(t *testing.T) {
 		t.Fatalf("got %v after %d calls", err, calls)
 	}
 }
+
+func TestReceive(t *testing.T) {
+	ch := make(chan string, 1)
+	ch <- "v"
+	var f fakeT
+	if got := Receive(&f, ch, time.Minute, "value"); got != "v" || f.failed != "" {
+		t.Fatalf("got %q, failed %q", got, f.failed)
+	}
+	if got := Receive(&f, ch, 50*time.Millisecond, "second value"); got != "" || f.failed != "no second value within 50ms" {
+		t.Fatalf("got %q, Fatalf got %q", got, f.failed)
+	}
+}

@@ -2,6 +2,7 @@ package proc
 
 import (
 	"context"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -83,5 +84,25 @@ func TestAwaitReadyFailsWhenTheBridgeExits(t *testing.T) {
 	err = b.AwaitReady(context.Background(), time.Minute)
 	if err == nil || !strings.Contains(err.Error(), "cannot start") {
 		t.Fatalf("AwaitReady: %v", err)
+	}
+}
+
+// FreeAddrs hands one process's listeners different ports, each free.
+func TestFreeAddrsDiffer(t *testing.T) {
+	addrs, err := FreeAddrs(50)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for _, a := range addrs {
+		if seen[a] {
+			t.Fatalf("%s handed out twice in %v", a, addrs)
+		}
+		seen[a] = true
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			t.Fatalf("%s is not free: %v", a, err)
+		}
+		ln.Close()
 	}
 }

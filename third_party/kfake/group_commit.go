@@ -18,8 +18,7 @@ import (
 // request is waiting in reqCh (or maxHeld are held, or an admin function
 // is next), the loop fsyncs every unsynced file at once, in parallel, and
 // only then sends the held responses. A produce is still acknowledged
-// only once its records are on disk; a fetch held with them never hands
-// out a record that is not. A failed fsync turns every held produce
+// only once its records are on disk. A failed fsync turns every held produce
 // response's partitions into KAFKA_STORAGE_ERROR (retriable: the producer
 // sends the records again, and they may then be in the log twice).
 type groupCommit struct {

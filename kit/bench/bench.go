@@ -86,8 +86,9 @@ type Config struct {
 	BridgeConfig string
 	// ProfileDir, if set, receives the bridge's CPU profile of the first
 	// full-load pipeline round (cpu.pprof) and its allocations
-	// (allocs.pprof), and the same of the site-rate scenarios (rate-*.pprof,
-	// and shipped-rate-*.pprof: the node as shipped, brokers in-process).
+	// (allocs.pprof), the same of the node as shipped (shipped-*.pprof:
+	// brokers in-process) and of the site-rate scenarios (rate-*.pprof,
+	// shipped-rate-*.pprof).
 	ProfileDir string
 	// Dir holds the brokers' data. Default: a temp dir, removed afterwards.
 	Dir string
@@ -423,6 +424,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		if shipped != nil {
 			steps = append(steps, func() (Scenario, error) {
+				if round == 1 {
+					defer shipped.profile("shipped-", per)()
+				}
 				return shipped.devices(ctx, fmt.Sprintf("pipeshipped%d", round), cfg.Devices, cfg.Outstanding, per, 0, false)
 			})
 		}

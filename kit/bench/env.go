@@ -276,6 +276,10 @@ func (e *env) goroutines() (int, error) {
 // allocation profile (since start), as <prefix>cpu.pprof and
 // <prefix>allocs.pprof in dir, and this process's CPU profile over the
 // same time (the simulated devices and paymentd) as <prefix>bench-cpu.pprof.
+// In the middle of d it also takes the bridge's execution trace of
+// traceFor at most (<prefix>trace.out, for go tool trace: where a request
+// waited, for a core, a lock, a system call), which costs it a few %
+// meanwhile.
 func (e *env) profile(dir, prefix string, d time.Duration) error {
 	client := &http.Client{Timeout: d + 30*time.Second} // the CPU profile takes d
 	get := func(path, file string) error {
@@ -308,8 +312,17 @@ func (e *env) profile(dir, prefix string, d time.Duration) error {
 	if err := pprof.StartCPUProfile(own); err != nil {
 		return fmt.Errorf("bench: profile: %w", err)
 	}
+	traced := make(chan error, 1)
+	go func() {
+		span := min(traceFor, d)
+		mid := time.NewTimer((d - span) / 2)
+		defer mid.Stop()
+		<-mid.C
+		traced <- get(fmt.Sprintf("/debug/pprof/trace?seconds=%g", span.Seconds()), "trace.out")
+	}()
 	err = get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(int(d.Seconds()), 1)), "cpu.pprof")
 	pprof.StopCPUProfile()
+	err = errors.Join(err, <-traced)
 	if err != nil {
 		return err
 	}
@@ -318,6 +331,9 @@ func (e *env) profile(dir, prefix string, d time.Duration) error {
 	}
 	return get("/debug/pprof/allocs", "allocs.pprof")
 }
+
+// traceFor is how long profile traces the bridge.
+const traceFor = 2 * time.Second
 
 // stopStack stops the brokers and the bridge, not paymentd; once.
 func (e *env) stopStack() {

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"encoding/json"
 	"encoding/xml"
 	"os"
@@ -125,11 +126,18 @@ func TestBenchCommand(t *testing.T) {
 		t.Errorf("load curve %+v", rep.Curve)
 	}
 
-	// -profile: the bridge's CPU and allocation profiles and the bench's own CPU profile, gzipped pprof.
-	for _, f := range []string{"cpu.pprof", "allocs.pprof", "bench-cpu.pprof"} {
-		b, err := os.ReadFile(filepath.Join(dir, "prof", f))
-		if err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
-			t.Errorf("profile %s: %d bytes, %v", f, len(b), err)
+	// -profile: the bridge's CPU and allocation profiles and the bench's own
+	// CPU profile, gzipped pprof, and the bridge's execution trace; of the
+	// first pipeline round, the node as shipped and the site-rate runs.
+	for _, prefix := range []string{"", "shipped-", "rate-", "shipped-rate-"} {
+		for _, f := range []string{"cpu.pprof", "allocs.pprof", "bench-cpu.pprof"} {
+			b, err := os.ReadFile(filepath.Join(dir, "prof", prefix+f))
+			if err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+				t.Errorf("profile %s: %d bytes, %v", prefix+f, len(b), err)
+			}
+		}
+		if b, err := os.ReadFile(filepath.Join(dir, "prof", prefix+"trace.out")); err != nil || !bytes.HasPrefix(b, []byte("go 1.")) {
+			t.Errorf("trace %s: %.20q, %v", prefix+"trace.out", b, err)
 		}
 	}
 

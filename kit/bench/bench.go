@@ -151,6 +151,9 @@ type Scenario struct {
 	// ToBackend is the middle of the pipeline's path: from the bridge's
 	// MQTT receipt to paymentd's handler (MQTT -> Kafka -> gRPC).
 	ToBackend *Latency `json:"mqtt_to_backend_ms,omitempty"`
+	// Stages: the site-rate scenarios' latency by leg, from the bridge's
+	// histograms.
+	Stages []Stage `json:"stages,omitempty"`
 	// Lost are requests the broker acknowledged that never got a reply.
 	Lost       int `json:"lost"`
 	Duplicates int `json:"duplicate_replies"`
@@ -453,12 +456,21 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	}
 	var rates []Scenario // at a site's rate: as shipped, then the separate layout
 	siteRate := func(rr *runner, devices, profile string) error {
+		before, err := rr.e.bridge.Metrics()
+		if err != nil {
+			return err
+		}
 		done := rr.profile(profile, cfg.Duration)
 		s, err := rr.devices(ctx, devices, cfg.Devices, 64, cfg.Duration, cfg.Rate, false)
 		if err != nil {
 			return err
 		}
 		done()
+		after, err := rr.e.bridge.Metrics()
+		if err != nil {
+			return err
+		}
+		s.Stages = stages(before, after)
 		s.Name += " at a site's rate"
 		rates = append(rates, s)
 		logf("  %s, %.0f msg/s offered: %.0f msg/s  p50 %.2f ms  p99 %.2f ms", s.Name, cfg.Rate, s.Throughput, s.Latency.P50, s.Latency.P99)

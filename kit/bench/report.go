@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 )
@@ -66,6 +67,10 @@ func (r *Report) WriteTable(w io.Writer) error {
 		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.2f\t\n", name, l.P50, l.P90, l.P99, l.Max)
 	}
 	if err := tw.Flush(); err != nil {
+		return err
+	}
+
+	if err := writeStages(w, rows); err != nil {
 		return err
 	}
 
@@ -194,4 +199,31 @@ func niceCeil(v float64) float64 {
 		}
 	}
 	return 10 * p
+}
+
+// writeStages prints the site-rate scenarios' legs, from the bridge's
+// histograms.
+func writeStages(w io.Writer, rows []Scenario) error {
+	found := false
+	for _, sc := range rows {
+		found = found || len(sc.Stages) > 0
+	}
+	if !found {
+		return nil
+	}
+	fmt.Fprintln(w, "\nwhere the latency went at a site's rate (the bridge's histograms: the buckets holding p50 and p99, ms):")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "scenario\tleg\tcount\tp50 <=\tp99 <=\t")
+	bound := func(ms float64) string {
+		if ms < 0 {
+			return "beyond"
+		}
+		return strconv.FormatFloat(ms, 'f', -1, 64)
+	}
+	for _, sc := range rows {
+		for _, st := range sc.Stages {
+			fmt.Fprintf(tw, "%s\t%s\t%.0f\t%s\t%s\t\n", sc.Name, st.Name, st.Count, bound(st.P50UpTo), bound(st.P99UpTo))
+		}
+	}
+	return tw.Flush()
 }

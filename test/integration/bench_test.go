@@ -63,6 +63,11 @@ func TestBenchCommand(t *testing.T) {
 			Name     string `json:"name"`
 			Messages int    `json:"messages"`
 			Lost     int    `json:"lost"`
+			Stages   []struct {
+				Name    string  `json:"name"`
+				Count   float64 `json:"count"`
+				P99UpTo float64 `json:"p99_up_to_ms"`
+			} `json:"stages"`
 		} `json:"scenarios"`
 		Curve []struct {
 			Offered  float64 `json:"offered_msgs_per_sec"`
@@ -117,10 +122,27 @@ func TestBenchCommand(t *testing.T) {
 	if rep.Spans == 0 {
 		t.Error("-tracing local received no spans")
 	}
+	siteRates := 0
 	for _, s := range rep.Scenarios {
 		if s.Messages == 0 || s.Lost != 0 {
 			t.Errorf("scenario %s: %d messages, %d lost", s.Name, s.Messages, s.Lost)
 		}
+		if !strings.Contains(s.Name, "at a site's rate") {
+			continue
+		}
+		// Its legs, from the bridge's histograms: produce, delivery, end to end.
+		siteRates++
+		if len(s.Stages) != 3 {
+			t.Errorf("scenario %s: stages %+v, want produce, delivery and end to end", s.Name, s.Stages)
+		}
+		for _, st := range s.Stages {
+			if st.Count <= 0 || st.P99UpTo == 0 {
+				t.Errorf("scenario %s: stage %+v", s.Name, st)
+			}
+		}
+	}
+	if siteRates != 2 {
+		t.Errorf("%d site-rate scenarios, want 2 (as shipped and the separate layout)", siteRates)
 	}
 	if len(rep.Curve) != 2 || rep.Curve[0].Offered <= 0 || rep.Curve[1].Offered <= rep.Curve[0].Offered || rep.Curve[0].Messages == 0 {
 		t.Errorf("load curve %+v", rep.Curve)

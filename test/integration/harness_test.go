@@ -177,6 +177,18 @@ func startMosquittoConf(t *testing.T, extra string) *mosq {
 
 func (m *mosq) url() string { return "tcp://" + m.addr }
 
+// saved waits until Mosquitto has written its persistence file after
+// since (it autosaves every second): the file then holds the sessions and
+// subscriptions made before since.
+func (m *mosq) saved(since time.Time) {
+	m.t.Helper()
+	path := filepath.Join(filepath.Dir(m.conf), "mosquitto.db")
+	waitFor(m.t, 30*time.Second, "Mosquitto's autosave", func() bool {
+		fi, err := os.Stat(path)
+		return err == nil && fi.ModTime().After(since)
+	})
+}
+
 // dropped reads Mosquitto's count of messages it dropped (queue limits),
 // from $SYS once it has been published after call time.
 func (m *mosq) dropped() (int, error) {

@@ -402,13 +402,15 @@ func scenarios() []scenario {
 		}},
 		{name: "mosquitto-sigkill", allowLoss: true, fault: func(c *chaosRig, p *progress) (time.Duration, string) {
 			p.atFraction(c.t, 0.3)
-			// Killed before its first autosave, Mosquitto would also lose
-			// the bridge's session: the devices' requests resent before the
-			// bridge subscribes again would have no subscriber, and every
-			// device would wait for ever for their replies. A short run can
-			// reach 30 % within that first second (CI, once); a site's
-			// Mosquitto has saved the bridge's session long before
-			// (deploy/k3s/site-mosquitto/first-start.sh).
+			// Mosquitto loses what changed since its last save (every
+			// second). Killed at a random point, every message in flight
+			// (40 here, a tenth of a second of traffic) can be newer than
+			// the save, and in the first second the bridge's session too:
+			// then no device has a request or reply left that moves, and
+			// the simulated devices (no request timeout) wait for ever (CI,
+			// once, killed 0.4 s after the bridge subscribed). Killed just
+			// after a save, it loses what came in since (milliseconds of
+			// traffic), which is what this scenario measures.
 			c.mq.saved(time.Now())
 			c.mq.p.Kill()
 			c.mq.start()

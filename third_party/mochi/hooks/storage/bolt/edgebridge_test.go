@@ -162,30 +162,39 @@ func TestEdgebridgeStopCommitsQueuedWrites(t *testing.T) {
 }
 
 // BenchmarkEdgebridgeInflight stores and deletes a QoS 1 message, as a
-// message sent and its PUBACK do, from 1 or 16 writers (ns/op: per message).
+// message sent and its PUBACK do, from 1 or 16 writers (ns/op: per message),
+// with bolt's options as upstream's users set them (NoSync) and as
+// edgebridge does (NoSync, NoFreelistSync: no free-page list written per
+// commit).
 func BenchmarkEdgebridgeInflight(b *testing.B) {
-	for _, writers := range []int{1, 16} {
-		b.Run(fmt.Sprint(writers, "-writers"), func(b *testing.B) {
-			h := new(Hook)
-			h.SetOpts(logger, nil)
-			require.NoError(b, h.Init(&Options{Path: filepath.Join(b.TempDir(), "b.bolt"), Options: &bbolt.Options{NoSync: true}}))
-			defer h.Stop()
-			payload := make([]byte, 200)
-			b.ResetTimer()
-			var wg sync.WaitGroup
-			for w := 0; w < writers; w++ {
-				wg.Add(1)
-				go func(w int) {
-					defer wg.Done()
-					for i := w; i < b.N; i += writers {
-						k := fmt.Sprintf("%s_dev%d:%d", storage.InflightKey, w, i%65535)
-						_ = h.setKv(k, &storage.Message{ID: k, T: storage.InflightKey, Payload: payload})
-						_ = h.delKv(k)
-					}
-				}(w)
-			}
-			wg.Wait()
-		})
+	for _, o := range []struct {
+		name string
+		opts bbolt.Options
+	}{{"NoSync", bbolt.Options{NoSync: true}}, {"NoFreelistSync", bbolt.Options{NoSync: true, NoFreelistSync: true}}} {
+		for _, writers := range []int{1, 16} {
+			b.Run(fmt.Sprint(o.name, "/", writers, "-writers"), func(b *testing.B) {
+				opts := o.opts
+				h := new(Hook)
+				h.SetOpts(logger, nil)
+				require.NoError(b, h.Init(&Options{Path: filepath.Join(b.TempDir(), "b.bolt"), Options: &opts}))
+				defer h.Stop()
+				payload := make([]byte, 200)
+				b.ResetTimer()
+				var wg sync.WaitGroup
+				for w := 0; w < writers; w++ {
+					wg.Add(1)
+					go func(w int) {
+						defer wg.Done()
+						for i := w; i < b.N; i += writers {
+							k := fmt.Sprintf("%s_dev%d:%d", storage.InflightKey, w, i%65535)
+							_ = h.setKv(k, &storage.Message{ID: k, T: storage.InflightKey, Payload: payload})
+							_ = h.delKv(k)
+						}
+					}(w)
+				}
+				wg.Wait()
+			})
+		}
 	}
 }
 

@@ -57,6 +57,12 @@ func (b *Bridge) deadline(m kafkapipe.Message, env *v1.Envelope) time.Time {
 // receiving goroutine; Settle never blocks.
 func (b *Bridge) deliver(r *settle.Record, deadline time.Time) {
 	r.Attempt++
+	if r.Attempt > 1 {
+		// The stream that sent the last attempt may still read that
+		// envelope (its stats handler runs after the ACK can arrive: a data
+		// race the race detector caught): this attempt gets its own.
+		r.Envelope = proto.CloneOf(r.Envelope)
+	}
 	r.Envelope.Attempt = uint32(r.Attempt)
 	span := b.traces.delivering(r)
 	b.pool.DeliverBy(r.Partition, r.Envelope, deadline, func(ack *v1.Ack) error {

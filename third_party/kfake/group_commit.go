@@ -21,6 +21,13 @@ import (
 // only once its records are on disk. A failed fsync turns every held produce
 // response's partitions into KAFKA_STORAGE_ERROR (retriable: the producer
 // sends the records again, and they may then be in the log twice).
+//
+// Only the segments are fsynced here: an index entry holds nothing its
+// batch does not (batchIndexFields), so a start after a crash writes the
+// entries the crash lost again from the segment (loadSegmentBatches). The
+// index is fsynced when its segment is sealed or the broker closes. This
+// halves the fsyncs on the produce path: one is ~0.2 ms of CPU on this
+// project's VM.
 type groupCommit struct {
 	unsynced []*partData
 	held     []heldResp
@@ -35,7 +42,7 @@ type heldResp struct {
 // of requests.
 const maxHeld = 64
 
-// markUnsynced records that pd's active files have writes to fsync.
+// markUnsynced records that pd's active segment has writes to fsync.
 func (c *Cluster) markUnsynced(pd *partData) {
 	if pd.unsynced {
 		return
@@ -62,7 +69,7 @@ func (c *Cluster) flushDue() bool {
 	return len(c.reqCh) == 0 || len(c.gc.held) >= maxHeld
 }
 
-// flush fsyncs every unsynced file in parallel, then sends the held
+// flush fsyncs every unsynced segment in parallel, then sends the held
 // responses. It returns false if the cluster died meanwhile.
 func (c *Cluster) flush() bool {
 	var (
@@ -85,7 +92,6 @@ func (c *Cluster) flush() bool {
 	}
 	for _, pd := range c.gc.unsynced {
 		syncFile(pd.activeSegFile)
-		syncFile(pd.activeIdxFile)
 		pd.unsynced = false
 	}
 	wg.Wait()

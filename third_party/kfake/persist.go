@@ -1477,7 +1477,7 @@ func (c *Cluster) loadSegmentBatches(pd *partData, fsys fs, pdir string, base in
 	}
 
 	var result []*partBatch
-	pos, batchIdx := parseSegment(raw, idxRaw, func(pos int, batch *partBatch) {
+	pos, batchIdx, derived := parseSegment(raw, idxRaw, func(pos int, batch *partBatch) {
 		result = append(result, batch)
 		if seg != nil {
 			meta := batch.meta(int64(pos))
@@ -1501,14 +1501,14 @@ func (c *Cluster) loadSegmentBatches(pd *partData, fsys fs, pdir string, base in
 		}
 	}
 
-	// Truncate orphaned index entries that may remain from a prior
-	// crash where the index write succeeded but the segment did not.
-	expectedIdxBytes := int64(batchIdx * indexEntrySize)
-	if int64(len(idxRaw)) > expectedIdxBytes {
-		idxPath := filepath.Join(pdir, indexFileName(base))
-		if f, err := fsys.OpenFile(idxPath, os.O_WRONLY, 0o644); err == nil {
-			f.Truncate(expectedIdxBytes)
-			f.Close()
+	// edgebridge: the index must describe exactly the batches the segment
+	// holds. Entries past the segment's end (a crash after the index
+	// write but before the segment's) are cut, as upstream did; entries a
+	// crash lost or tore (the group commit fsyncs only the segment) are
+	// written again from their batches.
+	if derived > 0 || int64(len(idxRaw)) != int64(batchIdx*indexEntrySize) {
+		if err := c.rewriteIndex(fsys, pdir, base, result); err != nil {
+			c.cfg.logger.Logf(LogLevelWarn, "partition %s-%d segment %d: rewrite index: %v", pd.t, pd.p, base, err)
 		}
 	}
 
@@ -1518,35 +1518,45 @@ func (c *Cluster) loadSegmentBatches(pd *partData, fsys fs, pdir string, base in
 // parseSegment calls fn for each whole, intact RecordBatch in a segment
 // file's bytes, at its byte position, with its epoch and inTx from the
 // parallel index file's bytes (if there). It returns the position after
-// the last batch it passed and how many it passed. (edgebridge: split
-// out of loadSegmentBatches, for reading an evicted index back.)
-func parseSegment(raw, idxRaw []byte, fn func(pos int, b *partBatch)) (pos, n int) {
+// the last batch it passed, how many it passed, and how many of their
+// index entries were missing or corrupt. (edgebridge: split out of
+// loadSegmentBatches, for reading an evicted index back. A missing entry
+// is derived from its batch, see batchIndexFields: the group commit does
+// not fsync the index, so a crash can lose its tail.)
+func parseSegment(raw, idxRaw []byte, fn func(pos int, b *partBatch)) (pos, n, derived int) {
 	for {
 		// Need at least FirstOffset(8) + Length(4) = 12 bytes.
 		if pos+12 > len(raw) {
-			return pos, n
+			return pos, n, derived
 		}
 		batchLength := int(binary.BigEndian.Uint32(raw[pos+8 : pos+12]))
 		if batchLength < 0 || batchLength > 1<<30 {
-			return pos, n
+			return pos, n, derived
 		}
 		batchSize := 12 + batchLength
 		if pos+batchSize > len(raw) {
-			return pos, n
+			return pos, n, derived
 		}
 		rb, err := decodeBatchRaw(raw[pos : pos+batchSize])
 		if err != nil {
-			return pos, n // corruption - truncate
+			return pos, n, derived // corruption - truncate
 		}
 
 		// Read metadata from index file (if available). The stored
 		// maxEarlierTimestamp is not used: rebuildMaxTimestampMeta
 		// recomputes it once every segment is loaded.
-		var epoch int32
-		var inTx bool
+		epoch, inTx := batchIndexFields(rb)
 		idxOff := n * indexEntrySize
+		var ok bool
 		if idxOff+indexEntrySize <= len(idxRaw) {
-			epoch, _, inTx, _ = decodeIndexEntry(idxRaw[idxOff : idxOff+indexEntrySize])
+			var e int32
+			var tx bool
+			if e, _, tx, ok = decodeIndexEntry(idxRaw[idxOff : idxOff+indexEntrySize]); ok {
+				epoch, inTx = e, tx
+			}
+		}
+		if !ok {
+			derived++
 		}
 		fn(pos, &partBatch{
 			RecordBatch: *rb,
@@ -1557,6 +1567,47 @@ func parseSegment(raw, idxRaw []byte, fn func(pos int, b *partBatch)) (pos, n in
 		pos += batchSize
 		n++
 	}
+}
+
+// batchIndexFields derives a batch's index entry from the batch itself.
+// (edgebridge: the entry holds nothing the batch does not. pushBatch
+// stamps the partition's epoch into PartitionLeaderEpoch, and inTx is
+// true exactly for a transactional data batch: clients cannot produce
+// control batches, and the broker writes its commit and abort markers
+// with inTx false. edgebridge_index_test.go checks both against the
+// entries written.)
+func batchIndexFields(rb *kmsg.RecordBatch) (epoch int32, inTx bool) {
+	attrs := uint16(rb.Attributes)
+	return rb.PartitionLeaderEpoch, attrs&0x0010 != 0 && attrs&0x0020 == 0
+}
+
+// rewriteIndex writes the index file of the segment at base again from
+// its batches, as parseSegment read them, and fsyncs it. (edgebridge: the
+// index must hold one entry per batch, in order, or every later append's
+// entry would sit beside the wrong batch.) The stored maxEarlierTimestamp
+// is the running max within the segment: load does not use it.
+func (c *Cluster) rewriteIndex(fsys fs, pdir string, base int64, batches []*partBatch) error {
+	buf := make([]byte, 0, len(batches)*indexEntrySize)
+	var maxTS int64
+	for i, b := range batches {
+		if i == 0 || b.MaxTimestamp > maxTS {
+			maxTS = b.MaxTimestamp
+		}
+		e := encodeIndexEntry(b.epoch, maxTS, b.inTx)
+		buf = append(buf, e[:]...)
+	}
+	f, err := fsys.OpenFile(filepath.Join(pdir, indexFileName(base)), os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(buf)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 func (c *Cluster) loadPIDsLog(fsys fs, dir string) error {

@@ -1,10 +1,10 @@
 package kfake
 
 // edgebridge: the group commit fsyncs a partition's segment but not its
-// index (group_commit.go), so a crash can lose the index's tail. These tests
-// show that an index entry holds nothing its batch does not, and that a
-// start after such a crash writes the lost entries again, so later appends
-// stay beside their batches.
+// index (group_commit.go), so a crash can lose the index's tail. These
+// tests show that an index entry holds nothing its batch does not, and
+// that a start after such a crash writes the lost entries again, so later
+// appends stay beside their batches.
 
 import (
 	"context"
@@ -85,12 +85,12 @@ func TestEdgebridgeIndexDerivedFromBatches(t *testing.T) {
 	}
 }
 
-// A crash that loses the index's tail (here: all but three entries and a
-// torn fourth) loses no record, and the start after it writes the entries
-// again: the records produced after it get entries beside their own batches,
-// and the next start finds every entry intact.
+// A crash that loses the index's tail, or tears it, loses no record, and
+// the start after it writes the index again: the records produced after it
+// get entries beside their own batches, and the next start finds every
+// entry intact.
 func TestEdgebridgeIndexLostInCrash(t *testing.T) {
-	const before, after = 10, 5
+	const batches = 10
 	running := t.TempDir()
 	c := newCluster(t, DataDir(running), SyncWrites(), NumBrokers(1), SeedTopics(1, "ix"))
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -105,20 +105,6 @@ func TestEdgebridgeIndexLostInCrash(t *testing.T) {
 		}
 		cl.Close()
 	}
-	produceN(c, before)
-
-	// The crash: what the disk held at this point (every segment write was
-	// fsynced before its produce was answered), less the index's tail.
-	crashed := t.TempDir()
-	if err := os.CopyFS(crashed, os.DirFS(running)); err != nil {
-		t.Fatal(err)
-	}
-	_, idxPath := segmentPaths(t, crashed, "ix")
-	if err := os.Truncate(idxPath, 3*indexEntrySize+7); err != nil {
-		t.Fatal(err)
-	}
-
-	c2 := newCluster(t, DataDir(crashed), SyncWrites(), NumBrokers(1))
 	consume := func(c *Cluster, n int) {
 		t.Helper()
 		cl := newPlainClient(t, c, kgo.ConsumeTopics("ix"), kgo.FetchMaxWait(100*time.Millisecond))
@@ -127,17 +113,46 @@ func TestEdgebridgeIndexLostInCrash(t *testing.T) {
 		}
 		cl.Close()
 	}
-	consume(c2, before)
-	produceN(c2, after)
-	c2.Close()
-
-	raw, idxRaw := readSegment(t, crashed, "ix")
-	_, n, missing := parseSegment(raw, idxRaw, func(int, *partBatch) {})
-	if n != before+after || missing != 0 || len(idxRaw) != n*indexEntrySize {
-		t.Fatalf("after the crash and %d more batches: %d batches, %d index entries missing, index %d bytes (want %d)",
-			after, n, missing, len(idxRaw), n*indexEntrySize)
+	// wholeIndex checks that dir's index has an intact entry for each of
+	// the n batches of its segment.
+	wholeIndex := func(dir string, n int) {
+		t.Helper()
+		raw, idxRaw := readSegment(t, dir, "ix")
+		_, got, missing := parseSegment(raw, idxRaw, func(int, *partBatch) {})
+		if got != n || missing != 0 || len(idxRaw) != n*indexEntrySize {
+			t.Fatalf("%d batches (want %d), %d index entries missing, index %d bytes (want %d)",
+				got, n, missing, len(idxRaw), n*indexEntrySize)
+		}
 	}
-	consume(newCluster(t, DataDir(crashed), NumBrokers(1)), before+after)
+	produceN(c, batches)
+
+	// The crash: what the disk held at this point (every segment write was
+	// fsynced before its produce was answered), less the index's last
+	// seven entries, never fsynced.
+	crashed := t.TempDir()
+	if err := os.CopyFS(crashed, os.DirFS(running)); err != nil {
+		t.Fatal(err)
+	}
+	_, idxPath := segmentPaths(t, crashed, "ix")
+	if err := os.Truncate(idxPath, 3*indexEntrySize); err != nil {
+		t.Fatal(err)
+	}
+	c2 := newCluster(t, DataDir(crashed), SyncWrites(), NumBrokers(1))
+	consume(c2, batches)
+	produceN(c2, batches)
+	c2.Close()
+	wholeIndex(crashed, 2*batches)
+
+	// A torn index: three entries and part of a fourth.
+	if err := os.Truncate(idxPath, 3*indexEntrySize+7); err != nil {
+		t.Fatal(err)
+	}
+	c3 := newCluster(t, DataDir(crashed), SyncWrites(), NumBrokers(1))
+	consume(c3, 2*batches)
+	produceN(c3, batches)
+	c3.Close()
+	wholeIndex(crashed, 3*batches)
+	consume(newCluster(t, DataDir(crashed), NumBrokers(1)), 3*batches)
 }
 
 // segmentPaths returns the paths of the one segment of topic's partition 0

@@ -1570,12 +1570,14 @@ func parseSegment(raw, idxRaw []byte, fn func(pos int, b *partBatch)) (pos, n, d
 }
 
 // batchIndexFields derives a batch's index entry from the batch itself.
-// (edgebridge: the entry holds nothing the batch does not. pushBatch
-// stamps the partition's epoch into PartitionLeaderEpoch, and inTx is
-// true exactly for a transactional data batch: clients cannot produce
-// control batches, and the broker writes its commit and abort markers
-// with inTx false. edgebridge_index_test.go checks both against the
-// entries written.)
+// (edgebridge: an entry the produce path wrote holds nothing its batch
+// does not. pushBatch stamps the partition's epoch into
+// PartitionLeaderEpoch, and inTx is true exactly for a transactional data
+// batch: clients cannot produce control batches, and the broker writes its
+// commit and abort markers with inTx false. edgebridge_index_test.go
+// checks both against the entries written. Compaction writes inTx as it
+// stands in memory, cleared for an ended transaction, so a stored entry
+// is read first; compaction fsyncs the indexes it writes.)
 func batchIndexFields(rb *kmsg.RecordBatch) (epoch int32, inTx bool) {
 	attrs := uint16(rb.Attributes)
 	return rb.PartitionLeaderEpoch, attrs&0x0010 != 0 && attrs&0x0020 == 0

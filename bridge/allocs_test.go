@@ -9,8 +9,12 @@ import (
 	"testing"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"google.golang.org/protobuf/proto"
 
 	v1 "github.com/edgebridge/edgebridge/api/edgebridge/v1"
+	"github.com/edgebridge/edgebridge/mqttin"
+	"github.com/edgebridge/edgebridge/settle"
+	"github.com/edgebridge/edgebridge/tracing"
 	"github.com/edgebridge/edgebridge/transcoder"
 )
 
@@ -82,4 +86,22 @@ func TestUnsampledTraceAllocs(t *testing.T) {
 	if on-off > unsampledTraceAllocs {
 		t.Errorf("an unsampled request costs %.0f allocations more than with tracing off, budget %d", on-off, unsampledTraceAllocs)
 	}
+
+	// Read back from Kafka, it makes no span and allocates nothing.
+	env := &v1.Envelope{}
+	if err := proto.Unmarshal(r.admit(m, ingest0(newTraces(tp), m)).rec.Value, env); err != nil {
+		t.Fatal(err)
+	}
+	if !tracing.NotSampled(env.GetTraceContext()) {
+		t.Fatalf("the envelope carries %v, not an unsampled trace", env.GetTraceContext())
+	}
+	rec := &settle.Record{Envelope: env}
+	if a := testing.AllocsPerRun(200, func() { newTraces(tp).consuming(rec) }); a != 0 || rec.Span != nil {
+		t.Errorf("consuming an unsampled request: %.0f allocations, a span made: %v; want none", a, rec.Span != nil)
+	}
+}
+
+// ingest0 is the trace hook of a one-message batch's message.
+func ingest0(tr traces, m mqttin.Message) func(map[string]string) map[string]string {
+	return tr.receiving(1).admit(0, m)
 }

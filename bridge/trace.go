@@ -135,9 +135,11 @@ func (s *receiveSpans) end() {
 var noopSpan = trace.SpanFromContext(context.Background())
 
 // consuming starts r's "kafka consume" span under the trace its envelope
-// carries; it ends when r is settled.
+// carries; it ends when r is settled. A request not sampled gets none (nil):
+// the sampler is parent-based, so neither it nor its children would be
+// recorded, and the envelope already carries its trace on.
 func (t traces) consuming(r *settle.Record) {
-	if !t.on {
+	if !t.on || tracing.NotSampled(r.Envelope.GetTraceContext()) {
 		return
 	}
 	_, r.Span = t.tracer.Start(tracing.Extract(context.Background(), r.Envelope.GetTraceContext()), "kafka consume", consumerKind)

@@ -35,7 +35,7 @@ type Record struct {
 	ContentType string
 	// ReplyTopic is where the device's reply goes; "" sends none.
 	ReplyTopic string
-	// Span is the record's tracing span (the consumer's), nil untraced;
+	// Span is the record's tracing span (the consumer's), nil untraced or not sampled;
 	// the Sink ends it when the record is settled.
 	Span trace.Span
 }

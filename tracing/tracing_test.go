@@ -3,6 +3,7 @@ package tracing
 import (
 	"context"
 	"maps"
+	"strings"
 	"testing"
 
 	"go.opentelemetry.io/otel/trace"
@@ -56,5 +57,38 @@ func TestSetupOffIsNoop(t *testing.T) {
 	}
 	if _, _, err := Setup(Config{Endpoint: "127.0.0.1:4317"}); err == nil {
 		t.Fatal("Setup without a service name: got nil error")
+	}
+}
+
+// NotSampled says "not sampled" only when the propagator extracts a valid
+// span context whose sampled flag is off, and for every such version-00
+// header (other versions take the usual path).
+func TestNotSampledAgreesWithThePropagator(t *testing.T) {
+	const ids = "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7"
+	parents := []string{
+		"00-" + ids + "-00", "00-" + ids + "-01", "00-" + ids + "-02", "00-" + ids + "-03",
+		"00-" + ids + "-0a", "00-" + ids + "-0b", "00-" + ids + "-fe", "00-" + ids + "-ff",
+		"00-" + ids + "-0A", "00-" + ids + "-0g", "00-" + ids + "-0", "00-" + ids + "-000",
+		"00-00000000000000000000000000000000-00f067aa0ba902b7-00",
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-00",
+		"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-00",
+		"00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-00",
+		"01-" + ids + "-00", "ff-" + ids + "-00", "", "00-zz",
+	}
+	var notSampled int
+	for _, tp := range parents {
+		carrier := map[string]string{"traceparent": tp}
+		sc := trace.SpanContextFromContext(Extract(context.Background(), carrier))
+		want := sc.IsValid() && !sc.IsSampled()
+		got := NotSampled(carrier)
+		if got != want && (got || strings.HasPrefix(tp, "00-")) {
+			t.Errorf("NotSampled(%q) = %v, the propagator says valid %v sampled %v", tp, got, sc.IsValid(), sc.IsSampled())
+		}
+		if got {
+			notSampled++
+		}
+	}
+	if notSampled != 2 || NotSampled(nil) {
+		t.Fatalf("%d of the cases not sampled (want the flags 00 and 02), NotSampled(nil) %v", notSampled, NotSampled(nil))
 	}
 }

@@ -43,8 +43,8 @@ func TestBrokerRefusesProducesBelowFloor(t *testing.T) {
 	}
 	ballast := disktest.Fill(t, disk, floor/2)
 	start := time.Now()
-	// The broker reads the free space at most every 250 ms: a produce soon
-	// after the fill may still be accepted.
+	// Far from the floor the broker reads the free space every 100 ms
+	// (diskReadEvery): a produce soon after the fill may still be accepted.
 	var refused error
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
 		if refused = produce(1); refused != nil {

@@ -171,8 +171,9 @@ func TestEdgebridgeGroupCommitFsyncFailure(t *testing.T) {
 // BenchmarkEdgebridgeSyncProduce produces one 1 KB record at a time, a
 // millisecond apart, as a site's trickle of requests does, and reports the
 // CPU time of the process (broker and client) per produce: at this rate
-// every produce is a flush of its own. On this project's VM: 537 us with
-// the index fsynced beside the segment, 296-364 us without.
+// every produce is a flush of its own. On this project's VM, in
+// alternating runs: 619-720 us with the index fsynced beside the segment,
+// 311-526 us without.
 func BenchmarkEdgebridgeSyncProduce(b *testing.B) {
 	c, err := NewCluster(DataDir(b.TempDir()), SyncWrites(), NumBrokers(1), SeedTopics(1, "t"))
 	if err != nil {

@@ -75,7 +75,15 @@ type Hook struct {
 	mu     sync.Mutex
 	closed bool     // set by Stop: no more writes
 	queue  []*write // writes not yet committed, in order; the first one's writer commits
+	// edgebridge: deletes of settled inflight messages, not yet queued,
+	// and the timer that queues them if no write comes first (see settle).
+	settled  []*write
+	flushing *time.Timer
 }
+
+// edgebridge: settledWithin is how long a settled inflight message's delete
+// waits for a write to share a transaction with.
+const settledWithin = 10 * time.Millisecond
 
 // edgebridge: maxGroup is the most writes one transaction commits.
 const maxGroup = 1024
@@ -87,6 +95,7 @@ type write struct {
 	key       []byte
 	val       []byte
 	barrier   bool
+	settled   bool // a delete nobody waits for (see settle)
 	ready     chan struct{}
 	committed bool
 	err       error
@@ -191,9 +200,29 @@ func (h *Hook) commit(key string, val []byte) error {
 	return h.enqueue(&write{key: []byte(key), val: val})
 }
 
+// edgebridge: settle deletes the key of an inflight message its client
+// has acknowledged, without waiting: the delete is queued ahead of the
+// next write and committed in its transaction, or settledWithin later by
+// a barrier of its own. At a device's pace the PUBACK comes a millisecond
+// after the message was stored, so each message cost two transactions,
+// and the second one held up the client's read loop. A crash in between
+// leaves the message stored: it is sent again after the restart (QoS 1:
+// at least once), as it would be had the PUBACK come a moment later.
+func (h *Hook) settle(key string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return // the database is closing, or closed: as delKv, nothing to delete in
+	}
+	h.settled = append(h.settled, &write{key: []byte(key), settled: true})
+	if h.flushing == nil {
+		h.flushing = time.AfterFunc(settledWithin, func() { _ = h.enqueue(&write{barrier: true}) })
+	}
+}
+
 // enqueue queues w and waits until it is committed, committing the group
-// it leads if it is first in the queue. Once Stop began, only its barrier
-// is queued: every write is either refused or ahead of it.
+// it leads if no write ahead of it waits. Once Stop began, only its
+// barrier is queued: every write is either refused or ahead of it.
 func (h *Hook) enqueue(w *write) error {
 	w.ready = make(chan struct{}, 1)
 	h.mu.Lock()
@@ -201,8 +230,16 @@ func (h *Hook) enqueue(w *write) error {
 		h.mu.Unlock()
 		return storage.ErrDBFileNotOpen
 	}
+	if len(h.settled) > 0 { // they came first
+		h.queue = append(h.queue, h.settled...)
+		h.settled = nil
+		if h.flushing != nil {
+			h.flushing.Stop()
+			h.flushing = nil
+		}
+	}
 	h.queue = append(h.queue, w)
-	lead := len(h.queue) == 1
+	lead := firstWaiting(h.queue) == w
 	h.mu.Unlock()
 	if !lead {
 		<-w.ready
@@ -216,16 +253,19 @@ func (h *Hook) enqueue(w *write) error {
 	h.commitGroup(group)
 	h.mu.Lock()
 	h.queue = h.queue[len(group):]
-	var next *write
-	if len(h.queue) > 0 {
-		next = h.queue[0]
-	} else {
+	next := firstWaiting(h.queue)
+	if len(h.queue) == 0 {
 		h.queue = nil // let the backing array go
 	}
 	h.mu.Unlock()
 	for _, g := range group {
 		g.committed = true
-		if g != w {
+		switch {
+		case g.settled:
+			if g.err != nil {
+				h.Log.Error("failed to delete data", "error", g.err, "key", string(g.key))
+			}
+		case g != w:
 			g.ready <- struct{}{}
 		}
 	}
@@ -233,6 +273,18 @@ func (h *Hook) enqueue(w *write) error {
 		next.ready <- struct{}{} // it commits the next group
 	}
 	return w.err
+}
+
+// firstWaiting is the first write in queue whose writer waits for it: the
+// one to commit the group at the queue's head. Settled deletes wait for
+// nobody, and each is queued ahead of a write that does.
+func firstWaiting(queue []*write) *write {
+	for _, w := range queue {
+		if !w.settled {
+			return w
+		}
+	}
+	return nil
 }
 
 // commitGroup commits group in one transaction and sets each write's err.
@@ -453,7 +505,7 @@ func (h *Hook) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
 		return
 	}
 
-	_ = h.delKv(inflightKey(cl, pk))
+	h.settle(inflightKey(cl, pk)) // edgebridge: in the next write's transaction, see settle
 }
 
 // OnQosDropped removes a dropped inflight message from the store.

@@ -438,6 +438,7 @@ func TestOnQosPublishThenQOSComplete(t *testing.T) {
 
 	// OnQosDropped is a passthrough to OnQosComplete here
 	h.OnQosDropped(client, pk)
+	require.NoError(t, h.enqueue(&write{barrier: true})) // edgebridge: the delete is committed with the next write
 	err = h.getKv(inflightKey(client, pk), r)
 	require.Error(t, err)
 	require.Equal(t, ErrKeyNotFound, err)

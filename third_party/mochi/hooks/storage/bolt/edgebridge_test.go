@@ -165,14 +165,20 @@ func TestEdgebridgeStopCommitsQueuedWrites(t *testing.T) {
 // message sent and its PUBACK do, from 1 or 16 writers (ns/op: per message),
 // with bolt's options as upstream's users set them (NoSync) and as
 // edgebridge does (NoSync, NoFreelistSync: no free-page list written per
-// commit).
+// commit), the delete waited for (delKv) or settled (settle, as
+// OnQosComplete does).
 func BenchmarkEdgebridgeInflight(b *testing.B) {
 	for _, o := range []struct {
 		name string
 		opts bbolt.Options
 	}{{"NoSync", bbolt.Options{NoSync: true}}, {"NoFreelistSync", bbolt.Options{NoSync: true, NoFreelistSync: true}}} {
-		for _, writers := range []int{1, 16} {
-			b.Run(fmt.Sprint(o.name, "/", writers, "-writers"), func(b *testing.B) {
+		for _, bench := range []struct {
+			name    string
+			writers int
+			settle  bool
+		}{{"1-writers", 1, false}, {"16-writers", 16, false}, {"1-writers-settled", 1, true}, {"16-writers-settled", 16, true}} {
+			writers := bench.writers
+			b.Run(fmt.Sprint(o.name, "/", bench.name), func(b *testing.B) {
 				opts := o.opts
 				h := new(Hook)
 				h.SetOpts(logger, nil)
@@ -188,7 +194,11 @@ func BenchmarkEdgebridgeInflight(b *testing.B) {
 						for i := w; i < b.N; i += writers {
 							k := fmt.Sprintf("%s_dev%d:%d", storage.InflightKey, w, i%65535)
 							_ = h.setKv(k, &storage.Message{ID: k, T: storage.InflightKey, Payload: payload})
-							_ = h.delKv(k)
+							if bench.settle {
+								h.settle(k)
+							} else {
+								_ = h.delKv(k)
+							}
 						}
 					}(w)
 				}
@@ -252,4 +262,107 @@ func TestEdgebridgeWritesRacingStop(t *testing.T) {
 		}
 		return nil
 	}))
+}
+
+// stored reports whether key is in the store's file.
+func stored(t *testing.T, h *Hook, key string) (ok bool) {
+	t.Helper()
+	require.NoError(t, h.db.View(func(tx *bbolt.Tx) error {
+		ok = tx.Bucket([]byte(defaultBucket)).Get([]byte(key)) != nil
+		return nil
+	}))
+	return ok
+}
+
+// A settled message's delete is committed in the next write's transaction,
+// ahead of it: a message stored and settled and the next one stored cost
+// two transactions, not three, and a key stored again after its delete
+// (a packet id reused) keeps the new value.
+func TestEdgebridgeSettledDeleteRidesWithNextWrite(t *testing.T) {
+	h := openGrouped(t)
+	require.NoError(t, h.commit("m1", []byte("1")))
+	before := lastTx(t, h)
+	h.settle("m1")
+	require.True(t, stored(t, h, "m1"), "the delete waits for the next write")
+	require.NoError(t, h.commit("m2", []byte("2")))
+	require.Equal(t, before+1, lastTx(t, h), "the delete and the next write in one transaction")
+	require.False(t, stored(t, h, "m1"))
+	require.True(t, stored(t, h, "m2"))
+
+	h.settle("m2")
+	require.NoError(t, h.commit("m2", []byte("again")))
+	require.NoError(t, h.db.View(func(tx *bbolt.Tx) error {
+		require.Equal(t, []byte("again"), tx.Bucket([]byte(defaultBucket)).Get([]byte("m2")))
+		return nil
+	}))
+}
+
+// With no write after it, a settled delete is committed on its own within
+// settledWithin; Stop commits the ones still waiting; after Stop, settle
+// deletes nothing (the database is closed).
+func TestEdgebridgeSettledDeleteCommittedAlone(t *testing.T) {
+	h := new(Hook)
+	h.SetOpts(logger, nil)
+	path := filepath.Join(t.TempDir(), "settle.bolt")
+	require.NoError(t, h.Init(&Options{Path: path}))
+	for _, k := range []string{"m1", "m2", "m3"} {
+		require.NoError(t, h.commit(k, []byte("v")))
+	}
+	h.settle("m1")
+	deadline := time.Now().Add(10 * time.Second)
+	for stored(t, h, "m1") {
+		require.True(t, time.Now().Before(deadline), "a lone settled delete never committed")
+		time.Sleep(time.Millisecond)
+	}
+
+	h.mu.Lock()
+	h.settled = append(h.settled, &write{key: []byte("m2"), settled: true}) // as settle, without its timer
+	h.mu.Unlock()
+	require.NoError(t, h.Stop())
+	h.settle("m3")
+	require.NoError(t, h.Init(&Options{Path: path}))
+	defer h.Stop()
+	require.False(t, stored(t, h, "m2"), "Stop left a settled delete uncommitted")
+	require.True(t, stored(t, h, "m3"), "settled after Stop")
+}
+
+// Writers storing and settling messages while the store stops: each
+// stored message is either committed or refused, and the store ends
+// consistent (no write reaches a closed database, nothing deadlocks).
+func TestEdgebridgeSettlingRacingStop(t *testing.T) {
+	h := new(Hook)
+	h.SetOpts(logger, nil)
+	require.NoError(t, h.Init(&Options{Path: filepath.Join(t.TempDir(), "settle-race.bolt")}))
+	const writers, each = 8, 200
+	var wg sync.WaitGroup
+	started := make(chan struct{}, writers)
+	refused := make([]error, writers)
+	for g := 0; g < writers; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				k := fmt.Sprintf("w%d-%d", g, i%4)
+				err := h.commit(k, []byte("v"))
+				if i == 0 {
+					started <- struct{}{}
+				}
+				if err != nil {
+					refused[g] = err
+					return
+				}
+				h.settle(k)
+			}
+		}(g)
+	}
+	for g := 0; g < writers; g++ {
+		<-started
+	}
+	require.NoError(t, h.Stop())
+	wg.Wait()
+	for _, err := range refused {
+		if err != nil {
+			require.ErrorIs(t, err, storage.ErrDBFileNotOpen)
+		}
+	}
 }

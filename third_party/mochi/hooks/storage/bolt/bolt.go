@@ -8,6 +8,7 @@ package bolt
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -247,32 +248,43 @@ func (h *Hook) enqueue(w *write) error {
 			return w.err
 		}
 	}
-	h.mu.Lock()
-	group := append([]*write(nil), h.queue[:min(len(h.queue), maxGroup)]...)
-	h.mu.Unlock()
-	h.commitGroup(group)
-	h.mu.Lock()
-	h.queue = h.queue[len(group):]
-	next := firstWaiting(h.queue)
-	if len(h.queue) == 0 {
-		h.queue = nil // let the backing array go
-	}
-	h.mu.Unlock()
-	for _, g := range group {
-		g.committed = true
-		switch {
-		case g.settled:
-			if g.err != nil {
-				h.Log.Error("failed to delete data", "error", g.err, "key", string(g.key))
+	// w leads: it commits the groups at the queue's head until its own is
+	// committed (only settled deletes, which wait for nobody, can be ahead
+	// of it, more than a group's worth after a burst of PUBACKs).
+	for {
+		h.mu.Lock()
+		group := append([]*write(nil), h.queue[:min(len(h.queue), maxGroup)]...)
+		h.mu.Unlock()
+		h.commitGroup(group)
+		h.mu.Lock()
+		h.queue = h.queue[len(group):]
+		mine := slices.Contains(group, w)
+		var next *write
+		if mine {
+			next = firstWaiting(h.queue)
+		}
+		if len(h.queue) == 0 {
+			h.queue = nil // let the backing array go
+		}
+		h.mu.Unlock()
+		for _, g := range group {
+			g.committed = true
+			switch {
+			case g.settled:
+				if g.err != nil {
+					h.Log.Error("failed to delete data", "error", g.err, "key", string(g.key))
+				}
+			case g != w:
+				g.ready <- struct{}{}
 			}
-		case g != w:
-			g.ready <- struct{}{}
+		}
+		if mine {
+			if next != nil {
+				next.ready <- struct{}{} // it commits the next group
+			}
+			return w.err
 		}
 	}
-	if next != nil {
-		next.ready <- struct{}{} // it commits the next group
-	}
-	return w.err
 }
 
 // firstWaiting is the first write in queue whose writer waits for it: the

@@ -366,3 +366,36 @@ func TestEdgebridgeSettlingRacingStop(t *testing.T) {
 		}
 	}
 }
+
+// More settled deletes than one transaction takes, queued ahead of a
+// write (a burst of PUBACKs): the write's writer commits them group by
+// group, then its own, and the store goes on taking writes.
+func TestEdgebridgeManySettledAheadOfAWrite(t *testing.T) {
+	h := openGrouped(t)
+	const n = maxGroup*2 + 10
+	for i := 0; i < n; i++ {
+		require.NoError(t, h.commit(fmt.Sprint("m", i), []byte("v")))
+	}
+	h.mu.Lock()
+	for i := 0; i < n; i++ { // as settle does, without its timer: all of them ahead of the write
+		h.settled = append(h.settled, &write{key: []byte(fmt.Sprint("m", i)), settled: true})
+	}
+	h.mu.Unlock()
+	done := make(chan error, 1)
+	go func() {
+		err := h.commit("after", []byte("v"))
+		if err == nil {
+			err = h.commit("and-after", []byte("v"))
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("writes after a burst of settled deletes never returned")
+	}
+	require.False(t, stored(t, h, fmt.Sprint("m", n-1)))
+	require.True(t, stored(t, h, "after"))
+	require.True(t, stored(t, h, "and-after"))
+}

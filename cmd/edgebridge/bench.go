@@ -33,7 +33,7 @@ func benchCmd(args []string) error {
 	fs.DurationVar(&cfg.Idle, "idle", 10*time.Second, "after 5 timed fresh starts of the node as shipped (edgebridge run, brokers in-process), read its footprint after this long idle (-1s: skip)")
 	jsonPath := fs.String("json", "", "write the report as JSON to this file")
 	plotPath := fs.String("plot", "", "write the latency-vs-load plot as SVG to this file")
-	fs.StringVar(&cfg.ProfileDir, "profile", "", "write the bridge's CPU and allocation profiles of the first pipeline round (cpu.pprof, allocs.pprof) and of the site-rate scenario (rate-*.pprof) to this directory")
+	fs.StringVar(&cfg.ProfileDir, "profile", "", "write the bridge's CPU and allocation profiles (over the scenario alone) and execution trace of the first pipeline round (cpu.pprof, allocs.pprof, trace.out), the same of the node as shipped (shipped-*), the traced stacks (traced-1-*, traced-0.01-*) and the site-rate scenarios (rate-*, shipped-rate-*) to this directory")
 	quiet := fs.Bool("q", false, "no progress lines")
 	if err := fs.Parse(args); err != nil {
 		return err

@@ -87,7 +87,8 @@ type Config struct {
 	// ProfileDir, if set, receives the bridge's CPU profile of the first
 	// full-load pipeline round (cpu.pprof) and its allocations
 	// (allocs.pprof), the same of the node as shipped (shipped-*.pprof:
-	// brokers in-process) and of the site-rate scenarios (rate-*.pprof,
+	// brokers in-process), of the traced stacks (traced-1-*.pprof,
+	// traced-0.01-*.pprof) and of the site-rate scenarios (rate-*.pprof,
 	// shipped-rate-*.pprof).
 	ProfileDir string
 	// Dir holds the brokers' data. Default: a temp dir, removed afterwards.
@@ -435,6 +436,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 		for k, tr := range traced {
 			steps = append(steps, func() (Scenario, error) {
+				if round == 1 {
+					defer tr.profile(strings.ReplaceAll(tr.suffix, " ", "-")+"-", per)()
+				}
 				return tr.devices(ctx, fmt.Sprintf("pipetr%d-%d", k, round), cfg.Devices, cfg.Outstanding, per, 0, false)
 			})
 		}

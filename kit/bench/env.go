@@ -272,9 +272,8 @@ func (e *env) goroutines() (int, error) {
 	return int(v), err
 }
 
-// profile writes the bridge's CPU profile over the next d, then its
-// allocation profile (since start), as <prefix>cpu.pprof and
-// <prefix>allocs.pprof in dir, and this process's CPU profile over the
+// profile writes the bridge's CPU and allocation profiles over the next
+// d, as <prefix>cpu.pprof and <prefix>allocs.pprof in dir, and this process's CPU profile over the
 // same time (the simulated devices and paymentd) as <prefix>bench-cpu.pprof.
 // In the middle of d it also takes the bridge's execution trace of
 // traceFor at most (<prefix>trace.out, for go tool trace: where a request
@@ -320,16 +319,18 @@ func (e *env) profile(dir, prefix string, d time.Duration) error {
 		<-mid.C
 		traced <- get(fmt.Sprintf("/debug/pprof/trace?seconds=%g", span.Seconds()), "trace.out")
 	}()
-	err = get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(int(d.Seconds()), 1)), "cpu.pprof")
+	// The allocations made during d alone (a delta profile), not since
+	// the bridge started.
+	secs := max(int(d.Seconds()), 1)
+	allocs := make(chan error, 1)
+	go func() { allocs <- get(fmt.Sprintf("/debug/pprof/allocs?seconds=%d", secs), "allocs.pprof") }()
+	err = get(fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), "cpu.pprof")
 	pprof.StopCPUProfile()
-	err = errors.Join(err, <-traced)
+	err = errors.Join(err, <-traced, <-allocs)
 	if err != nil {
 		return err
 	}
-	if err := own.Close(); err != nil {
-		return err
-	}
-	return get("/debug/pprof/allocs", "allocs.pprof")
+	return own.Close()
 }
 
 // traceFor is how long profile traces the bridge.

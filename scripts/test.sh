@@ -106,7 +106,7 @@ if [ "${EDGEBRIDGE_SKIP_CONTAINERS:-}" != 1 ]; then
 fi
 
 step "benchmarks run (one iteration each; figures come from -benchtime runs and edgebridge bench)"
-go test -run '^$' -bench . -benchtime 1x ./transcoder ./ackwindow ./grpcout ./kafkapipe ./bridge >/dev/null
+go test -run '^$' -bench . -benchtime 1x ./transcoder ./ackwindow ./grpcout ./kafkapipe ./bridge ./settle >/dev/null
 
 step "allocations per message on the hot path (without -race: its sync.Pool drops items at random)"
 go test -count=1 -run 'Allocs$' ./bridge ./ackwindow

@@ -347,3 +347,63 @@ func TestSettlerFinishesInParallel(t *testing.T) {
 		<-done
 	})
 }
+
+// heldSink holds every reply until hold is closed.
+type heldSink struct {
+	*sink
+	hold chan struct{}
+}
+
+func (h heldSink) Reply(ctx context.Context, r *Record, payload []byte) error {
+	<-h.hold
+	return h.sink.Reply(ctx, r, payload)
+}
+
+func (s *Settler) finishersRunning() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.running
+}
+
+// Finishers run only while there is work, Finishers at most: an idle
+// Settler runs none, a job no free finisher takes starts one, and one
+// that has had no job for finisherIdle returns.
+func TestSettlerFinishersOnDemand(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := heldSink{sink: newSink(), hold: make(chan struct{})}
+		st := New(Config{Finishers: 4, WantReply: true}, h, WithLogger(slog.New(slog.DiscardHandler)))
+		running := func(want int, when string) {
+			t.Helper()
+			synctest.Wait()
+			if n := st.finishersRunning(); n != want {
+				t.Fatalf("%s: %d finishers running, want %d", when, n, want)
+			}
+		}
+		ctx, cancel := context.WithCancel(t.Context())
+		done := make(chan struct{})
+		go func() { st.Run(ctx); close(done) }()
+		running(0, "idle")
+
+		answer := Answer{Outcome: v1.Outcome_OUTCOME_OK, Reply: &v1.PaymentReply{Status: v1.PaymentStatus_PAYMENT_STATUS_APPROVED}}
+		for i := range 10 {
+			st.Settle(&Record{Offset: int64(i), Attempt: 1, Envelope: envelope(), ReplyTopic: "t"}, answer)
+		}
+		running(4, "10 replies held")
+		close(h.hold)
+		for range 10 {
+			<-h.settled
+		}
+		running(4, "just after the burst")
+		time.Sleep(finisherIdle)
+		running(0, "idle for finisherIdle")
+
+		st.Settle(&Record{Offset: 10, Attempt: 1, Envelope: envelope(), ReplyTopic: "t"}, answer)
+		if d := <-h.settled; d.Action != Commit {
+			t.Fatalf("after the finishers returned: %v, want commit", d.Action)
+		}
+		running(1, "one reply later")
+		cancel()
+		<-done
+		running(0, "stopped")
+	})
+}

@@ -64,8 +64,9 @@ type Config struct {
 	// Finishers is how many dead letters and replies are written at once:
 	// a reply publish waits for the broker's PUBACK, so with fewer finishers
 	// than records in flight the round trips, not the CPU, cap throughput.
-	// Default: 1. The Settler does not bound the records it holds: the
-	// consumer's window does (only records in it are settled).
+	// They run only while there is work: an idle node runs none. Default:
+	// 1. The Settler does not bound the records it holds: the consumer's
+	// window does (only records in it are settled).
 	Finishers int
 	// DLQTopic and MaxMessageBytes shape dead letters: a dead letter keeps
 	// as much of the payload as one record can carry.
@@ -82,10 +83,17 @@ type Settler struct {
 	sink Sink
 	log  *slog.Logger
 
-	mu       sync.Mutex
-	finish   []job                // dead letters and replies to write, oldest first
-	finishUp chan struct{}        // 1-buffered: finish has jobs
-	later    *schedule.Later[job] // redeliveries by due time
+	mu     sync.Mutex
+	finish []job // dead letters and replies to write, oldest first
+	// A finisher goroutine is started when a job finds none free, up to
+	// cfg.Finishers; one that has had no job for finisherIdle returns.
+	running   int             // finishers started and not returned
+	free      int             // of them, those holding no job
+	finishUp  chan struct{}   // 1-buffered: wakes a free finisher
+	ctx       context.Context // Run's, while it runs: finishers start only then
+	finishers sync.WaitGroup
+
+	later *schedule.Later[job] // redeliveries by due time
 }
 
 type job struct {
@@ -103,8 +111,7 @@ func WithLogger(l *slog.Logger) Option { return func(s *Settler) { s.log = l } }
 func New(cfg Config, sink Sink, opts ...Option) *Settler {
 	cfg.Policy = cfg.Policy.withDefaults()
 	cfg.Finishers = max(cfg.Finishers, 1)
-	s := &Settler{cfg: cfg, sink: sink, log: slog.Default(),
-		finishUp: make(chan struct{}, 1), later: schedule.NewLater[job]()}
+	s := &Settler{cfg: cfg, sink: sink, log: slog.Default(), finishUp: make(chan struct{}, 1), later: schedule.NewLater[job]()}
 	for _, o := range opts {
 		o(s)
 	}
@@ -146,6 +153,7 @@ func (s *Settler) queue(r *Record, d Decision) {
 	}
 	s.mu.Lock()
 	s.finish = append(s.finish, job{r: r, d: d})
+	s.startFinishers()
 	s.mu.Unlock()
 	signal(s.finishUp)
 }
@@ -157,67 +165,115 @@ func signal(ch chan struct{}) {
 	}
 }
 
+// finisherIdle is how long a finisher waits for a job before it returns:
+// at a steady rate the same few run, and an idle node runs none.
+const finisherIdle = 5 * time.Second
+
+// startFinishers starts a finisher for each job no free finisher will
+// take, up to cfg.Finishers, while Run runs. s.mu is held.
+func (s *Settler) startFinishers() {
+	for s.ctx != nil && len(s.finish) > s.free && s.running < s.cfg.Finishers {
+		s.running++
+		s.free++
+		ctx := s.ctx
+		s.finishers.Go(func() { s.finisher(ctx) })
+	}
+}
+
 // Run writes dead letters, publishes replies, ACKs settled records and
 // redelivers failed ones when their backoff is due, until ctx ends. What
 // is queued then stays un-ACKed. Run blocks until its goroutines return.
 func (s *Settler) Run(ctx context.Context) {
-	var wg sync.WaitGroup
-	for range s.cfg.Finishers {
-		wg.Go(func() { s.finisher(ctx) })
-	}
+	s.mu.Lock()
+	s.ctx = ctx
+	s.startFinishers() // for what was queued before Run
+	s.mu.Unlock()
 	// Redeliveries go back to the consumer when due; an error means it is
 	// stopping.
 	s.later.Run(ctx, func(j job) bool { return s.sink.Redeliver(ctx, j.r) == nil })
-	wg.Wait()
+	s.mu.Lock()
+	s.ctx = nil // no finisher starts from here
+	s.mu.Unlock()
+	s.finishers.Wait()
 }
 
-// next takes the oldest finish job; when more wait, it wakes another
-// finisher for them.
-func (s *Settler) next(ctx context.Context) (job, bool) {
-	for {
-		s.mu.Lock()
-		if len(s.finish) > 0 {
-			j := s.finish[0]
-			s.finish[0] = job{}
-			s.finish = s.finish[1:]
-			more := len(s.finish) > 0
-			if !more {
-				s.finish = nil // let a large backing array go
-			}
-			s.mu.Unlock()
-			if more {
-				signal(s.finishUp)
-			}
-			return j, true
-		}
+// next takes the oldest job for a finisher, waiting up to finisherIdle for
+// one; done says the finisher finished one since it last asked. False: no
+// job came, or ctx ended, and the finisher returns.
+func (s *Settler) next(ctx context.Context, done bool, idle *time.Timer) (job, bool) {
+	s.mu.Lock()
+	if done {
+		s.free++
+	}
+	for len(s.finish) == 0 {
 		s.mu.Unlock()
+		idle.Reset(finisherIdle)
+		woken := true
 		select {
 		case <-s.finishUp:
+		case <-idle.C:
+			woken = false
 		case <-ctx.Done():
+			woken = false
+		}
+		s.mu.Lock()
+		if !woken && len(s.finish) == 0 {
+			s.free--
+			s.running--
+			s.finish = nil // let a large backing array go
+			s.mu.Unlock()
 			return job{}, false
 		}
 	}
+	j := s.finish[0]
+	s.finish[0] = job{}
+	s.finish = s.finish[1:]
+	s.free--
+	more := len(s.finish) > 0
+	s.mu.Unlock()
+	if more {
+		signal(s.finishUp) // another free finisher, for the next job
+	}
+	return j, true
 }
 
+// finisher writes jobs' dead letters and replies and ACKs their records
+// until it has had no job for finisherIdle or ctx ends.
 func (s *Settler) finisher(ctx context.Context) {
+	idle := time.NewTimer(finisherIdle)
+	defer idle.Stop()
+	done := false
 	for {
-		j, ok := s.next(ctx)
+		j, ok := s.next(ctx, done, idle)
 		if !ok {
 			return
 		}
-		if j.d.Action == DeadLetter {
-			dl := s.deadLetter(j)
-			if !s.retry(ctx, "dead-letter", j.r, func() error { return s.sink.WriteDeadLetter(ctx, j.r, dl) }) {
-				return
-			}
-		}
-		if len(j.d.Reply) > 0 && !s.retry(ctx, "reply", j.r, func() error {
-			return s.sink.Reply(ctx, j.r, j.d.Reply)
-		}) {
+		if !s.finishJob(ctx, j) {
+			s.mu.Lock()
+			s.running-- // stopping: j stays un-ACKed
+			s.mu.Unlock()
 			return
 		}
-		s.sink.Settled(j.r, j.d)
+		done = true
 	}
+}
+
+// finishJob writes j's dead letter and reply, then ACKs its record; false
+// if ctx ended first.
+func (s *Settler) finishJob(ctx context.Context, j job) bool {
+	if j.d.Action == DeadLetter {
+		dl := s.deadLetter(j)
+		if !s.retry(ctx, "dead-letter", j.r, func() error { return s.sink.WriteDeadLetter(ctx, j.r, dl) }) {
+			return false
+		}
+	}
+	if len(j.d.Reply) > 0 && !s.retry(ctx, "reply", j.r, func() error {
+		return s.sink.Reply(ctx, j.r, j.d.Reply)
+	}) {
+		return false
+	}
+	s.sink.Settled(j.r, j.d)
+	return true
 }
 
 // deadLetter builds j's dead letter; it is built once per record, so a

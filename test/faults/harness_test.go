@@ -412,8 +412,11 @@ func requestNumber(env *v1.Envelope) int {
 func leakCheck(t *testing.T) {
 	opts := []goleak.Option{goleak.IgnoreCurrent(),
 		// toxiproxy's own link goroutines can linger on a closed link after
-		// its proxy stopped; they are the fault injector's, not the bridge's.
-		goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2/toxics.(*ToxicStub).Run")}
+		// its proxy stopped (a stub that has returned, or a link's reader
+		// blocked sending to it); they are the fault injector's, not the
+		// bridge's.
+		goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2/toxics.(*ToxicStub).Run"),
+		goleak.IgnoreAnyFunction("github.com/Shopify/toxiproxy/v2.(*ToxicLink).read")}
 	t.Cleanup(func() { goleak.VerifyNone(t, opts...) })
 }
 

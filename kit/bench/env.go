@@ -273,8 +273,9 @@ func (e *env) goroutines() (int, error) {
 }
 
 // profile writes the bridge's CPU and allocation profiles over the next
-// d, as <prefix>cpu.pprof and <prefix>allocs.pprof in dir, and this process's CPU profile over the
-// same time (the simulated devices and paymentd) as <prefix>bench-cpu.pprof.
+// d, as <prefix>cpu.pprof and <prefix>allocs.pprof in dir, and this
+// process's CPU profile over the same time (the simulated devices and
+// paymentd) as <prefix>bench-cpu.pprof.
 // In the middle of d it also takes the bridge's execution trace of
 // traceFor at most (<prefix>trace.out, for go tool trace: where a request
 // waited, for a core, a lock, a system call), which costs it a few %
